@@ -1,0 +1,3 @@
+from funcae_cli.cli import entry
+
+entry()

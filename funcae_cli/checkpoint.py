@@ -1,0 +1,62 @@
+"""Self-describing checkpoints: atomic save, weights_only load, clear errors."""
+
+from __future__ import annotations
+
+import io
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from funcae_cli.errors import CheckpointError
+from funcae_cli.rundir import atomic_write_bytes
+
+FORMAT = "funcae-checkpoint"
+VERSION = 1
+
+
+def versions() -> dict[str, str]:
+    import matplotlib
+    import scipy
+
+    from funcae_cli import __version__
+
+    return {
+        "funcae": __version__,
+        "torch": str(torch.__version__),
+        "numpy": np.__version__,
+        "scipy": scipy.__version__,
+        "matplotlib": matplotlib.__version__,
+    }
+
+
+def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
+    """Serialize to memory, then write atomically (a SIGKILL leaves the old file or the new one)."""
+    payload = {"format": FORMAT, "version": VERSION, "versions": versions(), **payload}
+    buf = io.BytesIO()
+    torch.save(payload, buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Load with weights_only=True: pickled code objects are refused, never executed."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"{path}: checkpoint not found")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        detail = next((ln.strip() for ln in str(e).splitlines() if "Unsupported global" in ln), "unsafe content")
+        raise CheckpointError(
+            f"{path}: refused to load: the file holds pickled objects, not plain data ({detail[:160]})"
+        ) from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as e:
+        raise CheckpointError(f"{path}: truncated or not a checkpoint ({str(e).splitlines()[0][:160]})") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not a funcae checkpoint (foreign file)")
+    if ckpt.get("version", 0) > VERSION:
+        raise CheckpointError(f"{path}: written by a newer funcae (format {ckpt['version']} > {VERSION})")
+    return ckpt

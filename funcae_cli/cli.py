@@ -1,0 +1,92 @@
+"""Typer root: registers the commands; maps errors to one-line messages and stable exit codes.
+
+Exit codes: 0 success; 1 unexpected failure (a bug: traceback shown); 2 bad usage, config or
+input; 4 training diverged; 130/143 interrupted by SIGINT/SIGTERM.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+
+import typer
+
+from funcae_cli import __version__
+from funcae_cli.commands import config_cmd, families_cmd, generate, train
+from funcae_cli.errors import FuncaeError, Interrupted
+
+EXIT_OK, EXIT_BUG, EXIT_USAGE, EXIT_DIVERGED, EXIT_SIGINT, EXIT_SIGTERM = 0, 1, 2, 4, 130, 143
+
+app = typer.Typer(
+    name="funcae",
+    help="Train autoencoders on families of functions, then encode, invert, sample and plot.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"funcae {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
+) -> None:
+    """funcae: autoencoders for function families."""
+
+
+app.command("generate")(generate.generate)
+app.command("train")(train.train)
+app.add_typer(config_cmd.app, name="config")
+app.command("families")(families_cmd.families)
+
+# Commands registered by later modules (encode, invert, sample, plot) append to this list.
+EXTRA_COMMANDS: list[tuple[str, object]] = []
+
+
+def _register_optional() -> None:
+    import importlib
+
+    for name in ("encode", "invert", "sample", "plot"):
+        try:
+            mod = importlib.import_module(f"funcae_cli.commands.{name}")
+        except ModuleNotFoundError as e:
+            if e.name != f"funcae_cli.commands.{name}":
+                raise
+            continue
+        mod.register(app)
+
+
+_register_optional()
+
+
+def _raise_interrupted(signum, frame) -> None:
+    raise Interrupted("interrupted", signum)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: run the app and translate outcomes into exit codes."""
+    from funcae_cli import console
+
+    # Raise our own exception on SIGINT/SIGTERM (click turns KeyboardInterrupt into exit 1).
+    signal.signal(signal.SIGINT, _raise_interrupted)
+    signal.signal(signal.SIGTERM, _raise_interrupted)
+    try:
+        app(args=argv, prog_name="funcae")
+    except SystemExit as e:
+        return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    except FuncaeError as e:
+        console.error(str(e))
+        return e.exit_code
+    except BrokenPipeError:
+        return EXIT_OK
+    return EXIT_OK
+
+
+def entry() -> None:
+    sys.exit(main())

@@ -1,0 +1,14 @@
+"""Helpers shared by the command modules."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from funcae_cli.config import Config, load_config
+from funcae_cli.rundir import RunDir, default_run_dir
+
+
+def config_and_run_dir(config: Path, overrides: list[str] | None, run_dir: Path | None) -> tuple[Config, RunDir]:
+    """Validate the config first: a bad config creates no directory."""
+    cfg = load_config(config, overrides or [])
+    return cfg, RunDir(run_dir) if run_dir is not None else default_run_dir(cfg.name)

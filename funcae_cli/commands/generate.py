@@ -1,0 +1,33 @@
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+
+from funcae_cli import console
+from funcae_cli.commands.common import config_and_run_dir
+from funcae_cli.options import ConfigArg, ForceOpt, JsonOpt, RunDirOpt, SeedOpt, SetOpt
+from funcae_cli.runs import run_generate
+
+
+def generate(
+    config: ConfigArg,
+    run_dir: RunDirOpt = None,
+    n: Annotated[Optional[int], typer.Option("--n", "-n", min=1, help="Number of curves [default: data.n].")] = None,
+    seed: SeedOpt = None,
+    set_: SetOpt = None,
+    force: ForceOpt = False,
+    json_: JsonOpt = False,
+) -> None:
+    """Sample parameters, evaluate the family on the grid; write data.npz and data_preview.png."""
+    cfg, rd = config_and_run_dir(config, set_, run_dir)
+    out = run_generate(cfg, rd, force=force, n=n, seed=seed)
+    if json_:
+        console.emit_json(out)
+        return
+    ranges = ", ".join(f"{k} in [{v['min']:.4g}, {v['max']:.4g}]" for k, v in out["params"].items())
+    console.info(
+        f"generated {out['shape'][0]:,} curves x {out['shape'][1]} points in {out['seconds']:.2f}s; {ranges}; "
+        f"values in [{out['value_min']:.4g}, {out['value_max']:.4g}]"
+    )
+    console.info(f"wrote {out['data']} and {out['preview']}")

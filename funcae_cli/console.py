@@ -1,0 +1,87 @@
+"""Terminal output: messages on stderr (rich, colour only on a terminal), results on stdout."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+# Messages, warnings and progress go to stderr so that `--json` stdout stays machine-readable.
+err = Console(stderr=True, highlight=False)
+
+
+def info(msg: str) -> None:
+    err.print(msg, markup=False, soft_wrap=True)
+
+
+def warn(msg: str) -> None:
+    err.print(f"warning: {msg}", style="yellow", markup=False, soft_wrap=True)
+
+
+def error(msg: str) -> None:
+    err.print(f"error: {msg}", style="red", markup=False, soft_wrap=True)
+
+
+def emit_json(obj: Any) -> None:
+    """The one machine-readable result of a --json command, on stdout."""
+    from funcae_cli.rundir import _json_default
+
+    sys.stdout.write(json.dumps(obj, indent=2, default=_json_default) + "\n")
+    sys.stdout.flush()
+
+
+def fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
+class TrainProgress:
+    """A rich progress bar on a terminal; one plain line every few epochs elsewhere (CI logs)."""
+
+    def __init__(self, quiet: bool = False):
+        self.quiet = quiet
+        self.live = err.is_terminal and not quiet
+        self.progress: Progress | None = None
+        self.task = None
+        self.every = 1
+        self.t0 = time.perf_counter()
+
+    def start(self, info_: dict[str, Any]) -> None:
+        epochs, start = info_["epochs"], info_["start_epoch"]
+        self.every = max(1, epochs // 20)
+        if self.quiet:
+            return
+        info(
+            f"training {info_['params']:,} parameters on {info_['device']}: {info_['n_train']:,} curves, "
+            f"{info_['steps_per_epoch']} steps/epoch, epochs {start + 1}..{epochs}"
+        )
+        if self.live:
+            self.progress = Progress(
+                TextColumn("epoch"),
+                MofNCompleteColumn(),
+                BarColumn(),
+                TextColumn("{task.fields[stats]}"),
+                TimeElapsedColumn(),
+                TimeRemainingColumn(),
+                console=err,
+                transient=False,
+            )
+            self.progress.start()
+            self.task = self.progress.add_task("train", total=epochs, completed=start, stats="")
+
+    def epoch(self, row: dict[str, Any]) -> None:
+        stats = f"loss {row['train_loss']:.4g}  val {row['val_loss']:.4g}  sse {row['val_sse']:.3g}  lr {row['lr']:.2e}"
+        if self.progress is not None:
+            self.progress.update(self.task, completed=row["epoch"], stats=stats)
+        elif not self.quiet and (row["epoch"] % self.every == 0 or row["epoch"] == 1):
+            info(f"epoch {row['epoch']:>5}  {stats}  ({time.perf_counter() - self.t0:.1f}s)")
+
+    def stop(self) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+            self.progress = None

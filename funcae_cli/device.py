@@ -1,0 +1,28 @@
+"""--device parsing: auto | cpu | cuda | cuda:N."""
+
+from __future__ import annotations
+
+import re
+
+import torch
+
+from funcae_cli.errors import InputError
+
+
+def resolve_device(spec: str = "auto") -> torch.device:
+    spec = (spec or "auto").strip().lower()
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if spec == "cpu":
+        return torch.device("cpu")
+    m = re.fullmatch(r"cuda(?::(\d+))?", spec)
+    if not m:
+        raise InputError(f"--device: expected auto, cpu, cuda or cuda:N, got {spec!r}")
+    if not torch.cuda.is_available():
+        raise InputError(
+            f"--device {spec}: CUDA is not available on this machine (torch {torch.__version__}); use --device cpu"
+        )
+    index = int(m.group(1) or 0)
+    if index >= torch.cuda.device_count():
+        raise InputError(f"--device {spec}: only {torch.cuda.device_count()} CUDA device(s) present")
+    return torch.device("cuda", index)

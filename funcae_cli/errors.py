@@ -1,0 +1,45 @@
+"""Errors a user can cause. Each carries the exit code the CLI maps it to."""
+
+from __future__ import annotations
+
+
+class FuncaeError(Exception):
+    """Bad usage, config or input: a one-line message and exit code 2."""
+
+    exit_code = 2
+
+
+class ConfigError(FuncaeError):
+    """A config file or a --set override is invalid. Holds every problem found."""
+
+    def __init__(self, problems: list[str], source: str | None = None):
+        self.problems = list(problems)
+        self.source = source
+        prefix = f"{source}: " if source else ""
+        if len(self.problems) == 1:
+            msg = prefix + self.problems[0]
+        else:
+            msg = prefix + f"{len(self.problems)} problems:\n  " + "\n  ".join(self.problems)
+        super().__init__(msg)
+
+
+class InputError(FuncaeError):
+    """A data file, curve file, parameter value or run directory is invalid."""
+
+
+class CheckpointError(FuncaeError):
+    """A checkpoint is missing, truncated, foreign or unsafe."""
+
+
+class DivergedError(FuncaeError):
+    """Training produced a non-finite loss (exit 4)."""
+
+    exit_code = 4
+
+
+class Interrupted(FuncaeError):
+    """Training stopped by SIGINT (exit 130) or SIGTERM (exit 143) after saving."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.exit_code = 128 + signum

@@ -1,0 +1,46 @@
+"""Reconstruction losses (per curve), input corruption and the weight penalty."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+from torch import Tensor, nn
+
+from funcae_cli.config import NoiseConfig, TrainConfig
+from funcae_cli.models import linear_layers
+
+# (recon, target, cfg) -> per-curve loss (batch,)
+Loss = Callable[[Tensor, Tensor, TrainConfig], Tensor]
+
+
+def _sse(recon: Tensor, x: Tensor, cfg: TrainConfig) -> Tensor:
+    return (recon - x).square().sum(dim=1)  # per-curve sum of squares
+
+
+def _mse(recon: Tensor, x: Tensor, cfg: TrainConfig) -> Tensor:
+    return (recon - x).square().mean(dim=1)
+
+
+def _gaussian(recon: Tensor, x: Tensor, cfg: TrainConfig) -> Tensor:
+    """Negative log-likelihood of x under N(recon, eta^2 I), dropping the 2*pi constant (notebook 001)."""
+    n = x.shape[1]
+    return 0.5 * (recon - x).square().sum(dim=1) / cfg.eta**2 + n * math.log(cfg.eta)
+
+
+LOSSES: dict[str, Loss] = {"sse": _sse, "mse": _mse, "gaussian": _gaussian}
+
+# (x, cfg, generator) -> corrupted copy of x
+CORRUPTIONS: dict[str, Callable[[Tensor, NoiseConfig, torch.Generator], Tensor]] = {
+    "none": lambda x, c, g: x,
+    "mask": lambda x, c, g: x * (torch.rand(x.shape, generator=g, device=x.device, dtype=x.dtype) >= c.rate),
+    "gaussian": lambda x, c, g: x + c.std * torch.randn(x.shape, generator=g, device=x.device, dtype=x.dtype),
+}
+
+
+def weight_penalty(model: nn.Module, gamma: float) -> Tensor | None:
+    """gamma * mean(W^2) summed over every linear layer (notebook 002); None when gamma is 0."""
+    if gamma == 0:
+        return None
+    return gamma * sum(layer.weight.square().mean() for layer in linear_layers(model))
