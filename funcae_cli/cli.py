@@ -6,8 +6,10 @@ input; 4 training diverged; 130/143 interrupted by SIGINT/SIGTERM.
 
 from __future__ import annotations
 
+import functools
 import signal
 import sys
+from collections.abc import Callable
 
 import typer
 
@@ -40,29 +42,33 @@ def root(
     """funcae: autoencoders for function families."""
 
 
-app.command("generate")(generate.generate)
-app.command("train")(train.train)
-app.add_typer(config_cmd.app, name="config")
-app.command("families")(families_cmd.families)
+def guarded(fn: Callable) -> Callable:
+    """Run a command; a FuncaeError becomes its one-line message and exit code (no traceback)."""
 
-# Commands registered by later modules (encode, invert, sample, plot) append to this list.
-EXTRA_COMMANDS: list[tuple[str, object]] = []
-
-
-def _register_optional() -> None:
-    import importlib
-
-    for name in ("encode", "invert", "sample", "plot"):
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
         try:
-            mod = importlib.import_module(f"funcae_cli.commands.{name}")
-        except ModuleNotFoundError as e:
-            if e.name != f"funcae_cli.commands.{name}":
-                raise
-            continue
-        mod.register(app)
+            return fn(*args, **kwargs)
+        except FuncaeError as e:
+            from funcae_cli import console
+
+            console.error(str(e))
+            raise typer.Exit(e.exit_code) from None
+
+    return wrapper
 
 
-_register_optional()
+def command(parent: typer.Typer, name: str, fn: Callable, **kwargs) -> None:
+    parent.command(name, **kwargs)(guarded(fn))
+
+
+command(app, "generate", generate.generate)
+command(app, "train", train.train)
+command(app, "families", families_cmd.families)
+config_app = typer.Typer(help="Inspect and validate configs.", no_args_is_help=True)
+command(config_app, "show", config_cmd.show)
+command(config_app, "check", config_cmd.check)
+app.add_typer(config_app, name="config")
 
 
 def _raise_interrupted(signum, frame) -> None:

@@ -7,16 +7,12 @@ import typer
 from funcae_cli.config import dump_config, load_config
 from funcae_cli.options import ConfigArg, SetOpt
 
-app = typer.Typer(help="Inspect configs.", no_args_is_help=True)
 
-
-@app.command("show")
 def show(config: ConfigArg, set_: SetOpt = None) -> None:
     """Print the resolved config (defaults filled in, overrides applied) as YAML."""
     sys.stdout.write(dump_config(load_config(config, set_ or [])))
 
 
-@app.command("check")
 def check(config: ConfigArg, set_: SetOpt = None) -> None:
     """Validate a config; exit 0 when it is valid, 2 with every problem listed otherwise."""
     cfg = load_config(config, set_ or [])

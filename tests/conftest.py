@@ -1,0 +1,64 @@
+"""Shared fixtures: a CLI runner that goes through the real Typer app, and one trained smoke run."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from funcae_cli.cli import app
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = REPO / "configs"
+
+
+class Cli:
+    """`cli("train", "configs/smoke.yaml")` -> click Result (exit_code, stdout, stderr)."""
+
+    def __init__(self) -> None:
+        self.runner = CliRunner()
+
+    def __call__(self, *args: str):
+        return self.runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
+
+
+@pytest.fixture
+def cli() -> Cli:
+    return Cli()
+
+
+@pytest.fixture
+def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A fresh working directory holding a copy of configs/; runs/ is created there."""
+    shutil.copytree(CONFIGS, tmp_path / "configs")
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+@pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A run trained once per test session from configs/smoke.yaml (read-only for tests: copy to modify)."""
+    root = tmp_path_factory.mktemp("smoke")
+    shutil.copytree(CONFIGS, root / "configs")
+    cwd = os.getcwd()
+    os.chdir(root)
+    try:
+        result = CliRunner().invoke(app, ["train", "configs/smoke.yaml", "--quiet"], catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+    finally:
+        os.chdir(cwd)
+    return root / "runs" / "smoke"
+
+
+@pytest.fixture
+def smoke_copy(smoke_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A private, writable copy of the smoke run; the working directory is its parent's parent."""
+    dst = tmp_path / "runs" / "smoke"
+    shutil.copytree(smoke_run, dst, symlinks=True)
+    (tmp_path / "runs" / "latest").symlink_to("smoke")
+    shutil.copytree(CONFIGS, tmp_path / "configs")
+    monkeypatch.chdir(tmp_path)
+    return dst
