@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import pickle
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -53,8 +52,9 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         raise CheckpointError(
             f"{path}: refused to load: the file holds pickled objects, not plain data ({detail[:160]})"
         ) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as e:
-        raise CheckpointError(f"{path}: truncated or not a checkpoint ({str(e).splitlines()[0][:160]})") from None
+    except Exception as e:  # noqa: BLE001 - any failure to parse the file is the file's fault
+        first = (str(e).splitlines() or [type(e).__name__])[0][:160]
+        raise CheckpointError(f"{path}: truncated or not a checkpoint ({type(e).__name__}: {first})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a funcae checkpoint (foreign file)")
     if ckpt.get("version", 0) > VERSION:

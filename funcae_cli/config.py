@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -75,8 +76,8 @@ class DataConfig:
 class ModelConfig:
     kind: Literal["ae", "vae"] = _f("ae", "autoencoder or variational autoencoder")
     latent_dim: int = _f(2, "size of the latent code", min=1)
-    hidden: list[int] = _f([64, 64, 64], "encoder hidden widths")
-    decoder_hidden: list[int] | None = _f(None, "decoder hidden widths (default: hidden reversed)")
+    hidden: list[int] = _f([64, 64, 64], "encoder hidden widths", min=1)
+    decoder_hidden: list[int] | None = _f(None, "decoder hidden widths (default: hidden reversed)", min=1)
     activation: Literal["tanh", "relu", "gelu", "silu"] = _f("tanh", "hidden activation")
     dropout: float = _f(0.0, "dropout after each hidden layer", min=0, lt=1)
     input_dropout: float = _f(0.0, "dropout on the decoder input (notebook 002)", min=0, lt=1)
@@ -101,7 +102,7 @@ class NoiseConfig:
 @dataclass
 class TrainConfig:
     epochs: int = _f(50, "number of epochs", min=1)
-    batch_size: int | Literal["full"] = _f(256, "curves per step, or `full` for full batch")
+    batch_size: int | Literal["full"] = _f(256, "curves per step, or `full` for full batch", min=1)
     optimizer: Literal["adam", "adamw", "sgd"] = _f("adam", "optimizer")
     lr: float = _f(1e-3, "peak learning rate", gt=0)
     weight_decay: float = _f(0.0, "optimizer weight decay", min=0)
@@ -132,7 +133,8 @@ class InvertConfig:
 @dataclass
 class Config:
     name: str = _f("run", "run name; default run directory runs/<name>")
-    seed: int = _f(0, "seed for data, initialization and batching")
+    """Letters, digits, '.', '_' and '-' only: it names the run directory."""
+    seed: int = _f(0, "seed for data, initialization and batching", min=0, max=2**63 - 1)
     family: FamilyConfig = field(default_factory=FamilyConfig)
     grid: GridConfig | None = None
     data: DataConfig = field(default_factory=DataConfig)
@@ -176,6 +178,9 @@ def _coerce(tp: Any, value: Any, path: str, problems: list[str]) -> Any:
         args = typing.get_args(tp)
         if value is None and type(None) in args:
             return None
+        for arg in args:
+            if dataclasses.is_dataclass(arg) and isinstance(value, dict):
+                return parse_section(arg, value, path, problems)  # keep the nested dotted paths
         for arg in args:
             if arg is type(None):
                 continue
@@ -391,7 +396,15 @@ def _check_param_spec(spec: ParamSpec, pname: str, fam: Family, path: str, probl
         problems.append(f"{path}.value: must be in ({p.low:g}, {p.high:g}) for {fam.name}, got {spec.value:g}")
 
 
+NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*")
+
+
 def _check_config(cfg: Config, problems: list[str]) -> None:
+    if not NAME_RE.fullmatch(cfg.name) or len(cfg.name) > 100:
+        problems.append(
+            f"name: must be 1-100 letters, digits, '.', '_' or '-' not starting with '.' or '-' "
+            f"(it names the run directory), got {cfg.name!r}"
+        )
     g = cfg.grid
     if g is not None:
         if g.kind == "points":
@@ -405,11 +418,25 @@ def _check_config(cfg: Config, problems: list[str]) -> None:
                 problems.append(f"grid: kind {g.kind} needs {', '.join(missing)}")
             elif g.stop <= g.start:
                 problems.append(f"grid.stop: must be > grid.start ({g.start}), got {g.stop}")
+    if not problems:
+        _check_grid_domain(cfg, problems)
     if cfg.data.val_fraction + cfg.data.test_fraction >= 0.9:
         problems.append(
             f"data.val_fraction + data.test_fraction: must leave >= 10% for training, got "
             f"{cfg.data.val_fraction} + {cfg.data.test_fraction}"
         )
+
+
+def _check_grid_domain(cfg: Config, problems: list[str]) -> None:
+    g = cfg.grid or GridConfig(**cfg.family.family.default_grid)
+    if g.kind == "points":
+        lo, hi = min(g.points), max(g.points)
+    else:
+        ends = (g.start, g.stop) if g.kind == "linspace" else (10.0**g.start, 10.0**g.stop)
+        lo, hi = min(ends), max(ends)
+    x_lo, x_hi = cfg.family.family.x_domain
+    if not (x_lo < lo and hi < x_hi):
+        problems.append(f"grid: points must lie in ({x_lo:g}, {x_hi:g}) for {cfg.family.name}, got [{lo:g}, {hi:g}]")
 
 
 # --- loading, overrides, dumping --------------------------------------------------------------
@@ -444,13 +471,26 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     return raw
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that rejects duplicate keys instead of keeping the last one silently."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def read_yaml(path: Path) -> dict[str, Any]:
     if not path.exists():
         raise ConfigError([f"config file not found: {path}"])
     if path.is_dir():
         raise ConfigError([f"config path is a directory, expected a YAML file: {path}"])
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.load(path.read_text(), Loader=_StrictLoader)  # a SafeLoader
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -469,6 +509,8 @@ def config_from_dict(raw: dict[str, Any], source: str | None = None, default_nam
     problems: list[str] = []
     raw = dict(raw)
     raw.setdefault("name", default_name)
+    if raw.get("family") is None:
+        raw["family"] = {}  # the default family, with its default priors
     cfg = parse_section(Config, raw, "", problems)
     if not problems:
         _check_config(cfg, problems)

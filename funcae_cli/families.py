@@ -79,6 +79,7 @@ class Family:
     # A structured prior: given the first parameter's samples, derive the rest.
     derived_prior: Callable[[Any], Prior | None] = lambda options: None
     x_log: bool = False  # plot x on a log axis
+    x_domain: tuple[float, float] = (-math.inf, math.inf)  # grid points must lie strictly inside
 
     @property
     def param_names(self) -> list[str]:
@@ -197,6 +198,7 @@ FAMILIES: dict[str, Family] = {
         y_label="log p(x; α, β)",
         evaluate=_beta,
         options_cls=BetaOptions,
+        x_domain=(0.0, 1.0),
     ),
     "rotation_curve": Family(
         name="rotation_curve",
@@ -214,6 +216,7 @@ FAMILIES: dict[str, Family] = {
         options_cls=RotationOptions,
         derived_prior=_rotation_prior,
         x_log=True,
+        x_domain=(0.0, math.inf),
     ),
 }
 

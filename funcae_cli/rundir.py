@@ -17,12 +17,22 @@ RUNS_ROOT = Path("runs")
 LATEST = "latest"
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+FILE_MODE = 0o666 & ~_umask()  # what open() would give; mkstemp alone gives 0600
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write to a temp file in the same folder, fsync, then os.replace: never half-written."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, FILE_MODE)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -109,6 +119,12 @@ class RunDir:
     @property
     def encodings(self) -> Path:
         return self.root / "encode"
+
+    def encode_json(self, slug: str) -> Path:
+        return self.encodings / f"{slug}.json"
+
+    def encode_csv(self, slug: str) -> Path:
+        return self.encodings / f"{slug}.csv"
 
     @property
     def invert_dir(self) -> Path:

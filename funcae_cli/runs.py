@@ -114,6 +114,14 @@ def _clear_for_training(rd: RunDir, keep_data: bool) -> None:
         p.unlink(missing_ok=True)
 
 
+def _remove_stale_temp_files(rd: RunDir) -> None:
+    """Temp files of atomic writes interrupted by SIGKILL: never read, safe to drop."""
+    for folder in (rd.root, rd.checkpoints):
+        if folder.is_dir():
+            for p in folder.glob(".*.tmp"):
+                p.unlink(missing_ok=True)
+
+
 @dataclass
 class Callbacks:
     on_epoch: Callable[[dict[str, Any]], None] | None = None
@@ -141,12 +149,13 @@ def run_train(
         assert cfg is not None
         _check_writable(rd, force, "a trained run", RunDir.is_trained)
     ds, data_matches = _training_data(cfg, rd, force)
+    prep = prepare(cfg, ds, device)  # validates the data (e.g. log of non-positive values) before any write
+    del ds
     if force and not resume and rd.root.exists():
         _clear_for_training(rd, keep_data=data_matches)
     rd.root.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temp_files(rd)
     atomic_write_text(rd.config, dump_config(cfg))
-    prep = prepare(cfg, ds, device)
-    del ds
 
     def save(which: str, payload: dict[str, Any]) -> None:
         save_checkpoint(rd.best if which == "best" else rd.last, payload)
@@ -201,7 +210,10 @@ POST_TRAIN: dict[str, Callable[..., dict[str, Any]]] = {}
 
 
 def post_train_hooks(model: nn.Module, prep, cfg: Config, rd: RunDir) -> dict[str, Any]:
-    out: dict[str, Any] = {}
+    from funcae_cli.regressor import regressor_after_training
+
+    # latent code -> physical parameters, fitted on the training split; validation R^2 in metrics
+    out: dict[str, Any] = regressor_after_training(model, prep, cfg, rd)
     for fn in POST_TRAIN.values():
         out.update(fn(model, prep, cfg, rd) or {})
     return out

@@ -20,8 +20,10 @@ def generate(
     json_: JsonOpt = False,
 ) -> None:
     """Sample parameters, evaluate the family on the grid; write data.npz and data_preview.png."""
-    cfg, rd = config_and_run_dir(config, set_, run_dir)
-    out = run_generate(cfg, rd, force=force, n=n, seed=seed)
+    # --n and --seed are overrides like any other: validated with the config, recorded in config.yaml.
+    extra = ([f"data.n={n}"] if n is not None else []) + ([f"seed={seed}"] if seed is not None else [])
+    cfg, rd = config_and_run_dir(config, [*(set_ or []), *extra], run_dir)
+    out = run_generate(cfg, rd, force=force)
     if json_:
         console.emit_json(out)
         return
