@@ -14,7 +14,7 @@ from collections.abc import Callable
 import typer
 
 from funcae_cli import __version__
-from funcae_cli.commands import config_cmd, families_cmd, generate, train
+from funcae_cli.commands import config_cmd, encode, families_cmd, generate, invert, plot, sample, train
 from funcae_cli.errors import FuncaeError, Interrupted
 
 EXIT_OK, EXIT_BUG, EXIT_USAGE, EXIT_DIVERGED, EXIT_SIGINT, EXIT_SIGTERM = 0, 1, 2, 4, 130, 143
@@ -65,6 +65,10 @@ def command(parent: typer.Typer, name: str, fn: Callable, **kwargs) -> None:
 command(app, "generate", generate.generate)
 command(app, "train", train.train)
 command(app, "families", families_cmd.families)
+command(app, "encode", encode.encode, context_settings=encode.CONTEXT)
+command(app, "invert", invert.invert, context_settings=encode.CONTEXT)
+command(app, "sample", sample.sample)
+command(app, "plot", plot.plot)
 config_app = typer.Typer(help="Inspect and validate configs.", no_args_is_help=True)
 command(config_app, "show", config_cmd.show)
 command(config_app, "check", config_cmd.check)

@@ -56,7 +56,9 @@ class FamilyConfig:
 
 @dataclass
 class GridConfig:
-    kind: Literal["linspace", "logspace", "points"] = _f("linspace", "grid kind")
+    kind: Literal["linspace", "logspace", "points", "index"] = _f(
+        "linspace", "grid kind; index: 0, 1, ..., n_features - 1 (array families: dataset, digits)"
+    )
     start: float | None = _f(None, "first point (logspace: exponent of 10)")
     stop: float | None = _f(None, "last point (logspace: exponent of 10)")
     num: int | None = _f(None, "number of points", min=2)
@@ -332,7 +334,10 @@ def _parse_family(raw: Any, path: str, problems: list[str]) -> FamilyConfig:
     for key in option_raw:
         if key not in opt_fields:
             problems.append(_unknown_key(key, ["name", "params", *opt_fields], path))
+    before = len(problems)
     options = parse_section(fam.options_cls, {k: v for k, v in option_raw.items() if k in opt_fields}, path, problems)
+    if len(problems) == before:
+        problems.extend(f"{path}.{msg}" for msg in fam.check_options(options))
     params_raw = raw.get("params") or {}
     if not isinstance(params_raw, dict):
         problems.append(f"{path}.params: expected a mapping of parameter -> spec, got {params_raw!r}")
@@ -406,7 +411,9 @@ def _check_config(cfg: Config, problems: list[str]) -> None:
             f"(it names the run directory), got {cfg.name!r}"
         )
     g = cfg.grid
-    if g is not None:
+    if g is not None and g.kind == "index" and cfg.family.family.load is None:
+        problems.append(f"grid.kind: index is for array families (dataset, digits), not {cfg.family.name}")
+    elif g is not None and g.kind != "index":
         if g.kind == "points":
             if not g.points or len(g.points) < 2:
                 problems.append("grid.points: kind points needs at least 2 points")
@@ -429,6 +436,8 @@ def _check_config(cfg: Config, problems: list[str]) -> None:
 
 def _check_grid_domain(cfg: Config, problems: list[str]) -> None:
     g = cfg.grid or GridConfig(**cfg.family.family.default_grid)
+    if g.kind == "index":  # the feature index of array data: no domain to check
+        return
     if g.kind == "points":
         lo, hi = min(g.points), max(g.points)
     else:

@@ -82,8 +82,13 @@ class Dataset:
 
 
 def generate(cfg: Config, n: int | None = None, seed: int | None = None) -> Dataset:
-    """Sample parameters and evaluate the family: same config and seed, same bytes."""
+    """Sample parameters and evaluate the family: same config and seed, same bytes.
+
+    Array families (`dataset`, `digits`) load their rows instead: see `load_data`.
+    """
     fam = cfg.family.family
+    if fam.load is not None:
+        return load_data(cfg, n, seed)
     n = cfg.data.n if n is None else n
     gen = torch.Generator().manual_seed(cfg.seed if seed is None else seed)
     params = sample_params(cfg.family, n, gen)
@@ -92,6 +97,38 @@ def generate(cfg: Config, n: int | None = None, seed: int | None = None) -> Data
     ds = Dataset(curves, params, fam.param_names, grid)
     ds.check_finite()
     return ds
+
+
+def load_data(cfg: Config, n: int | None = None, seed: int | None = None) -> Dataset:
+    """An array family's rows, shuffled by the seed so that the contiguous splits are random.
+
+    All rows are used (data.n does not apply); `family.max_rows` or an explicit `n` keeps that
+    many of the shuffled rows. The grid is the feature index 0..d-1 unless the config gives one
+    with d points. Labels and file parameters ride along in the same order.
+    """
+    fam, options = cfg.family.family, cfg.family.options
+    arrays = fam.load(options)  # validated; InputError names the file and the problem
+    rows, d = arrays.x.shape
+    gen = torch.Generator().manual_seed(cfg.seed if seed is None else seed)
+    order = torch.randperm(rows, generator=gen)
+    keep = min(x for x in (n, getattr(options, "max_rows", None), rows) if x is not None)
+    order = order[:keep]
+    if cfg.grid is None or cfg.grid.kind == "index":
+        grid = torch.arange(d, dtype=torch.float64)
+    else:
+        grid = make_grid(cfg.grid)
+        if grid.shape[0] != d:
+            where = getattr(options, "path", None) or fam.name
+            raise InputError(f"{where}: {d} features per row but the config's grid has {grid.shape[0]} points")
+    idx = order.numpy()
+    params = torch.from_numpy(arrays.params[idx]) if arrays.params is not None else torch.zeros(keep, 0)
+    return Dataset(
+        curves=torch.from_numpy(np.ascontiguousarray(arrays.x[idx])),
+        params=params.to(torch.float64),
+        param_names=list(arrays.param_names),
+        grid=grid,
+        labels=torch.from_numpy(arrays.labels[idx]) if arrays.labels is not None else None,
+    )
 
 
 def save_dataset(ds: Dataset, path, fingerprint: str) -> None:

@@ -3,6 +3,10 @@
 Each family is one `Family` record in the `FAMILIES` registry. `evaluate(grid, params, options)`
 takes a float64 grid `(n_points,)` and float64 parameters `(n, n_params)` and returns float64
 curves `(n, n_points)`; callers cast to float32. No Python loop runs over curves or grid points.
+
+Array families (`dataset`, `digits`) have no `evaluate`: their `load(options)` returns the rows
+of a data set (`datasets.ArrayData`), their grid is the feature index (`grid: {kind: index}`)
+and `image_shape(options)` says when the rows are images.
 """
 
 from __future__ import annotations
@@ -14,6 +18,8 @@ from typing import Any, Literal
 
 import torch
 from torch import Tensor
+
+from funcae_cli import datasets
 
 
 @dataclass(frozen=True)
@@ -62,6 +68,37 @@ class RotationOptions:
     """Scatter of the scaling relations, dex (0 gives the exact relations)."""
 
 
+@dataclass
+class DatasetOptions:
+    path: str = ""
+    """The data file, relative to the working directory: .npy, .npz (X, y, params, param_names) or .csv."""
+    image_shape: list[int] | None = field(default=None, metadata={"min": 1})
+    """[height, width] when each row is an image (e.g. [28, 28] for MNIST); 3-D X arrays need it."""
+    scale: float = field(default=1.0, metadata={"gt": 0})
+    """Values are divided by this on loading (255 maps 8-bit images to [0, 1])."""
+    max_rows: int | None = field(default=None, metadata={"min": 2})
+    """Use at most this many rows, drawn at random by the seed (default all; data.n is ignored)."""
+
+
+@dataclass
+class DigitsOptions:
+    scale: float = field(default=16.0, metadata={"gt": 0})
+    """Pixel values (0..16) are divided by this; 16 maps them to [0, 1]."""
+    max_rows: int | None = field(default=None, metadata={"min": 2})
+    """Use at most this many of the 1797 images, drawn at random by the seed (default all)."""
+
+
+def _check_dataset_options(o: DatasetOptions) -> list[str]:
+    problems = []
+    if not o.path:
+        problems.append("path: the dataset family needs the data file, e.g. path: data.npz")
+    elif not o.path.lower().endswith(datasets.SUFFIXES):
+        problems.append(f"path: expected a {', '.join(datasets.SUFFIXES)} file, got {o.path!r}")
+    if o.image_shape is not None and len(o.image_shape) != 2:
+        problems.append(f"image_shape: expected [height, width], got {o.image_shape}")
+    return problems
+
+
 Evaluate = Callable[[Tensor, Tensor, Any], Tensor]
 Prior = Callable[[Tensor, Any, torch.Generator], Tensor]  # (md samples, options, gen) -> params
 
@@ -74,12 +111,18 @@ class Family:
     default_grid: dict[str, Any]
     x_label: str
     y_label: str
-    evaluate: Evaluate
+    evaluate: Evaluate | None  # None for array families, which `load` instead
     options_cls: type = NoOptions
     # A structured prior: given the first parameter's samples, derive the rest.
     derived_prior: Callable[[Any], Prior | None] = lambda options: None
     x_log: bool = False  # plot x on a log axis
     x_domain: tuple[float, float] = (-math.inf, math.inf)  # grid points must lie strictly inside
+    # Array families: options -> validated rows in file order (shuffled by the seed in data.load_data).
+    load: Callable[[Any], datasets.ArrayData] | None = None
+    # options -> (height, width) when each row is an image, else None.
+    image_shape: Callable[[Any], tuple[int, int] | None] = lambda options: None
+    # options -> problems ("key: what is wrong"), reported by the config loader under `family.`.
+    check_options: Callable[[Any], list[str]] = lambda options: []
 
     @property
     def param_names(self) -> list[str]:
@@ -217,6 +260,31 @@ FAMILIES: dict[str, Family] = {
         derived_prior=_rotation_prior,
         x_log=True,
         x_domain=(0.0, math.inf),
+    ),
+    "dataset": Family(
+        name="dataset",
+        description="rows of a user's .npy, .npz or .csv file (curves, images or table rows)",
+        params=(),
+        default_grid={"kind": "index"},
+        x_label="feature",
+        y_label="value",
+        evaluate=None,
+        options_cls=DatasetOptions,
+        load=lambda o: datasets.read_array_file(o.path, o.scale, o.image_shape),
+        image_shape=lambda o: tuple(o.image_shape) if o.image_shape is not None else None,
+        check_options=_check_dataset_options,
+    ),
+    "digits": Family(
+        name="digits",
+        description="scikit-learn's bundled 8 x 8 handwritten digits (needs funcae[images])",
+        params=(),
+        default_grid={"kind": "index"},
+        x_label="pixel",
+        y_label="intensity",
+        evaluate=None,
+        options_cls=DigitsOptions,
+        load=lambda o: datasets.load_digits_data(o.scale),
+        image_shape=lambda o: (8, 8),
     ),
 }
 

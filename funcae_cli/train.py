@@ -16,8 +16,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from funcae_cli.config import Config
+from funcae_cli.config import Config, NoiseConfig
 from funcae_cli.data import Dataset, Normalizer, split_sizes
+from funcae_cli.datasets import image_shape
 from funcae_cli.errors import DivergedError, Interrupted
 from funcae_cli.losses import CORRUPTIONS, LOSSES, weight_penalty
 from funcae_cli.models import ModelArgs, build_model
@@ -101,13 +102,32 @@ class TrainState:
     wall_seconds: float = 0.0
 
 
+def _sse(prep: Prepared, x: Tensor, recon: Tensor) -> Tensor:
+    """Per-curve sum of squares in data units `(batch,)`; x and recon in training space."""
+    return (prep.normalizer.decode(recon) - prep.normalizer.decode(x)).square().sum(dim=1)
+
+
+def _eval_noise_generator(prep: Prepared, cfg: Config) -> torch.Generator:
+    """Fixed seed: evaluation corrupts the same entries every epoch, so epochs compare."""
+    return torch.Generator(device=prep.x.device).manual_seed(cfg.seed + 2)
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, prep: Prepared, part: slice, cfg: Config, kl_weight: float) -> dict[str, Any]:
-    """Per-curve losses on one split: training-space loss parts and data-unit SSE/MSE."""
+    """Per-curve losses on one split: training-space loss parts and data-unit SSE/MSE.
+
+    Denoising runs (train.noise.kind != none) add `noisy_recon`, `noisy_sse` and `noisy_mse`: the
+    same figures for corrupted inputs against the clean curves.
+    """
     model.eval()
     loss_fn = LOSSES[cfg.train.loss]
+    noise = cfg.train.noise if cfg.train.noise.kind != "none" else None
+    gen = _eval_noise_generator(prep, cfg) if noise is not None else None
     xs = prep.x[part]
-    out: dict[str, list[Tensor]] = {k: [] for k in ("loss", "recon", "kl", "sse", "mse", "rel_l2")}
+    keys = ["loss", "recon", "kl", "sse", "mse", "rel_l2"] + (
+        ["noisy_recon", "noisy_sse", "noisy_mse"] if noise else []
+    )
+    out: dict[str, list[Tensor]] = {k: [] for k in keys}
     for i in range(0, xs.shape[0], cfg.train.eval_batch_size):
         x = xs[i : i + cfg.train.eval_batch_size]
         o = model(x)
@@ -121,6 +141,12 @@ def evaluate(model: nn.Module, prep: Prepared, part: slice, cfg: Config, kl_weig
         out["sse"].append(sse)
         out["mse"].append(sse / x.shape[1])
         out["rel_l2"].append(sse.sqrt() / raw.square().sum(dim=1).sqrt().clamp_min(1e-30))
+        if noise is not None:
+            o_noisy = model(CORRUPTIONS[noise.kind](x, noise, gen))
+            sse_noisy = _sse(prep, x, o_noisy.recon)
+            out["noisy_recon"].append(loss_fn(o_noisy.recon, x, cfg.train))
+            out["noisy_sse"].append(sse_noisy)
+            out["noisy_mse"].append(sse_noisy / x.shape[1])
     return {k: torch.cat(v).double().cpu().numpy() for k, v in out.items()}
 
 
@@ -332,7 +358,10 @@ class Trainer:
 
 
 def test_metrics(model: nn.Module, prep: Prepared, cfg: Config) -> dict[str, Any]:
-    """Final figures on the held-out test split (val if there is no test split), data units."""
+    """Final figures on the held-out test split (val if there is no test split), data units.
+
+    Image and denoising runs also carry `denoising`: see `denoising_figures`.
+    """
     part = prep.test if prep.test.stop > prep.test.start else prep.val
     r = evaluate(model, prep, part, cfg, cfg.train.kl_weight)
     pca = pca_baseline(prep, cfg.model.latent_dim, part)
@@ -348,7 +377,49 @@ def test_metrics(model: nn.Module, prep: Prepared, cfg: Config) -> dict[str, Any
         "rel_l2_mean": float(r["rel_l2"].mean()),
         "pca": pca,
     }
+    noise = metrics_noise(cfg)
+    if noise is not None:
+        out["denoising"] = denoising_figures(model, prep, cfg, part, noise)
     return out
+
+
+def metrics_noise(cfg: Config) -> NoiseConfig | None:
+    """The corruption of the denoising figures: the run's own, else a 20% mask for image data, else none."""
+    if cfg.train.noise.kind != "none":
+        return cfg.train.noise
+    if image_shape(cfg) is not None:
+        return NoiseConfig(kind="mask")
+    return None
+
+
+@torch.no_grad()
+def denoising_figures(model: nn.Module, prep: Prepared, cfg: Config, part: slice, noise: NoiseConfig) -> dict[str, Any]:
+    """Error on corrupted inputs against the clean curves, data units, for the same corrupted inputs:
+    the model, PCA with latent_dim components fitted on the clean training split, and the corrupted
+    input itself (no denoising at all)."""
+    model.eval()
+    gen = _eval_noise_generator(prep, cfg)
+    mean, axes = pca_fit(prep, cfg.model.latent_dim)
+    xs = prep.x[part]
+    out: dict[str, list[Tensor]] = {"model": [], "pca": [], "corrupted_input": []}
+    for i in range(0, xs.shape[0], cfg.train.eval_batch_size):
+        x = xs[i : i + cfg.train.eval_batch_size]
+        xc = CORRUPTIONS[noise.kind](x, noise, gen)
+        pca_recon = ((xc.double() - mean) @ axes @ axes.T + mean).to(x.dtype)
+        out["model"].append(_sse(prep, x, model(xc).recon))
+        out["pca"].append(_sse(prep, x, pca_recon))
+        out["corrupted_input"].append(_sse(prep, x, xc))
+    d = xs.shape[1]
+    figures = {k: torch.cat(v).double().cpu().numpy() for k, v in out.items()}
+    noise_desc = {"kind": noise.kind, **({"rate": noise.rate} if noise.kind == "mask" else {"std": noise.std})}
+    return {
+        "noise": noise_desc,  # applied in training space (after data.transform and data.normalize)
+        "pca_components": int(axes.shape[1]),
+        **{
+            k: {"sse_mean": float(v.mean()), "sse_median": float(np.median(v)), "mse": float(v.mean()) / d}
+            for k, v in figures.items()
+        },
+    }
 
 
 @torch.no_grad()

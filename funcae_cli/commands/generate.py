@@ -13,7 +13,7 @@ from funcae_cli.runs import run_generate
 def generate(
     config: ConfigArg,
     run_dir: RunDirOpt = None,
-    n: Annotated[Optional[int], typer.Option("--n", "-n", min=1, help="Number of curves [default: data.n].")] = None,
+    n: Annotated[Optional[int], typer.Option("--n", "-n", min=1, help="Number of curves (default: data.n).")] = None,
     seed: SeedOpt = None,
     set_: SetOpt = None,
     force: ForceOpt = False,

@@ -1,4 +1,4 @@
-"""Shared figure helpers: headless backend, atomic saving, curve labels."""
+"""Shared figure helpers: headless backend, atomic saving, curve labels, subsampling, colours."""
 
 from __future__ import annotations
 
@@ -10,27 +10,33 @@ import matplotlib
 matplotlib.use("Agg")  # headless: never needs a display
 
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.collections import LineCollection  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.ticker import LogFormatter  # noqa: E402
 
 from funcae_cli.families import Family  # noqa: E402
 from funcae_cli.rundir import atomic_write_bytes  # noqa: E402
 
 plt.rcParams.update({"figure.dpi": 100, "font.size": 10, "axes.titlesize": 11, "legend.fontsize": 8})
 
+REFERENCE_COLOR = "crimson"  # the latent square / prior circles, drawn dashed
+POINT_COLOR = "tab:blue"  # codes when there is nothing to colour them by
+CMAP = "viridis"
+
+
+SUBPLOT_KEYS = ("nrows", "ncols", "sharex", "sharey", "squeeze", "width_ratios", "height_ratios")
+
 
 def new_figure(**kwargs) -> tuple[Figure, object]:
-    """A Figure (not attached to pyplot's global state) with constrained layout."""
-    fig = Figure(
-        layout="constrained",
-        **{k: v for k, v in kwargs.items() if k not in ("nrows", "ncols", "sharex", "sharey", "squeeze")},
-    )
-    axes = fig.subplots(
-        nrows=kwargs.get("nrows", 1),
-        ncols=kwargs.get("ncols", 1),
-        sharex=kwargs.get("sharex", False),
-        sharey=kwargs.get("sharey", False),
-        squeeze=kwargs.get("squeeze", True),
-    )
+    """A Figure (not attached to pyplot's global state) with constrained layout.
+
+    Subplot arguments (nrows, ncols, sharex, sharey, squeeze, width_ratios, height_ratios) go to
+    Figure.subplots, the rest to Figure.
+    """
+    fig = Figure(layout="constrained", **{k: v for k, v in kwargs.items() if k not in SUBPLOT_KEYS})
+    sub = {k: v for k, v in kwargs.items() if k in SUBPLOT_KEYS}
+    axes = fig.subplots(**{"nrows": 1, "ncols": 1, **sub})
     return fig, axes
 
 
@@ -42,9 +48,11 @@ def save_figure(fig: Figure, path: str | Path, fmt: str | None = None, dpi: int 
     return path
 
 
-def param_label(family: Family, values) -> str:
-    """'μ=2.372, σ=1.670' for a legend."""
-    return ", ".join(f"{p.label}={float(v):.4g}" for p, v in zip(family.params, values))
+def param_label(family: Family, values, digits: int = 4) -> str:
+    """'μ=2.372, σ=1.67' for a legend; with units where the parameter has one ('$R_d$=2.6 kpc')."""
+    return ", ".join(
+        f"{p.label}={float(v):.{digits}g}" + (f" {p.unit}" if p.unit else "") for p, v in zip(family.params, values)
+    )
 
 
 def setup_curve_axes(ax, family: Family) -> None:
@@ -52,3 +60,89 @@ def setup_curve_axes(ax, family: Family) -> None:
     ax.set_ylabel(family.y_label)
     if family.x_log:
         ax.set_xscale("log")
+
+
+def latent_label(i: int) -> str:
+    """Axis label of latent dimension i (0-based): '$z_1$'."""
+    return f"$z_{{{i + 1}}}$"
+
+
+def subsample(n: int, k: int, seed: int = 0) -> np.ndarray:
+    """Indices of at most k of n items: all of them in order when n <= k, else a seeded random subset.
+
+    Random order also keeps a scatter from drawing one part of the data on top of the rest.
+    """
+    if n <= k:
+        return np.arange(n)
+    return np.random.default_rng(seed).choice(n, size=k, replace=False)
+
+
+def shown_caption(shown: int, total: int, what: str = "points") -> str:
+    """'all 1,800 points' or '20,000 of 90,000 points (random subsample)'."""
+    if shown >= total:
+        return f"all {total:,} {what}"
+    return f"{shown:,} of {total:,} {what} (random subsample)"
+
+
+def add_curves(ax, x: np.ndarray, curves: np.ndarray, color=None, cmap: str = CMAP, **kwargs) -> LineCollection:
+    """Draw many curves at once (one LineCollection, not one Line2D each).
+
+    color: None (one colour, kwargs may set it) or values (n,) mapped through cmap; the returned
+    collection then serves as the mappable of a colorbar.
+    """
+    segs = np.stack([np.broadcast_to(x, curves.shape), curves], axis=-1)  # (n, n_points, 2)
+    lc = LineCollection(segs, **kwargs)
+    if color is not None:
+        lc.set_array(np.asarray(color, dtype=float))
+        lc.set_cmap(cmap)
+    ax.add_collection(lc)
+    ax.autoscale_view()
+    return lc
+
+
+def range_with_margin(values: np.ndarray, include: tuple[float, float] | None = None, margin: float = 0.05):
+    """(lo, hi) covering the values (0.05 .. 99.95 percentiles, so one outlier does not squash the
+    rest) and `include`, padded by `margin` of the span."""
+    values = values[np.isfinite(values)]
+    lo, hi = np.percentile(values, [0.05, 99.95]) if values.size else (0.0, 1.0)
+    if include is not None:
+        lo, hi = min(lo, include[0]), max(hi, include[1])
+    span = hi - lo if hi > lo else max(abs(hi), 1.0)
+    return float(lo - margin * span), float(hi + margin * span)
+
+
+class _PlainLogFormatter(LogFormatter):
+    """Log-axis labels as plain numbers (0.2, 0.5, 3) instead of 2 x 10^-1."""
+
+    def _num_to_string(self, x, vmin, vmax):
+        return f"{x:g}"
+
+
+def log_scale(ax, values: np.ndarray, axis: str = "y") -> bool:
+    """Log scale on `axis` when every finite value is positive (else leave it linear); within three
+    decades the labels are plain numbers, minor ticks labelled when there is room. Returns whether
+    the axis is logarithmic."""
+    v = np.asarray(values, dtype=float)
+    v = v[np.isfinite(v)]
+    if not v.size or (v <= 0).any():
+        return False
+    target = ax.yaxis if axis == "y" else ax.xaxis
+    (ax.set_yscale if axis == "y" else ax.set_xscale)("log")
+    if np.log10(v.max() / v.min()) <= 3:
+        target.set_major_formatter(_PlainLogFormatter(labelOnlyBase=False))
+        target.set_minor_formatter(_PlainLogFormatter(labelOnlyBase=False))
+    return True
+
+
+def inner_ticks(lo: float, hi: float, log: bool, n: int = 3) -> list[float]:
+    """A few ticks strictly inside (lo, hi), none on the edges, so that the labels of neighbouring
+    small panels cannot collide: decades on a log axis, round numbers on a linear one."""
+    from matplotlib.ticker import MaxNLocator
+
+    if log:
+        k0, k1 = int(np.ceil(np.log10(lo))), int(np.floor(np.log10(hi)))
+        ticks = [10.0**k for k in range(k0, k1 + 1) if lo * 1.25 < 10.0**k < hi / 1.25]
+        step = max(1, int(np.ceil(len(ticks) / n)))
+        return ticks[::step]
+    margin = 0.08 * (hi - lo)
+    return [float(t) for t in MaxNLocator(nbins=n).tick_values(lo, hi) if lo + margin < t < hi - margin]

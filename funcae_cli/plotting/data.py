@@ -10,13 +10,19 @@ from funcae_cli.plotting.base import new_figure, param_label, setup_curve_axes
 
 
 def data_preview(ds: Dataset, family: Family, n: int = 5, title: str = "") -> Figure:
-    fig, ax = new_figure(figsize=(7, 4.2))
+    """The first n curves of the data set, each labelled with its parameter values (and units)."""
+    n = min(n, ds.curves.shape[0])
+    labelled = ds.params.ndim == 2 and ds.params.shape[1] > 0
+    labels = [param_label(family, ds.params[i].numpy()) for i in range(n)] if labelled else [None] * n
+    wide = max((len(label) for label in labels if label), default=0) > 45  # e.g. four parameters with units
+    fig, ax = new_figure(figsize=(11, 6.0) if wide else (9, 4.6))
     x = ds.grid.numpy()
-    for curve, params in zip(ds.curves[:n].numpy(), ds.params[:n].numpy()):
-        ax.plot(x, curve, label=param_label(family, params))
+    for curve, label in zip(ds.curves[:n].numpy(), labels):
+        ax.plot(x, curve, lw=1.6, label=label)
     setup_curve_axes(ax, family)
-    ax.legend(loc="best")
-    ax.set_title(
-        f"{title}: {n} of {ds.curves.shape[0]:,} curves ({family.description})" if title else family.description
-    )
+    ax.set_xlim(x.min(), x.max())
+    if labelled:  # beside the axes, or below them when the labels are long
+        fig.legend(loc="outside lower center" if wide else "outside right upper", ncols=2 if wide else 1)
+    what = f"{n} of {ds.curves.shape[0]:,} curves: {family.description}"
+    fig.suptitle(f"{title}\n{what}" if title else what)
     return fig

@@ -1,0 +1,110 @@
+"""Notebook-style baselines, written the way the reference notebooks do it, for side-by-side timing.
+
+These are deliberately NOT vectorized: they reproduce the notebooks' per-curve Python loops and
+Dataset/DataLoader training so that the ratios measure what a user gains by switching.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader
+from torch.utils.data import Dataset as TorchDataset
+
+
+def notebook_generate_normal(n: int, n_points: int = 1000, seed: int = 0) -> torch.Tensor:
+    """Notebook 000's generation: one curve per loop iteration, torch.distributions samplers."""
+    torch.manual_seed(seed)
+    dist_mu = torch.distributions.uniform.Uniform(-3.0, 3.0)
+    dist_sigma = torch.distributions.uniform.Uniform(0.5, 3.0)
+    grid = torch.linspace(-5.0, 5.0, n_points)
+
+    def target_func(x, mu, sigma):
+        return 1 / np.sqrt(2 * np.pi) / sigma * np.exp(-0.5 * (x - mu) ** 2 / sigma**2)
+
+    rows = []
+    for _ in range(n):
+        mu, sigma = dist_mu.sample(), dist_sigma.sample()
+        rows.append(target_func(grid, mu, sigma))
+    return torch.vstack(rows)
+
+
+class NotebookAE(nn.Module):
+    """Notebook 000's autoencoder: 4 linear layers each side, tanh, width `hidden`."""
+
+    def __init__(self, n_points: int, latent: int = 2, hidden: int = 16):
+        super().__init__()
+        self.e = nn.ModuleList([nn.Linear(n_points, hidden), nn.Linear(hidden, hidden), nn.Linear(hidden, hidden)])
+        self.e_out = nn.Linear(hidden, latent)
+        self.d = nn.ModuleList([nn.Linear(latent, hidden), nn.Linear(hidden, hidden), nn.Linear(hidden, hidden)])
+        self.d_out = nn.Linear(hidden, n_points)
+
+    def encoder(self, x):
+        for layer in self.e:
+            x = F.tanh(layer(x))
+        return self.e_out(x)
+
+    def decoder(self, z):
+        for layer in self.d:
+            z = F.tanh(layer(z))
+        return self.d_out(z)
+
+    def forward(self, x):
+        return self.decoder(self.encoder(x))
+
+
+class FuncDataset(TorchDataset):
+    def __init__(self, X):
+        self.X = X
+
+    def __len__(self):
+        return len(self.X)
+
+    def __getitem__(self, idx):
+        return self.X[idx]
+
+
+def notebook_train_epochs(X: torch.Tensor, epochs: int, hidden: int = 16, batch: int = 256, lr: float = 1e-3, gamma: float = 0.98, seed: int = 0) -> tuple[NotebookAE, list[float]]:
+    """Notebook 000's training loop: DataLoader over a per-item Dataset, per-batch SSE, ExponentialLR."""
+    torch.manual_seed(seed)
+    model = NotebookAE(X.shape[1], hidden=hidden)
+    loader = DataLoader(FuncDataset(X), batch_size=batch, shuffle=True)
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=gamma)
+    history = []
+    for _ in range(epochs):
+        total = 0.0
+        for x in loader:
+            opt.zero_grad()
+            loss = ((x - model(x)) ** 2).sum()
+            loss.backward()
+            opt.step()
+            total += loss.item()
+        sched.step()
+        history.append(total / len(loader))
+    return model, history
+
+
+def notebook_nelder_mead(decoder, target: np.ndarray, latent_dim: int) -> tuple[np.ndarray, float, int]:
+    """Notebook 000's inversion: scipy Nelder-Mead from z = 0, a numpy/torch round trip per evaluation."""
+    from scipy.optimize import minimize
+
+    def func(z):
+        with torch.no_grad():
+            pred = decoder(torch.FloatTensor(z)[None, :])[0].numpy()
+        return float(np.linalg.norm(target - pred))
+
+    res = minimize(func, np.zeros(latent_dim), method="Nelder-Mead")
+    return res.x, float(res.fun), int(res.nfev)
+
+
+def per_curve_sse(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).square().sum(dim=1).mean())
+
+
+def ceil_div(a: int, b: int) -> int:
+    return math.ceil(a / b)

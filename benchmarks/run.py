@@ -1,0 +1,303 @@
+"""`make bench`: funcae against notebook-style code, side by side in one process, ratios printed.
+
+    python -m benchmarks.run [--scale 1.0] [--repeats 3] [--rows gen,epoch,quality,invert,memory,pca] [--out BENCHMARKS.md]
+
+Every row times both sides back to back on the same machine and reports the median of `--repeats`.
+`--scale` shrinks the problem sizes (tests use a tiny scale so this code cannot rot).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from benchmarks import baselines
+from funcae_cli.config import load_config
+from funcae_cli.data import generate
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = REPO / "configs"
+
+
+@dataclass
+class Row:
+    name: str
+    funcae: str
+    baseline: str
+    ratio: float | None
+    target: str
+    command: str
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def met(self) -> str:
+        return "" if self.ratio is None else ""
+
+
+def timeit(fn: Callable[[], object], repeats: int) -> tuple[float, object]:
+    times, out = [], None
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), out
+
+
+def _normal_cfg(overrides: list[str]):
+    return load_config(CONFIGS / "normal.yaml", overrides)
+
+
+# --- rows -----------------------------------------------------------------------------------
+
+
+def bench_generation(scale: float, repeats: int) -> Row:
+    n = max(int(100_000 * scale), 100)
+    cfg = _normal_cfg([f"data.n={n}"])
+    t_f, ds = timeit(lambda: generate(cfg), repeats)
+    t_b, X = timeit(lambda: baselines.notebook_generate_normal(n), repeats)
+    assert ds.curves.shape == X.shape
+    return Row(
+        "1. generate normal curves",
+        f"{t_f:.3f} s ({n:,} x 1000)",
+        f"{t_b:.3f} s (per-curve loop)",
+        t_b / t_f,
+        ">= 20x; funcae < 1.5 s at full size",
+        "python -m benchmarks.run --rows gen",
+    )
+
+
+def _trainer_for(cfg, ds):
+    from funcae_cli.train import Trainer, prepare
+
+    prep = prepare(cfg, ds, torch.device("cpu"))
+    return Trainer(cfg, prep, torch.device("cpu"))
+
+
+def bench_epoch(scale: float, repeats: int) -> Row:
+    """Same model (hidden 16, tanh, latent 2), same data, batch 256, Adam: one epoch each."""
+    n = max(int(100_000 * scale), 600)
+    base = [f"data.n={n}", "model.hidden=[16,16,16]", "train.batch_size=256", "train.epochs=1",
+            "train.scheduler.name=exponential", "train.lr=1e-3"]  # fmt: skip
+    cfg = _normal_cfg(base)
+    ds = generate(cfg)
+    n_train = int(n * (1 - cfg.data.val_fraction - cfg.data.test_fraction))
+    X = ds.curves[:n_train].clone()
+
+    def ours():
+        tr = _trainer_for(cfg, generate(cfg))
+        t0 = time.perf_counter()
+        tr.run()
+        return time.perf_counter() - t0
+
+    def theirs():
+        t0 = time.perf_counter()
+        baselines.notebook_train_epochs(X, epochs=1)
+        return time.perf_counter() - t0
+
+    t_f = statistics.median(ours() for _ in range(repeats))
+    t_b = statistics.median(theirs() for _ in range(repeats))
+    return Row(
+        "2. one training epoch (notebook 000 model)",
+        f"{t_f:.3f} s",
+        f"{t_b:.3f} s (Dataset/DataLoader loop)",
+        t_b / t_f,
+        ">= 3x",
+        "python -m benchmarks.run --rows epoch",
+        [f"{n_train:,} training curves x 1000 points, batch 256; funcae's epoch includes its validation pass"],
+    )
+
+
+def bench_quality(scale: float, repeats: int, threshold: float = 0.0072) -> Row:
+    """Seconds for configs/normal.yaml to reach per-curve SSE <= threshold vs the notebook's 200 epochs."""
+    from funcae_cli.train import test_metrics
+
+    n = max(int(100_000 * scale), 600)
+    over = [f"data.n={n}"] + ([] if scale >= 1 else ["train.epochs=3"])
+    cfg = _normal_cfg(over)
+    tr = _trainer_for(cfg, generate(cfg))
+    state = tr.run()
+    elapsed, reached_epoch = 0.0, None
+    for row in state.history:
+        elapsed += row["seconds"]
+        if row["val_sse"] <= threshold:
+            reached_epoch = row["epoch"]
+            break
+    test = test_metrics(tr.model, tr.prep, cfg)
+    # Notebook side: measure a few epochs of its loop and extrapolate to its 200.
+    n_train = tr.prep.n_train
+    X = generate(cfg).curves[:n_train]
+    k = 2 if scale >= 1 else 1
+    t0 = time.perf_counter()
+    baselines.notebook_train_epochs(X, epochs=k)
+    per_epoch = (time.perf_counter() - t0) / k
+    t_b = per_epoch * 200
+    notes = [
+        f"notebook: {k} epoch(s) measured ({per_epoch:.2f} s each), extrapolated to its 200 epochs",
+        f"funcae: final test per-curve SSE {test['sse_mean']:.5f} after {len(state.history)} epochs "
+        f"({state.wall_seconds:.1f} s); PCA-2 {test['pca']['sse_mean']:.4f}",
+    ]
+    if reached_epoch is None:
+        return Row("3. time to notebook quality (SSE <= 0.0072)", f"not reached in {state.wall_seconds:.1f} s",
+                   f"{t_b:.0f} s (extrapolated)", None, ">= 20x", "python -m benchmarks.run --rows quality", notes)  # fmt: skip
+    notes.insert(0, f"funcae reached val per-curve SSE <= {threshold} at epoch {reached_epoch}")
+    return Row(
+        "3. time to notebook quality (SSE <= 0.0072)",
+        f"{elapsed:.1f} s",
+        f"{t_b:.0f} s (extrapolated)",
+        t_b / elapsed,
+        ">= 20x; <= 90 s",
+        "python -m benchmarks.run --rows quality",
+        notes,
+    )
+
+
+def bench_memory(scale: float, repeats: int) -> Row:
+    """Peak RSS of `funcae train configs/normal.yaml` (2 epochs: the peak is reached in the first)."""
+    n = max(int(100_000 * scale), 600)
+    with tempfile.TemporaryDirectory() as tmp:
+        cmd = [sys.executable, "-m", "funcae_cli", "train", str(CONFIGS / "normal.yaml"), "--run-dir", f"{tmp}/run",
+               "--set", f"data.n={n}", "--set", "train.epochs=2", "-q", "--no-plots"]  # fmt: skip
+        before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+        subprocess.run(cmd, check=True, cwd=tmp, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True)
+        peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    peak = peak_kib / 1024**2
+    data_gib = n * 1000 * 4 / 1024**3
+    return Row(
+        "5. peak memory of `funcae train configs/normal.yaml`",
+        f"{peak:.2f} GiB",
+        "1.50 GiB (target)",
+        1.5 / peak,
+        "<= 1.5 GiB (ratio = target / peak, >= 1 meets it)",
+        "python -m benchmarks.run --rows memory",
+        [f"the float32 data alone is {data_gib:.2f} GiB; measured with getrusage(RUSAGE_CHILDREN)"]
+        + ([f"(earlier children peaked at {before / 1024**2:.2f} GiB)"] if before > peak_kib else []),
+    )
+
+
+FAMILY_CONFIGS = ["normal.yaml", "beta_vae.yaml", "rotation_curve.yaml", "rotation_curve_vae.yaml"]
+
+
+def bench_pca(scale: float, repeats: int) -> Row:
+    """Per-curve test SSE of the AE against PCA with as many components, on every shipped family config."""
+    from funcae_cli.train import test_metrics
+
+    lines = []
+    ratios = []
+    for name in FAMILY_CONFIGS:
+        cfg = load_config(CONFIGS / name, [] if scale >= 1 else ["data.n=600", "train.epochs=2"])
+        tr = _trainer_for(cfg, generate(cfg))
+        tr.run()
+        m = test_metrics(tr.model, tr.prep, cfg)
+        ratio = m["pca"]["sse_mean"] / m["sse_mean"]
+        ratios.append(ratio)
+        lines.append(
+            f"{name}: AE ({cfg.model.kind}, latent {cfg.model.latent_dim}) {m['sse_mean']:.4g} vs "
+            f"PCA-{m['pca']['components']} {m['pca']['sse_mean']:.4g} -> PCA/AE = {ratio:.1f}x"
+        )
+    return Row(
+        "6. AE vs PCA (same components), per-curve test SSE",
+        "see notes",
+        "see notes",
+        float(np.exp(np.mean(np.log(ratios)))),
+        "AE below PCA (ratio = geometric mean of PCA/AE)",
+        "python -m benchmarks.run --rows pca",
+        lines,
+    )
+
+
+def bench_invert(scale: float, repeats: int) -> Row:
+    from benchmarks.inversion_bench import bench_inversion
+
+    return bench_inversion(scale, repeats)
+
+
+ROWS: dict[str, Callable[[float, int], Row]] = {
+    "gen": bench_generation,
+    "epoch": bench_epoch,
+    "quality": bench_quality,
+    "invert": bench_invert,
+    "memory": bench_memory,
+    "pca": bench_pca,
+}
+
+
+def machine() -> dict[str, str]:
+    return {
+        "date": dt.date.today().isoformat(),
+        "cpu": platform.processor() or platform.machine(),
+        "cores": str(os.cpu_count()),
+        "torch": str(torch.__version__),
+        "threads": str(torch.get_num_threads()),
+        "python": platform.python_version(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none",
+    }
+
+
+def render(rows: list[Row], info: dict[str, str], argv: list[str]) -> str:
+    out = [
+        "# Benchmarks",
+        "",
+        f"Measured {info['date']} on {info['cores']} cores ({info['cpu']}), torch {info['torch']} with "
+        f"{info['threads']} threads, Python {info['python']}, CUDA: {info['cuda']}.",
+        f"Reproduce: `make bench` (this file came from `python -m benchmarks.run {' '.join(argv)}`).",
+        "Each row runs both sides in the same process, back to back; times are medians of the repeats.",
+        "",
+        "| row | funcae | notebook-style | ratio | target |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for r in rows:
+        ratio = "n/a" if r.ratio is None else f"{r.ratio:.1f}x"
+        out.append(f"| {r.name} | {r.funcae} | {r.baseline} | {ratio} | {r.target} |")
+    out.append("")
+    for r in rows:
+        if r.notes:
+            out.append(f"**{r.name}** (`{r.command}`)")
+            out.extend(f"- {n}" for n in r.notes)
+            out.append("")
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--scale", type=float, default=1.0, help="problem size factor (1 = the issue's sizes)")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--rows", default=",".join(ROWS), help=f"comma-separated subset of {','.join(ROWS)}")
+    ap.add_argument("--out", default="BENCHMARKS.md", help="markdown report ('' for none)")
+    args = ap.parse_args(argv)
+    names = [r.strip() for r in args.rows.split(",") if r.strip()]
+    unknown = [n for n in names if n not in ROWS]
+    if unknown:
+        ap.error(f"unknown rows {unknown}; choose from {list(ROWS)}")
+    rows = []
+    for name in names:
+        print(f"running {name} ...", file=sys.stderr, flush=True)
+        row = ROWS[name](args.scale, args.repeats)
+        rows.append(row)
+        ratio = "n/a" if row.ratio is None else f"{row.ratio:.1f}x"
+        print(f"{row.name}: funcae {row.funcae} | baseline {row.baseline} | ratio {ratio} | target {row.target}", flush=True)
+        for n in row.notes:
+            print(f"    {n}", flush=True)
+    if args.out:
+        Path(args.out).write_text(render(rows, machine(), argv if argv is not None else sys.argv[1:]) + "\n")
+        print(f"wrote {args.out}", file=sys.stderr)
+    print(json.dumps({r.name: r.ratio for r in rows}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,275 @@
+"""Figures re-drawn from what `funcae invert` and `funcae sample` wrote: `invert` and `samples`.
+
+The readers are tolerant: a result file without the arrays a panel needs is left out (and said
+so), never a crash; the commands that write these files own their exact layout.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from funcae_cli.families import Family
+from funcae_cli.plotting.base import add_curves, latent_label, new_figure, setup_curve_axes, subsample
+
+# --- inversion results ------------------------------------------------------------------------
+
+# Accepted spellings of each field, first match wins.
+_TARGET_KEYS = ("target", "target_curve", "y")
+_FIT_KEYS = ("fit", "fit_curve", "decoded", "recon")
+_X_KEYS = ("x", "grid")
+_TRUE_PARAM_KEYS = ("params", "target_params", "true_params", "parameters")
+_EST_PARAM_KEYS = ("estimated_params", "params_estimate", "estimate", "params_est", "physical")
+_OBJECTIVE_KEYS = ("objective", "residual_norm", "loss")
+_LIST_KEYS = ("results", "targets", "inversions")
+
+
+@dataclass
+class Inversion:
+    """One inverted target, as far as the plot needs it."""
+
+    x: np.ndarray
+    target: np.ndarray
+    fit: np.ndarray
+    z: np.ndarray | None = None
+    true_params: dict[str, float] = field(default_factory=dict)
+    est_params: dict[str, float] = field(default_factory=dict)
+    objective: float | None = None
+    rel_l2: float | None = None
+    source: str = ""
+
+
+def _first(d: dict[str, Any], keys: tuple[str, ...]) -> Any:
+    for k in keys:
+        if k in d and d[k] is not None:
+            return d[k]
+    return None
+
+
+def _array(v: Any) -> np.ndarray | None:
+    try:
+        a = np.asarray(v, dtype=float)
+    except (TypeError, ValueError):
+        return None
+    return a if a.ndim >= 1 and a.size else None
+
+
+def _params(v: Any) -> dict[str, float]:
+    if not isinstance(v, dict):
+        return {}
+    out = {}
+    for k, val in v.items():
+        if isinstance(val, (int, float)) and not isinstance(val, bool):
+            out[str(k)] = float(val)
+    return out
+
+
+def _scalar(v: Any) -> float | None:
+    if isinstance(v, dict):  # e.g. {"refined": 0.01, "encoder": 0.2}
+        v = _first(v, ("refined", "value", "final"))
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+
+
+def _parse_one(d: dict[str, Any], source: str, x_default: Any) -> Inversion | None:
+    target, fit = _array(_first(d, _TARGET_KEYS)), _array(_first(d, _FIT_KEYS))
+    x = _array(_first(d, _X_KEYS))
+    if x is None:
+        x = _array(x_default)
+    if target is None or fit is None or x is None or not (x.shape == target.shape == fit.shape) or x.ndim != 1:
+        return None
+    z = _array(d.get("z"))
+    return Inversion(
+        x=x,
+        target=target,
+        fit=fit,
+        z=None if z is None else z.ravel(),
+        true_params=_params(_first(d, _TRUE_PARAM_KEYS)),
+        est_params=_params(_first(d, _EST_PARAM_KEYS)),
+        objective=_scalar(_first(d, _OBJECTIVE_KEYS)),
+        rel_l2=_scalar(d.get("rel_l2")),
+        source=source,
+    )
+
+
+def read_inversions(paths: list[Path], limit: int | None = None) -> tuple[list[Inversion], list[str]]:
+    """Inversions from invert/*.json (one target per file, or a list under `results`/`targets`),
+    reading files in the given order until `limit` inversions are found. Returns (parsed,
+    problems): unreadable files and files without any target/fit/x arrays are reported."""
+    found: list[Inversion] = []
+    problems: list[str] = []
+    for path in paths:
+        if limit is not None and len(found) >= limit:
+            break
+        try:
+            obj = json.loads(Path(path).read_text())
+        except (OSError, ValueError) as e:
+            problems.append(f"{Path(path).name}: unreadable ({e})")
+            continue
+        entries: list[Any]
+        x_default = None
+        if isinstance(obj, list):
+            entries = obj
+        elif isinstance(obj, dict) and isinstance(_first(obj, _LIST_KEYS), list):
+            entries = _first(obj, _LIST_KEYS)
+            x_default = _first(obj, _X_KEYS)
+        else:
+            entries = [obj]
+        n_ok = 0
+        for e in entries:
+            inv = _parse_one(e, Path(path).name, x_default) if isinstance(e, dict) else None
+            if inv is not None:
+                if isinstance(e.get("name"), str) and e["name"] and len(entries) > 1:
+                    inv.source = f"{inv.source}: {e['name']}"
+                found.append(inv)
+                n_ok += 1
+        if n_ok == 0:  # a batch stores curves for its first targets only: that is not a problem
+            problems.append(f"{Path(path).name}: no entry with target, fit and x arrays")
+    return found, problems
+
+
+def _fmt_params(p: dict[str, float], family: Family) -> str:
+    labels = {q.name: q.label for q in family.params}
+    return ", ".join(f"{labels.get(k, k)}={v:.4g}" for k, v in p.items())
+
+
+def inversions_figure(results: list[Inversion], family: Family, *, title: str = "", note: str = "") -> Figure:
+    """One row per inversion (at most a handful): target and fit on the left with the parameters
+    and code in the legend, the residual target - fit on the right (notebook 000)."""
+    n = len(results)
+    fig, axes = new_figure(
+        nrows=n, ncols=2, figsize=(13, 3.3 * n + 0.9), squeeze=False, width_ratios=[1.3, 1], sharex="col"
+    )
+    for row, inv in zip(axes, results):
+        ax = row[0]
+        tlabel = "target" + (f": {_fmt_params(inv.true_params, family)}" if inv.true_params else "")
+        ax.plot(inv.x, inv.target, color="k", lw=2.0, label=tlabel)
+        flabel = "fit"
+        if inv.z is not None:
+            flabel += ": z = (" + ", ".join(f"{v:.3f}" for v in inv.z) + ")"
+        ax.plot(inv.x, inv.fit, color="tab:red", lw=1.5, ls="--", label=flabel)
+        if inv.est_params:
+            ax.plot([], [], " ", label=f"estimated: {_fmt_params(inv.est_params, family)}")
+        setup_curve_axes(ax, family)
+        ax.legend(loc="best", fontsize=8)
+        ax.set_title(inv.source, fontsize=9)
+        ax = row[1]
+        ax.plot(inv.x, inv.target - inv.fit, color="tab:purple", lw=1.2)
+        ax.axhline(0, color="0.5", lw=0.8, ls=":")
+        setup_curve_axes(ax, family)
+        ax.set_ylabel("target − fit")
+        stats = []
+        if inv.objective is not None:
+            stats.append(f"objective {inv.objective:.4g}")
+        if inv.rel_l2 is not None:
+            stats.append(f"relative L2 {inv.rel_l2:.3g}")
+        stats.append(f"max |residual| {np.abs(inv.target - inv.fit).max():.3g}")
+        ax.set_title("residual: " + ", ".join(stats), fontsize=9)
+    for ax in axes[:-1].ravel():
+        ax.set_xlabel("")
+    lines = [title, f"{n} inversion result{'s' if n != 1 else ''}" + (f": {note}" if note else "")]
+    fig.suptitle("\n".join(line for line in lines if line))
+    return fig
+
+
+# --- samples ----------------------------------------------------------------------------------
+
+RUG_BELOW = 100  # fewer sampled codes than this: a rug, not a histogram
+
+
+@dataclass
+class Samples:
+    curves: np.ndarray  # (n, n_points)
+    z: np.ndarray | None  # (n, latent_dim)
+    grid: np.ndarray | None  # (n_points,)
+    real: np.ndarray | None = None  # (k, n_points) real curves stored beside the samples
+    z_real: np.ndarray | None = None  # codes of the data the latent distribution came from
+    latent: str = ""  # how the codes were drawn (prior, empirical, gaussian)
+
+
+def read_samples(path: Path) -> Samples:
+    """samples.npz as `funcae sample` writes it (curves; z, grid, real, z_real, latent when present)."""
+
+    def opt(f, key: str, ndim: int) -> np.ndarray | None:
+        if key not in f.files:
+            return None
+        a = np.asarray(f[key], dtype=float)
+        return a if a.ndim == ndim and a.size else None
+
+    with np.load(path, allow_pickle=False) as f:
+        curves = np.asarray(f["curves"], dtype=float)
+        out = Samples(
+            curves,
+            opt(f, "z", 2),
+            opt(f, "grid", 1),
+            opt(f, "real", 2),
+            opt(f, "z_real", 2),
+            str(f["latent"]) if "latent" in f.files else "",
+        )
+    if curves.ndim != 2:
+        raise ValueError(f"curves has shape {curves.shape}, expected (n, n_points)")
+    return out
+
+
+def samples_comparison_figure(
+    x: np.ndarray,
+    real: np.ndarray,
+    sampled: np.ndarray,
+    family: Family,
+    *,
+    z_real: np.ndarray | None = None,
+    z_sampled: np.ndarray | None = None,
+    n_show: int = 40,
+    max_dims: int = 6,
+    seed: int = 0,
+    title: str = "",
+    note: str = "",
+) -> Figure:
+    """Curves sampled from the model beside real ones on the same axes (notebooks 003, 004); below,
+    each latent dimension's distribution for the data's codes and the sampled codes (notebook 004)."""
+    with_codes = z_real is not None and z_sampled is not None and z_real.shape[1] == z_sampled.shape[1]
+    fig = Figure(layout="constrained", figsize=(14, 8.6 if with_codes else 5.0))
+    top, bottom = fig.subfigures(2, 1, height_ratios=[1.5, 1]) if with_codes else (fig, None)
+    ax_real, ax_samp = top.subplots(1, 2, sharex=True, sharey=True)
+    isamp = subsample(len(sampled), n_show, seed + 1)
+    ir = subsample(len(real), len(isamp), seed)  # as many real curves as sampled ones: a fair comparison
+    add_curves(ax_real, x, real[ir], color=None, lw=1.0, alpha=0.7, colors="tab:blue")
+    add_curves(ax_samp, x, sampled[isamp], color=None, lw=1.0, alpha=0.7, colors="tab:orange")
+    for ax, name, k, tot in ((ax_real, "data", len(ir), len(real)), (ax_samp, "sampled", len(isamp), len(sampled))):
+        setup_curve_axes(ax, family)
+        ax.set_title(f"{k} of {tot:,} {name} curves" if k < tot else f"{tot:,} {name} curves")
+    ax_samp.set_ylabel("")
+    ax_real.set_xlim(x.min(), x.max())
+    lo = min(np.nanmin(real[ir]), np.nanmin(sampled[isamp]))
+    hi = max(np.nanmax(real[ir]), np.nanmax(sampled[isamp]))
+    pad = 0.05 * (hi - lo if hi > lo else 1.0)
+    ax_real.set_ylim(lo - pad, hi + pad)
+    if with_codes:
+        d = z_real.shape[1]
+        dims = np.sort(np.argsort(-z_real.var(axis=0))[:max_dims]) if d > max_dims else np.arange(d)
+        axes = np.atleast_1d(bottom.subplots(1, len(dims)))
+        for ax, i in zip(axes, dims):
+            both = np.concatenate([z_real[:, i], z_sampled[:, i]])
+            lo_, hi_ = np.percentile(both, [0.1, 99.9])
+            nb = int(np.clip(2 * np.sqrt(len(z_real)), 8, 40))
+            bins = np.linspace(lo_, hi_ if hi_ > lo_ else lo_ + 1, nb)
+            ax.hist(z_real[:, i], bins=bins, density=True, color="tab:blue", alpha=0.5, label="data codes")
+            if len(z_sampled) >= RUG_BELOW:
+                ax.hist(
+                    z_sampled[:, i], bins=bins, density=True, histtype="step", lw=2, color="tab:orange", label="sampled"
+                )
+            else:  # too few for a histogram: one tick per sampled code
+                ax.plot(
+                    z_sampled[:, i], np.zeros(len(z_sampled)), "|", ms=22, mew=1.5, color="tab:orange", label="sampled"
+                )
+            ax.set_xlabel(latent_label(i))
+            ax.set_yticks([])
+        axes[0].set_ylabel("density")
+        axes[0].legend(loc="upper left", fontsize=8)
+        bottom.suptitle("latent codes: data against samples", fontsize=10)
+    fig.suptitle("\n".join(line for line in (title, note) if line))
+    return fig

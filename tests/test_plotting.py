@@ -1,0 +1,242 @@
+"""`funcae plot`: every kind writes a real, non-blank figure; kinds that do not apply are skipped;
+bad options exit 2. The figure functions are also called directly on synthetic arrays for the
+paths a smoke run does not reach (latent_dim 1 and > max_dims, no parameters, negative losses)."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import matplotlib.image as mpimg
+import numpy as np
+import pytest
+
+from funcae_cli.families import FAMILIES
+from funcae_cli.plotting import (
+    PLOTS,
+    corner_figure,
+    decoder_grid_figure,
+    latent_figure,
+    loss_figure,
+    pca_figure,
+    plot_run,
+    reconstruction_figure,
+)
+from funcae_cli.plotting.latent import grid_codes, spearman_matrix, support_mask
+from funcae_cli.plotting.results import read_inversions
+from funcae_cli.rundir import RunDir
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+DEFAULT_KINDS = {"loss", "latent", "decoder_grid", "reconstruction"}
+
+
+def assert_figure_png(data: bytes, what: str = "") -> None:
+    """A PNG that is not blank: signature, size, and enough ink (an empty axes box has ~1% dark
+    pixels and a pixel variance ~0.007; every real figure here has far more)."""
+    assert data[:8] == PNG_SIGNATURE, f"{what}: not a PNG"
+    assert len(data) > 20_000, f"{what}: only {len(data)} bytes"
+    rgb = mpimg.imread(io.BytesIO(data), format="png")[..., :3]
+    assert rgb.var() > 0.01, f"{what}: pixel variance {rgb.var():.4f}: blank?"
+    assert (rgb.mean(axis=-1) < 0.9).mean() > 0.03, f"{what}: almost no ink"
+
+
+def render(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=80)
+    return buf.getvalue()
+
+
+def ok(result) -> None:
+    assert result.exit_code == 0, result.stdout + result.stderr
+
+
+def usage_error(result, *pieces: str) -> None:
+    assert result.exit_code == 2, result.stdout + result.stderr
+    assert result.stderr.startswith("error:") and "Traceback" not in result.stderr
+    for piece in pieces:
+        assert piece in result.stderr, f"{piece!r} not in {result.stderr!r}"
+
+
+def write_fake_results(rd: RunDir, n_points: int, latent_dim: int = 2) -> None:
+    """invert/*.json and samples.npz in the layout `funcae invert` / `funcae sample` write."""
+    x = np.linspace(-5, 5, n_points)
+    target = np.exp(-0.5 * (x - 1) ** 2) / np.sqrt(2 * np.pi)
+    rows = [
+        {
+            "name": f"target {i}",
+            "target": target.tolist(),
+            "fit": (target * (1 + 0.05 * i)).tolist(),
+            "z": [0.1 * i] * latent_dim,
+            "true_params": {"mu": 1.0, "sigma": 1.0},
+            "estimated_params": {"mu": 1.01, "sigma": 0.98},
+            "objective": 0.01 * (i + 1),
+            "rel_l2": 0.02,
+        }
+        for i in range(2)
+    ]
+    rows.append({"name": "no curves stored", "z": [0.0] * latent_dim, "objective": 0.1})  # batches past 16
+    rd.invert_dir.mkdir(parents=True, exist_ok=True)
+    rd.invert_json("fake").write_text(json.dumps({"x": x.tolist(), "method": "lbfgs", "targets": rows}))
+    rng = np.random.default_rng(0)
+    np.savez(
+        rd.samples,
+        curves=target[None, :] + 0.01 * rng.standard_normal((12, n_points)),
+        z=rng.standard_normal((12, latent_dim)),
+        grid=x,
+    )
+
+
+# --- the command on a trained run --------------------------------------------------------------
+
+
+def test_train_leaves_the_default_figures(smoke_run: Path):
+    assert {k for k, p in PLOTS.items() if p.default} == DEFAULT_KINDS
+    written = {p.stem for p in (smoke_run / "plots").iterdir()}
+    assert written == DEFAULT_KINDS
+    for kind in DEFAULT_KINDS:
+        assert_figure_png((smoke_run / "plots" / f"{kind}.png").read_bytes(), kind)
+
+
+def test_every_kind_writes_a_figure(smoke_copy: Path, cli):
+    rd = RunDir(smoke_copy)
+    write_fake_results(rd, n_points=64)
+    result = cli("plot", "--json", "--color-by", "sigma")
+    ok(result)
+    report = json.loads(result.stdout)  # nothing but the JSON on stdout
+    assert set(report["written"]) == set(PLOTS), report["skipped"]
+    assert report["skipped"] == {}
+    for kind, path in report["written"].items():
+        assert Path(path) == (rd.plot(kind, "png")).resolve()
+        assert_figure_png(Path(path).read_bytes(), kind)
+
+
+def test_inapplicable_kinds_are_skipped_not_errors(smoke_copy: Path, cli):
+    result = cli("plot", "--kind", "invert", "--kind", "samples")
+    ok(result)
+    assert result.stdout == ""  # no paths: nothing written
+    assert "skipped invert" in result.stderr and "funcae invert" in result.stderr
+    assert "skipped samples" in result.stderr and "funcae sample" in result.stderr
+    assert not (smoke_copy / "plots" / "invert.png").exists()
+    assert not (smoke_copy / "plots" / "samples.png").exists()
+
+
+def test_paths_on_stdout_and_other_formats(smoke_copy: Path, cli):
+    result = cli("plot", "-k", "loss,corner", "--format", "pdf", "--run", smoke_copy)
+    ok(result)
+    paths = [Path(line) for line in result.stdout.splitlines()]
+    assert [p.name for p in paths] == ["loss.pdf", "corner.pdf"]
+    assert all(p.read_bytes().startswith(b"%PDF") for p in paths)
+
+
+@pytest.mark.parametrize(
+    "args, pieces",
+    [
+        (["--kind", "histogram"], ["histogram", "known: data, loss"]),
+        (["--kind", "loss,nope"], ["nope"]),
+        (["--color-by", "alpha"], ["--color-by", "alpha", "mu, sigma"]),
+        (["--format", "jpeg"], ["--format", "png, pdf"]),
+        (["--range", "-1"], ["--range"]),
+        (["--run", "no/such/run"], ["no/such/run"]),
+    ],
+)
+def test_bad_options_exit_2(smoke_copy: Path, cli, args, pieces):
+    usage_error(cli("plot", *args), *pieces)
+    assert not (smoke_copy / "plots" / "data.png").exists()  # nothing drawn before the check
+
+
+def test_vae_with_latent_dim_3(workdir: Path, cli):
+    """The VAE panels (KL apart, prior circles) and the latent_dim > 2 paths (pair plot, two
+    dimensions of largest variance in the decoder grid)."""
+    train = ["train", "configs/smoke.yaml", "--run-dir", "runs/vae3", "-q", "--no-plots"]
+    sets = ["model.kind=vae", "model.latent_dim=3", "train.epochs=2", "data.n=400"]
+    ok(cli(*train, *[a for s in sets for a in ("--set", s)]))
+    result = cli("plot", "--run", "runs/vae3", "--json", "--range", "2", "-k", "loss,latent,decoder_grid,corner,pca")
+    ok(result)
+    report = json.loads(result.stdout)
+    assert set(report["written"]) == {"loss", "latent", "decoder_grid", "corner", "pca"}
+    for kind, path in report["written"].items():
+        assert_figure_png(Path(path).read_bytes(), kind)
+
+
+def test_plot_run_returns_the_paths(smoke_copy: Path):
+    paths = plot_run(RunDir(smoke_copy), ["data", "invert"])
+    assert paths == [RunDir(smoke_copy).plot("data")]
+
+
+# --- the figure functions on synthetic arrays ------------------------------------------------
+
+
+@pytest.mark.parametrize("d, kind", [(1, "ae"), (2, "vae"), (10, "ae")])
+def test_latent_figure_any_dimension(d: int, kind: str):
+    rng = np.random.default_rng(0)
+    z = rng.standard_normal((30_000, d))
+    color = z[:, 0] + 0.1 * rng.standard_normal(30_000)
+    fig = latent_figure(z, model_kind=kind, color=color, color_label="μ", max_points=2_000, max_dims=4, title="t")
+    caption = fig.get_suptitle()
+    assert "2,000 of 30,000" in caption  # the subsample is said
+    if d > 4:
+        assert "the 4 of 10 dimensions" in caption
+    assert_figure_png(render(fig), f"latent d={d}")
+
+
+def test_decoder_grid_one_dim_and_support():
+    center = np.zeros(3)
+    codes, ticks = grid_codes(center, (1,), 2.0, n=10)
+    assert codes.shape == (10, 3) and np.allclose(codes[:, 1], ticks) and np.allclose(codes[:, [0, 2]], 0)
+    codes2, ticks2 = grid_codes(center, (0, 2), 1.0, n=4)
+    # row-major, top row = largest z_b, columns: z_a ascending
+    assert np.allclose(codes2[0, [0, 2]], [-1, 1]) and np.allclose(codes2[-1, [0, 2]], [1, -1])
+    mask = support_mask(np.array([[-1.0, 0.0, 1.0]]), (0, 2), ticks2)
+    assert mask.sum() == 1 and mask[0, 0]  # the code (-1, 1) is the top-left cell
+    x = np.linspace(0, 1, 50)
+    decoded = np.sin(np.outer(ticks, x) * 3)
+    fig = decoder_grid_figure(x, decoded, codes, (1,), FAMILIES["normal"], title="t")
+    assert_figure_png(render(fig), "decoder grid, one dim")
+
+
+def test_corner_with_a_constant_parameter():
+    rng = np.random.default_rng(1)
+    z = rng.standard_normal((500, 2))
+    values = np.column_stack([z[:, 0] * 2 + 0.01 * rng.standard_normal(500), np.ones(500)])
+    rho = spearman_matrix(z, values)
+    assert rho.shape == (2, 2) and rho[0, 0] > 0.99 and np.isnan(rho[:, 1]).all()
+    fig = corner_figure(z, values, ["μ", "σ"], title="t")
+    texts = [t.get_text() for ax in fig.axes for t in ax.texts]
+    assert "ρ = +1.00" in texts and "ρ = n/a (constant)" in texts
+    assert_figure_png(render(fig), "corner")
+
+
+def test_reconstruction_without_parameters_and_pca_with_zeros():
+    x = np.linspace(-5, 5, 40)
+    curves = np.exp(-0.5 * (x[None, :] - np.linspace(-2, 2, 60)[:, None]) ** 2)
+    recon = curves + 0.02 * np.random.default_rng(2).standard_normal(curves.shape)
+    fig = reconstruction_figure(x, curves, recon, FAMILIES["normal"], title="t")
+    assert_figure_png(render(fig), "reconstruction without parameters")
+    sse = ((recon - curves) ** 2).sum(axis=1)
+    sse[0] = 0.0  # an exact reconstruction still has a place on the log axis
+    assert_figure_png(render(pca_figure(sse, sse * 2, components=2, title="t")), "pca")
+
+
+def test_loss_figure_with_negative_nll():
+    history = [
+        {
+            "epoch": e,
+            "lr": 1e-3 * 0.9**e,
+            **{f"{s}_{k}": v for s in ("train", "val") for k, v in (("loss", -e), ("recon", -e - 1), ("kl", 0.5))},
+        }
+        for e in range(1, 6)
+    ]
+    fig = loss_figure(history, vae=True, loss="gaussian", title="t")
+    assert len(fig.axes) == 4
+    assert fig.axes[0].get_yscale() == "linear" and fig.axes[2].get_yscale() == "log"
+    assert_figure_png(render(fig), "loss")
+
+
+def test_read_inversions_is_tolerant(tmp_path: Path):
+    (tmp_path / "bad.json").write_text("{not json")
+    (tmp_path / "nocurves.json").write_text(json.dumps({"targets": [{"z": [0, 0]}]}))
+    (tmp_path / "one.json").write_text(json.dumps({"x": [0, 1, 2], "target": [1, 2, 3], "fit": [1, 2, 2.9]}))
+    found, problems = read_inversions(sorted(tmp_path.glob("*.json")))
+    assert len(found) == 1 and found[0].source == "one.json"
+    assert len(problems) == 2
