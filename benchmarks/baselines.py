@@ -68,7 +68,15 @@ class FuncDataset(TorchDataset):
         return self.X[idx]
 
 
-def notebook_train_epochs(X: torch.Tensor, epochs: int, hidden: int = 16, batch: int = 256, lr: float = 1e-3, gamma: float = 0.98, seed: int = 0) -> tuple[NotebookAE, list[float]]:
+def notebook_train_epochs(
+    X: torch.Tensor,
+    epochs: int,
+    hidden: int = 16,
+    batch: int = 256,
+    lr: float = 1e-3,
+    gamma: float = 0.98,
+    seed: int = 0,
+) -> tuple[NotebookAE, list[float]]:
     """Notebook 000's training loop: DataLoader over a per-item Dataset, per-batch SSE, ExponentialLR."""
     torch.manual_seed(seed)
     model = NotebookAE(X.shape[1], hidden=hidden)

@@ -46,6 +46,7 @@ class Prepared:
     test: slice
     global_std: float  # std of the raw training curves: notebook 004's MSE normalization
     grid: Tensor  # (n_points,) float64
+    param_names: list[str] = field(default_factory=list)  # from the data set (file data may carry its own)
     labels: Tensor | None = None
 
     @property
@@ -62,7 +63,18 @@ def prepare(cfg: Config, ds: Dataset, device: torch.device) -> Prepared:
     x = ds.curves.to(device)  # one copy on the device (none on CPU)
     norm_dev = norm.to(device)
     norm_dev.encode_(x)
-    return Prepared(x, ds.params, norm_dev, splits.train, splits.val, splits.test, global_std, ds.grid, ds.labels)
+    return Prepared(
+        x,
+        ds.params,
+        norm_dev,
+        splits.train,
+        splits.val,
+        splits.test,
+        global_std,
+        ds.grid,
+        list(ds.param_names),
+        ds.labels,
+    )
 
 
 def model_args(cfg: Config, n_points: int) -> ModelArgs:
@@ -213,9 +225,8 @@ class Trainer:
 
     def data_summary(self) -> dict[str, Any]:
         p = self.prep.params[self.prep.train]
-        fam = self.cfg.family.family
         return {
-            "param_names": fam.param_names,
+            "param_names": list(self.prep.param_names),
             "param_min": p.min(dim=0).values.tolist() if p.numel() else [],
             "param_max": p.max(dim=0).values.tolist() if p.numel() else [],
             "grid": self.prep.grid.cpu(),
@@ -316,6 +327,7 @@ class Trainer:
                 "lr": lr,
                 **{f"train_{k}": v / n_seen for k, v in zip(LOSS_PARTS, sums)},
                 **{f"val_{k}": float(val[k].mean()) for k in LOSS_PARTS},
+                **{f"val_{k}": float(val[k].mean()) for k in ("noisy_recon", "noisy_sse", "noisy_mse") if k in val},
                 "val_sse": float(val["sse"].mean()),
                 "val_mse": float(val["mse"].mean()),
                 "val_mse_std": float(val["mse"].mean()) / prep.global_std**2,

@@ -17,8 +17,8 @@ from funcae_cli.checkpoint import load_checkpoint, save_checkpoint
 from funcae_cli.config import load_config
 from funcae_cli.errors import CheckpointError
 from funcae_cli.models import ModelArgs, build_model
-from funcae_cli.runs import load_trained
 from funcae_cli.rundir import RunDir
+from funcae_cli.runs import load_trained
 
 from .conftest import CONFIGS, REPO
 

@@ -1,4 +1,5 @@
-"""`data` figures: example curves labelled with their parameters (notebooks 000, 001, 004)."""
+"""`data` figures: example curves labelled with their parameters (notebooks 000, 001, 004), or
+for image data a grid of examples, one row per label (notebook 002)."""
 
 from __future__ import annotations
 
@@ -7,10 +8,26 @@ from matplotlib.figure import Figure
 from funcae_cli.data import Dataset
 from funcae_cli.families import Family
 from funcae_cli.plotting.base import new_figure, param_label, setup_curve_axes
+from funcae_cli.plotting.images import image_examples_figure
 
 
-def data_preview(ds: Dataset, family: Family, n: int = 5, title: str = "") -> Figure:
-    """The first n curves of the data set, each labelled with its parameter values (and units)."""
+def data_preview(
+    ds: Dataset, family: Family, n: int = 5, title: str = "", image_shape: tuple[int, int] | None = None
+) -> Figure:
+    """The first n curves of the data set, each labelled with its parameter values (and units).
+
+    image_shape (height, width): the rows are images; a grid of examples instead, one row per
+    label when the data has at most 10 labels.
+    """
+    if image_shape is not None:
+        labels = ds.labels.numpy() if ds.labels is not None else None
+        return image_examples_figure(
+            ds.curves.numpy(),
+            image_shape,
+            labels=labels,
+            title=title,
+            value_label=family.y_label,
+        )
     n = min(n, ds.curves.shape[0])
     labelled = ds.params.ndim == 2 and ds.params.shape[1] > 0
     labels = [param_label(family, ds.params[i].numpy()) for i in range(n)] if labelled else [None] * n

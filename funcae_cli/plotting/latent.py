@@ -7,9 +7,12 @@ caller computes them from a trained run (see plotting/run.py).
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 
 import numpy as np
+from matplotlib import colormaps
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 from matplotlib.patches import Circle, Rectangle
 from matplotlib.ticker import FixedLocator, FuncFormatter, MaxNLocator, NullLocator
 
@@ -73,10 +76,55 @@ def _hist(
     ax.set_ylabel("density")
 
 
+MAX_CATEGORIES = 20  # labels drawn in categorical colours (tab10, tab20); more: a colour scale
+
+
+@dataclass
+class Categories:
+    """Integer labels drawn in categorical colours with a legend (e.g. the digit of each image)."""
+
+    values: np.ndarray  # (n,) labels of every point
+    classes: np.ndarray  # (k,) the distinct labels, sorted
+    palette: np.ndarray  # (k, 4) RGBA, one per class
+
+    @classmethod
+    def of(cls, labels: np.ndarray) -> Categories | None:
+        """None when there are too many distinct labels for categorical colours."""
+        labels = np.asarray(labels)
+        classes = np.unique(labels)
+        if len(classes) > MAX_CATEGORIES:
+            return None
+        cmap = colormaps["tab10" if len(classes) <= 10 else "tab20"]
+        return cls(labels, classes, np.array([cmap(i) for i in range(len(classes))]))
+
+    def colors(self, idx: np.ndarray) -> np.ndarray:
+        """RGBA (len(idx), 4) of the points idx."""
+        return self.palette[np.searchsorted(self.classes, self.values[idx])]
+
+    def handles(self) -> list[Line2D]:
+        return [
+            Line2D([], [], ls="", marker="o", ms=6, color=c, label=str(k)) for k, c in zip(self.classes, self.palette)
+        ]
+
+    def legend(self, ax, **kwargs) -> None:
+        ax.legend(
+            handles=self.handles(),
+            title="label",
+            ncols=2 if len(self.classes) > 10 else 1,
+            fontsize=8,
+            title_fontsize=9,
+            handletextpad=0.2,
+            **kwargs,
+        )
+
+
 def _scatter(ax, zx, zy, color, vmin_vmax, s: float):
+    """color: None (one colour), (n,) values on the colour scale, or (n, 4) RGBA (categories)."""
     kwargs = dict(s=s, linewidths=0, alpha=0.7, rasterized=True)
     if color is None:
         return ax.scatter(zx, zy, color=POINT_COLOR, **kwargs)
+    if np.ndim(color) == 2:
+        return ax.scatter(zx, zy, c=color, **kwargs)
     return ax.scatter(zx, zy, c=color, cmap=CMAP, vmin=vmin_vmax[0], vmax=vmin_vmax[1], **kwargs)
 
 
@@ -86,25 +134,33 @@ def latent_figure(
     model_kind: str = "ae",
     color: np.ndarray | None = None,
     color_label: str = "",
+    labels: np.ndarray | None = None,
     max_points: int = 20_000,
     max_dims: int = 8,
     seed: int = 0,
     title: str = "",
     what: str = "training codes",
 ) -> Figure:
-    """Histogram of each latent dimension and a scatter of the codes (notebooks 000, 001).
+    """Histogram of each latent dimension and a scatter of the codes (notebooks 000, 001, 002).
 
     z: (n, latent_dim) codes; color: (n,) values to colour the points by (e.g. log10 of a
-    parameter) labelled `color_label` on the colorbar. Histograms use every code; scatters at
+    parameter) labelled `color_label` on the colorbar; labels: (n,) integer labels (e.g. the
+    digit) drawn in categorical colours with a legend titled "label", used instead of `color`
+    (more than 20 distinct labels: on a colour scale). Histograms use every code; scatters at
     most `max_points` (a random subsample, said in the title). latent_dim > 2: a pair plot of
     the `max_dims` dimensions of largest variance.
     """
     n, d = z.shape
+    cats = Categories.of(labels) if labels is not None else None
+    if labels is not None and cats is None:
+        color, color_label = np.asarray(labels, dtype=float), "label"
     idx = subsample(n, max_points, seed)
     zs = z[idx]
     cs = None if color is None else np.asarray(color)[idx]
+    if cats is not None:
+        cs = cats.colors(idx)
     # colour scale from the 0.5 and 99.5 percentiles: one extreme value does not wash out the rest
-    vrange = None if color is None else tuple(float(v) for v in np.nanpercentile(color, [0.5, 99.5]))
+    vrange = None if color is None or cats else tuple(float(v) for v in np.nanpercentile(color, [0.5, 99.5]))
     s = 3.0 if len(idx) > 5000 else 8.0
     ref_caption = REFERENCE.get(model_kind, REFERENCE["ae"])[0]
     if len(idx) < n:
@@ -112,19 +168,33 @@ def latent_figure(
     else:
         caption = f"all {n:,} {what}; {ref_caption}"
     if d <= 2:
-        fig = _latent_small(z, zs, cs, vrange, s, model_kind, color_label)
+        fig = _latent_small(z, zs, cs, vrange, s, model_kind, color_label, cats)
     else:
-        fig = _latent_pairs(z, zs, cs, vrange, s, model_kind, color_label, max_dims)
+        fig = _latent_pairs(z, zs, cs, vrange, s, model_kind, color_label, max_dims, cats)
         if d > max_dims:
             caption += f"; the {max_dims} of {d} dimensions of largest variance"
     fig.suptitle(f"{title}\n{caption}" if title else caption)
     return fig
 
 
-def _latent_small(z, zs, cs, vrange, s, model_kind, color_label) -> Figure:
+def _latent_small(z, zs, cs, vrange, s, model_kind, color_label, cats: Categories | None = None) -> Figure:
     """latent_dim 1 or 2: one histogram per dimension and one scatter panel."""
     d = z.shape[1]
     lims = _limits(z, model_kind)
+    if d == 1 and cats is not None:  # one histogram per label beside the histogram of all codes
+        fig, axes = new_figure(ncols=2, figsize=(12, 4.4))
+        _hist(axes[0], z[:, 0], lims[0], model_kind, latent_label(0))
+        axes[0].set_title(f"distribution of {latent_label(0)}")
+        ax = axes[1]
+        bins = np.linspace(*range_with_margin(z[:, 0], margin=0.0), int(np.clip(np.sqrt(len(z)), 15, 60)))
+        for k, c in zip(cats.classes, cats.palette):
+            ax.hist(z[cats.values == k, 0], bins=bins, histtype="step", lw=1.5, color=c)
+        ax.set_xlim(lims[0])
+        ax.set_xlabel(latent_label(0))
+        ax.set_ylabel("number of codes")
+        ax.set_title(f"{latent_label(0)} by label")
+        cats.legend(ax, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+        return fig
     if d == 1:
         fig, axes = new_figure(ncols=2 if cs is not None else 1, figsize=(11 if cs is not None else 5.5, 4.4))
         axes = np.atleast_1d(axes)
@@ -149,13 +219,17 @@ def _latent_small(z, zs, cs, vrange, s, model_kind, color_label) -> Figure:
     ax.set_aspect("equal", adjustable="box")
     ax.set_xlabel(latent_label(0))
     ax.set_ylabel(latent_label(1))
-    ax.set_title("codes" + (f", coloured by {color_label}" if cs is not None else ""))
-    if cs is not None:
+    if cats is not None:
+        ax.set_title("codes, coloured by label")
+        cats.legend(ax, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0, markerscale=1.2)
+    else:
+        ax.set_title("codes" + (f", coloured by {color_label}" if cs is not None else ""))
+    if cs is not None and cats is None:
         fig.colorbar(sc, ax=ax, label=color_label)
     return fig
 
 
-def _latent_pairs(z, zs, cs, vrange, s, model_kind, color_label, max_dims) -> Figure:
+def _latent_pairs(z, zs, cs, vrange, s, model_kind, color_label, max_dims, cats: Categories | None = None) -> Figure:
     """latent_dim > 2: pair (corner) plot; diagonal histograms, lower triangle scatters."""
     d = z.shape[1]
     dims = np.sort(np.argsort(-z.var(axis=0))[:max_dims]) if d > max_dims else np.arange(d)
@@ -187,7 +261,9 @@ def _latent_pairs(z, zs, cs, vrange, s, model_kind, color_label, max_dims) -> Fi
                 ax.set_ylabel(latent_label(i))
             elif c > 0:
                 ax.tick_params(labelleft=False)
-    if cs is not None and sc is not None:  # horizontal, in the empty top-right cell
+    if cats is not None:  # in the empty top-right cells
+        cats.legend(axes[0, -1], loc="upper right", borderaxespad=0)
+    elif cs is not None and sc is not None:  # horizontal, in the empty top-right cell
         cax = axes[0, -1].inset_axes([0.05, 0.6, 0.9, 0.1])
         fig.colorbar(sc, cax=cax, orientation="horizontal", label=color_label)
     return fig

@@ -21,9 +21,19 @@ import torch
 from matplotlib.figure import Figure
 
 from funcae_cli.data import Dataset
+from funcae_cli.datasets import image_shape
 from funcae_cli.errors import InputError
+from funcae_cli.losses import CORRUPTIONS
+from funcae_cli.models import linear_layers
 from funcae_cli.plotting.base import save_figure, subsample
 from funcae_cli.plotting.data import data_preview
+from funcae_cli.plotting.images import (
+    filters_figure,
+    image_decoder_grid_figure,
+    image_reconstruction_figure,
+    image_samples_figure,
+    value_range,
+)
 from funcae_cli.plotting.latent import corner_figure, decoder_grid_figure, grid_codes, latent_figure, support_mask
 from funcae_cli.plotting.reconstruction import pca_figure, reconstruction_figure
 from funcae_cli.plotting.results import inversions_figure, read_inversions, read_samples, samples_comparison_figure
@@ -41,7 +51,8 @@ class PlotOptions:
     """How the figures are drawn (the `funcae plot` options)."""
 
     color_by: str | None = None
-    """Parameter colouring codes and curves [default: the family's first]."""
+    """Parameter colouring codes and curves, or `label` [default: the label for labelled data, else
+    the family's first parameter]."""
     latent_range: float | None = None
     """decoder_grid: half-width R of the [-R, R] square [default: 1 for an AE, 3 for a VAE]."""
     max_points: int = 20_000
@@ -50,6 +61,10 @@ class PlotOptions:
     """Curves drawn in the reconstruction and samples panels."""
     grid_size: int = 10
     """decoder_grid: panels per side."""
+    n_filters: int = 24
+    """filters: hidden units shown (chosen at random by the seed)."""
+    n_images: int = 10
+    """reconstruction of image runs: random images shown (and the worst five beside them)."""
     seed: int = 0
     """Seed of the subsamples."""
     fmt: str = "png"
@@ -119,9 +134,28 @@ class RunPlots:
             labels.append(p.axis_label() if p is not None else name)
         return out, labels
 
+    @property
+    def image_shape(self) -> tuple[int, int] | None:
+        """(height, width) for image runs, None for curves."""
+        return image_shape(self.cfg)
+
+    @property
+    def value_label(self) -> str:
+        """What a pixel value is ('intensity' for digits), for image colorbars."""
+        return self.family.y_label
+
+    def labels(self, name: str) -> np.ndarray | None:
+        """The split's integer labels (image/tabular data), None when the data has none."""
+        return None if self.dataset.labels is None else self.dataset.labels[self.split(name)].numpy()
+
+    @property
+    def by_label(self) -> bool:
+        """Colour by label: labelled data and --color-by not naming a parameter."""
+        return self.dataset.labels is not None and self.options.color_by in (None, "label")
+
     def color(self, name: str) -> tuple[np.ndarray | None, str]:
         """Values colouring the split's points/curves by --color-by, and the colorbar label."""
-        if not self.has_params:
+        if not self.has_params or self.options.color_by == "label":
             return None, ""
         names = list(self.trained.param_names)
         j = names.index(self.options.color_by) if self.options.color_by else 0
@@ -163,12 +197,39 @@ class RunPlots:
         curves = self.curves("val")
         return curves.double().numpy(), self.decode(self.encode(curves))
 
+    @cached_property
+    def val_denoising(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """Denoising runs: (corrupted inputs, their reconstructions) of the validation split, family
+        units; None when the run was not trained on corrupted inputs.
+
+        The corruption is applied in training space by the run's own noise, eval batch by eval batch
+        from a generator seeded seed + 2, as `train.evaluate` does: on the device the run was
+        trained on, these are the very inputs of the validation metrics' noisy_* figures.
+        """
+        noise = self.cfg.train.noise
+        if noise.kind == "none":
+            return None
+        t = self.trained
+        gen = torch.Generator(device=t.device).manual_seed(self.cfg.seed + 2)
+        bs = self.cfg.train.eval_batch_size
+        curves = self.curves("val")
+        corrupted, recon = [], []
+        with torch.no_grad():
+            for i in range(0, curves.shape[0], bs):
+                x = t.normalizer.encode(curves[i : i + bs].to(t.device, torch.float32))
+                xc = CORRUPTIONS[noise.kind](x, noise, gen)
+                corrupted.append(t.normalizer.decode(xc).cpu())
+                recon.append(t.normalizer.decode(t.model.decode(t.model.encode(xc))).cpu())
+        return torch.cat(corrupted).double().numpy(), torch.cat(recon).double().numpy()
+
 
 # --- one function per kind: RunPlots -> Figure ---------------------------------------------------
 
 
 def _data(r: RunPlots) -> Figure:
-    return data_preview(r.dataset, r.family, n=min(5, r.dataset.curves.shape[0]), title=r.title)
+    return data_preview(
+        r.dataset, r.family, n=min(5, r.dataset.curves.shape[0]), title=r.title, image_shape=r.image_shape
+    )
 
 
 def _loss(r: RunPlots) -> Figure:
@@ -183,8 +244,9 @@ def _latent(r: RunPlots) -> Figure:
     return latent_figure(
         r.train_codes,
         model_kind=r.model_kind,
-        color=color,
+        color=None if r.by_label else color,
         color_label=label,
+        labels=r.labels("train") if r.by_label else None,
         max_points=o.max_points,
         seed=o.seed,
         title=r.title,
@@ -212,11 +274,43 @@ def _decoder_grid(r: RunPlots) -> Figure:
     codes, ticks = grid_codes(center, dims, lim, r.options.grid_size)
     decoded = r.decode(codes)
     support = support_mask(z, dims, ticks)
+    if r.image_shape is not None:
+        return image_decoder_grid_figure(
+            decoded,
+            codes,
+            dims,
+            r.image_shape,
+            support=support,
+            value_range_=value_range(r.curves("train")[:5000].numpy()),  # the data's scale: decoded values clip
+            title=r.title,
+            note=note,
+            value_label=r.value_label,
+        )
     return decoder_grid_figure(r.x, decoded, codes, dims, r.family, support=support, title=r.title, note=note)
 
 
 def _reconstruction(r: RunPlots) -> Figure:
     curves, recon = r.val_reconstruction
+    if r.image_shape is not None:
+        noisy = r.val_denoising
+        noise = r.cfg.train.noise
+        desc = (
+            f"mask, {noise.rate:.0%} of pixels zeroed" if noise.kind == "mask" else f"{noise.kind}, std {noise.std:g}"
+        )
+        return image_reconstruction_figure(
+            curves,
+            recon,
+            r.image_shape,
+            labels=r.labels("val"),
+            corrupted=None if noisy is None else noisy[0],
+            denoised=None if noisy is None else noisy[1],
+            noise=desc if noisy is not None else "",
+            n_show=r.options.n_images,
+            seed=r.options.seed,
+            split="validation",
+            title=r.title,
+            value_label=r.value_label,
+        )
     color, label = r.color("val")
     return reconstruction_figure(
         r.x,
@@ -270,6 +364,16 @@ def _pca(r: RunPlots) -> Figure:
     )
 
 
+def _filters(r: RunPlots) -> Figure:
+    shape = r.image_shape
+    first = linear_layers(r.trained.model)[0]  # the encoder's first layer: (units, pixels)
+    w = first.weight.detach().double().cpu().numpy()
+    layer = f"{w.shape[1]} pixels → {w.shape[0]} units"
+    if r.cfg.data.normalize != "none" or r.cfg.data.transform != "none":
+        layer += f"; inputs {r.cfg.data.transform}/{r.cfg.data.normalize}"
+    return filters_figure(w, shape, n=r.options.n_filters, seed=r.options.seed, title=r.title, layer=layer)
+
+
 def _invert_files(rd: RunDir) -> list[Path]:
     """invert/*.json, newest first."""
     if not rd.invert_dir.is_dir():
@@ -307,6 +411,10 @@ def _samples(r: RunPlots) -> Figure:
     if z_sampled is not None and (z_real is None or z_real.shape[1] != r.latent_dim):
         z_real = r.train_codes  # the codes the AE's empirical latent distribution is drawn from
     note = f"from {r.rd.samples.name}" + (f" (latent: {s.latent})" if s.latent else "") + f"; data: {what}"
+    if r.image_shape is not None:
+        return image_samples_figure(
+            real, s.curves, r.image_shape, seed=r.options.seed, title=r.title, note=note, value_label=r.value_label
+        )
     return samples_comparison_figure(
         x,
         real,
@@ -330,6 +438,16 @@ class SkipPlot(Exception):
 
 def _needs_params(t: Trained) -> str | None:
     return None if t.param_names else "the run's data has no physical parameters"
+
+
+def _needs_images(t: Trained) -> str | None:
+    shape = image_shape(t.cfg)
+    if shape is None:
+        return "the run's rows are curves, not images (filters are drawn for image data: family.image_shape)"
+    pixels = shape[0] * shape[1]
+    if linear_layers(t.model)[0].in_features != pixels:
+        return f"the first layer takes {linear_layers(t.model)[0].in_features} inputs, not {pixels} pixels"
+    return None
 
 
 def _needs_inversions(t: Trained) -> str | None:
@@ -375,6 +493,7 @@ PLOTS: dict[str, PlotKind] = {
     "latent": PlotKind(_latent, "histograms and scatter of the codes; pair plot for latent_dim > 2", default=True),
     "decoder_grid": PlotKind(_decoder_grid, "10 x 10 decoded curves over the latent square", default=True),
     "reconstruction": PlotKind(_reconstruction, "validation curves, reconstructions, worst five", default=True),
+    "filters": PlotKind(_filters, "first-layer weights of random hidden units as images", _needs_images, True),
     "corner": PlotKind(_corner, "each latent dimension against each physical parameter", _needs_params),
     "invert": PlotKind(_invert, "the latest inversion results (funcae invert)", _needs_inversions),
     "samples": PlotKind(_samples, "curves sampled from the model beside real ones (funcae sample)", _needs_samples),
@@ -393,15 +512,19 @@ def select_kinds(kinds: list[str] | None, default_only: bool = False) -> list[st
     return [k for k in PLOTS if k in wanted]
 
 
-def check_options(options: PlotOptions, trained: Trained) -> None:
-    """User errors in the options, found before anything is drawn."""
+def check_options(options: PlotOptions, trained: Trained, has_labels: Callable[[], bool] = lambda: False) -> None:
+    """User errors in the options, found before anything is drawn; has_labels: whether the run's
+    data has labels (called only for --color-by label)."""
     if options.fmt not in FORMATS:
         raise InputError(f"--format: expected one of {', '.join(FORMATS)}, got {options.fmt!r}")
     if not 10 <= options.dpi <= 1200:
         raise InputError(f"--dpi: expected 10..1200, got {options.dpi}")
     if options.latent_range is not None and not options.latent_range > 0:
         raise InputError(f"--range: expected a positive number, got {options.latent_range}")
-    if options.color_by is not None:
+    if options.color_by == "label":
+        if not has_labels():
+            raise InputError("--color-by label: this run's data has no labels")
+    elif options.color_by is not None:
         names = trained.param_names
         if not names:
             raise InputError(f"--color-by {options.color_by}: this run's data has no physical parameters")
@@ -438,8 +561,8 @@ def render_plots(
     options = options or PlotOptions()
     names = select_kinds(kinds, default_only)
     trained = load_trained(rd, device or torch.device("cpu"))
-    check_options(options, trained)
     ctx = RunPlots(trained, options)
+    check_options(options, trained, lambda: ctx.dataset.labels is not None)
     report = PlotReport()
     for name in names:
         kind = PLOTS[name]
