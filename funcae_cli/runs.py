@@ -68,8 +68,10 @@ def run_generate(
     atomic_write_text(rd.config, dump_config(cfg))
     save_dataset(ds, rd.data, data_fingerprint(cfg))
     from funcae_cli import plotting
+    from funcae_cli.datasets import image_shape
 
-    plotting.save_figure(plotting.data_preview(ds, cfg.family.family, title=cfg.name), rd.data_preview)
+    preview = plotting.data_preview(ds, cfg.family.family, title=cfg.name, image_shape=image_shape(cfg))
+    plotting.save_figure(preview, rd.data_preview)
     return {
         "run_dir": str(rd.root),
         "data": str(rd.data),

@@ -27,9 +27,8 @@ def generate(
     if json_:
         console.emit_json(out)
         return
-    ranges = ", ".join(f"{k} in [{v['min']:.4g}, {v['max']:.4g}]" for k, v in out["params"].items())
-    console.info(
-        f"generated {out['shape'][0]:,} curves x {out['shape'][1]} points in {out['seconds']:.2f}s; {ranges}; "
-        f"values in [{out['value_min']:.4g}, {out['value_max']:.4g}]"
-    )
+    parts = [f"generated {out['shape'][0]:,} curves x {out['shape'][1]} points in {out['seconds']:.2f}s"]
+    parts += [f"{k} in [{v['min']:.4g}, {v['max']:.4g}]" for k, v in out["params"].items()]
+    parts.append(f"values in [{out['value_min']:.4g}, {out['value_max']:.4g}]")
+    console.info("; ".join(parts))
     console.info(f"wrote {out['data']} and {out['preview']}")

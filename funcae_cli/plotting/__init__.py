@@ -1,11 +1,13 @@
 """Figures: one function per figure kind, each returning a matplotlib Figure (Agg backend).
 
+Image runs (rows that are h x w images) get image versions of the figures (plotting/images.py).
 `PLOTS` maps each kind of `funcae plot` to its drawing function; `render_plots` / `plot_run`
 draw a trained run's figures into its plots/ folder.
 """
 
 from funcae_cli.plotting.base import save_figure
 from funcae_cli.plotting.data import data_preview
+from funcae_cli.plotting.images import filters_figure, image_examples_figure, image_reconstruction_figure
 from funcae_cli.plotting.latent import corner_figure, decoder_grid_figure, latent_figure
 from funcae_cli.plotting.reconstruction import pca_figure, reconstruction_figure
 from funcae_cli.plotting.results import inversions_figure, samples_comparison_figure
@@ -20,6 +22,9 @@ __all__ = [
     "corner_figure",
     "data_preview",
     "decoder_grid_figure",
+    "filters_figure",
+    "image_examples_figure",
+    "image_reconstruction_figure",
     "inversions_figure",
     "latent_figure",
     "loss_figure",

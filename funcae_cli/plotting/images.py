@@ -25,6 +25,7 @@ IMAGE_CMAP = "gray"  # data, reconstructions, decoded and sampled images
 FILTER_CMAP = "RdBu_r"  # signed weights: red positive, blue negative, white zero
 TITLE_FONT = 8  # panel titles
 ROW_WRAP = 16  # characters per line of a row label
+MIN_WIDTH = 7.0  # inches: room for a readable header above a few small panels
 
 
 @dataclass
@@ -94,18 +95,21 @@ def image_figure(
     left = 0.2 + 0.075 * longest  # horizontal row labels, right-aligned against the panels
     tick_chars = max((len(t) for t in colorbar_ticks[1]), default=0) if colorbar_ticks else 4
     right = 0.75 + 0.07 * tick_chars if colorbar else 0.25
+    widths = [len(max(b.rows, key=lambda r: len(r.images)).images) for b in blocks]
+    block_w = [k * pw + (k - 1) * gap_w for k in widths]
+    panels_w = left + sum(block_w) + block_gap * (len(blocks) - 1) + right
+    fig_w = max(panels_w, MIN_WIDTH)
+    # header lines wrapped to the figure's width (11 pt: about 0.085 inch a character)
+    chars = int((fig_w - 0.4) / 0.085)
+    header = "\n".join(textwrap.fill(line, chars) for line in header.splitlines())
     header_lines = header.count("\n") + 1 if header else 0
     headings = any(b.heading for b in blocks)
     top = 0.15 + 0.21 * header_lines + (0.32 if headings else 0.0)
     bottom = 0.42 if footed else 0.15
-    widths = [len(max(b.rows, key=lambda r: len(r.images)).images) for b in blocks]
-    block_w = [k * pw + (k - 1) * gap_w for k in widths]
-    fig_w = left + sum(block_w) + block_gap * (len(blocks) - 1) + right
-    fig_w = max(fig_w, 0.3 + 0.068 * max((len(line) for line in header.splitlines()), default=0))
     fig_h = top + bottom + nrows * (ph + title_h) + (nrows - 1) * gap_h
     fig = Figure(figsize=(fig_w, fig_h))
-    extra = fig_w - (left + sum(block_w) + block_gap * (len(blocks) - 1) + right)
-    x0 = left + extra / 2  # a long header widens the figure: centre the panels under it
+    extra = fig_w - panels_w
+    x0 = left + extra / 2  # a narrow grid in a figure of MIN_WIDTH: centred
 
     def box(x: float, y_top: float, width: float, height: float) -> list[float]:
         """Axes rectangle in figure fractions from inches measured from the top-left corner."""
@@ -124,7 +128,7 @@ def image_figure(
                 ax.set_yticks([])
                 flag = row.flagged is not None and row.flagged[j]
                 for s in ax.spines.values():
-                    s.set_linewidth(2.2 if flag else 0.5)
+                    s.set_linewidth(1.6 if flag else 0.5)
                     s.set_color(REFERENCE_COLOR if flag else "0.6")
                 if j < len(row.titles) and row.titles[j]:
                     ax.set_title(row.titles[j], fontsize=TITLE_FONT, pad=2)
@@ -306,7 +310,7 @@ def filters_figure(
             ImageRow(
                 "",
                 as_images(weights[part] / peak[k, None], shape),
-                [f"unit {u}: ±{p:.2g}" for u, p in zip(part, peak[k])],
+                [f"unit {u}: ±{p:#.2g}" for u, p in zip(part, peak[k])],
                 cmap=FILTER_CMAP,
             )
         )
@@ -391,7 +395,7 @@ def image_samples_figure(
     isamp = np.sort(subsample(len(sampled), k, seed + 1))
     ireal = np.sort(subsample(len(real), k, seed))
     lo, hi = value_range(real[ireal])
-    cols = min(per_row, k)
+    cols = int(np.ceil(k / np.ceil(k / per_row))) if k else 1  # rows as full as possible: 12 -> 2 x 6
 
     def rows(x: np.ndarray, idx: np.ndarray) -> list[ImageRow]:
         return [ImageRow("", as_images(x[idx[r : r + cols]], shape)) for r in range(0, len(idx), cols)]

@@ -402,7 +402,8 @@ def _samples(r: RunPlots) -> Figure:
     x = s.grid if s.grid is not None and s.grid.shape[0] == s.curves.shape[1] else r.x
     if x.shape[0] != s.curves.shape[1]:
         raise SkipPlot(f"{r.rd.samples}: curves have {s.curves.shape[1]} points, the run's grid {x.shape[0]}")
-    real, z_real, what = s.real, s.z_real, "fresh curves stored with the samples"
+    rows = "images" if r.image_shape is not None else "curves"
+    real, z_real, what = s.real, s.z_real, f"fresh {rows} stored with the samples"
     if real is None or real.shape[1] != s.curves.shape[1]:
         train = r.curves("train")
         pick = np.sort(subsample(train.shape[0], 1000, r.options.seed))  # never the whole split in float64
@@ -488,11 +489,19 @@ class PlotKind:
 
 
 PLOTS: dict[str, PlotKind] = {
-    "data": PlotKind(_data, "five curves of the data set labelled with their parameters"),
+    "data": PlotKind(_data, "five curves of the data set labelled with their parameters; images: a grid by label"),
     "loss": PlotKind(_loss, "loss per epoch (VAE: reconstruction and KL apart), learning rate", _needs_history, True),
-    "latent": PlotKind(_latent, "histograms and scatter of the codes; pair plot for latent_dim > 2", default=True),
-    "decoder_grid": PlotKind(_decoder_grid, "10 x 10 decoded curves over the latent square", default=True),
-    "reconstruction": PlotKind(_reconstruction, "validation curves, reconstructions, worst five", default=True),
+    "latent": PlotKind(
+        _latent,
+        "histograms and scatter of the codes (by label when labelled); pair plot for latent_dim > 2",
+        default=True,
+    ),
+    "decoder_grid": PlotKind(_decoder_grid, "10 x 10 decoded curves (or images) over the latent square", default=True),
+    "reconstruction": PlotKind(
+        _reconstruction,
+        "validation curves or images (with corrupted inputs), reconstructions, worst five",
+        default=True,
+    ),
     "filters": PlotKind(_filters, "first-layer weights of random hidden units as images", _needs_images, True),
     "corner": PlotKind(_corner, "each latent dimension against each physical parameter", _needs_params),
     "invert": PlotKind(_invert, "the latest inversion results (funcae invert)", _needs_inversions),
