@@ -497,6 +497,8 @@ def encode_dataset(trained: Trained) -> dict[str, np.ndarray]:
     split = np.zeros(x.shape[0], dtype=np.int8)  # 0 train, 1 val, 2 test
     for k, (a, b) in enumerate(trained.data["splits"]):
         split[a:b] = k
+    if ds.labels is not None:
+        out["labels"] = ds.labels.numpy()
     out.update(
         params=ds.params.numpy(),
         param_names=np.array(ds.param_names, dtype=str),

@@ -265,7 +265,7 @@ def test_regressor_recovers_a_curved_map_and_round_trips(tmp_path):
     assert lm.val_r2["mu"] > 0.999 and lm.val_r2["sigma"] > 0.999
     assert lm.log_scale == [False, True] and lm.k in (8, 16, 32, 64)
     inside = (z[3500:].abs() < 1.9).all(dim=1)  # away from the edges of the data
-    np.testing.assert_allclose(lm.predict(z[3500:][inside]).numpy(), p[3500:][inside].numpy(), rtol=2e-3, atol=2e-3)
+    np.testing.assert_allclose(lm.predict(z[3500:][inside]).numpy(), p[3500:][inside].numpy(), rtol=0, atol=1e-2)
     far = lm.predict(torch.tensor([[50.0, -50.0]]))  # far outside: clamped near the training range
     assert bool(torch.isfinite(far).all()) and float(far[0, 1]) < 10 * float(sigma.max())
     save_latent_model(lm, tmp_path / "regressor.pt")

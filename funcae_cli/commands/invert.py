@@ -48,10 +48,8 @@ def invert(
     tg, slug = targets_from_inputs(trained, ctx.args, curve, targets, curves)
     if tg is None:
         fam = trained.family
-        raise InputError(
-            f"invert: give a target: {' '.join(f'--{p} VALUE' for p in fam.param_names)} ({fam.name}), "
-            "--curve FILE.csv, --targets FILE.csv or --curves FILE.npz"
-        )
+        params = f"{' '.join(f'--{p} VALUE' for p in fam.param_names)} ({fam.name}), " if fam.param_names else ""
+        raise InputError(f"invert: give a target: {params}--curve FILE.csv, --targets FILE.csv or --curves FILE.npz")
     ic = trained.cfg.invert
     rec = run_invert(
         trained,
@@ -82,7 +80,7 @@ def invert(
             line += f"; reduced chi^2 {_g(row['reduced_chi2'], '.3g')}"
         line += f"; {row['iterations']} iterations"
         console.info(line)
-        if "estimated_params" in row:
+        if row.get("estimated_params"):
             est = ", ".join(f"{k}≈{_g(v, '.5g')}" for k, v in row["estimated_params"].items())
             if "true_params" in row:
                 true = ", ".join(f"{k}={_g(v, '.5g')}" for k, v in row["true_params"].items())
