@@ -48,5 +48,8 @@ def test_pipeline_train_invert_sample_encode_plot(workdir: Path, cli) -> None:
     assert (run / "latents.npz").exists()
     r = cli("plot", "--json")
     assert r.exit_code == 0, r.output
-    written = {Path(p).name for p in json.loads(r.stdout)["written"]}
-    assert {"loss.png", "latent.png", "decoder_grid.png", "reconstruction.png", "invert.png", "samples.png"} <= written
+    written = set(json.loads(r.stdout)["written"])
+    kinds = {"loss", "latent", "decoder_grid", "reconstruction", "corner", "invert", "samples", "pca", "data"}
+    assert kinds <= written
+    for kind in kinds:
+        assert (run / "plots" / f"{kind}.png").stat().st_size > 5000
