@@ -108,7 +108,7 @@ def _read_csv(p: Path) -> dict[str, Any]:
     except (OSError, UnicodeDecodeError) as e:
         raise InputError(f"{p}: not a readable text file ({_first_line(e)})") from None
     fields = [s.strip() for s in first.strip().split(",")]
-    header = not all(_is_number(s) for s in fields)
+    header = not all(is_number(s) for s in fields)
     try:
         values = np.loadtxt(p, delimiter=",", skiprows=1 if header else 0, ndmin=2, dtype=np.float64)
     except ValueError as e:
@@ -228,7 +228,8 @@ def _params(p: np.ndarray, names: Any, n: int, where: str) -> tuple[np.ndarray, 
     return p.astype(np.float64), names_t
 
 
-def _is_number(s: str) -> bool:
+def is_number(s: str) -> bool:
+    """True when a CSV field parses as a float (header detection)."""
     try:
         float(s)
     except ValueError:

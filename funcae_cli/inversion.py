@@ -30,6 +30,7 @@ import torch
 from torch import Tensor
 
 from funcae_cli.data import evaluate
+from funcae_cli.datasets import is_number
 from funcae_cli.errors import CheckpointError, InputError
 from funcae_cli.families import Family
 from funcae_cli.regressor import (
@@ -190,7 +191,7 @@ def _read_table(path: Path, what: str) -> tuple[list[str] | None, np.ndarray]:
         raise InputError(f"{what} {path}: no data rows")
     header = None
     first = rows[0][1]
-    if any(not _is_number(c) for c in first):
+    if any(not is_number(c) for c in first):
         header = [c.lower() for c in first]
         rows = rows[1:]
         if not rows:
@@ -203,14 +204,6 @@ def _read_table(path: Path, what: str) -> tuple[list[str] | None, np.ndarray]:
         for c, cell in enumerate(cells):
             values[r, c] = _num(cell, f"{what} {path}, line {k}, column {c + 1}")
     return header, values
-
-
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
 
 
 def _check_x(trained: Trained, x: Tensor, where: str) -> None:
