@@ -14,7 +14,7 @@ from funcae_cli.config import Config, FamilyConfig, GridConfig
 from funcae_cli.errors import InputError
 from funcae_cli.families import Family
 
-GEN_CHUNK = 8192  # curves evaluated per float64 chunk: bounds the float64 working set
+GEN_CHUNK = 1024  # curves per float64 chunk: cache-sized (8 MB), 2x faster than large chunks, bounded memory
 
 
 def make_grid(grid: GridConfig) -> Tensor:
@@ -74,9 +74,12 @@ class Dataset:
     labels: Tensor | None = None  # (n,) int64, image/tabular data only
 
     def check_finite(self) -> None:
-        bad = ~torch.isfinite(self.curves).all(dim=1)
-        if bool(bad.any()):
-            i = int(bad.nonzero()[0, 0])
+        # One pass, no copy: a row whose sum is finite has only finite values; check the others exactly
+        # (a float32 sum can overflow to inf although every value is finite).
+        suspect = (~torch.isfinite(self.curves.sum(dim=1))).nonzero().flatten()
+        bad = suspect[~torch.isfinite(self.curves[suspect]).all(dim=1)]
+        if bad.numel():
+            i = int(bad[0])
             vals = ", ".join(f"{k}={float(v):.6g}" for k, v in zip(self.param_names, self.params[i]))
             raise InputError(f"non-finite curve values at row {i} ({vals}): narrow the parameter ranges")
 
@@ -186,6 +189,28 @@ def split_sizes(n: int, val_fraction: float, test_fraction: float) -> Splits:
     return Splits(slice(0, n_train), slice(n_train, n_train + n_val), slice(n_train + n_val, n))
 
 
+STATS_CHUNK = 4096  # rows per float64 chunk when computing statistics: no float64 copy of the data
+
+
+def moments(x: Tensor, transform=lambda t: t, per_point: bool = False) -> tuple[Tensor, Tensor]:
+    """Mean and (unbiased) std of transform(x), float64, over all values or per column, in row chunks."""
+    n, d = x.shape
+    s = torch.zeros(d, dtype=torch.float64)
+    ss = torch.zeros(d, dtype=torch.float64)
+    for i in range(0, n, STATS_CHUNK):
+        t = transform(x[i : i + STATS_CHUNK].to(torch.float64))
+        s += t.sum(dim=0)
+        ss += t.square().sum(dim=0)
+    if per_point:
+        mean = s / n
+        var = (ss - n * mean.square()) / max(n - 1, 1)
+    else:
+        m = n * d
+        mean = s.sum() / m
+        var = (ss.sum() - m * mean.square()) / max(m - 1, 1)
+    return mean, var.clamp_min(0).sqrt()
+
+
 TRANSFORMS = {
     "none": (lambda x: x, lambda y: y),
     "log": (torch.log, torch.exp),
@@ -208,13 +233,9 @@ class Normalizer:
     def fit(cls, x: Tensor, transform: str, normalize: str) -> Normalizer:
         if transform == "log" and bool((x <= 0).any()):
             raise InputError("data.transform: log needs strictly positive curves; this data has values <= 0")
-        t = TRANSFORMS[transform][0](x.to(torch.float64))
-        if normalize == "global":
-            mean, std = t.mean(), t.std()
-        elif normalize == "per_point":
-            mean, std = t.mean(dim=0), t.std(dim=0)
-        else:
-            mean, std = torch.zeros(()), torch.ones(())
+        if normalize == "none":
+            return cls(transform, torch.zeros(()), torch.ones(()))
+        mean, std = moments(x, TRANSFORMS[transform][0], per_point=normalize == "per_point")
         std = torch.where(std > 0, std, torch.ones_like(std))
         return cls(transform, mean, std)
 

@@ -17,10 +17,10 @@ import torch
 from torch import Tensor, nn
 
 from funcae_cli.config import Config, NoiseConfig
-from funcae_cli.data import Dataset, Normalizer, split_sizes
+from funcae_cli.data import Dataset, Normalizer, moments, split_sizes
 from funcae_cli.datasets import image_shape
 from funcae_cli.errors import DivergedError, Interrupted
-from funcae_cli.losses import CORRUPTIONS, LOSSES, weight_penalty
+from funcae_cli.losses import BATCH_LOSSES, CORRUPTIONS, LOSSES, weight_penalty
 from funcae_cli.models import ModelArgs, build_model
 from funcae_cli.schedules import SCHEDULES
 
@@ -59,7 +59,7 @@ def prepare(cfg: Config, ds: Dataset, device: torch.device) -> Prepared:
     raw_train = ds.curves[splits.train]
     sub = raw_train[: min(len(raw_train), 50_000)]  # the statistics need no more
     norm = Normalizer.fit(sub, cfg.data.transform, cfg.data.normalize)
-    global_std = float(sub.to(torch.float64).std())
+    global_std = float(moments(sub)[1])
     x = ds.curves.to(device)  # one copy on the device (none on CPU)
     norm_dev = norm.to(device)
     norm_dev.encode_(x)
@@ -188,7 +188,7 @@ class Trainer:
         self.steps_per_epoch = math.ceil(prep.n_train / self.batch)
         self.total_steps = self.steps_per_epoch * t.epochs
         self.state = TrainState()
-        self.loss_fn = LOSSES[t.loss]
+        self.batch_loss = BATCH_LOSSES[t.loss]
         self.corrupt = CORRUPTIONS[t.noise.kind]
         # Checking the loss every step syncs the device; on CUDA check every few steps instead.
         self.check_every = 1 if device.type == "cpu" else 25
@@ -292,7 +292,7 @@ class Trainer:
                     g["lr"] = lr
                 x = x_train[perm[step * self.batch : (step + 1) * self.batch]]  # (batch, n_points)
                 o = self.model(self.corrupt(x, t.noise, self.noise_gen), self.noise_gen)
-                recon = self.loss_fn(o.recon, x, t).mean()
+                recon = self.batch_loss(o.recon, x, t)
                 kl = o.kl.mean() if o.kl is not None else torch.zeros((), device=self.device)
                 loss = recon + kl_w * kl
                 penalty = weight_penalty(self.model, t.weight_penalty)
@@ -437,10 +437,15 @@ def denoising_figures(model: nn.Module, prep: Prepared, cfg: Config, part: slice
 @torch.no_grad()
 def pca_fit(prep: Prepared, k: int, max_rows: int = 20_000) -> tuple[Tensor, Tensor]:
     """Top-k principal axes of the training split in training space: (mean (d,), axes (d, k))."""
-    xt = prep.x[prep.train][:max_rows].double()
-    mean = xt.mean(dim=0)
-    _, _, v = torch.linalg.svd(xt - mean, full_matrices=False)
-    return mean, v[:k].T
+    xt = prep.x[prep.train][:max_rows]
+    mean = moments(xt.cpu(), per_point=True)[0].to(xt.device)
+    d = xt.shape[1]
+    cov = torch.zeros(d, d, dtype=torch.float64, device=xt.device)
+    for i in range(0, xt.shape[0], 4096):  # chunked: no float64 copy of the rows
+        c = xt[i : i + 4096].double() - mean
+        cov += c.T @ c
+    _, vecs = torch.linalg.eigh(cov)  # ascending eigenvalues
+    return mean, vecs[:, -k:].flip(1)
 
 
 @torch.no_grad()

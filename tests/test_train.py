@@ -328,3 +328,13 @@ def test_train_reproduces_from_run_config(smoke_run: Path, workdir: Path) -> Non
     a = load_config(smoke_run / "config.yaml")
     b = load_config(CONFIGS / "smoke.yaml")
     assert a.to_dict() == b.to_dict()
+
+
+@pytest.mark.parametrize("loss", ["sse", "mse", "gaussian"])
+def test_fused_batch_loss_equals_mean_of_per_curve_loss(loss: str) -> None:
+    from funcae_cli.config import TrainConfig
+    from funcae_cli.losses import BATCH_LOSSES, LOSSES
+
+    cfg = TrainConfig(loss=loss, eta=0.3)
+    r, x = torch.randn(9, 13, generator=torch.Generator().manual_seed(0)), torch.zeros(9, 13)
+    torch.testing.assert_close(BATCH_LOSSES[loss](r, x, cfg), LOSSES[loss](r, x, cfg).mean())
