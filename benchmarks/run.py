@@ -43,10 +43,6 @@ class Row:
     command: str
     notes: list[str] = field(default_factory=list)
 
-    @property
-    def met(self) -> str:
-        return "" if self.ratio is None else ""
-
 
 def timeit(fn: Callable[[], object], repeats: int) -> tuple[float, object]:
     times, out = [], None

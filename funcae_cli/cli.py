@@ -17,7 +17,7 @@ from funcae_cli import __version__
 from funcae_cli.commands import config_cmd, encode, families_cmd, generate, invert, plot, sample, train
 from funcae_cli.errors import FuncaeError, Interrupted
 
-EXIT_OK, EXIT_BUG, EXIT_USAGE, EXIT_DIVERGED, EXIT_SIGINT, EXIT_SIGTERM = 0, 1, 2, 4, 130, 143
+EXIT_OK = 0
 
 app = typer.Typer(
     name="funcae",

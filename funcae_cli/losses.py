@@ -37,8 +37,9 @@ LOSSES: dict[str, Loss] = {"sse": _sse, "mse": _mse, "gaussian": _gaussian}
 BATCH_LOSSES: dict[str, Loss] = {
     "sse": lambda r, x, c: F.mse_loss(r, x, reduction="sum") / x.shape[0],
     "mse": lambda r, x, c: F.mse_loss(r, x),
-    "gaussian": lambda r, x, c: 0.5 * F.mse_loss(r, x, reduction="sum") / (x.shape[0] * c.eta**2)
-    + x.shape[1] * math.log(c.eta),
+    "gaussian": lambda r, x, c: (
+        0.5 * F.mse_loss(r, x, reduction="sum") / (x.shape[0] * c.eta**2) + x.shape[1] * math.log(c.eta)
+    ),
 }
 
 # (x, cfg, generator) -> corrupted copy of x

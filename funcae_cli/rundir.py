@@ -158,9 +158,6 @@ class RunDir:
     def is_trained(self) -> bool:
         return self.last.exists() or self.best.exists()
 
-    def has_content(self) -> bool:
-        return self.root.exists() and any(self.root.iterdir())
-
     def checkpoint(self) -> Path:
         """The checkpoint used by encode/invert/plot: best if present, else last."""
         for p in (self.best, self.last):

@@ -207,18 +207,12 @@ def run_train(
     return metrics
 
 
-# Hooks run after training (latent -> parameter regressor, default plots): name -> fn returning metrics.
-POST_TRAIN: dict[str, Callable[..., dict[str, Any]]] = {}
-
-
 def post_train_hooks(model: nn.Module, prep, cfg: Config, rd: RunDir) -> dict[str, Any]:
+    """Work after training whose summary goes into metrics.json."""
     from funcae_cli.regressor import regressor_after_training
 
     # latent code -> physical parameters, fitted on the training split; validation R^2 in metrics
-    out: dict[str, Any] = regressor_after_training(model, prep, cfg, rd)
-    for fn in POST_TRAIN.values():
-        out.update(fn(model, prep, cfg, rd) or {})
-    return out
+    return regressor_after_training(model, prep, cfg, rd)
 
 
 def write_history(rd: RunDir, history: list[dict[str, Any]]) -> None:

@@ -15,6 +15,19 @@ REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
 
 
+def ok(result) -> None:
+    assert result.exit_code == 0, result.stdout + result.stderr
+
+
+def usage_error(result, *pieces: str) -> None:
+    """Exit 2, one clear line on stderr naming what was wrong, nothing on stdout."""
+    assert result.exit_code == 2, result.stdout + result.stderr
+    assert result.stderr.startswith("error:") and "Traceback" not in result.stderr
+    for piece in pieces:
+        assert piece in result.stderr, f"{piece!r} not in {result.stderr!r}"
+    assert result.stdout == ""
+
+
 class Cli:
     """`cli("train", "configs/smoke.yaml")` -> click Result (exit_code, stdout, stderr)."""
 

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from funcae_cli.cli import app
 
-from .conftest import CONFIGS
+from .conftest import CONFIGS, ok, usage_error
 
 INVERT_FIELDS = {
     "run", "run_dir", "family", "model", "latent_dim", "param_names", "device", "source", "method", "starts",
@@ -24,19 +24,6 @@ TARGET_FIELDS = {
     "index", "name", "z", "objective", "residual_norm", "rel_l2", "encoder_z", "encoder_objective",
     "encoder_rel_l2", "iterations", "converged", "start", "seconds", "estimated_params",
 }  # fmt: skip
-
-
-def ok(result) -> None:
-    assert result.exit_code == 0, result.stdout + result.stderr
-
-
-def usage_error(result, *pieces: str) -> None:
-    """Exit 2, one clear line on stderr naming what was wrong, nothing on stdout."""
-    assert result.exit_code == 2, result.stdout + result.stderr
-    assert result.stderr.startswith("error:") and "Traceback" not in result.stderr
-    for piece in pieces:
-        assert piece in result.stderr, f"{piece!r} not in {result.stderr!r}"
-    assert result.stdout == ""
 
 
 # --- encode ----------------------------------------------------------------------------------

@@ -27,6 +27,8 @@ from funcae_cli.plotting.latent import grid_codes, spearman_matrix, support_mask
 from funcae_cli.plotting.results import read_inversions
 from funcae_cli.rundir import RunDir
 
+from .conftest import ok, usage_error
+
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 DEFAULT_KINDS = {"loss", "latent", "decoder_grid", "reconstruction"}
 
@@ -45,17 +47,6 @@ def render(fig) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=80)
     return buf.getvalue()
-
-
-def ok(result) -> None:
-    assert result.exit_code == 0, result.stdout + result.stderr
-
-
-def usage_error(result, *pieces: str) -> None:
-    assert result.exit_code == 2, result.stdout + result.stderr
-    assert result.stderr.startswith("error:") and "Traceback" not in result.stderr
-    for piece in pieces:
-        assert piece in result.stderr, f"{piece!r} not in {result.stderr!r}"
 
 
 def write_fake_results(rd: RunDir, n_points: int, latent_dim: int = 2) -> None:
