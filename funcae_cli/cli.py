@@ -82,7 +82,9 @@ def _raise_interrupted(signum, frame) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the app and translate outcomes into exit codes."""
     from funcae_cli import console
+    from funcae_cli.device import flush_denormals
 
+    flush_denormals()  # before torch starts its worker threads, which inherit the mode
     # Raise our own exception on SIGINT/SIGTERM (click turns KeyboardInterrupt into exit 1).
     signal.signal(signal.SIGINT, _raise_interrupted)
     signal.signal(signal.SIGTERM, _raise_interrupted)

@@ -26,3 +26,14 @@ def resolve_device(spec: str = "auto") -> torch.device:
     if index >= torch.cuda.device_count():
         raise InputError(f"--device {spec}: only {torch.cuda.device_count()} CUDA device(s) present")
     return torch.device("cuda", index)
+
+
+def flush_denormals() -> None:
+    """Treat denormal floats as zero on x86 CPUs (no effect elsewhere).
+
+    As the learning rate decays, denormals appear (tiny Adam moments, saturated tanh derivatives) and
+    make each later epoch ~1.7x slower; values below 1.2e-38 change nothing measurable. The mode is a
+    per-thread CPU flag that OpenMP workers inherit when they are created, so call this before the
+    first parallel torch operation: `funcae` does it first thing.
+    """
+    torch.set_flush_denormal(True)

@@ -42,6 +42,14 @@ BATCH_LOSSES: dict[str, Loss] = {
     ),
 }
 
+# Every loss above is `scale * sum((recon - x)^2) + const` over a batch: (batch, n_points, cfg) ->
+# (scale, const). The hand-written training step (steps.py) needs only these two numbers.
+SQUARED_ERROR: dict[str, Callable[[int, int, TrainConfig], tuple[float, float]]] = {
+    "sse": lambda b, n, c: (1.0 / b, 0.0),
+    "mse": lambda b, n, c: (1.0 / (b * n), 0.0),
+    "gaussian": lambda b, n, c: (0.5 / (b * c.eta**2), n * math.log(c.eta)),
+}
+
 # (x, cfg, generator) -> corrupted copy of x
 CORRUPTIONS: dict[str, Callable[[Tensor, NoiseConfig, torch.Generator], Tensor]] = {
     "none": lambda x, c, g: x,

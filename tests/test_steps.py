@@ -1,0 +1,110 @@
+"""The hand-written MLP training step computes autograd's losses and gradients, and is picked when it can be."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from funcae_cli.config import load_config
+from funcae_cli.models import build_model
+from funcae_cli.optim import FlatParams
+from funcae_cli.steps import AutogradStep, MLPStep, mlp_chain, select_step
+from funcae_cli.train import model_args
+
+from .conftest import CONFIGS
+
+
+def _cfg(*overrides: str):
+    return load_config(CONFIGS / "smoke.yaml", ["model.hidden=[12,9]", *overrides])
+
+
+def _pair(cfg, n_points: int = 20, batch: int = 16):
+    torch.manual_seed(0)
+    a = build_model(model_args(cfg, n_points))
+    b = copy.deepcopy(a)
+    fa, fb = FlatParams(a), FlatParams(b)
+    return AutogradStep(a, cfg.train, fa), MLPStep(b, cfg.train, fb, batch), fa, fb
+
+
+@pytest.mark.parametrize("activation", ["tanh", "relu"])
+@pytest.mark.parametrize("loss", ["sse", "mse", "gaussian"])
+@pytest.mark.parametrize("penalty", [0.0, 1e-2])
+@pytest.mark.parametrize("rows", [16, 5])  # a full batch and an epoch's short last batch
+def test_mlp_step_equals_autograd(activation: str, loss: str, penalty: float, rows: int) -> None:
+    cfg = _cfg(
+        f"model.activation={activation}", f"train.loss={loss}", "train.eta=0.2", f"train.weight_penalty={penalty}"
+    )
+    ref, fast, fa, fb = _pair(cfg)
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(rows, 20, generator=gen)
+    x_in = x + 0.1 * torch.randn(rows, 20, generator=gen)  # corrupted input, clean target
+    for _ in range(2):  # twice: the buffers are reused, the gradient is overwritten, not accumulated
+        a, b = ref(x_in, x, 1.0, None), fast(x_in, x, 1.0, None)
+    for k in ("loss", "recon", "kl", "total"):
+        torch.testing.assert_close(getattr(b, k), getattr(a, k), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(fb.grad, fa.grad, rtol=1e-4, atol=1e-6)
+    assert fb.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize(
+    ("override", "reason"),
+    [("model.kind=vae", "not a plain autoencoder"), ("model.dropout=0.1", "Dropout"),
+     ("model.activation=gelu", "GELU"), ("model.input_dropout=0.2", "Dropout")],
+)  # fmt: skip
+def test_models_without_a_hand_written_step_fall_back_to_autograd(override: str, reason: str) -> None:
+    cfg = _cfg(override)
+    model = build_model(model_args(cfg, 20))
+    chain = mlp_chain(model)
+    assert isinstance(chain, str) and reason in chain
+    assert isinstance(select_step(model, cfg.train, FlatParams(model), 16), AutogradStep)
+
+
+def test_auto_engine_picks_the_mlp_step_and_autograd_can_be_forced() -> None:
+    for engine, kind in (("auto", MLPStep), ("autograd", AutogradStep)):
+        cfg = _cfg(f"train.engine={engine}")
+        model = build_model(model_args(cfg, 20))
+        assert isinstance(select_step(model, cfg.train, FlatParams(model), 16), kind)
+
+
+def test_both_engines_train_the_same_run(workdir: Path, cli) -> None:
+    """Same seed, both engines: the histories agree to float32 rounding over several epochs."""
+    hist = {}
+    for engine in ("auto", "autograd"):
+        r = cli("train", "configs/smoke.yaml", "-q", "--no-plots", "--run-dir", f"runs/{engine}",
+                "--set", "train.epochs=4", "--set", f"train.engine={engine}")  # fmt: skip
+        assert r.exit_code == 0, r.output
+        hist[engine] = json.loads((workdir / f"runs/{engine}/history.json").read_text())
+    for a, b in zip(hist["auto"], hist["autograd"]):
+        assert a["val_sse"] == pytest.approx(b["val_sse"], rel=1e-3)
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-3)
+    assert hist["auto"][-1]["val_sse"] < hist["auto"][0]["val_sse"]
+
+
+def test_resume_of_a_checkpoint_with_per_parameter_optimizer_state_exits_2(smoke_copy: Path, cli) -> None:
+    """Checkpoints from before the flat optimizers hold torch.optim's layout: refused clearly, run untouched."""
+    last = smoke_copy / "checkpoints/last.pt"
+    ck = torch.load(last, weights_only=True)
+    ck["optimizer"] = {"state": {}, "param_groups": [{"lr": 1e-3, "params": [0, 1]}]}
+    ck["epoch"] = 1
+    torch.save(ck, last)
+    before = last.read_bytes()
+    r = cli("train", "--resume", str(smoke_copy), "-q", "--no-plots")
+    assert r.exit_code == 2, r.output
+    assert r.stderr.startswith("error:") and "older funcae" in r.stderr and "Traceback" not in r.stderr
+    assert last.read_bytes() == before
+
+
+@pytest.mark.parametrize("loss", ["sse", "mse", "gaussian"])
+def test_squared_error_form_matches_each_loss(loss: str) -> None:
+    """steps.py and evaluate() compute losses as scale * |d|^2 + const: the same numbers as LOSSES."""
+    from funcae_cli.config import TrainConfig
+    from funcae_cli.losses import LOSSES, SQUARED_ERROR
+
+    cfg = TrainConfig(loss=loss, eta=0.3)
+    r, x = torch.randn(9, 13, generator=torch.Generator().manual_seed(0)), torch.randn(9, 13)
+    scale, const = SQUARED_ERROR[loss](9, 13, cfg)
+    torch.testing.assert_close(scale * (r - x).square().sum() + const, LOSSES[loss](r, x, cfg).mean())
