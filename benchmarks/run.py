@@ -295,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
     flush_denormals()  # as `funcae` does at start; the notebook side's timed epochs are early, denormal-free
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--scale", type=float, default=1.0, help="problem size factor (1 = the issue's sizes)")
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--rows", default=",".join(ROWS), help=f"comma-separated subset of {','.join(ROWS)}")
     ap.add_argument("--out", default="BENCHMARKS.md", help="markdown report ('' for none)")
     args = ap.parse_args(argv)

@@ -7,9 +7,9 @@ Two implementations behind one call signature, `step(x_in, x, kl_weight, gen) ->
   tanh or relu between them, no dropout) under a squared-error loss. Every activation lives in a
   buffer allocated once, every matrix product writes into its destination (`out=`), and the loss
   gradient is formed in place on the output buffer. On a 2-core CPU this removes the autograd
-  graph, ~90 allocations per step (each 1 MB one a fresh page-faulting mmap) and most of the
-  dispatch overhead; `make bench` row 2 measures it. Gradients equal autograd's to float32
-  rounding (tests/test_steps.py).
+  graph, ~90 tensor allocations per step and two passes over the (batch, n_points) output; the
+  epoch of the notebook-000 model drops ~1.5x (`make bench` row 2). Gradients equal autograd's to
+  float32 rounding (tests/test_steps.py).
 
 `select_step` picks the MLP step when the model and config allow it (`train.engine: auto`) and
 says why not otherwise.

@@ -108,3 +108,17 @@ def test_squared_error_form_matches_each_loss(loss: str) -> None:
     r, x = torch.randn(9, 13, generator=torch.Generator().manual_seed(0)), torch.randn(9, 13)
     scale, const = SQUARED_ERROR[loss](9, 13, cfg)
     torch.testing.assert_close(scale * (r - x).square().sum() + const, LOSSES[loss](r, x, cfg).mean())
+
+
+def test_funcae_flushes_denormals_before_torch_starts_threads() -> None:
+    """The normal pdf's float32 tails are denormal; the CLI turns on flush-to-zero first thing."""
+    import subprocess
+    import sys
+
+    code = (
+        "import torch; from funcae_cli.cli import main; before = float(torch.tensor([1e-40]) * 1.0); "
+        "main(['families']); print(before, float(torch.tensor([1e-40]) * 1.0))"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    before, after = map(float, r.stdout.split()[-2:])
+    assert before > 0 and after == 0.0
