@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmarks.reproduce import data_residuals
 from funcae_cli import inversion
 from funcae_cli.config import load_config
 from funcae_cli.data import sample_params
@@ -47,8 +46,7 @@ def bench_inversion(scale: float, repeats: int):
         nm = inversion.notebook_nelder_mead(trained, curves)
         t_nm = time.perf_counter() - t0
     ours_rate, nm_rate = n / t_batch, n_nm / t_nm
-    ours_res = data_residuals(res, targets)
-    nm_res = np.linalg.norm(np.asarray(nm.fit, dtype=np.float64) - curves.double().numpy(), axis=1)
+    ours_res, nm_res = res.data_residual, nm.data_residual
     ours_sub = ours_res[:n_nm]
     notes = [
         f"funcae (encoder start + batched L-BFGS): median residual {np.median(ours_res):.4f}, "

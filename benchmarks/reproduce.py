@@ -98,12 +98,7 @@ def median_inversion_residual(rd: RunDir, n: int = 200, seed: int = 123) -> floa
     params = sample_params(trained.cfg.family, n, gen)
     targets = inversion.targets_from_params(trained, params)
     result = inversion.invert_batch(trained, targets)
-    return float(np.median(data_residuals(result, targets)))
-
-
-def data_residuals(result, targets) -> np.ndarray:
-    """(n,) L2 norms of fit - target in the family's units."""
-    return np.linalg.norm(np.asarray(result.fit, dtype=np.float64) - targets.y.double().numpy(), axis=1)
+    return float(np.median(result.data_residual))
 
 
 def figures_of(rd: RunDir, exp: Experiment) -> dict[str, float | None]:

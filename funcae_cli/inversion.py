@@ -423,10 +423,12 @@ class Problem:
         fit = self.fit(z)
         y = self.y if rows is None else self.y[rows]
         res_t = self.training_residual(z, rows)
+        data_residual = (fit - y).square().sum(dim=1).sqrt()
         out = {
             "fit": fit,
             "residual_norm": res_t.square().sum(dim=1).sqrt(),
-            "rel_l2": (fit - y).square().sum(dim=1).sqrt() / y.square().sum(dim=1).sqrt().clamp_min(1e-30),
+            "data_residual": data_residual,
+            "rel_l2": data_residual / y.square().sum(dim=1).sqrt().clamp_min(1e-30),
         }
         if self.chi2:
             inv = self.inv_err if rows is None else self.inv_err[rows]
@@ -693,6 +695,7 @@ class InvertResult:
     z: np.ndarray  # (n, d)
     objective: np.ndarray  # (n,) L2 norm in training space, or chi^2
     residual_norm: np.ndarray  # (n,) L2 norm of (target - fit) in training space
+    data_residual: np.ndarray  # (n,) ||fit - target|| in the family's units
     rel_l2: np.ndarray  # (n,) ||fit - target|| / ||target|| in the family's units
     encoder_z: np.ndarray  # (n, d) the encoder's code
     encoder_objective: np.ndarray  # (n,) objective at the encoder's code
@@ -797,6 +800,7 @@ def invert_batch(
         z=np_(z_best).astype(np.float64),
         objective=np_(m["objective"]).astype(np.float64),
         residual_norm=np_(m["residual_norm"]).astype(np.float64),
+        data_residual=np_(m["data_residual"]).astype(np.float64),
         rel_l2=np_(m["rel_l2"]).astype(np.float64),
         encoder_z=np_(z_enc).astype(np.float64),
         encoder_objective=np_(m_enc["objective"]).astype(np.float64),
@@ -917,6 +921,7 @@ def notebook_nelder_mead(trained: Trained, curves: Tensor | np.ndarray) -> Inver
         z=z_out,
         objective=m["objective"].cpu().double().numpy(),
         residual_norm=m["residual_norm"].cpu().double().numpy(),
+        data_residual=m["data_residual"].cpu().double().numpy(),
         rel_l2=m["rel_l2"].cpu().double().numpy(),
         encoder_z=z_enc.cpu().double().numpy(),
         encoder_objective=m_enc["objective"].cpu().double().numpy(),
@@ -944,6 +949,7 @@ def result_rows(trained: Trained, targets: Targets, res: InvertResult, with_curv
             "z": res.z[i].tolist(),
             "objective": float(res.objective[i]),
             "residual_norm": float(res.residual_norm[i]),
+            "data_residual": float(res.data_residual[i]),
             "rel_l2": float(res.rel_l2[i]),
             "encoder_z": res.encoder_z[i].tolist(),
             "encoder_objective": float(res.encoder_objective[i]),
@@ -1008,6 +1014,7 @@ def summarize(res: InvertResult, targets: Targets, names: list[str]) -> dict[str
     out: dict[str, Any] = {
         "objective": stats(res.objective),
         "residual_norm": stats(res.residual_norm),
+        "data_residual": stats(res.data_residual),
         "rel_l2": stats(res.rel_l2),
         "encoder_objective": stats(res.encoder_objective),
         "encoder_rel_l2": stats(res.encoder_rel_l2),
@@ -1228,12 +1235,13 @@ def run_invert(
       objective_kind ("l2" | "chi2"), objective_space; n_targets, seconds, targets_per_second;
       extrapolating (a parameter target outside the training ranges), warnings;
       regressor (kind, degree, ridge, n_train, val_r2 per parameter), regressor_fitted_now;
-      x (observation points); summary (median/p90/max of objective, residual_norm, rel_l2, encoder_objective,
-      encoder_rel_l2, iterations; converged_fraction; restart_won_fraction; reduced_chi2; parameter errors);
-      targets: one dict per target with index, name, z, objective, residual_norm (training space L2),
-      rel_l2 (family units), encoder_z, encoder_objective, encoder_rel_l2, iterations, converged, start,
-      seconds (amortized for batched methods), estimated_params, [chi2, reduced_chi2], [true_params,
-      param_error, param_rel_error], and for the first 16 targets target, fit [, yerr] at x;
+      x (observation points); summary (median/p90/max of objective, residual_norm, data_residual, rel_l2,
+      encoder_objective, encoder_rel_l2, iterations; converged_fraction; restart_won_fraction; reduced_chi2;
+      parameter errors); targets: one dict per target with index, name, z, objective, residual_norm
+      (training space L2), data_residual (|fit - target| in family units), rel_l2 (family units), encoder_z,
+      encoder_objective, encoder_rel_l2, iterations, converged, start, seconds (amortized for batched
+      methods), estimated_params, [chi2, reduced_chi2], [true_params, param_error, param_rel_error], and
+      for the first 16 targets target, fit [, yerr] at x;
       files: json, png, csv (batches).
     """
     from funcae_cli.rundir import atomic_write_json, atomic_write_text, slugify
@@ -1272,14 +1280,15 @@ def run_invert(
     if res.n > 1:
         names = trained.param_names
         header = ["name", *(f"z{j + 1}" for j in range(res.z.shape[1]))]
-        header += ["objective", "residual_norm", "rel_l2", "encoder_objective", "encoder_rel_l2"]
+        header += ["objective", "residual_norm", "data_residual", "rel_l2", "encoder_objective", "encoder_rel_l2"]
         header += ["iterations", "converged", "start", "seconds"]
         header += ["chi2", "reduced_chi2"] if res.chi2 is not None else []
         header += [f"est_{k}" for k in names]
         header += [f"true_{k}" for k in names] if targets.params is not None else []
         lines = []
         for i in range(res.n):
-            line = [targets.names[i], *res.z[i], res.objective[i], res.residual_norm[i], res.rel_l2[i]]
+            line = [targets.names[i], *res.z[i], res.objective[i], res.residual_norm[i], res.data_residual[i]]
+            line += [res.rel_l2[i]]
             line += [res.encoder_objective[i], res.encoder_rel_l2[i], res.iterations[i], res.converged[i]]
             line += [res.start[i], res.seconds[i]]
             line += [res.chi2[i], res.reduced_chi2[i]] if res.chi2 is not None else []

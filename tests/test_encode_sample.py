@@ -21,7 +21,7 @@ INVERT_FIELDS = {
     "extrapolating", "warnings", "regressor", "regressor_fitted_now", "x", "summary", "targets", "files",
 }  # fmt: skip
 TARGET_FIELDS = {
-    "index", "name", "z", "objective", "residual_norm", "rel_l2", "encoder_z", "encoder_objective",
+    "index", "name", "z", "objective", "residual_norm", "data_residual", "rel_l2", "encoder_z", "encoder_objective",
     "encoder_rel_l2", "iterations", "converged", "start", "seconds", "estimated_params",
 }  # fmt: skip
 
@@ -83,7 +83,7 @@ def test_invert_text_output_names_code_error_and_parameters(cli, smoke_copy):
     result = cli("invert", "--mu", "0.3", "--sigma", "1.1")
     ok(result)
     assert result.stdout == ""  # messages go to stderr
-    for piece in ("z = [", "residual norm", "encoder", "mu≈", "sigma≈", "targets/s"):
+    for piece in ("z = [", "residual norm", "|fit - target|", "encoder", "mu≈", "sigma≈", "targets/s"):
         assert piece in result.stderr
 
 
@@ -111,7 +111,7 @@ def test_invert_batch_writes_csv(cli, smoke_copy):
     assert rec["n_targets"] == 3 and rec["starts"] == 2
     assert {"objective", "rel_l2", "encoder_rel_l2", "converged_fraction"} <= set(rec["summary"])
     lines = (smoke_copy / "invert" / "p.csv").read_text().splitlines()
-    assert lines[0].startswith("name,z1,z2,objective,residual_norm,rel_l2,encoder_objective")
+    assert lines[0].startswith("name,z1,z2,objective,residual_norm,data_residual,rel_l2,encoder_objective")
     assert lines[0].endswith("est_mu,est_sigma,true_mu,true_sigma") and len(lines) == 4
 
 

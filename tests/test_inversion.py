@@ -93,6 +93,9 @@ def test_refinement_never_worse_than_encoder_and_result_fields(trained):
     assert res.fit.shape == (n, trained.grid.shape[0])
     assert (res.objective <= res.encoder_objective * (1 + 1e-5) + 1e-7).all()
     np.testing.assert_allclose(res.objective, res.residual_norm)  # l2 objective = training-space norm
+    data = np.linalg.norm(res.fit - t.y.double().numpy(), axis=1)  # family units, whatever the training space
+    np.testing.assert_allclose(res.data_residual, data, rtol=1e-4, atol=1e-7)
+    np.testing.assert_allclose(res.rel_l2, data / np.linalg.norm(t.y.double().numpy(), axis=1), rtol=1e-4)
     assert res.objective_kind == "l2" and res.chi2 is None
     assert res.targets_per_second > 0
 

@@ -69,11 +69,11 @@ def invert(
     if json_:
         console.emit_json(rec)
         return
-    what = "chi^2" if rec["objective_kind"] == "chi2" else "residual norm"
+    what = "chi^2" if rec["objective_kind"] == "chi2" else "residual norm (training space)"
     for row in rec["targets"][:5]:
         line = (
             f"{row['name']}: z = [{', '.join(_g(v, '.5g') for v in row['z'])}]; {what} {_g(row['objective'])} "
-            f"(encoder {_g(row['encoder_objective'])}); "
+            f"(encoder {_g(row['encoder_objective'])}); |fit - target| {_g(row['data_residual'])} in family units, "
             f"rel. L2 {_g(row['rel_l2'], '.3g')} (encoder {_g(row['encoder_rel_l2'], '.3g')})"
         )
         if "reduced_chi2" in row:
@@ -90,7 +90,8 @@ def invert(
         s = rec["summary"]
         console.info(
             f"{rec['n_targets']:,} targets: median {what} {_g(s['objective']['median'])} "
-            f"(encoder {_g(s['encoder_objective']['median'])}), median rel. L2 {_g(s['rel_l2']['median'], '.3g')}, "
+            f"(encoder {_g(s['encoder_objective']['median'])}), median |fit - target| "
+            f"{_g(s['data_residual']['median'])}, median rel. L2 {_g(s['rel_l2']['median'], '.3g')}, "
             f"converged {100 * s['converged_fraction']:.1f}%"
         )
     console.info(

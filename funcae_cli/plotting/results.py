@@ -162,9 +162,7 @@ def inversions_figure(results: list[Inversion], family: Family, *, title: str = 
         ax.axhline(0, color="0.5", lw=0.8, ls=":")
         setup_curve_axes(ax, family)
         ax.set_ylabel("target − fit")
-        stats = []
-        if inv.objective is not None:
-            stats.append(f"objective {inv.objective:.4g}")
+        stats = [f"|target − fit| {np.linalg.norm(inv.target - inv.fit):.4g}"]  # the plotted residual, family units
         if inv.rel_l2 is not None:
             stats.append(f"relative L2 {inv.rel_l2:.3g}")
         stats.append(f"max |residual| {np.abs(inv.target - inv.fit).max():.3g}")
