@@ -273,6 +273,8 @@ def render(rows: list[Row], info: dict[str, str], argv: list[str]) -> str:
         f"{info['threads']} threads, Python {info['python']}, CUDA: {info['cuda']}.",
         f"Reproduce: `make bench` (this file came from `python -m benchmarks.run {' '.join(argv)}`).",
         "Each row runs both sides in the same process, back to back; times are medians of the repeats.",
+        "On a shared 2-core VM single rows vary between runs (seen here: row 1 8-25x, row 2 2.0-3.3x, row 3"
+        " 12-19x); compare ratios from one run, not timings across runs.",
         "",
         "| row | funcae | notebook-style | ratio | target |",
         "| --- | --- | --- | --- | --- |",
