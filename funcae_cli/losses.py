@@ -15,40 +15,38 @@ from funcae_cli.models import linear_layers
 # (recon, target, cfg) -> per-curve loss (batch,)
 Loss = Callable[[Tensor, Tensor, TrainConfig], Tensor]
 
-
-def _sse(recon: Tensor, x: Tensor, cfg: TrainConfig) -> Tensor:
-    return (recon - x).square().sum(dim=1)  # per-curve sum of squares
-
-
-def _mse(recon: Tensor, x: Tensor, cfg: TrainConfig) -> Tensor:
-    return (recon - x).square().mean(dim=1)
-
-
-def _gaussian(recon: Tensor, x: Tensor, cfg: TrainConfig) -> Tensor:
-    """Negative log-likelihood of x under N(recon, eta^2 I), dropping the 2*pi constant (notebook 001)."""
-    n = x.shape[1]
-    return 0.5 * (recon - x).square().sum(dim=1) / cfg.eta**2 + n * math.log(cfg.eta)
-
-
-LOSSES: dict[str, Loss] = {"sse": _sse, "mse": _mse, "gaussian": _gaussian}
-
-# The same losses averaged over the batch, for the training step: F.mse_loss is one fused kernel
-# forward and backward, where the per-curve forms above take four passes over (batch, n_points).
-BATCH_LOSSES: dict[str, Loss] = {
-    "sse": lambda r, x, c: F.mse_loss(r, x, reduction="sum") / x.shape[0],
-    "mse": lambda r, x, c: F.mse_loss(r, x),
-    "gaussian": lambda r, x, c: (
-        0.5 * F.mse_loss(r, x, reduction="sum") / (x.shape[0] * c.eta**2) + x.shape[1] * math.log(c.eta)
-    ),
-}
-
-# Every loss above is `scale * sum((recon - x)^2) + const` over a batch: (batch, n_points, cfg) ->
-# (scale, const). The hand-written training step (steps.py) needs only these two numbers.
+# Every reconstruction loss is `sum((recon - x)^2) / divisor + const` over a batch of curves:
+# (batch, n_points, cfg) -> (divisor, const). The per-curve and batch forms below and the
+# hand-written training step (steps.py) all come from this one table.
 SQUARED_ERROR: dict[str, Callable[[int, int, TrainConfig], tuple[float, float]]] = {
-    "sse": lambda b, n, c: (1.0 / b, 0.0),
-    "mse": lambda b, n, c: (1.0 / (b * n), 0.0),
-    "gaussian": lambda b, n, c: (0.5 / (b * c.eta**2), n * math.log(c.eta)),
+    "sse": lambda b, n, c: (b, 0.0),  # per-curve sum of squares
+    "mse": lambda b, n, c: (b * n, 0.0),  # per-point mean
+    # negative log-likelihood of x under N(recon, eta^2 I), dropping the 2*pi constant (notebook 001)
+    "gaussian": lambda b, n, c: (2 * b * c.eta**2, n * math.log(c.eta)),
 }
+
+
+def _per_curve(name: str) -> Loss:
+    def loss(recon: Tensor, x: Tensor, cfg: TrainConfig) -> Tensor:
+        divisor, const = SQUARED_ERROR[name](1, x.shape[1], cfg)
+        return (recon - x).square().sum(dim=1) / divisor + const
+
+    return loss
+
+
+def _batch_mean(name: str) -> Loss:
+    """The loss averaged over the batch: F.mse_loss is one fused kernel forward and backward."""
+
+    def loss(recon: Tensor, x: Tensor, cfg: TrainConfig) -> Tensor:
+        divisor, const = SQUARED_ERROR[name](x.shape[0], x.shape[1], cfg)
+        out = F.mse_loss(recon, x, reduction="sum") / divisor
+        return out + const if const else out
+
+    return loss
+
+
+LOSSES: dict[str, Loss] = {name: _per_curve(name) for name in SQUARED_ERROR}
+BATCH_LOSSES: dict[str, Loss] = {name: _batch_mean(name) for name in SQUARED_ERROR}
 
 # (x, cfg, generator) -> corrupted copy of x
 CORRUPTIONS: dict[str, Callable[[Tensor, NoiseConfig, torch.Generator], Tensor]] = {

@@ -26,7 +26,6 @@ class FlatParams:
 
     def __init__(self, model: nn.Module):
         params = [p for p in model.parameters() if p.requires_grad]
-        self.params = params
         with torch.no_grad():
             self.data = torch.cat([p.detach().reshape(-1) for p in params]) if params else torch.zeros(0)
         self.grad = torch.zeros_like(self.data)
@@ -85,11 +84,11 @@ class Adam(FlatOptimizer):
 
     state_keys = ("exp_avg", "exp_avg_sq")
 
-    def __init__(self, flat, lr, weight_decay=0.0, betas=(0.9, 0.999), eps=1e-8, decoupled=False, fused=True):
+    def __init__(self, flat, lr, weight_decay=0.0, betas=(0.9, 0.999), eps=1e-8, decoupled=False):
         super().__init__(flat, lr, weight_decay)
         self.betas, self.eps, self.decoupled = betas, eps, decoupled
         kernel = getattr(torch, "_fused_adamw_" if decoupled else "_fused_adam_", None)
-        self.kernel = kernel if fused and flat.data.is_floating_point() else None
+        self.kernel = kernel if flat.data.is_floating_point() else None
         self.step_t = torch.zeros((), dtype=torch.float32, device=flat.data.device)
 
     def step(self) -> None:

@@ -70,6 +70,19 @@ class _Layer(NamedTuple):
     act: type[nn.Module] | None  # activation applied to this layer's output
 
 
+class _Planned(NamedTuple):
+    """One layer of the MLP step: parameter and gradient views, activation pair, buffers."""
+
+    weight: Tensor
+    weight_t: Tensor  # transposed view for the forward product
+    bias: Tensor
+    grad_weight: Tensor  # views into the flat gradient
+    grad_bias: Tensor
+    act: tuple[Callable[[Tensor], Tensor], Callable[[Tensor, Tensor], Tensor]] | None
+    out: Tensor  # (batch, out_features): this layer's output
+    grad_in: Tensor  # (batch, in_features): d loss / d this layer's input
+
+
 def mlp_chain(model: nn.Module) -> list[_Layer] | str:
     """The AE as one chain of linear layers and activations, or the reason it is not one."""
     if not isinstance(model, AE):
@@ -95,26 +108,17 @@ class MLPStep:
         chain = mlp_chain(model)
         if isinstance(chain, str):
             raise ValueError(chain)
-        self.t, self.flat, self.batch = t, flat, batch
+        self.model, self.t, self.flat, self.batch = model, t, flat, batch
         self.squared = SQUARED_ERROR[t.loss]
-        self.linears = [layer.linear for layer in chain]
         w = next(model.parameters())
         new = lambda cols: torch.empty((batch, cols), dtype=w.dtype, device=w.device)  # noqa: E731
-        # Per layer: weight, its transpose view, bias, the gradient views, the activation pair (or None)
-        # and the buffers for its output and for the gradient with respect to its input.
         self.plan = [
-            (
-                lin.weight.detach(),
-                lin.weight.detach().t(),
-                lin.bias.detach(),
-                lin.weight.grad,
-                lin.bias.grad,
-                ACTIVATION_GRADS[act] if act is not None else None,
-                new(lin.out_features),
-                new(lin.in_features),
+            _Planned(
+                lin.weight.detach(), lin.weight.detach().t(), lin.bias.detach(), lin.weight.grad, lin.bias.grad,
+                ACTIVATION_GRADS[act] if act is not None else None, new(lin.out_features), new(lin.in_features),
             )
             for lin, act in chain
-        ]
+        ]  # fmt: skip
 
     @torch.no_grad()
     def __call__(self, x_in: Tensor, x: Tensor, kl_weight: float, gen: torch.Generator | None) -> StepLosses:
@@ -122,37 +126,38 @@ class MLPStep:
         full = nb == self.batch  # every batch but an epoch's last: use the buffers without slicing
         inputs = [x_in]
         h = x_in
-        for _w, w_t, b, _gw, _gb, act, out_buf, _ in self.plan:
-            out = out_buf if full else out_buf[:nb]
-            torch.addmm(b, h, w_t, out=out)
-            if act is not None:
-                act[0](out)
+        for layer in self.plan:
+            out = layer.out if full else layer.out[:nb]
+            torch.addmm(layer.bias, h, layer.weight_t, out=out)
+            if layer.act is not None:
+                layer.act[0](out)
             inputs.append(out)
             h = out
-        scale, const = self.squared(nb, n_points, self.t)
+        divisor, const = self.squared(nb, n_points, self.t)
+        scale = 1.0 / divisor
         diff = h.sub_(x).view(-1)  # the output buffer becomes the residual: a linear last layer needs no output
         recon = torch.dot(diff, diff).mul_(scale).add_(const)
         g, alpha = h, 2.0 * scale  # d loss / d output = alpha * residual: alpha is folded into the products
         for i in range(len(self.plan) - 1, -1, -1):
-            w, _, _, gw, gb, _, _, gin_buf = self.plan[i]
-            torch.addmm(gw, g.t(), inputs[i], beta=0, alpha=alpha, out=gw)
-            torch.sum(g, 0, out=gb)
+            layer = self.plan[i]
+            torch.addmm(layer.grad_weight, g.t(), inputs[i], beta=0, alpha=alpha, out=layer.grad_weight)
+            torch.sum(g, 0, out=layer.grad_bias)
             if alpha != 1.0:
-                gb.mul_(alpha)
+                layer.grad_bias.mul_(alpha)
             if i == 0:
                 break
-            g_prev = gin_buf if full else gin_buf[:nb]
-            torch.addmm(g_prev, g, w, beta=0, alpha=alpha, out=g_prev)
-            act = self.plan[i - 1][5]
+            g_prev = layer.grad_in if full else layer.grad_in[:nb]
+            torch.addmm(g_prev, g, layer.weight, beta=0, alpha=alpha, out=g_prev)
+            act = self.plan[i - 1].act
             if act is not None:
                 act[1](g_prev, inputs[i])
             g, alpha = g_prev, 1.0
         total = recon
         gamma = self.t.weight_penalty
         if gamma:  # gamma * mean(W^2) per layer: gradient 2 gamma W / numel
-            for lin in self.linears:
-                lin.weight.grad.add_(lin.weight.detach(), alpha=2.0 * gamma / lin.weight.numel())
-            total = recon + gamma * sum(lin.weight.detach().square().mean() for lin in self.linears)
+            for layer in self.plan:
+                layer.grad_weight.add_(layer.weight, alpha=2.0 * gamma / layer.weight.numel())
+            total = recon + weight_penalty(self.model, gamma)
         return StepLosses(recon, recon, torch.zeros((), device=x.device), total)
 
 

@@ -147,7 +147,8 @@ def evaluate(model: nn.Module, prep: Prepared, part: slice, cfg: Config, kl_weig
     xs = prep.x[part]
     raw_norms = prep.raw_norms(part)
     n_points = xs.shape[1]
-    scale, const = SQUARED_ERROR[cfg.train.loss](1, n_points, cfg.train)  # per-curve loss = scale |d|^2 + const
+    divisor, const = SQUARED_ERROR[cfg.train.loss](1, n_points, cfg.train)  # per-curve loss = |d|^2 / divisor + const
+    scale = 1.0 / divisor
     linear = prep.normalizer.transform == "none"  # data units = training units * std + mean
     keys = ["loss", "recon", "kl", "sse", "mse", "rel_l2"] + (
         ["noisy_recon", "noisy_sse", "noisy_mse"] if noise else []

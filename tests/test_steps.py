@@ -100,14 +100,14 @@ def test_resume_of_a_checkpoint_with_per_parameter_optimizer_state_exits_2(smoke
 
 @pytest.mark.parametrize("loss", ["sse", "mse", "gaussian"])
 def test_squared_error_form_matches_each_loss(loss: str) -> None:
-    """steps.py and evaluate() compute losses as scale * |d|^2 + const: the same numbers as LOSSES."""
+    """steps.py and evaluate() compute losses as |d|^2 / divisor + const: the same numbers as LOSSES."""
     from funcae_cli.config import TrainConfig
     from funcae_cli.losses import LOSSES, SQUARED_ERROR
 
     cfg = TrainConfig(loss=loss, eta=0.3)
     r, x = torch.randn(9, 13, generator=torch.Generator().manual_seed(0)), torch.randn(9, 13)
-    scale, const = SQUARED_ERROR[loss](9, 13, cfg)
-    torch.testing.assert_close(scale * (r - x).square().sum() + const, LOSSES[loss](r, x, cfg).mean())
+    divisor, const = SQUARED_ERROR[loss](9, 13, cfg)
+    torch.testing.assert_close((r - x).square().sum() / divisor + const, LOSSES[loss](r, x, cfg).mean())
 
 
 def test_funcae_flushes_denormals_before_torch_starts_threads() -> None:
