@@ -7,6 +7,7 @@ Dataset/DataLoader training so that the ratios measure what a user gains by swit
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import torch
@@ -16,21 +17,35 @@ from torch.utils.data import DataLoader
 from torch.utils.data import Dataset as TorchDataset
 
 
-def notebook_generate_normal(n: int, n_points: int = 1000, seed: int = 0) -> torch.Tensor:
-    """Notebook 000's generation: one curve per loop iteration, torch.distributions samplers."""
+def _notebook_target_func(x, mu, sigma):
+    """Notebook 000's expression, verbatim: numpy functions applied to torch tensors."""
+    return 1 / np.sqrt(2 * np.pi) / sigma * np.exp(-0.5 * (x - mu) ** 2 / sigma**2)
+
+
+def _torch_target_func(x, mu, sigma):
+    """The same expression in torch operations only (no numpy round trip): ~1.4x faster per curve."""
+    return 1 / math.sqrt(2 * math.pi) / sigma * torch.exp(-0.5 * (x - mu) ** 2 / sigma**2)
+
+
+def notebook_generate_normal(n: int, n_points: int = 1000, seed: int = 0, verbatim: bool = True) -> torch.Tensor:
+    """Notebook 000's generation: one curve per loop iteration, torch.distributions samplers.
+
+    `verbatim=False` swaps the notebook's numpy-on-tensor expression for torch operations: the
+    faster loop a careful user might write, reported beside the verbatim one.
+    """
     torch.manual_seed(seed)
     dist_mu = torch.distributions.uniform.Uniform(-3.0, 3.0)
     dist_sigma = torch.distributions.uniform.Uniform(0.5, 3.0)
     grid = torch.linspace(-5.0, 5.0, n_points)
-
-    def target_func(x, mu, sigma):  # the notebook used np.sqrt/np.exp on tensors; torch ops, same cost
-        return 1 / math.sqrt(2 * math.pi) / sigma * torch.exp(-0.5 * (x - mu) ** 2 / sigma**2)
-
-    rows = []
-    for _ in range(n):
-        mu, sigma = dist_mu.sample(), dist_sigma.sample()
-        rows.append(target_func(grid, mu, sigma))
-    return torch.vstack(rows)
+    target_func = _notebook_target_func if verbatim else _torch_target_func
+    X, Y = [], []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # numpy 2's __array_wrap__ notice on tensors
+        for _ in range(n):
+            mu, sigma = dist_mu.sample(), dist_sigma.sample()
+            X.append(target_func(grid, mu, sigma))
+            Y.append([mu, sigma])
+    return torch.vstack(X)
 
 
 class NotebookAE(nn.Module):

@@ -318,7 +318,7 @@ class Trainer:
                 x = torch.index_select(x_train, 0, idx, out=xbuf[: idx.shape[0]])  # (batch, n_points)
                 out = self.step(self.corrupt(x, t.noise, self.noise_gen), x, kl_w, self.noise_gen)
                 if (step + 1) % self.check_every == 0 or step == self.steps_per_epoch - 1:
-                    if not bool(torch.isfinite(out.total)):
+                    if not math.isfinite(out.total.item()):
                         raise DivergedError(
                             f"training diverged: non-finite loss at epoch {epoch + 1}, step {step + 1} "
                             f"(lr {lr:.3g}); lower train.lr or set train.grad_clip"
@@ -327,7 +327,7 @@ class Trainer:
                     self.flat.clip_grad_norm_(t.grad_clip)
                 self.opt.step()
                 nb = x.shape[0]
-                acc += torch.stack(out[:3]).double() * nb
+                acc.add_(torch.stack(out[:3]), alpha=nb)  # float32 losses summed in float64
                 n_seen += nb
                 self.on_step(step + 1, self.steps_per_epoch)
                 if self.stop.signum is not None and step + 1 < self.steps_per_epoch:

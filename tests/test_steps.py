@@ -12,7 +12,7 @@ import torch
 from funcae_cli.config import load_config
 from funcae_cli.models import build_model
 from funcae_cli.optim import FlatParams
-from funcae_cli.steps import AutogradStep, MLPStep, mlp_chain, select_step
+from funcae_cli.steps import ACTIVATION_GRADS, CPU_FORWARDS, AutogradStep, MLPStep, mlp_chain, select_step
 from funcae_cli.train import model_args
 
 from .conftest import CONFIGS
@@ -48,6 +48,16 @@ def test_mlp_step_equals_autograd(activation: str, loss: str, penalty: float, ro
         torch.testing.assert_close(getattr(b, k), getattr(a, k), rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(fb.grad, fa.grad, rtol=1e-4, atol=1e-6)
     assert fb.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("act", list(CPU_FORWARDS))
+def test_cpu_activation_forwards_match_torch(act) -> None:
+    x = torch.linspace(-12, 12, 200_001)
+    y = x.clone()
+    ours, torchs = CPU_FORWARDS[act](y), ACTIVATION_GRADS[act][0](x.clone())
+    assert ours.data_ptr() == y.data_ptr()  # in place on its argument, like torch's
+    ulp = torch.finfo(torch.float32).eps * torchs.abs().clamp_min(torch.finfo(torch.float32).tiny)
+    assert ((y - torchs).abs() <= 2 * ulp).all() and not torch.equal(y, x)
 
 
 @pytest.mark.parametrize(
