@@ -83,33 +83,37 @@ class FuncDataset(TorchDataset):
         return self.X[idx]
 
 
-def notebook_train_epochs(
-    X: torch.Tensor,
-    epochs: int,
-    hidden: int = 16,
-    batch: int = 256,
-    lr: float = 1e-3,
-    gamma: float = 0.98,
-    seed: int = 0,
-) -> tuple[NotebookAE, list[float]]:
-    """Notebook 000's training loop: DataLoader over a per-item Dataset, per-batch SSE, ExponentialLR."""
-    torch.manual_seed(seed)
-    model = NotebookAE(X.shape[1], hidden=hidden)
-    loader = DataLoader(FuncDataset(X), batch_size=batch, shuffle=True)
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=gamma)
-    history = []
-    for _ in range(epochs):
+class NotebookTraining:
+    """Notebook 000's training loop, one epoch per call: DataLoader over a per-item Dataset,
+    per-batch SSE, Adam, ExponentialLR."""
+
+    def __init__(self, X: torch.Tensor, hidden: int = 16, batch: int = 256, lr: float = 1e-3, gamma: float = 0.98,
+                 seed: int = 0):  # fmt: skip
+        torch.manual_seed(seed)
+        self.model = NotebookAE(X.shape[1], hidden=hidden)
+        self.loader = DataLoader(FuncDataset(X), batch_size=batch, shuffle=True)
+        self.opt = torch.optim.Adam(self.model.parameters(), lr=lr)
+        self.sched = torch.optim.lr_scheduler.ExponentialLR(self.opt, gamma=gamma)
+        self.history: list[float] = []
+
+    def epoch(self) -> float:
         total = 0.0
-        for x in loader:
-            opt.zero_grad()
-            loss = ((x - model(x)) ** 2).sum()
+        for x in self.loader:
+            self.opt.zero_grad()
+            loss = ((x - self.model(x)) ** 2).sum()
             loss.backward()
-            opt.step()
+            self.opt.step()
             total += loss.item()
-        sched.step()
-        history.append(total / len(loader))
-    return model, history
+        self.sched.step()
+        self.history.append(total / len(self.loader))
+        return self.history[-1]
+
+
+def notebook_train_epochs(X: torch.Tensor, epochs: int, **kw) -> tuple[NotebookAE, list[float]]:
+    nb = NotebookTraining(X, **kw)
+    for _ in range(epochs):
+        nb.epoch()
+    return nb.model, nb.history
 
 
 def notebook_nelder_mead(decoder, target: np.ndarray, latent_dim: int) -> tuple[np.ndarray, float, int]:

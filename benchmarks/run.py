@@ -44,13 +44,15 @@ class Row:
     notes: list[str] = field(default_factory=list)
 
 
-def timeit(fn: Callable[[], object], repeats: int) -> tuple[float, object]:
-    times, out = [], None
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), out
+def _seconds_in_fresh_process(code: str) -> float:
+    """Run `code` (which sets t0 before the timed work) in a new interpreter, return the seconds."""
+    prog = (
+        "import time; from funcae_cli.device import flush_denormals; flush_denormals(); "
+        f"{code}; print('SECONDS', time.perf_counter() - t0)"
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    r = subprocess.run([sys.executable, "-c", prog], check=True, cwd=REPO, env=env, capture_output=True, text=True)
+    return float(next(ln.split()[1] for ln in r.stdout.splitlines() if ln.startswith("SECONDS")))
 
 
 def _normal_cfg(overrides: list[str]):
@@ -63,10 +65,23 @@ def _normal_cfg(overrides: list[str]):
 def bench_generation(scale: float, repeats: int) -> Row:
     n = max(int(100_000 * scale), 100)
     cfg = _normal_cfg([f"data.n={n}"])
-    t_f, ds = timeit(lambda: generate(cfg), repeats)
-    t_b, X = timeit(lambda: baselines.notebook_generate_normal(n), repeats)
-    t_t, X_t = timeit(lambda: baselines.notebook_generate_normal(n, verbatim=False), max(1, repeats // 2))
-    assert ds.curves.shape == X.shape == X_t.shape
+    assert generate(cfg).curves.shape == baselines.notebook_generate_normal(n, verbatim=False).shape
+    # Each side in its own fresh process, alternating: in one long process the side that runs second
+    # pays for the first side's memory (page faults on this VM cost ~3x more after another 400 MB
+    # array was allocated), which is not what a user running either one sees.
+    sides = {
+        "funcae": f"from benchmarks.run import _normal_cfg; from funcae_cli.data import generate; "
+        f"cfg = _normal_cfg(['data.n={n}']); t0 = time.perf_counter(); generate(cfg)",
+        "notebook": f"from benchmarks.baselines import notebook_generate_normal as g; t0 = time.perf_counter(); g({n})",
+        "torch loop": f"from benchmarks.baselines import notebook_generate_normal as g; t0 = time.perf_counter(); "
+        f"g({n}, verbatim=False)",
+    }
+    times: dict[str, list[float]] = {k: [] for k in sides}
+    for i in range(repeats):
+        for name, code in sides.items():
+            if name != "torch loop" or i < max(1, repeats // 2):
+                times[name].append(_seconds_in_fresh_process(code))
+    t_f, t_b, t_t = (statistics.median(times[k]) for k in sides)
     return Row(
         "1. generate normal curves",
         f"{t_f:.3f} s ({n:,} x 1000)",
@@ -77,17 +92,18 @@ def bench_generation(scale: float, repeats: int) -> Row:
         [
             "notebook side: notebook 000's loop and expression verbatim (np.exp / np.sqrt applied to torch "
             "tensors, torch.distributions samplers, one curve per iteration)",
+            "each side timed in its own fresh process (imports not counted), the sides alternating",
             f"the same loop with torch operations in place of numpy's: {t_t:.3f} s, {t_t / t_f:.1f}x funcae's time",
             "funcae evaluates in float64 (rounded once to float32); the notebook computes in float32",
         ],
     )
 
 
-def _trainer_for(cfg, ds):
+def _trainer_for(cfg, ds, **callbacks):
     from funcae_cli.train import Trainer, prepare
 
     prep = prepare(cfg, ds, torch.device("cpu"))
-    return Trainer(cfg, prep, torch.device("cpu"))
+    return Trainer(cfg, prep, torch.device("cpu"), **callbacks)
 
 
 def bench_epoch(scale: float, repeats: int) -> Row:
@@ -108,7 +124,7 @@ def bench_epoch(scale: float, repeats: int) -> Row:
 
     def theirs():
         t0 = time.perf_counter()
-        baselines.notebook_train_epochs(X, epochs=1)
+        baselines.NotebookTraining(X).epoch()
         return time.perf_counter() - t0
 
     ours(), theirs()  # warm-up pair, not counted: first-call initialization of kernels and allocator
@@ -139,19 +155,25 @@ def bench_quality(scale: float, repeats: int, threshold: float = 0.0072) -> Row:
     n = max(int(100_000 * scale), 600)
     over = [f"data.n={n}"] + ([] if scale >= 1 else ["train.epochs=3"])
     cfg = _normal_cfg(over)
-    tr = _trainer_for(cfg, generate(cfg))
-    # Notebook side: a few epochs of its loop, extrapolated to its 200; half measured before funcae's
-    # run and half after, so that a slow or fast spell of this shared machine falls on both sides.
-    X = generate(cfg).curves[: tr.prep.n_train]
-    k = 2 if scale >= 1 else 1
-    t0 = time.perf_counter()
-    baselines.notebook_train_epochs(X, epochs=k, seed=0)
-    before = time.perf_counter() - t0
+    # Notebook side: a few epochs of its loop, extrapolated to its 200, each run right after one of
+    # funcae's epochs 1, 4, 7, 10 (outside funcae's timed epochs), so that both sides see the same
+    # spells of this shared machine.
+    X = generate(cfg).curves[: int(n * (1 - cfg.data.val_fraction - cfg.data.test_fraction))]
+    nb = baselines.NotebookTraining(X)
+    nb_times: list[float] = []
+    after: list[int] = []
+    k = 4 if scale >= 1 else 1
+
+    def interleave(row: dict) -> None:
+        if row["epoch"] % 3 == 1 and len(nb_times) < k:
+            t0 = time.perf_counter()
+            nb.epoch()
+            nb_times.append(time.perf_counter() - t0)
+            after.append(row["epoch"])
+
+    tr = _trainer_for(cfg, generate(cfg), on_epoch=interleave)
+    assert tr.prep.n_train == X.shape[0]
     state = tr.run()
-    t0 = time.perf_counter()
-    baselines.notebook_train_epochs(X, epochs=k, seed=1)
-    after = time.perf_counter() - t0
-    del X
     elapsed, reached_epoch = 0.0, None
     for row in state.history:
         elapsed += row["seconds"]
@@ -159,11 +181,11 @@ def bench_quality(scale: float, repeats: int, threshold: float = 0.0072) -> Row:
             reached_epoch = row["epoch"]
             break
     test = test_metrics(tr.model, tr.prep, cfg)
-    per_epoch = (before + after) / (2 * k)
+    per_epoch = statistics.median(nb_times)
     t_b = per_epoch * 200
     notes = [
-        f"notebook: {k} epoch(s) measured before funcae's run and {k} after ({before / k:.2f} s and "
-        f"{after / k:.2f} s each), extrapolated to its 200 epochs",
+        f"notebook: its first {len(nb_times)} epochs, run after funcae's epochs {', '.join(map(str, after))}, took "
+        f"{', '.join(f'{t:.2f}' for t in nb_times)} s; their median extrapolated to its 200 epochs",
         f"funcae: final test per-curve SSE {test['sse_mean']:.5f} after {len(state.history)} epochs "
         f"({state.wall_seconds:.1f} s); PCA-2 {test['pca']['sse_mean']:.4f}",
     ]
@@ -286,8 +308,8 @@ def render(rows: list[Row], info: dict[str, str], argv: list[str]) -> str:
         f"{info['threads']} threads, Python {info['python']}, CUDA: {info['cuda']}.",
         f"Reproduce: `make bench` (this file came from `python -m benchmarks.run {' '.join(argv)}`).",
         "Each row runs both sides in the same process, back to back; times are medians of the repeats.",
-        "On a shared 2-core VM single rows vary between runs (seen here: row 1 8-25x, row 2 2.0-3.3x, row 3"
-        " 12-19x); compare ratios from one run, not timings across runs.",
+        "On a shared 2-core VM single rows vary between runs (seen here today: row 1 11-25x, row 2 2.0-2.8x, row 3"
+        " 17-28x); compare ratios from one run, not timings across runs.",
         "",
         "| row | funcae | notebook-style | ratio | target |",
         "| --- | --- | --- | --- | --- |",
