@@ -307,7 +307,8 @@ def render(rows: list[Row], info: dict[str, str], argv: list[str]) -> str:
         f"Measured {info['date']} on {info['cores']} cores ({info['cpu']}), torch {info['torch']} with "
         f"{info['threads']} threads, Python {info['python']}, CUDA: {info['cuda']}.",
         f"Reproduce: `make bench` (this file came from `python -m benchmarks.run {' '.join(argv)}`).",
-        "Each row runs both sides in the same process, back to back; times are medians of the repeats.",
+        "Each row runs both sides back to back (row 1: each side in a fresh process), alternating where it"
+        " repeats; times are medians of the repeats.",
         "On a shared 2-core VM single rows vary between runs (seen here today: row 1 11-25x, row 2 2.0-2.8x, row 3"
         " 17-28x); compare ratios from one run, not timings across runs.",
         "",
