@@ -231,3 +231,35 @@ def test_read_inversions_is_tolerant(tmp_path: Path):
     found, problems = read_inversions(sorted(tmp_path.glob("*.json")))
     assert len(found) == 1 and found[0].source == "one.json"
     assert len(problems) == 2
+
+
+def test_invert_figure_draws_error_bars_and_chi2_for_targets_with_yerr():
+    from matplotlib.container import ErrorbarContainer
+
+    from funcae_cli.plotting.invert import invert_figure_from_record
+
+    x = np.linspace(0.5, 30.0, 12)
+    target = 200 * (1 - np.exp(-x / 3))
+    fit = target + np.linspace(-4, 4, 12)
+    row = {"name": "galaxy", "z": [0.1, -0.2], "objective": 1.0, "rel_l2": 0.01, "target": target.tolist(),
+           "fit": fit.tolist()}  # fmt: skip
+    record = {"x": x.tolist(), "run": "r", "method": "lbfgs", "targets": [row, {**row, "yerr": [2.0] * 12}]}
+    fig = invert_figure_from_record(record, FAMILIES["rotation_curve"])
+    (plain_curve, plain_res), (obs_curve, obs_res) = np.array(fig.axes).reshape(2, 2)
+    assert not plain_curve.containers and not plain_res.containers and "χ²" not in plain_res.get_title()
+    for ax in (obs_curve, obs_res):
+        bars = [c for c in ax.containers if isinstance(c, ErrorbarContainer)]
+        assert len(bars) == 1 and bars[0].has_yerr
+    chi2 = float(np.sum(((target - fit) / 2.0) ** 2))
+    assert f"χ² {chi2:.4g} over 12 points" in obs_res.get_title()
+    assert "±1σ" in " ".join(t.get_text() for t in obs_curve.get_legend().get_texts())
+    assert_figure_png(render(fig), "invert with yerr")
+
+
+def test_read_inversions_ignores_malformed_yerr(tmp_path: Path):
+    base = {"x": [0, 1, 2], "target": [1, 2, 3], "fit": [1, 2, 2.9]}
+    (tmp_path / "a.json").write_text(json.dumps({**base, "yerr": [0.1, 0.1, 0.1]}))
+    (tmp_path / "b.json").write_text(json.dumps({**base, "yerr": [0.1, 0.1]}))  # wrong length
+    (tmp_path / "c.json").write_text(json.dumps({**base, "yerr": [0.1, 0.0, 0.1]}))  # not > 0
+    found, _ = read_inversions(sorted(tmp_path.glob("*.json")))
+    assert [f.yerr is not None for f in found] == [True, False, False]

@@ -27,10 +27,12 @@ def invert_figure(
     objectives: np.ndarray | None = None,
     rel_l2: np.ndarray | None = None,
     names: list[str] | None = None,
+    yerr: list[np.ndarray | None] | None = None,
     title: str = "",
     note: str = "",
 ) -> Figure:
-    """x (m,); targets, fits (k, m) in family units; the first MAX_ROWS targets, one row each."""
+    """x (m,); targets, fits (k, m) in family units, yerr one (m,) array or None per target; the
+    first MAX_ROWS targets, one row each."""
     targets, fits = np.atleast_2d(targets), np.atleast_2d(fits)
     k = min(len(targets), MAX_ROWS)
     rows = [
@@ -44,6 +46,7 @@ def invert_figure(
             objective=None if objectives is None else float(objectives[i]),
             rel_l2=None if rel_l2 is None else float(rel_l2[i]),
             source=names[i] if names else "",
+            yerr=None if not yerr or yerr[i] is None else np.asarray(yerr[i], dtype=float),
         )
         for i in range(k)
     ]
@@ -68,5 +71,6 @@ def invert_figure_from_record(record: dict[str, Any], family: Family) -> Figure:
         objectives=np.array([r["objective"] for r in rows]),
         rel_l2=np.array([r["rel_l2"] for r in rows]),
         names=[r.get("name", "") for r in rows],
+        yerr=[r.get("yerr") for r in rows],
         title=f"{record.get('run', '')}: {record.get('method', '')}",
     )

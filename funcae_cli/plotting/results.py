@@ -42,6 +42,7 @@ class Inversion:
     objective: float | None = None
     rel_l2: float | None = None
     source: str = ""
+    yerr: np.ndarray | None = None  # one-sigma errors of the target (observed curves), same shape
 
 
 def _first(d: dict[str, Any], keys: tuple[str, ...]) -> Any:
@@ -83,6 +84,9 @@ def _parse_one(d: dict[str, Any], source: str, x_default: Any) -> Inversion | No
     if target is None or fit is None or x is None or not (x.shape == target.shape == fit.shape) or x.ndim != 1:
         return None
     z = _array(d.get("z"))
+    yerr = _array(d.get("yerr"))
+    if yerr is not None and (yerr.shape != target.shape or not bool(np.all(yerr > 0))):
+        yerr = None  # malformed errors are not drawn rather than failing the figure
     return Inversion(
         x=x,
         target=target,
@@ -93,6 +97,7 @@ def _parse_one(d: dict[str, Any], source: str, x_default: Any) -> Inversion | No
         objective=_scalar(_first(d, _OBJECTIVE_KEYS)),
         rel_l2=_scalar(d.get("rel_l2")),
         source=source,
+        yerr=yerr,
     )
 
 
@@ -137,9 +142,15 @@ def _fmt_params(p: dict[str, float], family: Family) -> str:
     return ", ".join(f"{labels.get(k, k)}={v:.4g}" for k, v in p.items())
 
 
+ERRORBAR_STYLE: dict[str, Any] = {"fmt": "o", "ms": 3.5, "color": "k", "ecolor": "0.35", "elinewidth": 1.0,
+                                  "capsize": 2.0}  # fmt: skip
+
+
 def inversions_figure(results: list[Inversion], family: Family, *, title: str = "", note: str = "") -> Figure:
     """One row per inversion (at most a handful): target and fit on the left with the parameters
-    and code in the legend, the residual target - fit on the right (notebook 000)."""
+    and code in the legend, the residual target - fit on the right (notebook 000). A target with
+    one-sigma errors (`yerr`) is drawn as points with error bars on both sides, and its chi^2 is
+    given with the residual."""
     n = len(results)
     fig, axes = new_figure(
         nrows=n, ncols=2, figsize=(13, 3.3 * n + 0.9), squeeze=False, width_ratios=[1.3, 1], sharex="col"
@@ -147,7 +158,10 @@ def inversions_figure(results: list[Inversion], family: Family, *, title: str = 
     for row, inv in zip(axes, results):
         ax = row[0]
         tlabel = "target" + (f": {_fmt_params(inv.true_params, family)}" if inv.true_params else "")
-        ax.plot(inv.x, inv.target, color="k", lw=2.0, label=tlabel)
+        if inv.yerr is None:
+            ax.plot(inv.x, inv.target, color="k", lw=2.0, label=tlabel)
+        else:
+            ax.errorbar(inv.x, inv.target, yerr=inv.yerr, **ERRORBAR_STYLE, label=tlabel + " (±1σ)")
         flabel = "fit"
         if inv.z is not None:
             flabel += ": z = (" + ", ".join(f"{v:.3f}" for v in inv.z) + ")"
@@ -158,7 +172,10 @@ def inversions_figure(results: list[Inversion], family: Family, *, title: str = 
         ax.legend(loc="best", fontsize=8)
         ax.set_title(inv.source, fontsize=9)
         ax = row[1]
-        ax.plot(inv.x, inv.target - inv.fit, color="tab:purple", lw=1.2)
+        if inv.yerr is None:
+            ax.plot(inv.x, inv.target - inv.fit, color="tab:purple", lw=1.2)
+        else:
+            ax.errorbar(inv.x, inv.target - inv.fit, yerr=inv.yerr, **{**ERRORBAR_STYLE, "color": "tab:purple"})
         ax.axhline(0, color="0.5", lw=0.8, ls=":")
         setup_curve_axes(ax, family)
         ax.set_ylabel("target − fit")
@@ -166,7 +183,10 @@ def inversions_figure(results: list[Inversion], family: Family, *, title: str = 
         if inv.rel_l2 is not None:
             stats.append(f"relative L2 {inv.rel_l2:.3g}")
         stats.append(f"max |residual| {np.abs(inv.target - inv.fit).max():.3g}")
-        ax.set_title("residual: " + ", ".join(stats), fontsize=9)
+        title = "residual: " + ", ".join(stats)
+        if inv.yerr is not None:
+            title += f"\nχ² {np.sum(((inv.target - inv.fit) / inv.yerr) ** 2):.4g} over {inv.target.size} points"
+        ax.set_title(title, fontsize=9)
     for ax in axes[:-1].ravel():
         ax.set_xlabel("")
     lines = [title, f"{n} inversion result{'s' if n != 1 else ''}" + (f": {note}" if note else "")]
