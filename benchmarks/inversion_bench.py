@@ -15,6 +15,7 @@ from funcae_cli.config import load_config
 from funcae_cli.data import sample_params
 from funcae_cli.rundir import RunDir
 from funcae_cli.runs import load_trained, run_train
+from funcae_cli.targets import targets_from_params
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -34,7 +35,7 @@ def bench_inversion(scale: float, repeats: int):
     with tempfile.TemporaryDirectory() as tmp:
         trained = _trained_normal(scale, Path(tmp))
         params = sample_params(trained.cfg.family, n, torch.Generator().manual_seed(123))
-        targets = inversion.targets_from_params(trained, params)
+        targets = targets_from_params(trained, params)
         times, res = [], None
         for _ in range(repeats):
             t0 = time.perf_counter()

@@ -89,6 +89,7 @@ def median_inversion_residual(rd: RunDir, n: int = 200, seed: int = 123) -> floa
     """
     try:
         from funcae_cli import inversion
+        from funcae_cli.targets import targets_from_params
     except ImportError:
         return None
     from funcae_cli.data import sample_params
@@ -96,7 +97,7 @@ def median_inversion_residual(rd: RunDir, n: int = 200, seed: int = 123) -> floa
     trained = load_trained(rd, torch.device("cpu"))
     gen = torch.Generator().manual_seed(seed)
     params = sample_params(trained.cfg.family, n, gen)
-    targets = inversion.targets_from_params(trained, params)
+    targets = targets_from_params(trained, params)
     result = inversion.invert_batch(trained, targets)
     return float(np.median(result.data_residual))
 

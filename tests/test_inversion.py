@@ -9,8 +9,12 @@ import pytest
 import torch
 
 from funcae_cli import inversion as inv
+from funcae_cli import sampling
+from funcae_cli import targets as tg
 from funcae_cli.errors import InputError
 from funcae_cli.families import FAMILIES
+from funcae_cli.latent_search import lbfgs
+from funcae_cli.objective import interp_rows
 from funcae_cli.regressor import fit_latent_model, load_latent_model, save_latent_model
 from funcae_cli.rundir import RunDir
 from funcae_cli.runs import load_trained
@@ -43,7 +47,7 @@ def random_params(n: int, seed: int = 0) -> torch.Tensor:
 
 def test_encode_decode_shapes(trained):
     n_points, d = trained.grid.shape[0], trained.model.args.latent_dim
-    t = inv.targets_from_params(trained, random_params(7))
+    t = tg.targets_from_params(trained, random_params(7))
     assert t.y.shape == (7, n_points) and t.y.dtype == torch.float32
     z = inv.encode_curves(trained, t.y)
     assert z.shape == (7, d)
@@ -75,7 +79,7 @@ def test_inverting_a_decoded_curve_recovers_its_code(trained):
 
 
 def test_batched_equals_one_by_one(trained):
-    t = inv.targets_from_params(trained, random_params(6, seed=3))
+    t = tg.targets_from_params(trained, random_params(6, seed=3))
     batch = inv.invert_batch(trained, t)
     for i in range(t.n):
         one = inv.invert_batch(trained, t.subset(slice(i, i + 1)))
@@ -84,7 +88,7 @@ def test_batched_equals_one_by_one(trained):
 
 
 def test_refinement_never_worse_than_encoder_and_result_fields(trained):
-    t = inv.targets_from_params(trained, random_params(20, seed=5))
+    t = tg.targets_from_params(trained, random_params(20, seed=5))
     res = inv.invert_batch(trained, t, method="lbfgs")
     n, d = 20, trained.model.args.latent_dim
     assert res.z.shape == res.encoder_z.shape == (n, d)
@@ -102,7 +106,7 @@ def test_refinement_never_worse_than_encoder_and_result_fields(trained):
 
 @pytest.mark.parametrize("method", ["encoder", "adam", "nelder-mead"])
 def test_other_methods(trained, method):
-    t = inv.targets_from_params(trained, random_params(3, seed=7))
+    t = tg.targets_from_params(trained, random_params(3, seed=7))
     enc = inv.invert_batch(trained, t, method="encoder")
     res = inv.invert_batch(trained, t, method=method, max_iter=60)
     assert res.method == method and res.z.shape == (3, 2)
@@ -113,14 +117,14 @@ def test_other_methods(trained, method):
 
 
 def test_unknown_method_is_an_input_error(trained):
-    t = inv.targets_from_params(trained, random_params(1))
+    t = tg.targets_from_params(trained, random_params(1))
     with pytest.raises(InputError, match="nelder-mead"):
         inv.invert_batch(trained, t, method="newton")
 
 
 def test_random_starts_keep_the_best(trained):
     lm, _ = inv.latent_model_for(trained)
-    t = inv.targets_from_params(trained, random_params(8, seed=11))
+    t = tg.targets_from_params(trained, random_params(8, seed=11))
     plain = inv.invert_batch(trained, t)
     multi = inv.invert_batch(trained, t, starts=3, latent_model=lm, seed=1)
     assert multi.starts == 3 and multi.start.min() >= 0 and multi.start.max() <= 3
@@ -144,7 +148,7 @@ def test_lbfgs_rows_are_independent_problems():
         r = (z - target[rows]) * scales[rows].sqrt()
         return r.square().sum(dim=1), 2 * r * scales[rows].sqrt()
 
-    res = inv.lbfgs(fg, torch.zeros(3, 2), max_iter=200)
+    res = lbfgs(fg, torch.zeros(3, 2), max_iter=200)
     np.testing.assert_allclose(res.z.numpy(), target.numpy(), atol=1e-3)
     assert res.converged.all()
 
@@ -156,7 +160,7 @@ def test_interp_rows_matches_numpy():
     xs = torch.linspace(0, 1, 11, dtype=torch.float64)
     ys = torch.sin(3 * xs)[None].repeat(2, 1)
     xq = torch.tensor([0.0, 0.05, 0.33, 0.999, 1.0], dtype=torch.float64)
-    np.testing.assert_allclose(inv.interp_rows(xs, ys, xq)[0].numpy(), np.interp(xq, xs, ys[0]), atol=1e-12)
+    np.testing.assert_allclose(interp_rows(xs, ys, xq)[0].numpy(), np.interp(xq, xs, ys[0]), atol=1e-12)
 
 
 def write_curve(path, x, y, yerr=None, header=True):
@@ -172,7 +176,7 @@ def test_csv_curve_with_irregular_x_recovers_a_decoded_curve(trained, tmp_path):
     rng = np.random.default_rng(0)
     x = np.sort(rng.uniform(grid[0], grid[-1], 23))
     yx = np.interp(x, grid, y[0].double().numpy())  # the decoded curve, linearly interpolated onto x
-    t = inv.read_curve_csv(trained, write_curve(tmp_path / "obs.csv", x, yx))
+    t = tg.read_curve_csv(trained, write_curve(tmp_path / "obs.csv", x, yx))
     assert t.x is not None and t.x.shape == (23,) and t.y.shape == (1, 23) and t.yerr is None
     res = inv.invert_batch(trained, t)
     assert res.fit.shape == (1, 23)
@@ -184,7 +188,7 @@ def test_csv_curve_with_yerr_gives_chi2(trained, tmp_path):
     grid = trained.grid.numpy()
     x = np.linspace(grid[0] + 0.3, grid[-1] - 0.7, 30)[::-1]  # unsorted on purpose
     y = np.exp(-0.5 * ((x - 0.4) / 1.2) ** 2) / (1.2 * math.sqrt(2 * math.pi))
-    t = inv.read_curve_csv(trained, write_curve(tmp_path / "obs.csv", x, y, np.full_like(x, 0.01), header=False))
+    t = tg.read_curve_csv(trained, write_curve(tmp_path / "obs.csv", x, y, np.full_like(x, 0.01), header=False))
     assert t.yerr is not None and bool((t.x[1:] > t.x[:-1]).all())
     res = inv.invert_batch(trained, t)
     assert res.objective_kind == "chi2"
@@ -207,32 +211,32 @@ def test_bad_curve_files(trained, tmp_path, text, match):
     p = tmp_path / "bad.csv"
     p.write_text(text)
     with pytest.raises(InputError, match=match):
-        inv.read_curve_csv(trained, p)
+        tg.read_curve_csv(trained, p)
 
 
 def test_params_csv_and_curves_npz(trained, tmp_path):
     p = tmp_path / "params.csv"
     p.write_text("sigma,mu\n1.2,0.5\n1.5,-0.5\n")
-    t = inv.read_params_csv(trained, p)
+    t = tg.read_params_csv(trained, p)
     assert t.n == 2 and t.params[0].tolist() == [0.5, 1.2]
     np.savez(tmp_path / "c.npz", curves=t.y.numpy(), params=t.params.numpy())
-    c = inv.read_curves_npz(trained, tmp_path / "c.npz")
+    c = tg.read_curves_npz(trained, tmp_path / "c.npz")
     assert c.n == 2 and c.x is None and c.params is not None
     p.write_text("mu,sigma,tau\n1,1,1\n")
     with pytest.raises(InputError, match="unknown column.*tau"):
-        inv.read_params_csv(trained, p)
+        tg.read_params_csv(trained, p)
     p.write_text("mu,sigma\n1,-1\n")
     with pytest.raises(InputError, match="row 1: sigma=-1 is outside the domain"):
-        inv.read_params_csv(trained, p)
+        tg.read_params_csv(trained, p)
 
 
 # --- command-line parameters -----------------------------------------------------------------
 
 
 def test_parse_param_args():
-    assert inv.parse_param_args(NORMAL, ["--mu", "-2.4", "--sigma=1.7"]) == {"mu": -2.4, "sigma": 1.7}
-    assert inv.parse_param_args(NORMAL, []) == {}
-    assert inv.parse_param_args(FAMILIES["rotation_curve"], "--md 1e11 --rd 3 --mh 1e12 --c 9".split())["md"] == 1e11
+    assert tg.parse_param_args(NORMAL, ["--mu", "-2.4", "--sigma=1.7"]) == {"mu": -2.4, "sigma": 1.7}
+    assert tg.parse_param_args(NORMAL, []) == {}
+    assert tg.parse_param_args(FAMILIES["rotation_curve"], "--md 1e11 --rd 3 --mh 1e12 --c 9".split())["md"] == 1e11
     for args, match in [
         (["--mu", "1"], "missing --sigma; family normal takes --mu, --sigma"),
         (["--mu", "1", "--sigma", "1", "--tau", "2"], "unknown option --tau; family normal takes --mu, --sigma"),
@@ -243,15 +247,15 @@ def test_parse_param_args():
         (["--mu", "nan", "--sigma", "1"], "must be finite"),
     ]:
         with pytest.raises(InputError, match=match):
-            inv.parse_param_args(NORMAL, args)
+            tg.parse_param_args(NORMAL, args)
 
 
 def test_domain_and_training_range(trained):
     with pytest.raises(InputError, match="sigma=0 is outside the domain of normal's sigma"):
-        inv.check_domain(NORMAL, torch.tensor([[0.0, 0.0]], dtype=torch.float64))
-    inv.check_domain(NORMAL, torch.tensor([[0.0, 9.0]], dtype=torch.float64))  # inside the domain: fine
-    assert inv.training_range_warnings(trained, torch.tensor([[0.0, 1.0]], dtype=torch.float64)) == []
-    (w,) = inv.training_range_warnings(trained, torch.tensor([[0.0, 9.0]], dtype=torch.float64))
+        tg.check_domain(NORMAL, torch.tensor([[0.0, 0.0]], dtype=torch.float64))
+    tg.check_domain(NORMAL, torch.tensor([[0.0, 9.0]], dtype=torch.float64))  # inside the domain: fine
+    assert tg.training_range_warnings(trained, torch.tensor([[0.0, 1.0]], dtype=torch.float64)) == []
+    (w,) = tg.training_range_warnings(trained, torch.tensor([[0.0, 9.0]], dtype=torch.float64))
     assert "sigma=9" in w and "extrapolating" in w
 
 
@@ -299,16 +303,16 @@ def test_regressor_written_at_training_and_fitted_lazily(smoke_copy):
 def test_sample_codes(trained):
     lm, _ = inv.latent_model_for(trained)
     g = torch.Generator().manual_seed(0)
-    emp = inv.sample_codes(trained, lm, 5000, "empirical", g)
+    emp = sampling.sample_codes(trained, lm, 5000, "empirical", g)
     assert emp.shape == (5000, 2)
     lo, hi = lm.codes.min(dim=0).values, lm.codes.max(dim=0).values
     assert bool(((emp >= lo) & (emp <= hi)).all())
-    gau = inv.sample_codes(trained, lm, 20000, "gaussian", g)
+    gau = sampling.sample_codes(trained, lm, 20000, "gaussian", g)
     np.testing.assert_allclose(gau.mean(0).numpy(), lm.code_mean.numpy(), atol=0.05)
-    assert inv.resolve_latent(trained, "auto") == "empirical"
+    assert sampling.resolve_latent(trained, "auto") == "empirical"
     with pytest.raises(InputError, match="an AE has no prior"):
-        inv.resolve_latent(trained, "prior")
-    s = inv.sample_curves(trained, 4, "gaussian", seed=1)
+        sampling.resolve_latent(trained, "prior")
+    s = sampling.sample_curves(trained, 4, "gaussian", seed=1)
     assert s["curves"].shape == (4, trained.grid.shape[0]) and s["z"].shape == (4, 2)
-    again = inv.sample_curves(trained, 4, "gaussian", seed=1)
+    again = sampling.sample_curves(trained, 4, "gaussian", seed=1)
     np.testing.assert_array_equal(s["curves"], again["curves"])  # seeded

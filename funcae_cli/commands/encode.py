@@ -7,10 +7,11 @@ import typer
 
 from funcae_cli import console
 from funcae_cli.device import resolve_device
-from funcae_cli.inversion import run_encode, targets_from_inputs
+from funcae_cli.jobs import run_encode
 from funcae_cli.options import DeviceOpt, JsonOpt, RunOpt
 from funcae_cli.rundir import resolve_run
 from funcae_cli.runs import load_trained
+from funcae_cli.targets import targets_from_inputs
 
 # Family parameters (--mu, --md, ...) depend on the run's family: they arrive as extra arguments.
 CONTEXT = {"allow_extra_args": True, "ignore_unknown_options": True}

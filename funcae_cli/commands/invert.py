@@ -8,10 +8,12 @@ from funcae_cli import console
 from funcae_cli.commands.encode import CONTEXT, CurveOpt, CurvesOpt, NameOpt, TargetsOpt
 from funcae_cli.device import resolve_device
 from funcae_cli.errors import InputError
-from funcae_cli.inversion import METHODS, run_invert, targets_from_inputs
+from funcae_cli.inversion import METHODS
+from funcae_cli.jobs import run_invert
 from funcae_cli.options import DeviceOpt, JsonOpt, RunOpt, SeedOpt
 from funcae_cli.rundir import resolve_run
 from funcae_cli.runs import load_trained
+from funcae_cli.targets import targets_from_inputs
 
 __all__ = ["CONTEXT", "invert"]
 

@@ -6,10 +6,11 @@ import typer
 
 from funcae_cli import console
 from funcae_cli.device import resolve_device
-from funcae_cli.inversion import LATENTS, run_sample
+from funcae_cli.jobs import run_sample
 from funcae_cli.options import DeviceOpt, JsonOpt, RunOpt, SeedOpt
 from funcae_cli.rundir import resolve_run
 from funcae_cli.runs import load_trained
+from funcae_cli.sampling import LATENTS
 
 
 def sample(
