@@ -112,12 +112,15 @@ def bench_epoch(scale: float, repeats: int) -> Row:
     base = [f"data.n={n}", "data.normalize=none", "model.hidden=[16,16,16]", "model.activation=tanh",
             "train.batch_size=256", "train.epochs=1", "train.scheduler.name=exponential", "train.lr=1e-3"]  # fmt: skip
     cfg = _normal_cfg(base)
+    torch_only = _normal_cfg([*base, "train.engine=mlp"])  # funcae without its native kernels, for the notes
     ds = generate(cfg)
     X = ds.curves[split_sizes(n, cfg.data.val_fraction, cfg.data.test_fraction).train].clone()
     n_train = X.shape[0]
+    engines = {}
 
-    def ours():
-        tr = _trainer_for(cfg, generate(cfg))
+    def ours(c=cfg):
+        tr = _trainer_for(c, generate(c))
+        engines[c.train.engine] = tr.step.name
         t0 = time.perf_counter()
         tr.run()
         return time.perf_counter() - t0
@@ -127,11 +130,10 @@ def bench_epoch(scale: float, repeats: int) -> Row:
         baselines.NotebookTraining(X).epoch()
         return time.perf_counter() - t0
 
-    ours(), theirs()  # warm-up pair, not counted: first-call initialization of kernels and allocator
-    pairs = [(ours(), theirs()) for _ in range(repeats)]  # interleaved: both sides see the same machine
+    ours(), ours(torch_only), theirs()  # warm-up, not counted: first-call initialization of kernels and allocator
+    runs = [(ours(), ours(torch_only), theirs()) for _ in range(repeats)]  # interleaved: same machine state
 
-    t_f = statistics.median(p[0] for p in pairs)
-    t_b = statistics.median(p[1] for p in pairs)
+    t_f, t_mlp, t_b = (statistics.median(r[i] for r in runs) for i in range(3))
     return Row(
         "2. one training epoch (notebook 000 model)",
         f"{t_f:.3f} s",
@@ -141,7 +143,10 @@ def bench_epoch(scale: float, repeats: int) -> Row:
         "python -m benchmarks.run --rows epoch",
         [
             f"{n_train:,} training curves x 1000 points, unnormalized as in the notebook, batch 256; funcae's "
-            "epoch includes its validation pass; one warm-up pair, then both sides alternate",
+            "epoch includes its validation pass (the notebook's has none); one warm-up round, then the sides "
+            "alternate",
+            f"funcae's step engine: {engines['auto']} (train.engine=auto); with train.engine=mlp (torch ops "
+            f"only, no compiled kernels) the epoch takes {t_mlp:.3f} s: {t_b / t_mlp:.1f}x",
             "both sides run with denormals flushed (funcae sets it at start; the notebook side shares the "
             "process): the normal pdf's float32 tails hold denormals that slow every matmul reading them",
         ],
@@ -288,8 +293,22 @@ ROWS: dict[str, Callable[[float, int], Row]] = {
 }
 
 
+def native_info() -> str:
+    """How funcae's native kernels were built here, or why they are not in use."""
+    from funcae_cli import native
+
+    try:
+        native.kernels()
+    except native.NativeUnavailable as e:
+        return f"unavailable ({e}); rows 2 and 3 then run torch-only steps"
+    version = subprocess.run([*native.compiler(), "--version"], capture_output=True, text=True).stdout
+    flags = " ".join(f for f in native.FLAGS if f not in ("-shared", "-fPIC"))
+    return f"`{' '.join(native.compiler())} {flags}` ({version.splitlines()[0] if version else 'unknown version'})"
+
+
 def machine() -> dict[str, str]:
     return {
+        "native": native_info(),
         "date": dt.date.today().isoformat(),
         "cpu": platform.processor() or platform.machine(),
         "cores": str(os.cpu_count()),
@@ -305,7 +324,7 @@ def render(rows: list[Row], info: dict[str, str], argv: list[str]) -> str:
         "# Benchmarks",
         "",
         f"Measured {info['date']} on {info['cores']} cores ({info['cpu']}), torch {info['torch']} with "
-        f"{info['threads']} threads, Python {info['python']}, CUDA: {info['cuda']}.",
+        f"{info['threads']} threads, Python {info['python']}, CUDA: {info['cuda']}; native kernels: {info['native']}.",
         f"Reproduce: `make bench` (this file came from `python -m benchmarks.run {' '.join(argv)}`).",
         "Each row runs both sides back to back (row 1: each side in a fresh process), alternating where it"
         " repeats; times are medians of the repeats.",

@@ -124,8 +124,10 @@ class TrainConfig:
     eval_batch_size: int = _f(
         2048, "curves per forward pass in evaluation (larger chunks page-fault on CPU: ~4x slower)", min=1
     )
-    engine: Literal["auto", "autograd"] = _f(
-        "auto", "training step: `auto` uses the hand-written MLP step where the model allows, else autograd"
+    engine: Literal["auto", "native", "mlp", "autograd"] = _f(
+        "auto",
+        "training step: `native` (MLP AE on the CPU, narrow middle in compiled C), `mlp` (hand-written "
+        "torch step for MLP AEs), `autograd` (any model); `auto` takes the first that can train the model",
     )
 
 

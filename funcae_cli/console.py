@@ -57,7 +57,8 @@ class TrainProgress:
         if self.quiet:
             return
         info(
-            f"training {info_['params']:,} parameters on {info_['device']}: {info_['n_train']:,} curves, "
+            f"training {info_['params']:,} parameters on {info_['device']} ({info_['engine']} step): "
+            f"{info_['n_train']:,} curves, "
             f"{info_['steps_per_epoch']} steps/epoch, epochs {start + 1}..{epochs}"
         )
         if self.live:

@@ -20,11 +20,11 @@ from torch import nn
 from funcae_cli.checkpoint import load_checkpoint, save_checkpoint, versions
 from funcae_cli.config import Config, config_from_dict, config_to_dict, dump_config
 from funcae_cli.data import Dataset, Normalizer, generate, load_dataset, save_dataset
-from funcae_cli.errors import CheckpointError, InputError
+from funcae_cli.errors import CheckpointError, ConfigError, InputError
 from funcae_cli.families import Family
 from funcae_cli.models import build_model
 from funcae_cli.rundir import RunDir, atomic_write_json, atomic_write_text, point_latest
-from funcae_cli.train import StopFlag, Trainer, prepare, test_metrics
+from funcae_cli.train import StopFlag, Trainer, prepare, test_metrics, training_engine
 
 
 def data_fingerprint(cfg: Config) -> str:
@@ -139,7 +139,9 @@ def run_train(
     resume: bool = False,
     stop: StopFlag | None = None,
     callbacks: Callbacks | None = None,
+    source: str | None = None,
 ) -> dict[str, Any]:
+    """Train `cfg` into `rd` (or resume it). `source` names the config file in error messages."""
     cb = callbacks or Callbacks()
     ckpt = None
     if resume:
@@ -153,6 +155,10 @@ def run_train(
     ds, data_matches = _training_data(cfg, rd, force)
     prep = prepare(cfg, ds, device)  # validates the data (e.g. log of non-positive values) before any write
     del ds
+    try:
+        training_engine(cfg, prep, device)  # a named engine that cannot train this model: before any write
+    except ConfigError as e:
+        raise ConfigError(e.problems, source or (str(rd.last) if resume else None)) from None
     if force and not resume and rd.root.exists():
         _clear_for_training(rd, keep_data=data_matches)
     rd.root.mkdir(parents=True, exist_ok=True)
@@ -175,6 +181,7 @@ def run_train(
                 "steps_per_epoch": trainer.steps_per_epoch,
                 "n_train": prep.n_train,
                 "device": str(device),
+                "engine": trainer.step.name,
                 "params": sum(p.numel() for p in trainer.model.parameters()),
             }
         )
@@ -196,6 +203,7 @@ def run_train(
         "wall_seconds": state.wall_seconds,
         "curves_per_second": prep.n_train * len(state.history) / max(state.wall_seconds, 1e-9),
         "device": str(device),
+        "engine": trainer.step.name,
         "torch_threads": torch.get_num_threads(),
         "seed": cfg.seed,
         "versions": versions(),

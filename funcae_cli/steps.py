@@ -11,8 +11,7 @@ Two implementations behind one call signature, `step(x_in, x, kl_weight, gen) ->
   epoch of the notebook-000 model drops ~1.5x (`make bench` row 2). Gradients equal autograd's to
   float32 rounding (tests/test_steps.py).
 
-`select_step` picks the MLP step when the model and config allow it (`train.engine: auto`) and
-says why not otherwise.
+`engines.select_step` picks among these and the native step (native_step.py).
 """
 
 from __future__ import annotations
@@ -190,16 +189,13 @@ class MLPStep:
             if act is not None:
                 act[1](layer.grad_in, plan[i - 1].out)
             alpha = 1.0
-        total = recon
+        return StepLosses(recon, recon, self._zero, self._penalize(plan, recon))
+
+    def _penalize(self, plan: list[_Planned], recon: Tensor) -> Tensor:
+        """Add the weight penalty's gradient (gamma * mean(W^2) per layer: 2 gamma W / numel); the total loss."""
         gamma = self.t.weight_penalty
-        if gamma:  # gamma * mean(W^2) per layer: gradient 2 gamma W / numel
-            for layer in plan:
-                layer.grad_weight.add_(layer.weight, alpha=2.0 * gamma / layer.weight.numel())
-            total = recon + weight_penalty(self.model, gamma)
-        return StepLosses(recon, recon, self._zero, total)
-
-
-def select_step(model: nn.Module, t: TrainConfig, flat: FlatParams, batch: int) -> AutogradStep | MLPStep:
-    if t.engine == "auto" and not isinstance(mlp_chain(model), str):
-        return MLPStep(model, t, flat, batch)
-    return AutogradStep(model, t, flat)
+        if not gamma:
+            return recon
+        for layer in plan:
+            layer.grad_weight.add_(layer.weight, alpha=2.0 * gamma / layer.weight.numel())
+        return recon + weight_penalty(self.model, gamma)

@@ -38,6 +38,18 @@ class Cli:
         return self.runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def native_cache(tmp_path_factory: pytest.TempPathFactory):
+    """Native kernels compile into a per-session folder, not the user's ~/.cache (subprocesses inherit it)."""
+    old = os.environ.get("FUNCAE_CACHE_DIR")
+    os.environ["FUNCAE_CACHE_DIR"] = str(tmp_path_factory.mktemp("native-cache"))
+    yield
+    if old is None:
+        os.environ.pop("FUNCAE_CACHE_DIR", None)
+    else:
+        os.environ["FUNCAE_CACHE_DIR"] = old
+
+
 @pytest.fixture
 def cli() -> Cli:
     return Cli()

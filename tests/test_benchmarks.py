@@ -18,6 +18,7 @@ def test_every_benchmark_row_runs_at_tiny_scale(tmp_path: Path) -> None:
     for name in ("generate", "training epoch", "notebook quality", "memory", "PCA"):
         assert name in text
     assert "| row | funcae | notebook-style | ratio | target |" in text
+    assert "step engine: native" in text and "native kernels:" in text
 
 
 def test_unknown_row_is_a_usage_error() -> None:

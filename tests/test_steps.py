@@ -1,18 +1,21 @@
-"""The hand-written MLP training step computes autograd's losses and gradients, and is picked when it can be."""
+"""The hand-written MLP training steps (torch and native) compute autograd's losses and gradients."""
 
 from __future__ import annotations
 
 import copy
-import json
+import os
+import shutil
 from pathlib import Path
 
 import pytest
 import torch
 
 from funcae_cli.config import load_config
+from funcae_cli.engines import select_step
 from funcae_cli.models import build_model
+from funcae_cli.native_step import NativeMLPStep
 from funcae_cli.optim import FlatParams
-from funcae_cli.steps import ACTIVATION_GRADS, CPU_FORWARDS, AutogradStep, MLPStep, mlp_chain, select_step
+from funcae_cli.steps import ACTIVATION_GRADS, CPU_FORWARDS, AutogradStep, MLPStep, mlp_chain
 from funcae_cli.train import model_args
 
 from .conftest import CONFIGS
@@ -22,23 +25,31 @@ def _cfg(*overrides: str):
     return load_config(CONFIGS / "smoke.yaml", ["model.hidden=[12,9]", *overrides])
 
 
-def _pair(cfg, n_points: int = 20, batch: int = 16):
+needs_compiler = pytest.mark.skipif(
+    shutil.which(os.environ.get("CC") or "cc") is None, reason="no C compiler: the native step cannot be built"
+)
+HAND_WRITTEN = [pytest.param(MLPStep, id="mlp"), pytest.param(NativeMLPStep, id="native", marks=needs_compiler)]
+
+
+def _pair(cfg, n_points: int = 20, batch: int = 16, step=MLPStep):
+    """The autograd step and a hand-written `step` on two copies of one model."""
     torch.manual_seed(0)
     a = build_model(model_args(cfg, n_points))
     b = copy.deepcopy(a)
     fa, fb = FlatParams(a), FlatParams(b)
-    return AutogradStep(a, cfg.train, fa), MLPStep(b, cfg.train, fb, batch), fa, fb
+    return AutogradStep(a, cfg.train, fa), step(b, cfg.train, fb, batch), fa, fb
 
 
+@pytest.mark.parametrize("step", HAND_WRITTEN)
 @pytest.mark.parametrize("activation", ["tanh", "relu"])
 @pytest.mark.parametrize("loss", ["sse", "mse", "gaussian"])
 @pytest.mark.parametrize("penalty", [0.0, 1e-2])
 @pytest.mark.parametrize("rows", [16, 5])  # a full batch and an epoch's short last batch
-def test_mlp_step_equals_autograd(activation: str, loss: str, penalty: float, rows: int) -> None:
+def test_hand_written_steps_equal_autograd(step, activation: str, loss: str, penalty: float, rows: int) -> None:
     cfg = _cfg(
         f"model.activation={activation}", f"train.loss={loss}", "train.eta=0.2", f"train.weight_penalty={penalty}"
     )
-    ref, fast, fa, fb = _pair(cfg)
+    ref, fast, fa, fb = _pair(cfg, step=step)
     gen = torch.Generator().manual_seed(3)
     x = torch.randn(rows, 20, generator=gen)
     x_in = x + 0.1 * torch.randn(rows, 20, generator=gen)  # corrupted input, clean target
@@ -73,25 +84,11 @@ def test_models_without_a_hand_written_step_fall_back_to_autograd(override: str,
     assert isinstance(select_step(model, cfg.train, FlatParams(model), 16), AutogradStep)
 
 
-def test_auto_engine_picks_the_mlp_step_and_autograd_can_be_forced() -> None:
-    for engine, kind in (("auto", MLPStep), ("autograd", AutogradStep)):
+def test_mlp_and_autograd_engines_can_be_forced() -> None:
+    for engine, kind in (("mlp", MLPStep), ("autograd", AutogradStep)):
         cfg = _cfg(f"train.engine={engine}")
         model = build_model(model_args(cfg, 20))
-        assert isinstance(select_step(model, cfg.train, FlatParams(model), 16), kind)
-
-
-def test_both_engines_train_the_same_run(workdir: Path, cli) -> None:
-    """Same seed, both engines: the histories agree to float32 rounding over several epochs."""
-    hist = {}
-    for engine in ("auto", "autograd"):
-        r = cli("train", "configs/smoke.yaml", "-q", "--no-plots", "--run-dir", f"runs/{engine}",
-                "--set", "train.epochs=4", "--set", f"train.engine={engine}")  # fmt: skip
-        assert r.exit_code == 0, r.output
-        hist[engine] = json.loads((workdir / f"runs/{engine}/history.json").read_text())
-    for a, b in zip(hist["auto"], hist["autograd"]):
-        assert a["val_sse"] == pytest.approx(b["val_sse"], rel=1e-3)
-        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-3)
-    assert hist["auto"][-1]["val_sse"] < hist["auto"][0]["val_sse"]
+        assert type(select_step(model, cfg.train, FlatParams(model), 16)) is kind
 
 
 def test_resume_of_a_checkpoint_with_per_parameter_optimizer_state_exits_2(smoke_copy: Path, cli) -> None:

@@ -62,7 +62,10 @@ def train(
     callbacks = Callbacks(on_epoch=progress.epoch, on_start=progress.start)
     try:
         with graceful_stop() as stop:
-            metrics = run_train(cfg, rd, dev, force=force, resume=resume is not None, stop=stop, callbacks=callbacks)
+            metrics = run_train(
+                cfg, rd, dev, force=force, resume=resume is not None, stop=stop, callbacks=callbacks,
+                source=str(config) if config is not None else None,
+            )  # fmt: skip
     except Interrupted as e:
         progress.stop()
         raise Interrupted(f"{e}; resume with: funcae train --resume {rd.root}", e.exit_code - 128) from None

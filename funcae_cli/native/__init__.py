@@ -1,0 +1,130 @@
+"""Native CPU kernels (mlp.c), compiled on first use and cached.
+
+`kernels()` returns the loaded library, or raises `NativeUnavailable` saying why not: no C compiler,
+a failed compile, or `FUNCAE_NATIVE=0` in the environment. Callers fall back to torch code, so a
+machine without a compiler trains exactly as before, only slower (`funcae train` reports the engine).
+
+The shared object is built with `$CC` (default `cc`) and `-march=native`, so it is cached per CPU:
+`<cache>/native-<key>.so`, where the key hashes the source, the flags, the compiler and the CPU's
+feature flags (a home directory shared by different machines gets one file per machine). The
+cache is `$FUNCAE_CACHE_DIR`, else `$XDG_CACHE_HOME/funcae`, else `~/.cache/funcae`. The compile
+(~0.3 s) writes a temporary file in that folder and renames it into place, so concurrent runs
+never load a half-written library.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import shlex
+import subprocess
+import tempfile
+from pathlib import Path
+
+SOURCE = Path(__file__).with_name("mlp.c")
+FLAGS = ("-O3", "-march=native", "-fno-trapping-math", "-ffp-contract=fast", "-std=c11", "-shared", "-fPIC")
+ABI = 1  # FAE_ABI in mlp.c
+
+_P, _I32, _I64, _F = ctypes.c_void_p, ctypes.c_int32, ctypes.c_int64, ctypes.c_float
+SIGNATURES: dict[str, tuple[list, type | None]] = {
+    "fae_abi": ([], _I32),
+    "fae_tanh": ([_P, _I64], None),
+    "fae_chain_forward": ([_I32, _I64, _I64, _P, _P, _P, _P, _P, _P], None),
+    "fae_chain_backward": ([_I32, _I64, _I64, _P, _P, _P, _P, _P, _P, _P, _P, _P, _P], None),
+    "fae_residual": ([_P, _P, _I64, _I64, _P, _F], ctypes.c_double),
+}
+
+
+class NativeUnavailable(RuntimeError):
+    """The native kernels cannot be used here; the message says why."""
+
+
+_loaded: dict[str, ctypes.CDLL | NativeUnavailable] = {}
+
+
+def cache_dir() -> Path:
+    if os.environ.get("FUNCAE_CACHE_DIR"):
+        return Path(os.environ["FUNCAE_CACHE_DIR"])
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "funcae"
+
+
+def compiler() -> list[str]:
+    return shlex.split(os.environ.get("CC") or "cc")
+
+
+def _cpu_fingerprint() -> str:
+    """The CPU's feature flags (what -march=native compiles for), or the platform's CPU name."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("flags", "Features")):
+                return line
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def library_path() -> Path:
+    key = hashlib.sha256()
+    for part in (" ".join(FLAGS), " ".join(compiler()), _cpu_fingerprint()):
+        key.update(part.encode() + b"\0")
+    key.update(SOURCE.read_bytes())
+    return cache_dir() / f"native-{key.hexdigest()[:16]}.so"
+
+
+def _compile(target: Path) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".native-", suffix=".so.tmp")
+    os.close(fd)
+    cmd = [*compiler(), *FLAGS, "-o", tmp, str(SOURCE)]
+    try:
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+        if r.returncode != 0:
+            detail = (r.stderr or r.stdout).strip().splitlines() or [f"exit {r.returncode}"]
+            raise NativeUnavailable(f"`{' '.join(cmd[:2])} ...` failed: {detail[0]}")
+        os.replace(tmp, target)
+    except FileNotFoundError:
+        raise NativeUnavailable(f"no C compiler: {compiler()[0]!r} not found (set CC)") from None
+    except subprocess.TimeoutExpired:
+        raise NativeUnavailable(f"{compiler()[0]} took over 120 s") from None
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _load() -> ctypes.CDLL:
+    if os.environ.get("FUNCAE_NATIVE", "1").strip().lower() in ("0", "false", "no", "off"):
+        raise NativeUnavailable("turned off by FUNCAE_NATIVE=0")
+    path = library_path()
+    try:
+        if not path.exists():
+            _compile(path)
+        lib = ctypes.CDLL(str(path))
+    except OSError as e:
+        raise NativeUnavailable(f"cannot build or load {path}: {e}") from None
+    for name, (args, res) in SIGNATURES.items():
+        fn = getattr(lib, name)
+        fn.argtypes, fn.restype = args, res
+    if lib.fae_abi() != ABI:
+        raise NativeUnavailable(f"{path} has ABI {lib.fae_abi()}, expected {ABI}")
+    return lib
+
+
+def kernels() -> ctypes.CDLL:
+    """The loaded kernels (built on the first call in a process, loaded from the cache after)."""
+    if "lib" not in _loaded:
+        try:
+            _loaded["lib"] = _load()
+        except NativeUnavailable as e:
+            _loaded["lib"] = e
+    got = _loaded["lib"]
+    if isinstance(got, NativeUnavailable):
+        raise got
+    return got
+
+
+def reset() -> None:
+    """Forget the loaded library (tests change the environment and load again)."""
+    _loaded.clear()

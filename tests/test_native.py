@@ -1,0 +1,163 @@
+"""The native step: autograd's gradients from compiled C, picked when it can run, a clear fallback when not."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from funcae_cli import native
+from funcae_cli.engines import engine_for, select_step
+from funcae_cli.models import build_model
+from funcae_cli.native_step import MAX_WIDTH, NativeMLPStep, native_problem
+from funcae_cli.optim import FlatParams
+from funcae_cli.steps import AutogradStep, MLPStep
+from funcae_cli.train import model_args
+
+from .conftest import usage_error
+from .test_steps import _cfg, _pair, needs_compiler
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture
+def fresh_native(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """An empty kernel cache and no loaded library; both restored afterwards."""
+    monkeypatch.setenv("FUNCAE_CACHE_DIR", str(tmp_path / "cache"))
+    native.reset()
+    yield tmp_path / "cache"
+    native.reset()
+
+
+@needs_compiler
+@pytest.mark.parametrize(
+    "shape",
+    [["model.hidden=[12,9]", "model.decoder_hidden=[7,11,6]"],  # asymmetric, several widths
+     ["model.hidden=[12]", "model.decoder_hidden=[]"],  # one middle layer, linear into the output
+     ["model.hidden=[]", "model.decoder_hidden=[]"],  # no middle at all: 20 -> 2 -> 20
+     [f"model.hidden=[{MAX_WIDTH}]", "model.latent_dim=5"]],
+)  # fmt: skip
+def test_native_step_equals_autograd_on_other_shapes(shape: list[str]) -> None:
+    cfg = _cfg(*shape)
+    ref, fast, fa, fb = _pair(
+        cfg, batch=37, n_points=33, step=NativeMLPStep
+    )  # a batch that is no multiple of the kernels' 16 lanes
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(37, 33, generator=gen)
+    a, b = ref(x, x, 1.0, None), fast(x, x, 1.0, None)
+    torch.testing.assert_close(b.loss, a.loss, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(fb.grad, fa.grad, rtol=1e-4, atol=1e-6)
+
+
+@needs_compiler
+def test_native_tanh_is_within_2_ulp_of_the_exact_value() -> None:
+    lib = native.kernels()
+    x = np.concatenate([
+        np.linspace(-12, 12, 2_000_001, dtype=np.float32),
+        np.geomspace(1e-30, 12, 200_001).astype(np.float32),  # tiny arguments: tanh(x) = x to the last bit
+        -np.geomspace(1e-30, 12, 200_001).astype(np.float32),
+    ])  # fmt: skip
+    y = x.copy()
+    lib.fae_tanh(y.ctypes.data, y.size)
+    exact = np.tanh(x.astype(np.float64))
+    _, e = np.frexp(exact)  # float32's ulp at each value, in float64 (flush-to-zero may be on: no denormals)
+    ulp = np.ldexp(1.0, np.maximum(e - 24, -149))
+    err = np.abs(y - exact) / ulp
+    assert err.max() <= 2.0, (err.max(), x[err.argmax()])
+    assert np.all(np.abs(y) <= 1.0) and np.array_equal(np.sign(y), np.sign(x))
+
+
+@needs_compiler
+def test_auto_takes_native_then_mlp_then_autograd() -> None:
+    cases = [
+        ([], NativeMLPStep),
+        ([f"model.hidden=[{MAX_WIDTH + 1}]"], MLPStep),  # too wide for the kernels: the torch MLP step
+        (["model.kind=vae"], AutogradStep),
+        (["train.engine=mlp"], MLPStep),
+        (["train.engine=autograd"], AutogradStep),
+    ]
+    for overrides, kind in cases:
+        cfg = _cfg(*overrides)
+        model = build_model(model_args(cfg, 20))
+        assert type(select_step(model, cfg.train, FlatParams(model), 16)) is kind, overrides
+
+
+def test_without_a_compiler_auto_falls_back_and_says_why(fresh_native: Path, monkeypatch) -> None:
+    monkeypatch.setenv("CC", "/nonexistent/cc")
+    model = build_model(model_args(_cfg(), 20))
+    assert "no C compiler" in native_problem(model, CPU)
+    assert type(select_step(model, _cfg().train, FlatParams(model), 16)) is MLPStep
+    with pytest.raises(Exception, match="train.engine: 'native' cannot train this model .*no C compiler"):
+        engine_for(model, "native", CPU)
+
+
+def test_a_failed_compile_leaves_nothing_in_the_cache(fresh_native: Path, monkeypatch) -> None:
+    monkeypatch.setenv("CC", "false")  # a "compiler" that exits 1
+    with pytest.raises(native.NativeUnavailable, match="failed"):
+        native.kernels()
+    assert list(fresh_native.iterdir()) == []
+
+
+def test_native_can_be_turned_off(fresh_native: Path, monkeypatch) -> None:
+    monkeypatch.setenv("FUNCAE_NATIVE", "0")
+    assert native_problem(build_model(model_args(_cfg(), 20)), CPU) == "turned off by FUNCAE_NATIVE=0"
+    assert not fresh_native.exists()
+
+
+@needs_compiler
+def test_kernels_compile_once_then_load_from_the_cache(fresh_native: Path, monkeypatch) -> None:
+    native.kernels()
+    built = list(fresh_native.iterdir())
+    assert [p.name for p in built] == [native.library_path().name]  # no temporary file left
+    native.reset()
+    monkeypatch.setattr(native, "_compile", lambda target: pytest.fail("compiled again"))
+    assert native.kernels().fae_abi() == native.ABI
+
+
+def test_native_needs_the_cpu() -> None:
+    assert "CPU" in native_problem(build_model(model_args(_cfg(), 20)), torch.device("meta"))
+
+
+def test_engine_that_cannot_train_the_model_exits_2_before_writing(cli, workdir: Path, monkeypatch) -> None:
+    native.reset()
+    monkeypatch.setenv("FUNCAE_NATIVE", "0")
+    try:
+        r = cli("train", "configs/smoke.yaml", "--set", "train.engine=native", "-q", "--no-plots")
+    finally:
+        native.reset()
+    usage_error(r, "configs/smoke.yaml", "train.engine", "'native'", "FUNCAE_NATIVE=0")
+    assert not (workdir / "runs").exists()
+
+
+@needs_compiler
+def test_engines_train_the_same_run_and_report_which(workdir: Path, cli) -> None:
+    """Same seed, each engine: the histories agree to float32 rounding over several epochs."""
+    hist = {}
+    for engine in ("native", "mlp", "autograd"):
+        r = cli("train", "configs/smoke.yaml", "-q", "--no-plots", "--json", "--run-dir", f"runs/{engine}",
+                "--set", "train.epochs=4", "--set", f"train.engine={engine}")  # fmt: skip
+        assert r.exit_code == 0, r.output
+        assert json.loads(r.stdout)["engine"] == engine
+        hist[engine] = json.loads((workdir / f"runs/{engine}/history.json").read_text())
+    for other in ("mlp", "autograd"):
+        for a, b in zip(hist["native"], hist[other]):
+            assert a["val_sse"] == pytest.approx(b["val_sse"], rel=1e-3)
+            assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-3)
+    assert hist["native"][-1]["val_sse"] < hist["native"][0]["val_sse"]
+
+
+@needs_compiler
+@pytest.mark.parametrize("activation", ["tanh", "relu"])
+def test_a_nan_reaches_the_loss_as_in_torch(activation: str) -> None:
+    """tanh(NaN) and relu(NaN) are NaN in the kernels too: divergence is caught, not hidden."""
+    ref, fast, _, _ = _pair(_cfg(f"model.activation={activation}"), step=NativeMLPStep)
+    x = torch.randn(16, 20, generator=torch.Generator().manual_seed(0))
+    x_in = x.clone()
+    x_in[3, 7] = float("nan")  # in the input only: the target is finite, so only the chain can carry it
+    assert torch.isnan(ref(x_in, x, 1.0, None).loss) and torch.isnan(fast(x_in, x, 1.0, None).loss)
+    y = np.array([np.nan, 0.3, -np.inf, np.inf], dtype=np.float32)
+    native.kernels().fae_tanh(y.ctypes.data, y.size)
+    assert np.isnan(y[0]) and y[2] == -1.0 and y[3] == 1.0
