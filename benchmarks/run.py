@@ -134,6 +134,7 @@ def bench_epoch(scale: float, repeats: int) -> Row:
     runs = [(ours(), ours(torch_only), theirs()) for _ in range(repeats)]  # interleaved: same machine state
 
     t_f, t_mlp, t_b = (statistics.median(r[i] for r in runs) for i in range(3))
+    fastest_f, fastest_b = min(r[0] for r in runs), min(r[2] for r in runs)
     return Row(
         "2. one training epoch (notebook 000 model)",
         f"{t_f:.3f} s",
@@ -147,6 +148,9 @@ def bench_epoch(scale: float, repeats: int) -> Row:
             "alternate",
             f"funcae's step engine: {engines['auto']} (train.engine=auto); with train.engine=mlp (torch ops "
             f"only, no compiled kernels) the epoch takes {t_mlp:.3f} s: {t_b / t_mlp:.1f}x",
+            f"medians of {len(runs)} rounds; the fastest round of each side: funcae {fastest_f:.3f} s, notebook "
+            f"{fastest_b:.3f} s ({fastest_b / fastest_f:.1f}x). Slow spells of this VM hit funcae (two threads "
+            "that wait for each other) harder than the mostly single-threaded notebook loop",
             "both sides run with denormals flushed (funcae sets it at start; the notebook side shares the "
             "process): the normal pdf's float32 tails hold denormals that slow every matmul reading them",
         ],
