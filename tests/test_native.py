@@ -161,3 +161,15 @@ def test_a_nan_reaches_the_loss_as_in_torch(activation: str) -> None:
     y = np.array([np.nan, 0.3, -np.inf, np.inf], dtype=np.float32)
     native.kernels().fae_tanh(y.ctypes.data, y.size)
     assert np.isnan(y[0]) and y[2] == -1.0 and y[3] == 1.0
+
+
+def test_an_unusable_cache_folder_falls_back_with_the_reason(tmp_path: Path, monkeypatch) -> None:
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("")
+    monkeypatch.setenv("FUNCAE_CACHE_DIR", str(blocker))
+    native.reset()
+    try:
+        with pytest.raises(native.NativeUnavailable, match="cannot build or load"):
+            native.kernels()
+    finally:
+        native.reset()
