@@ -263,3 +263,18 @@ def test_read_inversions_ignores_malformed_yerr(tmp_path: Path):
     (tmp_path / "c.json").write_text(json.dumps({**base, "yerr": [0.1, 0.0, 0.1]}))  # not > 0
     found, _ = read_inversions(sorted(tmp_path.glob("*.json")))
     assert [f.yerr is not None for f in found] == [True, False, False]
+
+
+def test_the_command_figure_reads_records_like_plot_does():
+    """invert_figure_from_record parses rows with read_inversions' parser: malformed yerr is dropped, rows
+    without curves are skipped, and beyond MAX_ROWS targets the figure says how many it shows."""
+    from funcae_cli.plotting.invert import MAX_ROWS, invert_figure_from_record
+
+    x = np.linspace(0.5, 30.0, 12)
+    row = {"name": "g", "z": [0.1, -0.2], "objective": 1.0, "target": (x / 30).tolist(), "fit": (x / 31).tolist()}
+    bad_yerr = {**row, "yerr": [2.0] * 11}  # one short: drawn without bars rather than failing
+    record = {"x": x.tolist(), "run": "r", "method": "lbfgs",
+              "targets": [bad_yerr, {"name": "no curves", "z": [0, 0]}] + [row] * MAX_ROWS}  # fmt: skip
+    fig = invert_figure_from_record(record, FAMILIES["rotation_curve"])
+    assert len(fig.axes) == 2 * MAX_ROWS and not any(ax.containers for ax in fig.axes)
+    assert f"first {MAX_ROWS} of {MAX_ROWS + 1} targets" in " ".join(t.get_text() for t in fig.texts)

@@ -76,7 +76,8 @@ def _scalar(v: Any) -> float | None:
     return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
 
 
-def _parse_one(d: dict[str, Any], source: str, x_default: Any) -> Inversion | None:
+def parse_inversion(d: dict[str, Any], source: str, x_default: Any = None) -> Inversion | None:
+    """One inversion from a record's row, or None without usable target/fit/x curves (malformed yerr is dropped)."""
     target, fit = _array(_first(d, _TARGET_KEYS)), _array(_first(d, _FIT_KEYS))
     x = _array(_first(d, _X_KEYS))
     if x is None:
@@ -126,7 +127,7 @@ def read_inversions(paths: list[Path], limit: int | None = None) -> tuple[list[I
             entries = [obj]
         n_ok = 0
         for e in entries:
-            inv = _parse_one(e, Path(path).name, x_default) if isinstance(e, dict) else None
+            inv = parse_inversion(e, Path(path).name, x_default) if isinstance(e, dict) else None
             if inv is not None:
                 if isinstance(e.get("name"), str) and e["name"] and len(entries) > 1:
                     inv.source = f"{inv.source}: {e['name']}"
