@@ -155,6 +155,8 @@ def evaluate(model: nn.Module, prep: Prepared, part: slice, cfg: Config, kl_weig
     divisor, const = SQUARED_ERROR[cfg.train.loss](1, n_points, cfg.train)  # per-curve loss = |d|^2 / divisor + const
     scale = 1.0 / divisor
     linear = prep.normalizer.transform == "none"  # data units = training units * std + mean
+    std = prep.normalizer.std
+    std_sq = std.square() if linear and std.ndim == 0 else None  # one std for all points: SSE = |d|^2 std^2
     keys = ["loss", "recon", "kl", "sse", "mse", "rel_l2"] + (
         ["noisy_recon", "noisy_sse", "noisy_mse"] if noise else []
     )
@@ -164,10 +166,13 @@ def evaluate(model: nn.Module, prep: Prepared, part: slice, cfg: Config, kl_weig
         o = model(x)
         # Few passes over (chunk, n_points): these run every epoch.
         d = o.recon - x
-        recon = torch.linalg.vector_norm(d, dim=1).square_().mul_(scale).add_(const)
+        sq = torch.linalg.vector_norm(d, dim=1).square_()
+        recon = sq * scale + const
         kl = o.kl if o.kl is not None else torch.zeros_like(recon)
-        if linear:
-            sse = torch.linalg.vector_norm(d.mul_(prep.normalizer.std), dim=1).square_()
+        if std_sq is not None:
+            sse = sq.mul_(std_sq)
+        elif linear:
+            sse = torch.linalg.vector_norm(d.mul_(std), dim=1).square_()
         else:
             sse = _sse(prep, x, o.recon)
         out["loss"].append(recon + kl_weight * kl)

@@ -338,3 +338,24 @@ def test_fused_batch_loss_equals_mean_of_per_curve_loss(loss: str) -> None:
     cfg = TrainConfig(loss=loss, eta=0.3)
     r, x = torch.randn(9, 13, generator=torch.Generator().manual_seed(0)), torch.zeros(9, 13)
     torch.testing.assert_close(BATCH_LOSSES[loss](r, x, cfg), LOSSES[loss](r, x, cfg).mean())
+
+
+@pytest.mark.parametrize(
+    ("transform", "normalize"), [("none", "none"), ("none", "global"), ("none", "per_point"), ("log", "global")]
+)
+def test_evaluate_sse_is_the_per_curve_sse_in_data_units(transform: str, normalize: str) -> None:
+    """Each SSE path of evaluate() (one std, a std per point, a pointwise transform) is |decode(recon) - raw|^2."""
+    from funcae_cli.data import generate
+    from funcae_cli.train import evaluate, model_args, prepare
+
+    cfg = load_config(
+        CONFIGS / "smoke.yaml", ["data.n=300", f"data.transform={transform}", f"data.normalize={normalize}"]
+    )
+    prep = prepare(cfg, generate(cfg), torch.device("cpu"))
+    torch.manual_seed(0)
+    model = build_model(model_args(cfg, prep.x.shape[1])).eval()
+    x = prep.x[prep.val]
+    with torch.no_grad():
+        expected = (prep.normalizer.decode(model(x).recon) - prep.normalizer.decode(x)).square().sum(dim=1)
+    got = evaluate(model, prep, prep.val, cfg, 1.0)["sse"]
+    torch.testing.assert_close(torch.as_tensor(got, dtype=torch.float32), expected, rtol=1e-4, atol=1e-6)
