@@ -69,8 +69,6 @@ class NativeMLPStep(MLPStep):
             raise ValueError(problem)
         super().__init__(model, t, flat, batch)
         self.lib = native.kernels()
-        chain = mlp_chain(model)
-        assert not isinstance(chain, str)
         first, middle = self.plan[0], self.plan[1:-1]
         dims = [first.out.shape[1]] + [p.out.shape[1] for p in middle]
         new = lambda rows: torch.empty((rows, batch), dtype=torch.float32)  # noqa: E731
@@ -85,7 +83,7 @@ class NativeMLPStep(MLPStep):
             _pointers(self.h),
             _pointers([p.grad_weight for p in middle]),
             _pointers([p.grad_bias for p in self.plan[:-1]]),
-            (ctypes.c_int32 * len(dims))(*[ACT_CODES[layer.act] for layer in chain[:-1]]),
+            (ctypes.c_int32 * len(dims))(*[ACT_CODES[layer.act] for layer in self.chain[:-1]]),
         )
 
     @torch.no_grad()

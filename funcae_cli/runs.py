@@ -24,7 +24,7 @@ from funcae_cli.errors import CheckpointError, ConfigError, InputError
 from funcae_cli.families import Family
 from funcae_cli.models import build_model
 from funcae_cli.rundir import RunDir, atomic_write_json, atomic_write_text, point_latest
-from funcae_cli.train import StopFlag, Trainer, prepare, test_metrics, training_engine
+from funcae_cli.train import StopFlag, Trainer, prepare, test_metrics
 
 
 def data_fingerprint(cfg: Config) -> str:
@@ -155,24 +155,23 @@ def run_train(
     ds, data_matches = _training_data(cfg, rd, force)
     prep = prepare(cfg, ds, device)  # validates the data (e.g. log of non-positive values) before any write
     del ds
-    try:
-        training_engine(cfg, prep, device)  # a named engine that cannot train this model: before any write
-    except ConfigError as e:
-        raise ConfigError(e.problems, source or (str(rd.last) if resume else None)) from None
-    if force and not resume and rd.root.exists():
-        _clear_for_training(rd, keep_data=data_matches)
-    rd.root.mkdir(parents=True, exist_ok=True)
-    _remove_stale_temp_files(rd)
-    atomic_write_text(rd.config, dump_config(cfg))
 
     def save(which: str, payload: dict[str, Any]) -> None:
         save_checkpoint(rd.best if which == "best" else rd.last, payload)
         if which == "last":
             write_history(rd, trainer.state.history)
 
-    trainer = Trainer(cfg, prep, device, stop=stop, on_epoch=cb.on_epoch, on_step=cb.on_step, save=save)
+    try:  # the trainer picks its step engine: one named that cannot train this model fails before any write
+        trainer = Trainer(cfg, prep, device, stop=stop, on_epoch=cb.on_epoch, on_step=cb.on_step, save=save)
+    except ConfigError as e:
+        raise ConfigError(e.problems, source or (str(rd.last) if resume else None)) from None
     if ckpt is not None:
         trainer.load_state(ckpt)
+    if force and not resume and rd.root.exists():
+        _clear_for_training(rd, keep_data=data_matches)
+    rd.root.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temp_files(rd)
+    atomic_write_text(rd.config, dump_config(cfg))
     if cb.on_start:
         cb.on_start(
             {

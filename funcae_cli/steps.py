@@ -134,7 +134,7 @@ class MLPStep:
         chain = mlp_chain(model)
         if isinstance(chain, str):
             raise ValueError(chain)
-        self.model, self.t, self.flat, self.batch = model, t, flat, batch
+        self.model, self.chain, self.t, self.flat, self.batch = model, chain, t, flat, batch
         self.squared = SQUARED_ERROR[t.loss]
         w = next(model.parameters())
         new = lambda cols: torch.empty((batch, cols), dtype=w.dtype, device=w.device)  # noqa: E731

@@ -20,7 +20,7 @@ from funcae_cli.config import Config, NoiseConfig
 from funcae_cli.data import Dataset, Normalizer, moments, split_sizes
 from funcae_cli.datasets import image_shape
 from funcae_cli.device import flush_denormals
-from funcae_cli.engines import engine_for, select_step
+from funcae_cli.engines import select_step
 from funcae_cli.errors import CheckpointError, DivergedError, Interrupted
 from funcae_cli.losses import CORRUPTIONS, LOSSES, SQUARED_ERROR
 from funcae_cli.models import ModelArgs, build_model
@@ -84,11 +84,6 @@ def prepare(cfg: Config, ds: Dataset, device: torch.device) -> Prepared:
         list(ds.param_names),
         ds.labels,
     )
-
-
-def training_engine(cfg: Config, prep: Prepared, device: torch.device) -> str:
-    """The step engine that will train this config (a ConfigError if `train.engine` names one that cannot)."""
-    return engine_for(build_model(model_args(cfg, prep.x.shape[1])), cfg.train.engine, device)
 
 
 def model_args(cfg: Config, n_points: int) -> ModelArgs:
