@@ -20,9 +20,7 @@ from funcae_cli.config import TrainConfig
 from funcae_cli.errors import ConfigError
 from funcae_cli.native_step import NativeMLPStep, native_problem
 from funcae_cli.optim import FlatParams
-from funcae_cli.steps import AutogradStep, MLPStep, mlp_chain
-
-Step = AutogradStep | MLPStep
+from funcae_cli.steps import AutogradStep, MLPStep, Step, mlp_chain
 
 
 def _mlp_problem(model: nn.Module, device: torch.device) -> str | None:

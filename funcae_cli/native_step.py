@@ -3,14 +3,25 @@
 `MLPStep` runs every layer through torch. For a curve AE that is five wide products (n_points in
 or out, MKL on all cores) and ~40 tiny ones between them (hidden widths of 16, a latent of 2),
 whose cost on the CPU is dispatch: ~6 us each, whatever their size. `NativeMLPStep` keeps the wide
-first and last layers in torch and hands everything between them to two calls into
-funcae_cli/native/mlp.c, one forward and one backward; a third call does the loss pass of the last
-layer (residual, sum of squares and bias gradient in one sweep instead of three).
+products in torch and hands everything between them to funcae_cli/native/mlp.c: one call forward
+through the chain, one backward.
+
+When the target is the input itself (an AE without input noise), the last layer runs in Gram form
+(mlp.c, "The last layer in Gram form"): its gradients and loss are written as products of x with
+narrow matrices, so a step makes two products over x (x [W_first^T | W_last] and
+[h_k; 1; g0] x) instead of five, and never forms the (batch, n_points) output. On the notebook-000
+model that is ~15% of a step. The identities are exact; in float32 the Gram form's big terms cancel:
+- the loss keeps about 1e-8 |x|^2 / |r|^2 of relative accuracy (measured 9e-5 on notebook 000's
+  trained model, |x|^2 / |r|^2 ~ 2700). Where |r|^2 < EXACT_LOSS_BELOW |x|^2 the step forms the
+  output and sums the loss directly (~90 us more), so the reported loss stays within ~5e-4.
+- the gradients lose ~sqrt(batch) more than the direct form's (measured on the same model: 9e-5
+  against 6e-5 relative to float64), far below the noise of a minibatch.
+With input noise (a denoising AE) the step takes the direct form: five products and a loss pass.
 
 Inside the chain, activations are feature-major `(width, batch)` buffers owned by this step; the
 wide layers read and write them through transposed views, in the layouts MKL runs fastest
-(measured: batch-major `x @ W^T` beats `W @ x^T` by ~25%). Gradients match autograd's to float32
-rounding, and the tanh is within 1.3 ulp of the exact value (tests/test_native.py).
+(measured: batch-major `x @ W^T` beats `W @ x^T` by ~25%). The tanh is within 1.3 ulp of the exact
+value (tests/test_native.py).
 
 Used where `native_problem` finds nothing wrong: a plain MLP AE (see `steps.mlp_chain`), on the
 CPU, with middle layers at most `MAX_WIDTH` wide, and kernels that compiled.
@@ -32,6 +43,10 @@ from funcae_cli.steps import MLPStep, StepLosses, mlp_chain
 # two: for a [w, w, w] AE the kernels' forward + backward take 67 us at w = 16, 212 us at w = 32
 # (the epoch still ~10% faster than `mlp`) and 775 us at w = 64 (slower than `mlp`).
 MAX_WIDTH = 32
+# The Gram form's loss is a sum of terms ~|x|^2 that cancel to |r|^2, with an error of ~1e-8 |x|^2
+# (measured ~3e-8 on notebook 000's trained model). Below this |r|^2 / |x|^2 the step forms the output and
+# sums the loss directly, so the loss it reports stays within ~5e-4 of the exact one however good the fit.
+EXACT_LOSS_BELOW = 1e-4
 ACT_CODES: dict[type[nn.Module] | None, int] = {None: 0, nn.Tanh: 1, nn.ReLU: 2}  # mlp.c's ACT_*
 
 
@@ -60,6 +75,11 @@ def _pointers(tensors: list[Tensor]) -> ctypes.Array:
     return (ctypes.c_void_p * max(len(tensors), 1))(*[t.data_ptr() for t in tensors])
 
 
+def _float32_scalar(value: float) -> Tensor:
+    """A float64 loss as a float32 scalar: beyond float32's range it is inf (divergence), not an error."""
+    return torch.scalar_tensor(value, dtype=torch.float64).to(torch.float32)
+
+
 class NativeMLPStep(MLPStep):
     name = "native"
 
@@ -69,12 +89,26 @@ class NativeMLPStep(MLPStep):
             raise ValueError(problem)
         super().__init__(model, t, flat, batch)
         self.lib = native.kernels()
-        first, middle = self.plan[0], self.plan[1:-1]
+        first, middle, last = self.plan[0], self.plan[1:-1], self.plan[-1]
         dims = [first.out.shape[1]] + [p.out.shape[1] for p in middle]
+        self.d0, self.dk, n_points = dims[0], dims[-1], last.weight.shape[0]
         new = lambda rows: torch.empty((rows, batch), dtype=torch.float32)  # noqa: E731
-        self.h = [new(d) for d in dims]  # feature-major activations of the chain
+        # [h_k; 1; g0] (feature-major): the chain's output, a row of ones and the gradient of the first
+        # layer's output, stacked so that one product with x gives h_k^T x, the column sums of x and
+        # the first layer's weight gradient (mlp.c, "The last layer in Gram form").
+        self.stack = new(self.dk + 1 + self.d0)
+        self.stack[self.dk].fill_(1.0)
+        self.h = [new(d) for d in dims[:-1]] + [self.stack[: self.dk]]  # the chain's activations
+        self.g0 = self.stack[self.dk + 1 :]
         width = max(dims[1:], default=1)
-        self.g0, self.s0, self.s1 = new(dims[0]), new(width), new(width)
+        self.s0, self.s1, self.gk = new(width), new(width), new(self.dk)
+        d0, dk = self.d0, self.dk
+        self.fused_t = torch.empty((d0 + dk, n_points))  # [W_first; W_last^T]: x @ fused_t^T is both products
+        self.fused_out = torch.empty((batch, d0 + dk))  # x [W_first^T | W_last]
+        self.z = torch.empty((dk + 1 + d0, n_points))  # [h_k; 1; g0] x
+        self.gram = torch.empty((dk + 1, dk + 1), dtype=torch.float64)  # [W_last b_last]^T [W_last b_last]
+        self.wide = torch.empty((dk + 1, n_points), dtype=torch.float64)  # its factor, in float64
+        self.grad_last_t = torch.empty((dk, n_points))  # d loss / d W_last, transposed
         self.k = len(middle)
         self.args = (
             (ctypes.c_int64 * len(dims))(*dims),
@@ -85,28 +119,83 @@ class NativeMLPStep(MLPStep):
             _pointers([p.grad_bias for p in self.plan[:-1]]),
             (ctypes.c_int32 * len(dims))(*[ACT_CODES[layer.act] for layer in self.chain[:-1]]),
         )
+        self.row_sumsq: Tensor | None = None  # |x_r|^2 of the training set given to bind()
+        self.exact_losses = 0  # steps whose loss the Gram form could not give to EXACT_LOSS_BELOW's accuracy
+
+    def bind(self, x_train: Tensor) -> None:
+        """Squared norms of the training curves, once (~10 ms per 100,000 x 1000), for the Gram form's loss."""
+        x_train = x_train.contiguous()
+        self.row_sumsq = torch.empty(x_train.shape[0], dtype=torch.float64)
+        self.lib.fae_row_sumsq(x_train.data_ptr(), *x_train.shape, self.row_sumsq.data_ptr())
 
     @torch.no_grad()
-    def __call__(self, x_in: Tensor, x: Tensor, kl_weight: float, gen: torch.Generator | None) -> StepLosses:
-        x_in, x = x_in.contiguous(), x.contiguous()
+    def __call__(
+        self, x_in: Tensor, x: Tensor, kl_weight: float, gen: torch.Generator | None, rows: Tensor | None = None
+    ) -> StepLosses:
+        if x_in is x:  # an autoencoder's own input as the target: the Gram form shares the products over x
+            return self._gram_step(x.contiguous(), rows)
+        return self._direct_step(x_in.contiguous(), x.contiguous())
+
+    def _gram_step(self, x: Tensor, rows: Tensor | None) -> StepLosses:
+        """Two products over x (see mlp.c, "The last layer in Gram form"); the output is never formed."""
         nb, n_points = x.shape
         plan = self._plan(nb)
         first, last = plan[0], plan[-1]
         dims, weights, biases, h, grad_weights, grad_biases, acts = self.args
-        lib, ld = self.lib, self.batch
+        lib, ld, d0, dk, ptr = self.lib, self.batch, self.d0, self.dk, Tensor.data_ptr
+        lib.fae_gram_prepare(
+            ptr(self.fused_t), ptr(first.weight), ptr(last.weight), ptr(last.bias), n_points, d0, dk,
+            ptr(self.gram), ptr(self.wide),
+        )  # fmt: skip
+        y = torch.mm(x, self.fused_t.t(), out=self.fused_out[:nb])
+        lib.fae_chain_forward(self.k, nb, ld, dims, weights, biases, h, acts, ptr(y), d0 + dk, ptr(first.bias))
+        divisor, const = self.squared(nb, n_points, self.t)
+        alpha = 2.0 / divisor  # d loss / d output = alpha * residual
+        hk = ptr(self.stack)
+        s_h = lib.fae_gram_forward(nb, ld, dk, hk, ptr(y) + 4 * d0, d0 + dk, ptr(self.gram), alpha, ptr(self.gk))
+        lib.fae_chain_backward(
+            self.k, nb, ld, dims, weights, h, grad_weights, grad_biases, acts, ptr(self.gk), 1, ld,
+            ptr(self.g0), ptr(self.s0), ptr(self.s1),
+        )  # fmt: skip
+        torch.mm(self.stack[:, :nb], x, out=self.z)
+        tb = lib.fae_gram_backward(
+            nb, ld, dk, n_points, hk, ptr(self.z), ptr(self.fused_t) + 4 * d0 * n_points, ptr(last.bias), alpha,
+            ptr(self.grad_last_t), ptr(last.grad_bias),
+        )  # fmt: skip
+        lib.fae_transpose(ptr(last.grad_weight), ptr(self.grad_last_t), dk, n_points)
+        first.grad_weight.copy_(self.z[dk + 1 :])
+        if rows is None or self.row_sumsq is None:
+            xx = lib.fae_sumsq(ptr(x), x.numel())
+        else:  # |x|^2 from the bound training set's row norms (a pass over x costs ~23 us)
+            xx = lib.fae_sum_at(ptr(self.row_sumsq), ptr(rows.contiguous()), nb)
+        sq = s_h - 2.0 * tb + xx
+        if sq < EXACT_LOSS_BELOW * xx:  # the terms cancelled to a few digits: form the output after all
+            torch.addmm(last.bias, self.h[-1][:, :nb].t(), last.weight_t, out=last.out)
+            sq = lib.fae_sse(ptr(last.out), ptr(x), x.numel())
+            self.exact_losses += 1
+        recon = _float32_scalar(sq / divisor + const)
+        return StepLosses(recon, recon, self._zero, self._penalize(plan, recon))
+
+    def _direct_step(self, x_in: Tensor, x: Tensor) -> StepLosses:
+        """A corrupted input (denoising): the first layer reads x_in, the loss x; five products."""
+        nb, n_points = x.shape
+        plan = self._plan(nb)
+        first, last = plan[0], plan[-1]
+        dims, weights, biases, h, grad_weights, grad_biases, acts = self.args
+        lib, ld, ptr = self.lib, self.batch, Tensor.data_ptr
         torch.addmm(first.bias, x_in, first.weight_t, out=first.out)
-        lib.fae_chain_forward(self.k, nb, ld, dims, weights, biases, h, acts, first.out.data_ptr())
+        lib.fae_chain_forward(self.k, nb, ld, dims, weights, biases, h, acts, ptr(first.out), self.d0, None)
         hk = self.h[-1][:, :nb].t()  # (nb, width) view of the chain's output
         torch.addmm(last.bias, hk, last.weight_t, out=last.out)
         divisor, const = self.squared(nb, n_points, self.t)
         alpha = 2.0 / divisor  # d loss / d output = alpha * residual
-        sq = lib.fae_residual(last.out.data_ptr(), x.data_ptr(), nb, n_points, last.grad_bias.data_ptr(), alpha)
+        sq = lib.fae_residual(ptr(last.out), ptr(x), nb, n_points, ptr(last.grad_bias), alpha)
         torch.addmm(last.grad_weight, last.out.t(), hk, beta=0, alpha=alpha, out=last.grad_weight)
         torch.addmm(last.grad_in, last.out, last.weight, beta=0, alpha=alpha, out=last.grad_in)
         lib.fae_chain_backward(
-            self.k, nb, ld, dims, weights, h, grad_weights, grad_biases, acts, last.grad_in.data_ptr(),
-            self.g0.data_ptr(), self.s0.data_ptr(), self.s1.data_ptr(),
+            self.k, nb, ld, dims, weights, h, grad_weights, grad_biases, acts, ptr(last.grad_in), self.dk, 1,
+            ptr(self.g0), ptr(self.s0), ptr(self.s1),
         )  # fmt: skip
         torch.addmm(first.grad_weight, self.g0[:, :nb], x_in, beta=0, out=first.grad_weight)
-        recon = torch.scalar_tensor(sq / divisor + const, dtype=torch.float32)
+        recon = _float32_scalar(sq / divisor + const)
         return StepLosses(recon, recon, self._zero, self._penalize(plan, recon))

@@ -1,6 +1,6 @@
 """One training step: forward, loss and gradients into the flat gradient buffer.
 
-Two implementations behind one call signature, `step(x_in, x, kl_weight, gen) -> StepLosses`:
+Two implementations of `Step`, `step(x_in, x, kl_weight, gen, rows=None) -> StepLosses`:
 
 - `AutogradStep`: any model, any loss, through autograd.
 - `MLPStep`: a hand-written forward and backward for plain MLP autoencoders (linear layers with
@@ -38,14 +38,31 @@ class StepLosses(NamedTuple):
     total: Tensor
 
 
-class AutogradStep:
+class Step:
+    """The interface of a training step. `rows`, where given, are the indices of x's rows in the tensor
+    last passed to `bind` (the training set); a step may use them for per-row values it computed once."""
+
+    name: str
+
+    def bind(self, x_train: Tensor) -> None:
+        """Called once before training with the tensor every batch is gathered from."""
+
+    def __call__(
+        self, x_in: Tensor, x: Tensor, kl_weight: float, gen: torch.Generator | None, rows: Tensor | None = None
+    ) -> StepLosses:
+        raise NotImplementedError
+
+
+class AutogradStep(Step):
     name = "autograd"
 
     def __init__(self, model: nn.Module, t: TrainConfig, flat: FlatParams):
         self.model, self.t, self.flat = model, t, flat
         self.batch_loss = BATCH_LOSSES[t.loss]
 
-    def __call__(self, x_in: Tensor, x: Tensor, kl_weight: float, gen: torch.Generator | None) -> StepLosses:
+    def __call__(
+        self, x_in: Tensor, x: Tensor, kl_weight: float, gen: torch.Generator | None, rows: Tensor | None = None
+    ) -> StepLosses:
         o = self.model(x_in, gen)
         recon = self.batch_loss(o.recon, x, self.t)
         kl = o.kl.mean() if o.kl is not None else torch.zeros((), device=x.device)
@@ -127,7 +144,7 @@ def mlp_chain(model: nn.Module) -> list[_Layer] | str:
     return layers
 
 
-class MLPStep:
+class MLPStep(Step):
     name = "mlp"
 
     def __init__(self, model: nn.Module, t: TrainConfig, flat: FlatParams, batch: int):
@@ -159,7 +176,9 @@ class MLPStep:
         return self._short[rows]
 
     @torch.no_grad()
-    def __call__(self, x_in: Tensor, x: Tensor, kl_weight: float, gen: torch.Generator | None) -> StepLosses:
+    def __call__(
+        self, x_in: Tensor, x: Tensor, kl_weight: float, gen: torch.Generator | None, rows: Tensor | None = None
+    ) -> StepLosses:
         nb, n_points = x.shape
         plan = self._plan(nb)
         h = x_in

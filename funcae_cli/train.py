@@ -306,6 +306,7 @@ class Trainer:
         t, s, prep = self.cfg.train, self.state, self.prep
         x_train = prep.x[prep.train]
         xbuf = torch.empty((self.batch, x_train.shape[1]), dtype=x_train.dtype, device=self.device)
+        self.step.bind(x_train)
         schedule = SCHEDULES[t.scheduler.name]
         while s.epoch < t.epochs:
             epoch = s.epoch
@@ -321,7 +322,7 @@ class Trainer:
                 lr = self.opt.lr = schedule(t.scheduler, t.lr, gstep, epoch, self.total_steps)
                 idx = perm[step * self.batch : (step + 1) * self.batch]
                 x = torch.index_select(x_train, 0, idx, out=xbuf[: idx.shape[0]])  # (batch, n_points)
-                out = self.step(self.corrupt(x, t.noise, self.noise_gen), x, kl_w, self.noise_gen)
+                out = self.step(self.corrupt(x, t.noise, self.noise_gen), x, kl_w, self.noise_gen, rows=idx)
                 if (step + 1) % self.check_every == 0 or step == self.steps_per_epoch - 1:
                     if not math.isfinite(out.total.item()):
                         raise DivergedError(

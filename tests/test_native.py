@@ -11,8 +11,8 @@ import torch
 
 from funcae_cli import native
 from funcae_cli.engines import engine_for, select_step
-from funcae_cli.models import build_model
-from funcae_cli.native_step import MAX_WIDTH, NativeMLPStep, native_problem
+from funcae_cli.models import build_model, linear_layers
+from funcae_cli.native_step import EXACT_LOSS_BELOW, MAX_WIDTH, NativeMLPStep, native_problem
 from funcae_cli.optim import FlatParams
 from funcae_cli.steps import AutogradStep, MLPStep
 from funcae_cli.train import model_args
@@ -173,3 +173,48 @@ def test_an_unusable_cache_folder_falls_back_with_the_reason(tmp_path: Path, mon
             native.kernels()
     finally:
         native.reset()
+
+
+@needs_compiler
+def test_a_nan_in_an_autoencoders_own_input_reaches_the_gram_form_loss() -> None:
+    ref, fast, _, _ = _pair(_cfg(), step=NativeMLPStep)
+    x = torch.randn(16, 20, generator=torch.Generator().manual_seed(0))
+    x[3, 7] = float("nan")
+    assert torch.isnan(ref(x, x, 1.0, None).loss) and torch.isnan(fast(x, x, 1.0, None).loss)
+
+
+@needs_compiler
+def test_bound_row_norms_give_the_loss_a_pass_over_the_batch_gives() -> None:
+    _, fast, _, _ = _pair(_cfg(), step=NativeMLPStep)
+    x_train = torch.randn(50, 20, generator=torch.Generator().manual_seed(1))
+    rows = torch.tensor([4, 17, 0, 49, 23, 8, 31, 12, 40, 2, 9, 33, 27, 45, 6, 19])
+    x = x_train[rows]
+    without = fast(x, x, 1.0, None).loss
+    fast.bind(x_train)
+    with_rows = fast(x, x, 1.0, None, rows=rows).loss
+    torch.testing.assert_close(with_rows, without, rtol=1e-6, atol=0)
+    torch.testing.assert_close(fast.row_sumsq, x_train.double().square().sum(1), rtol=1e-12, atol=0)
+
+
+@needs_compiler
+def test_the_gram_form_computes_the_loss_directly_when_its_terms_cancel() -> None:
+    """A near-exact fit: every curve is the last layer's bias plus 1e-3 noise, so |r|^2 ~ 1e-6 |x|^2, far
+    below EXACT_LOSS_BELOW; the Gram form's sum would have lost most digits, the step forms the output."""
+    ref, fast, fa, fb = _pair(_cfg(), step=NativeMLPStep)
+    gen = torch.Generator().manual_seed(2)
+    curve = 1.0 + torch.rand(20, generator=gen)
+    x = curve + 1e-3 * torch.randn(16, 20, generator=gen)
+    for model in (ref.model, fast.model):
+        last = linear_layers(model)[-1]
+        with torch.no_grad():
+            last.weight.zero_()
+            last.bias.copy_(curve)
+    a, b = ref(x, x, 1.0, None), fast(x, x, 1.0, None)
+    assert fast.exact_losses == 1
+    assert b.loss < EXACT_LOSS_BELOW * x.square().sum() / 16  # the regime the fallback is for
+    torch.testing.assert_close(b.loss, a.loss, rtol=1e-5, atol=0)
+    # The gradients keep the Gram form: at |x| / |r| ~ 1000 they lose ~3 more digits than the direct form's.
+    torch.testing.assert_close(fb.grad, fa.grad, rtol=1e-2, atol=1e-6)
+    moderate = x + 0.3 * torch.randn(16, 20, generator=gen)  # an ordinary fit: no fallback
+    torch.testing.assert_close(fast(moderate, moderate, 1.0, None).loss, ref(moderate, moderate, 1.0, None).loss)
+    assert fast.exact_losses == 1

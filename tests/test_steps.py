@@ -45,14 +45,17 @@ def _pair(cfg, n_points: int = 20, batch: int = 16, step=MLPStep):
 @pytest.mark.parametrize("loss", ["sse", "mse", "gaussian"])
 @pytest.mark.parametrize("penalty", [0.0, 1e-2])
 @pytest.mark.parametrize("rows", [16, 5])  # a full batch and an epoch's short last batch
-def test_hand_written_steps_equal_autograd(step, activation: str, loss: str, penalty: float, rows: int) -> None:
+@pytest.mark.parametrize("corrupted", [False, True], ids=["x->x", "noisy->x"])  # native: Gram and direct forms
+def test_hand_written_steps_equal_autograd(
+    step, activation: str, loss: str, penalty: float, rows: int, corrupted: bool
+) -> None:
     cfg = _cfg(
         f"model.activation={activation}", f"train.loss={loss}", "train.eta=0.2", f"train.weight_penalty={penalty}"
     )
     ref, fast, fa, fb = _pair(cfg, step=step)
     gen = torch.Generator().manual_seed(3)
     x = torch.randn(rows, 20, generator=gen)
-    x_in = x + 0.1 * torch.randn(rows, 20, generator=gen)  # corrupted input, clean target
+    x_in = x + 0.1 * torch.randn(rows, 20, generator=gen) if corrupted else x  # a denoising AE's input, or x
     for _ in range(2):  # twice: the buffers are reused, the gradient is overwritten, not accumulated
         a, b = ref(x_in, x, 1.0, None), fast(x_in, x, 1.0, None)
     for k in ("loss", "recon", "kl", "total"):

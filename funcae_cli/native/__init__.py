@@ -25,15 +25,23 @@ from pathlib import Path
 
 SOURCE = Path(__file__).with_name("mlp.c")
 FLAGS = ("-O3", "-march=native", "-fno-trapping-math", "-ffp-contract=fast", "-std=c11", "-shared", "-fPIC")
-ABI = 1  # FAE_ABI in mlp.c
+ABI = 2  # FAE_ABI in mlp.c
 
-_P, _I32, _I64, _F = ctypes.c_void_p, ctypes.c_int32, ctypes.c_int64, ctypes.c_float
+_P, _I32, _I64, _F, _D = ctypes.c_void_p, ctypes.c_int32, ctypes.c_int64, ctypes.c_float, ctypes.c_double
 SIGNATURES: dict[str, tuple[list, type | None]] = {
     "fae_abi": ([], _I32),
     "fae_tanh": ([_P, _I64], None),
-    "fae_chain_forward": ([_I32, _I64, _I64, _P, _P, _P, _P, _P, _P], None),
-    "fae_chain_backward": ([_I32, _I64, _I64, _P, _P, _P, _P, _P, _P, _P, _P, _P, _P], None),
-    "fae_residual": ([_P, _P, _I64, _I64, _P, _F], ctypes.c_double),
+    "fae_chain_forward": ([_I32, _I64, _I64, _P, _P, _P, _P, _P, _P, _I64, _P], None),
+    "fae_chain_backward": ([_I32, _I64, _I64, _P, _P, _P, _P, _P, _P, _P, _I64, _I64, _P, _P, _P], None),
+    "fae_residual": ([_P, _P, _I64, _I64, _P, _F], _D),
+    "fae_gram_prepare": ([_P, _P, _P, _P, _I64, _I64, _I64, _P, _P], None),
+    "fae_gram_forward": ([_I64, _I64, _I64, _P, _P, _I64, _P, _F, _P], _D),
+    "fae_gram_backward": ([_I64, _I64, _I64, _I64, _P, _P, _P, _P, _F, _P, _P], _D),
+    "fae_transpose": ([_P, _P, _I64, _I64], None),
+    "fae_sumsq": ([_P, _I64], _D),
+    "fae_sse": ([_P, _P, _I64], _D),
+    "fae_row_sumsq": ([_P, _I64, _I64, _P], None),
+    "fae_sum_at": ([_P, _P, _I64], _D),
 }
 
 

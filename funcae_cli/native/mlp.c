@@ -46,7 +46,8 @@ static inline float hsum16(v16 v) {
     return (s4[0] + s4[2]) + (s4[1] + s4[3]);
 }
 
-#define FAE_ABI 1
+#define FAE_ABI 2
+#define FAE_MAX_WIDTH 32 /* the widest chain layer the Gram kernels take (native_step.MAX_WIDTH) */
 
 enum { ACT_NONE = 0, ACT_TANH = 1, ACT_RELU = 2 };
 
@@ -188,14 +189,19 @@ static void weight_grad(float *restrict gw, const float *restrict d, const float
         for (int64_t i = 0; i < nin; i++) gw[o0 * nin + i] = dot(d + o0 * ld, x + i * ld, batch);
 }
 
-/* Forward through the chain. h0_in: (batch, dims[0]) batch-major, the pre-activation output of the
-   layer before the chain; it is transposed into h[0] and act[0] applied. Then for j = 1..k:
-   h[j] = act[j](W[j-1] h[j-1] + b[j-1]). The caller reads h[k] (feature-major). */
+/* Forward through the chain. h0_in: (batch, dims[0]) batch-major with rows ld_in apart, the output
+   of the product before the chain; it is transposed into h[0], b0 added (unless NULL) and act[0]
+   applied. Then for j = 1..k: h[j] = act[j](W[j-1] h[j-1] + b[j-1]). The caller reads h[k]
+   (feature-major). */
 void fae_chain_forward(int32_t k, int64_t batch, int64_t ld, const int64_t *dims, float *const *W,
-                       float *const *b, float *const *h, const int32_t *act, const float *restrict h0_in) {
+                       float *const *b, float *const *h, const int32_t *act, const float *restrict h0_in,
+                       int64_t ld_in, const float *restrict b0) {
     const int64_t d0 = dims[0];
     for (int64_t c = 0; c < batch; c++)
-        for (int64_t f = 0; f < d0; f++) h[0][f * ld + c] = h0_in[c * d0 + f];
+        for (int64_t f = 0; f < d0; f++) h[0][f * ld + c] = h0_in[c * ld_in + f];
+    if (b0)
+        for (int64_t f = 0; f < d0; f++)
+            for (int64_t c = 0; c < batch; c++) h[0][f * ld + c] += b0[f];
     for (int64_t f = 0; f < d0; f++) activate(h[0] + f * ld, batch, act[0]);
     for (int32_t j = 1; j <= k; j++) {
         const int64_t nin = dims[j - 1], nout = dims[j];
@@ -204,17 +210,18 @@ void fae_chain_forward(int32_t k, int64_t batch, int64_t ld, const int64_t *dims
     }
 }
 
-/* Backward through the chain. gk_in: (batch, dims[k]) batch-major, d loss / d h[k]. Writes
+/* Backward through the chain. gk_in: d loss / d h[k], its (batch c, feature f) entry at
+   gk_in[c * cs + f * fs] (batch-major: cs = dims[k], fs = 1; feature-major: cs = 1, fs = ld). Writes
    gW[j-1] for j = 1..k, gb[j] for j = 0..k (gb[0]: the bias gradient of the layer before the chain)
    and g0 (dims[0], ld): d loss / d the pre-activation of that layer. s0, s1: scratch, each
    (max(dims[1..k]), ld). Gradients are overwritten, not accumulated. */
 void fae_chain_backward(int32_t k, int64_t batch, int64_t ld, const int64_t *dims, float *const *W,
                         float *const *h, float *const *gW, float *const *gb, const int32_t *act,
-                        const float *restrict gk_in, float *g0, float *s0, float *s1) {
+                        const float *restrict gk_in, int64_t cs, int64_t fs, float *g0, float *s0, float *s1) {
     const int64_t dk = dims[k];
     float *cur = k == 0 ? g0 : s0;
     for (int64_t c = 0; c < batch; c++)
-        for (int64_t f = 0; f < dk; f++) cur[f * ld + c] = gk_in[c * dk + f];
+        for (int64_t f = 0; f < dk; f++) cur[f * ld + c] = gk_in[c * cs + f * fs];
     for (int32_t j = k; j >= 0; j--) {
         const int64_t nout = dims[j];
         for (int64_t o = 0; o < nout; o++) {
@@ -263,4 +270,229 @@ double fae_residual(float *restrict y, const float *restrict x, int64_t batch, i
     }
     for (int64_t j = 0; j < n; j++) gb[j] *= alpha;
     return total;
+}
+
+/* ---- The last layer in Gram form ------------------------------------------------------------
+ * The last layer maps the chain's output h (batch, dk) to y = h WL^T + bL (batch, n) with n, the
+ * number of points, ~1000 and dk ~16; its loss is |r|^2 with r = y - x. Every quantity the step
+ * needs from r is a product of x with something narrow:
+ *   d loss / d h     = alpha r WL     = alpha (h M + 1 wb^T - x WL)        M = WL^T WL, wb = WL^T bL
+ *   d loss / d WL    = alpha r^T h    = alpha (WL G + bL s^T - (h^T x)^T)  G = h^T h, s = h^T 1
+ *   d loss / d bL    = alpha r^T 1    = alpha (WL s + batch bL - x^T 1)
+ *   |r|^2 = sum_c [h_c.(h_c M + 2 wb - 2 (x WL)_c)] + batch |bL|^2 - 2 (x^T 1).bL + |x|^2
+ * so the step never forms y or r. x WL rides in the first layer's product (x [W0^T | WL], one
+ * GEMM 32 wide instead of two 16 wide) and h^T x, x^T 1 in the first layer's weight gradient
+ * ([h^T; 1; g0] x, one GEMM): two products over x instead of five, and no pass over the
+ * (batch, n) residual. The narrow sums here are float64. The identities are exact; in float32 the
+ * big terms cancel, so the loss loses digits as |r|^2 / |x|^2 falls (native_step.py checks this
+ * and then computes the loss directly). */
+
+typedef double v8d __attribute__((vector_size(64)));
+#define NVD (FAE_MAX_WIDTH / 8) /* float64 vectors in a row of the widest layer */
+
+static inline v8d splat8d(double x) { return (v8d){x, x, x, x, x, x, x, x}; }
+
+static inline v8d load8d(const double *p) {
+    v8d v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+
+/* x[0..8) widened to float64. */
+static inline v8d widen8(const float *p) {
+    v8 f;
+    memcpy(&f, p, sizeof f);
+    return __builtin_convertvector(f, v8d);
+}
+
+/* S (R, R) = A A^T for A (R, n) in float64: 4 x 4 blocks of rows on and above the diagonal, each a
+   pass over n with its 16 sums in registers (8 lanes each, added as a tree, then the tail in order);
+   mirrored below. */
+static void gram64(double *restrict S, const double *restrict A, int64_t R, int64_t n) {
+    const int64_t full = n / 8 * 8;
+    for (int64_t i0 = 0; i0 < R; i0 += 4)
+        for (int64_t j0 = i0; j0 < R; j0 += 4) {
+            const double *a[4], *b[4];
+            for (int q = 0; q < 4; q++) {
+                a[q] = A + (i0 + q < R ? i0 + q : R - 1) * n;
+                b[q] = A + (j0 + q < R ? j0 + q : R - 1) * n;
+            }
+            v8d acc[4][4];
+            for (int q = 0; q < 4; q++)
+                for (int r = 0; r < 4; r++) acc[q][r] = splat8d(0.0);
+            for (int64_t p = 0; p < full; p += 8) {
+                v8d av[4], bv[4];
+                for (int q = 0; q < 4; q++) {
+                    av[q] = load8d(a[q] + p);
+                    bv[q] = load8d(b[q] + p);
+                }
+                for (int q = 0; q < 4; q++)
+                    for (int r = 0; r < 4; r++) acc[q][r] += av[q] * bv[r];
+            }
+            for (int q = 0; q < 4 && i0 + q < R; q++)
+                for (int r = 0; r < 4 && j0 + r < R; r++) {
+                    const v8d v = acc[q][r];
+                    double d = ((v[0] + v[4]) + (v[2] + v[6])) + ((v[1] + v[5]) + (v[3] + v[7]));
+                    for (int64_t p = full; p < n; p++) d += a[q][p] * b[r][p];
+                    S[(i0 + q) * R + j0 + r] = S[(j0 + r) * R + i0 + q] = d;
+                }
+        }
+}
+
+/* PT (d0 + dk, n) = [W0; WL^T], so that x @ PT^T is the fused first product and PT's last dk rows are
+   WL^T (feature-major, for fae_gram_backward); S (dk + 1, dk + 1) = [WL bL]^T [WL bL] in float64 (M = WL^T WL
+   in its first dk rows and columns, wb = WL^T bL in row dk, bL . bL last). wide: scratch of (dk + 1) n
+   doubles. */
+void fae_gram_prepare(float *restrict PT, const float *restrict W0, const float *restrict WL,
+                      const float *restrict bL, int64_t n, int64_t d0, int64_t dk, double *restrict S,
+                      double *restrict wide) {
+    memcpy(PT, W0, sizeof(float) * d0 * n);
+    float *restrict WT = PT + d0 * n;
+    for (int64_t p = 0; p < n; p++)
+        for (int64_t j = 0; j < dk; j++) {
+            const float w = WL[p * dk + j];
+            WT[j * n + p] = w;
+            wide[j * n + p] = w;
+        }
+    for (int64_t p = 0; p < n; p++) wide[dk * n + p] = bL[p];
+    gram64(S, wide, dk + 1, n);
+}
+
+/* With y = x WL (batch rows ldy apart) and S from fae_gram_prepare: gk (dk, ld) feature-major =
+   alpha (h M + wb - y), the gradient entering the chain. Returns the h-side of the loss,
+   sum_c h_c.(h_c M + 2 wb - 2 y_c) + batch bL.bL, in float64 like h M. h: (dk, ld). */
+double fae_gram_forward(int64_t batch, int64_t ld, int64_t dk, const float *restrict h, const float *restrict y,
+                        int64_t ldy, const double *restrict S, float alpha, float *restrict gk) {
+    const int nv = (int)((dk + 7) / 8);
+    const int64_t R = dk + 1;
+    double Mp[FAE_MAX_WIDTH][FAE_MAX_WIDTH] = {{0}}, wbp[FAE_MAX_WIDTH] = {0};
+    for (int64_t i = 0; i < dk; i++) {
+        for (int64_t j = 0; j < dk; j++) Mp[i][j] = S[i * R + j];
+        wbp[i] = S[dk * R + i];
+    }
+    double total = 0.0;
+    for (int64_t c = 0; c < batch; c++) {
+        double hc[FAE_MAX_WIDTH] = {0}, yc[FAE_MAX_WIDTH] = {0}, u[FAE_MAX_WIDTH];
+        for (int64_t i = 0; i < dk; i++) {
+            hc[i] = h[i * ld + c];
+            yc[i] = y[c * ldy + i];
+        }
+        v8d acc[NVD], acc2[NVD]; /* two partial sums over i: half the dependent chain */
+        for (int v = 0; v < nv; v++) {
+            acc[v] = load8d(wbp + 8 * v);
+            acc2[v] = splat8d(0.0);
+        }
+        int64_t i = 0;
+        for (; i + 2 <= dk; i += 2)
+            for (int v = 0; v < nv; v++) {
+                acc[v] += splat8d(hc[i]) * load8d(Mp[i] + 8 * v);
+                acc2[v] += splat8d(hc[i + 1]) * load8d(Mp[i + 1] + 8 * v);
+            }
+        for (; i < dk; i++)
+            for (int v = 0; v < nv; v++) acc[v] += splat8d(hc[i]) * load8d(Mp[i] + 8 * v);
+        v8d t = splat8d(0.0);
+        for (int v = 0; v < nv; v++) {
+            const v8d uv = acc[v] + acc2[v], yv = load8d(yc + 8 * v);
+            t += load8d(hc + 8 * v) * (uv + load8d(wbp + 8 * v) - 2.0 * yv);
+            memcpy(u + 8 * v, &uv, sizeof uv);
+        }
+        for (int64_t j = 0; j < dk; j++) gk[j * ld + c] = (float)(alpha * (u[j] - yc[j]));
+        total += ((t[0] + t[4]) + (t[2] + t[6])) + ((t[1] + t[5]) + (t[3] + t[7]));
+    }
+    return total + (double)batch * S[dk * R + dk];
+}
+
+/* With Z (dk + 1, n) = [h^T x; 1^T x] (rows 0..dk-1, then the column sums of x) and WT = WL^T (dk, n):
+   gWT (dk, n) = alpha (G WT + s bL^T - Z[0:dk]) (the transpose of d loss / d WL) and
+   gb (n) = alpha (s^T WT + batch bL - Z[dk]), where G = h h^T and s = h 1 over the batch (as dot() and
+   sum() sum them). float32 like the direct step's products; every loop runs along p. Returns
+   Z[dk] . bL in float64. h: (dk, ld). */
+double fae_gram_backward(int64_t batch, int64_t ld, int64_t dk, int64_t n, const float *restrict h,
+                         const float *restrict Z, const float *restrict WT, const float *restrict bL, float alpha,
+                         float *restrict gWT, float *restrict gb) {
+    float G[FAE_MAX_WIDTH * FAE_MAX_WIDTH], s[FAE_MAX_WIDTH];
+    weight_grad(G, h, h, dk, dk, batch, ld);
+    for (int64_t i = 0; i < dk; i++) s[i] = sum(h + i * ld, batch);
+    const float nb = (float)batch;
+    const float *restrict t = Z + dk * n;
+    const int64_t full = n / 16 * 16;
+    for (int64_t p = 0; p < full; p += 16) {
+        const v16 b = load16(bL + p);
+        for (int64_t j = 0; j < dk; j++) {
+            v16 acc = splat16(s[j]) * b - load16(Z + j * n + p);
+            for (int64_t i = 0; i < dk; i++) acc += splat16(G[i * dk + j]) * load16(WT + i * n + p);
+            store16(gWT + j * n + p, acc * splat16(alpha));
+        }
+        v16 g = splat16(nb) * b - load16(t + p);
+        for (int64_t i = 0; i < dk; i++) g += splat16(s[i]) * load16(WT + i * n + p);
+        store16(gb + p, g * splat16(alpha));
+    }
+    for (int64_t p = full; p < n; p++) {
+        for (int64_t j = 0; j < dk; j++) {
+            float acc = s[j] * bL[p] - Z[j * n + p];
+            for (int64_t i = 0; i < dk; i++) acc += G[i * dk + j] * WT[i * n + p];
+            gWT[j * n + p] = acc * alpha;
+        }
+        float g = nb * bL[p] - t[p];
+        for (int64_t i = 0; i < dk; i++) g += s[i] * WT[i * n + p];
+        gb[p] = g * alpha;
+    }
+    double tb = 0.0;
+    for (int64_t p = 0; p < n; p++) tb += (double)t[p] * bL[p];
+    return tb;
+}
+
+/* dst (n, dk) = src^T for src (dk, n). */
+void fae_transpose(float *restrict dst, const float *restrict src, int64_t dk, int64_t n) {
+    for (int64_t p = 0; p < n; p++)
+        for (int64_t j = 0; j < dk; j++) dst[p * dk + j] = src[j * n + p];
+}
+
+/* sum x^2 over n floats, each square exact in float64 and summed in float64 (32 lanes, then as a tree). */
+double fae_sumsq(const float *restrict x, int64_t n) {
+    v8d acc[4] = {splat8d(0.0), splat8d(0.0), splat8d(0.0), splat8d(0.0)};
+    int64_t i = 0;
+    for (; i + 32 <= n; i += 32)
+        for (int u = 0; u < 4; u++) {
+            const v8d d = widen8(x + i + 8 * u);
+            acc[u] += d * d;
+        }
+    const v8d a = (acc[0] + acc[2]) + (acc[1] + acc[3]);
+    double s = ((a[0] + a[4]) + (a[2] + a[6])) + ((a[1] + a[5]) + (a[3] + a[7]));
+    for (; i < n; i++) s += (double)x[i] * x[i];
+    return s;
+}
+
+/* out[r] = fae_sumsq of row r of x (rows, n): the squared norms of a training set, computed once. */
+void fae_row_sumsq(const float *restrict x, int64_t rows, int64_t n, double *restrict out) {
+    for (int64_t r = 0; r < rows; r++) out[r] = fae_sumsq(x + r * n, n);
+}
+
+/* sum of v[idx[c]] for c < k, in order. */
+double fae_sum_at(const double *restrict v, const int64_t *restrict idx, int64_t k) {
+    double s = 0.0;
+    for (int64_t c = 0; c < k; c++) s += v[idx[c]];
+    return s;
+}
+
+/* sum (y - x)^2 over n floats, each difference rounded to float32 (as r = y - x in torch), squared and
+   summed in float64 (32 lanes, then as a tree). */
+double fae_sse(const float *restrict y, const float *restrict x, int64_t n) {
+    v8d acc[4] = {splat8d(0.0), splat8d(0.0), splat8d(0.0), splat8d(0.0)};
+    int64_t i = 0;
+    for (; i + 32 <= n; i += 32)
+        for (int u = 0; u < 4; u++) {
+            v8 a, b;
+            memcpy(&a, y + i + 8 * u, sizeof a);
+            memcpy(&b, x + i + 8 * u, sizeof b);
+            const v8d d = __builtin_convertvector(a - b, v8d);
+            acc[u] += d * d;
+        }
+    const v8d a = (acc[0] + acc[2]) + (acc[1] + acc[3]);
+    double s = ((a[0] + a[4]) + (a[2] + a[6])) + ((a[1] + a[5]) + (a[3] + a[7]));
+    for (; i < n; i++) {
+        const double d = y[i] - x[i];
+        s += d * d;
+    }
+    return s;
 }
