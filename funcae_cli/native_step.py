@@ -37,7 +37,7 @@ from torch import Tensor, nn
 from funcae_cli import native
 from funcae_cli.config import TrainConfig
 from funcae_cli.optim import FlatParams
-from funcae_cli.steps import MLPStep, StepLosses, mlp_chain
+from funcae_cli.steps import MLPStep, Planned, StepLosses, mlp_chain
 
 # Middle layers wider than this stay in torch. The kernels run one core near its FMA rate, MKL runs
 # two: for a [w, w, w] AE the kernels' forward + backward take 67 us at w = 16, 212 us at w = 32
@@ -91,18 +91,18 @@ class NativeMLPStep(MLPStep):
         self.lib = native.kernels()
         first, middle, last = self.plan[0], self.plan[1:-1], self.plan[-1]
         dims = [first.out.shape[1]] + [p.out.shape[1] for p in middle]
-        self.d0, self.dk, n_points = dims[0], dims[-1], last.weight.shape[0]
+        d0, dk, n_points = dims[0], dims[-1], last.weight.shape[0]
+        self.d0, self.dk = d0, dk
         new = lambda rows: torch.empty((rows, batch), dtype=torch.float32)  # noqa: E731
         # [h_k; 1; g0] (feature-major): the chain's output, a row of ones and the gradient of the first
         # layer's output, stacked so that one product with x gives h_k^T x, the column sums of x and
         # the first layer's weight gradient (mlp.c, "The last layer in Gram form").
-        self.stack = new(self.dk + 1 + self.d0)
-        self.stack[self.dk].fill_(1.0)
-        self.h = [new(d) for d in dims[:-1]] + [self.stack[: self.dk]]  # the chain's activations
-        self.g0 = self.stack[self.dk + 1 :]
+        self.stack = new(dk + 1 + d0)
+        self.stack[dk].fill_(1.0)
+        self.h = [new(d) for d in dims[:-1]] + [self.stack[:dk]]  # the chain's activations
+        self.g0 = self.stack[dk + 1 :]
         width = max(dims[1:], default=1)
-        self.s0, self.s1, self.gk = new(width), new(width), new(self.dk)
-        d0, dk = self.d0, self.dk
+        self.s0, self.s1, self.gk = new(width), new(width), new(dk)
         self.fused_t = torch.empty((d0 + dk, n_points))  # [W_first; W_last^T]: x @ fused_t^T is both products
         self.fused_out = torch.empty((batch, d0 + dk))  # x [W_first^T | W_last]
         self.z = torch.empty((dk + 1 + d0, n_points))  # [h_k; 1; g0] x
@@ -132,14 +132,22 @@ class NativeMLPStep(MLPStep):
     def __call__(
         self, x_in: Tensor, x: Tensor, kl_weight: float, gen: torch.Generator | None, rows: Tensor | None = None
     ) -> StepLosses:
-        if x_in is x:  # an autoencoder's own input as the target: the Gram form shares the products over x
-            return self._gram_step(x.contiguous(), rows)
-        return self._direct_step(x_in.contiguous(), x.contiguous())
-
-    def _gram_step(self, x: Tensor, rows: Tensor | None) -> StepLosses:
-        """Two products over x (see mlp.c, "The last layer in Gram form"); the output is never formed."""
+        x = x.contiguous()
         nb, n_points = x.shape
         plan = self._plan(nb)
+        divisor, const = self.squared(nb, n_points, self.t)
+        alpha = 2.0 / divisor  # d loss / d output = alpha * residual
+        if x_in is x:  # an autoencoder's own input as the target: the Gram form shares the products over x
+            sq = self._gram_step(plan, x, rows, alpha)
+        else:
+            sq = self._direct_step(plan, x_in.contiguous(), x, alpha)
+        recon = _float32_scalar(sq / divisor + const)
+        return StepLosses(recon, recon, self._zero, self._penalize(plan, recon))
+
+    def _gram_step(self, plan: list[Planned], x: Tensor, rows: Tensor | None, alpha: float) -> float:
+        """Two products over x (see mlp.c, "The last layer in Gram form"); the output is never formed.
+        Returns the batch's sum of squared residuals."""
+        nb, n_points = x.shape
         first, last = plan[0], plan[-1]
         dims, weights, biases, h, grad_weights, grad_biases, acts = self.args
         lib, ld, d0, dk, ptr = self.lib, self.batch, self.d0, self.dk, Tensor.data_ptr
@@ -149,8 +157,6 @@ class NativeMLPStep(MLPStep):
         )  # fmt: skip
         y = torch.mm(x, self.fused_t.t(), out=self.fused_out[:nb])
         lib.fae_chain_forward(self.k, nb, ld, dims, weights, biases, h, acts, ptr(y), d0 + dk, ptr(first.bias))
-        divisor, const = self.squared(nb, n_points, self.t)
-        alpha = 2.0 / divisor  # d loss / d output = alpha * residual
         hk = ptr(self.stack)
         s_h = lib.fae_gram_forward(nb, ld, dk, hk, ptr(y) + 4 * d0, d0 + dk, ptr(self.gram), alpha, ptr(self.gk))
         lib.fae_chain_backward(
@@ -173,13 +179,12 @@ class NativeMLPStep(MLPStep):
             torch.addmm(last.bias, self.h[-1][:, :nb].t(), last.weight_t, out=last.out)
             sq = lib.fae_sse(ptr(last.out), ptr(x), x.numel())
             self.exact_losses += 1
-        recon = _float32_scalar(sq / divisor + const)
-        return StepLosses(recon, recon, self._zero, self._penalize(plan, recon))
+        return sq
 
-    def _direct_step(self, x_in: Tensor, x: Tensor) -> StepLosses:
-        """A corrupted input (denoising): the first layer reads x_in, the loss x; five products."""
+    def _direct_step(self, plan: list[Planned], x_in: Tensor, x: Tensor, alpha: float) -> float:
+        """A corrupted input (denoising): the first layer reads x_in, the loss x; five products.
+        Returns the batch's sum of squared residuals."""
         nb, n_points = x.shape
-        plan = self._plan(nb)
         first, last = plan[0], plan[-1]
         dims, weights, biases, h, grad_weights, grad_biases, acts = self.args
         lib, ld, ptr = self.lib, self.batch, Tensor.data_ptr
@@ -187,8 +192,6 @@ class NativeMLPStep(MLPStep):
         lib.fae_chain_forward(self.k, nb, ld, dims, weights, biases, h, acts, ptr(first.out), self.d0, None)
         hk = self.h[-1][:, :nb].t()  # (nb, width) view of the chain's output
         torch.addmm(last.bias, hk, last.weight_t, out=last.out)
-        divisor, const = self.squared(nb, n_points, self.t)
-        alpha = 2.0 / divisor  # d loss / d output = alpha * residual
         sq = lib.fae_residual(ptr(last.out), ptr(x), nb, n_points, ptr(last.grad_bias), alpha)
         torch.addmm(last.grad_weight, last.out.t(), hk, beta=0, alpha=alpha, out=last.grad_weight)
         torch.addmm(last.grad_in, last.out, last.weight, beta=0, alpha=alpha, out=last.grad_in)
@@ -197,5 +200,4 @@ class NativeMLPStep(MLPStep):
             ptr(self.g0), ptr(self.s0), ptr(self.s1),
         )  # fmt: skip
         torch.addmm(first.grad_weight, self.g0[:, :nb], x_in, beta=0, out=first.grad_weight)
-        recon = _float32_scalar(sq / divisor + const)
-        return StepLosses(recon, recon, self._zero, self._penalize(plan, recon))
+        return sq

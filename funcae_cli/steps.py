@@ -105,7 +105,7 @@ class _Layer(NamedTuple):
     act: type[nn.Module] | None  # activation applied to this layer's output
 
 
-class _Planned(NamedTuple):
+class Planned(NamedTuple):
     """One layer of the MLP step: parameter and gradient views, activation pair, buffers."""
 
     weight: Tensor
@@ -119,7 +119,7 @@ class _Planned(NamedTuple):
     grad_out_t: Tensor  # (out_features, batch): transposed view of d loss / d this layer's output
 
 
-def _link(layers: list[_Planned]) -> list[_Planned]:
+def _link(layers: list[Planned]) -> list[Planned]:
     """Point each layer at the buffer holding the gradient of its output: the next layer's grad_in,
     or for the last layer its own output buffer (which becomes the residual)."""
     grads = [nxt.grad_in for nxt in layers[1:]] + [layers[-1].out]
@@ -156,17 +156,17 @@ class MLPStep(Step):
         w = next(model.parameters())
         new = lambda cols: torch.empty((batch, cols), dtype=w.dtype, device=w.device)  # noqa: E731
         self.plan = _link([
-            _Planned(
+            Planned(
                 lin.weight.detach(), lin.weight.detach().t(), lin.bias.detach(), lin.weight.grad, lin.bias.grad,
                 activation_pair(act, w.device) if act is not None else None, new(lin.out_features),
                 new(lin.in_features), w.new_empty(0),
             )
             for lin, act in chain
         ])  # fmt: skip
-        self._short: dict[int, list[_Planned]] = {}  # plans over the first rows of the buffers, by batch size
+        self._short: dict[int, list[Planned]] = {}  # plans over the first rows of the buffers, by batch size
         self._zero = torch.zeros((), dtype=w.dtype, device=w.device)
 
-    def _plan(self, rows: int) -> list[_Planned]:
+    def _plan(self, rows: int) -> list[Planned]:
         """The plan for a batch of `rows` (an epoch's short last batch uses the buffers' first rows)."""
         if rows == self.batch:
             return self.plan
@@ -210,7 +210,7 @@ class MLPStep(Step):
             alpha = 1.0
         return StepLosses(recon, recon, self._zero, self._penalize(plan, recon))
 
-    def _penalize(self, plan: list[_Planned], recon: Tensor) -> Tensor:
+    def _penalize(self, plan: list[Planned], recon: Tensor) -> Tensor:
         """Add the weight penalty's gradient (gamma * mean(W^2) per layer: 2 gamma W / numel); the total loss."""
         gamma = self.t.weight_penalty
         if not gamma:

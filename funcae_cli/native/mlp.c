@@ -298,6 +298,9 @@ static inline v8d load8d(const double *p) {
     return v;
 }
 
+/* The 8 lanes' sum as a tree, in a fixed order (hsum16's float64 twin). */
+static inline double hsum8d(v8d v) { return ((v[0] + v[4]) + (v[2] + v[6])) + ((v[1] + v[5]) + (v[3] + v[7])); }
+
 /* x[0..8) widened to float64. */
 static inline v8d widen8(const float *p) {
     v8 f;
@@ -331,8 +334,7 @@ static void gram64(double *restrict S, const double *restrict A, int64_t R, int6
             }
             for (int q = 0; q < 4 && i0 + q < R; q++)
                 for (int r = 0; r < 4 && j0 + r < R; r++) {
-                    const v8d v = acc[q][r];
-                    double d = ((v[0] + v[4]) + (v[2] + v[6])) + ((v[1] + v[5]) + (v[3] + v[7]));
+                    double d = hsum8d(acc[q][r]);
                     for (int64_t p = full; p < n; p++) d += a[q][p] * b[r][p];
                     S[(i0 + q) * R + j0 + r] = S[(j0 + r) * R + i0 + q] = d;
                 }
@@ -397,7 +399,7 @@ double fae_gram_forward(int64_t batch, int64_t ld, int64_t dk, const float *rest
             memcpy(u + 8 * v, &uv, sizeof uv);
         }
         for (int64_t j = 0; j < dk; j++) gk[j * ld + c] = (float)(alpha * (u[j] - yc[j]));
-        total += ((t[0] + t[4]) + (t[2] + t[6])) + ((t[1] + t[5]) + (t[3] + t[7]));
+        total += hsum8d(t);
     }
     return total + (double)batch * S[dk * R + dk];
 }
@@ -457,8 +459,7 @@ double fae_sumsq(const float *restrict x, int64_t n) {
             const v8d d = widen8(x + i + 8 * u);
             acc[u] += d * d;
         }
-    const v8d a = (acc[0] + acc[2]) + (acc[1] + acc[3]);
-    double s = ((a[0] + a[4]) + (a[2] + a[6])) + ((a[1] + a[5]) + (a[3] + a[7]));
+    double s = hsum8d((acc[0] + acc[2]) + (acc[1] + acc[3]));
     for (; i < n; i++) s += (double)x[i] * x[i];
     return s;
 }
@@ -488,8 +489,7 @@ double fae_sse(const float *restrict y, const float *restrict x, int64_t n) {
             const v8d d = __builtin_convertvector(a - b, v8d);
             acc[u] += d * d;
         }
-    const v8d a = (acc[0] + acc[2]) + (acc[1] + acc[3]);
-    double s = ((a[0] + a[4]) + (a[2] + a[6])) + ((a[1] + a[5]) + (a[3] + a[7]));
+    double s = hsum8d((acc[0] + acc[2]) + (acc[1] + acc[3]));
     for (; i < n; i++) {
         const double d = y[i] - x[i];
         s += d * d;
