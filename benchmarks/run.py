@@ -302,11 +302,11 @@ def native_info() -> str:
     from funcae_cli import native
 
     try:
-        native.kernels()
+        lib = native.kernels()
     except native.NativeUnavailable as e:
         return f"unavailable ({e}); rows 2 and 3 then run torch-only steps"
     version = subprocess.run([*native.compiler(), "--version"], capture_output=True, text=True).stdout
-    flags = " ".join(f for f in native.FLAGS if f not in ("-shared", "-fPIC"))
+    flags = " ".join(f for f in native.flags(lib.threaded) if f not in ("-shared", "-fPIC"))
     return f"`{' '.join(native.compiler())} {flags}` ({version.splitlines()[0] if version else 'unknown version'})"
 
 

@@ -11,12 +11,18 @@ When the target is the input itself (an AE without input noise), the last layer 
 narrow matrices, so a step makes two products over x (x [W_first^T | W_last] and
 [h_k; 1; g0] x) instead of five, and never forms the (batch, n_points) output. On the notebook-000
 model that is ~15% of a step. The identities are exact; in float32 the Gram form's big terms cancel:
-- the loss keeps about 1e-8 |x|^2 / |r|^2 of relative accuracy (measured 9e-5 on notebook 000's
-  trained model, |x|^2 / |r|^2 ~ 2700). Where |r|^2 < EXACT_LOSS_BELOW |x|^2 the step forms the
+- the loss keeps about 1e-8 |x|^2 / |r|^2 of relative accuracy (measured 4e-5 relative to float64 on
+  notebook 000's trained model, |x|^2 / |r|^2 ~ 2500). Where |r|^2 < EXACT_LOSS_BELOW |x|^2 the step forms the
   output and sums the loss directly (~90 us more), so the reported loss stays within ~5e-4.
-- the gradients lose ~sqrt(batch) more than the direct form's (measured on the same model: 9e-5
+- the gradients lose ~sqrt(batch) more than the direct form's (measured on the same model: 1.1e-4
   against 6e-5 relative to float64), far below the noise of a minibatch.
 With input noise (a denoising AE) the step takes the direct form: five products and a loss pass.
+
+In the Gram form the first product is C too (mlp.c, fae_project), made in the same pass as the batch's
+gather: the trainer gets its batch from `gather()`, which reads each row from memory once, copies it
+and multiplies it while it is in L1 (~100 us against ~190 us for torch.index_select then MKL, 256 x
+1000 into 32 columns on 2 cores). The second product stays in MKL, which a hand-written kernel only
+matched.
 
 Inside the chain, activations are feature-major `(width, batch)` buffers owned by this step; the
 wide layers read and write them through transposed views, in the layouts MKL runs fastest
@@ -30,6 +36,7 @@ CPU, with middle layers at most `MAX_WIDTH` wide, and kernels that compiled.
 from __future__ import annotations
 
 import ctypes
+import math
 
 import torch
 from torch import Tensor, nn
@@ -103,12 +110,13 @@ class NativeMLPStep(MLPStep):
         self.g0 = self.stack[dk + 1 :]
         width = max(dims[1:], default=1)
         self.s0, self.s1, self.gk = new(width), new(width), new(dk)
-        self.fused_t = torch.empty((d0 + dk, n_points))  # [W_first; W_last^T]: x @ fused_t^T is both products
-        self.fused_out = torch.empty((batch, d0 + dk))  # x [W_first^T | W_last]
+        self.ldf = 32 * math.ceil((d0 + dk) / 32)  # fae_project's column blocks
+        self.fused = torch.empty((n_points, self.ldf))  # [W_first^T | W_last | 0]: x @ fused is both products
+        self.fused_out = torch.empty((batch, self.ldf))  # x [W_first^T | W_last]
+        self.last_t = torch.empty((dk, n_points))  # W_last^T (fae_gram_backward reads it along the points)
         self.z = torch.empty((dk + 1 + d0, n_points))  # [h_k; 1; g0] x
         self.gram = torch.empty((dk + 1, dk + 1), dtype=torch.float64)  # [W_last b_last]^T [W_last b_last]
         self.wide = torch.empty((dk + 1, n_points), dtype=torch.float64)  # its factor, in float64
-        self.grad_last_t = torch.empty((dk, n_points))  # d loss / d W_last, transposed
         self.k = len(middle)
         self.args = (
             (ctypes.c_int64 * len(dims))(*dims),
@@ -121,12 +129,35 @@ class NativeMLPStep(MLPStep):
         )
         self.row_sumsq: Tensor | None = None  # |x_r|^2 of the training set given to bind()
         self.exact_losses = 0  # steps whose loss the Gram form could not give to EXACT_LOSS_BELOW's accuracy
+        self.projected: Tensor | None = None  # the batch gather() returned, its first product already made
 
     def bind(self, x_train: Tensor) -> None:
         """Squared norms of the training curves, once (~10 ms per 100,000 x 1000), for the Gram form's loss."""
         x_train = x_train.contiguous()
         self.row_sumsq = torch.empty(x_train.shape[0], dtype=torch.float64)
         self.lib.fae_row_sumsq(x_train.data_ptr(), *x_train.shape, self.row_sumsq.data_ptr())
+
+    def gather(self, x_train: Tensor, rows: Tensor, out: Tensor) -> Tensor:
+        """The batch, and for the Gram form its first product in the same pass over the rows (mlp.c,
+        fae_project: each row is read from memory once, ~100 us against ~190 us for a gather then a product)."""
+        if self.t.noise.kind != "none" or x_train.dtype != torch.float32:  # the direct form reads the corrupted input
+            return super().gather(x_train, rows, out)
+        x_train, rows = x_train.contiguous(), rows.contiguous()
+        self._prepare(x_train.shape[1])
+        self.lib.fae_project(
+            x_train.data_ptr(), rows.data_ptr(), rows.shape[0], x_train.shape[1], self.fused.data_ptr(), self.ldf,
+            out.data_ptr(), self.fused_out.data_ptr(),
+        )  # fmt: skip
+        self.projected = out
+        return out
+
+    def _prepare(self, n_points: int) -> None:
+        """The last layer's Gram matrix in float64, and the weights in the layouts the kernels read."""
+        first, last = self.plan[0], self.plan[-1]
+        self.lib.fae_gram_prepare(
+            self.fused.data_ptr(), self.ldf, self.last_t.data_ptr(), first.weight.data_ptr(), last.weight.data_ptr(),
+            last.bias.data_ptr(), n_points, self.d0, self.dk, self.gram.data_ptr(), self.wide.data_ptr(),
+        )  # fmt: skip
 
     @torch.no_grad()
     def __call__(
@@ -151,24 +182,24 @@ class NativeMLPStep(MLPStep):
         first, last = plan[0], plan[-1]
         dims, weights, biases, h, grad_weights, grad_biases, acts = self.args
         lib, ld, d0, dk, ptr = self.lib, self.batch, self.d0, self.dk, Tensor.data_ptr
-        lib.fae_gram_prepare(
-            ptr(self.fused_t), ptr(first.weight), ptr(last.weight), ptr(last.bias), n_points, d0, dk,
-            ptr(self.gram), ptr(self.wide),
-        )  # fmt: skip
-        y = torch.mm(x, self.fused_t.t(), out=self.fused_out[:nb])
-        lib.fae_chain_forward(self.k, nb, ld, dims, weights, biases, h, acts, ptr(y), d0 + dk, ptr(first.bias))
+        if self.projected is x:  # gather() made the first product (and the Gram matrix) with this batch
+            self.projected = None
+        else:
+            self._prepare(n_points)
+            lib.fae_project(ptr(x), None, nb, n_points, ptr(self.fused), self.ldf, None, ptr(self.fused_out))
+        y = self.fused_out
+        lib.fae_chain_forward(self.k, nb, ld, dims, weights, biases, h, acts, ptr(y), self.ldf, ptr(first.bias))
         hk = ptr(self.stack)
-        s_h = lib.fae_gram_forward(nb, ld, dk, hk, ptr(y) + 4 * d0, d0 + dk, ptr(self.gram), alpha, ptr(self.gk))
+        s_h = lib.fae_gram_forward(nb, ld, dk, hk, ptr(y) + 4 * d0, self.ldf, ptr(self.gram), alpha, ptr(self.gk))
         lib.fae_chain_backward(
             self.k, nb, ld, dims, weights, h, grad_weights, grad_biases, acts, ptr(self.gk), 1, ld,
             ptr(self.g0), ptr(self.s0), ptr(self.s1),
         )  # fmt: skip
         torch.mm(self.stack[:, :nb], x, out=self.z)
         tb = lib.fae_gram_backward(
-            nb, ld, dk, n_points, hk, ptr(self.z), ptr(self.fused_t) + 4 * d0 * n_points, ptr(last.bias), alpha,
-            ptr(self.grad_last_t), ptr(last.grad_bias),
+            nb, ld, dk, n_points, hk, ptr(self.z), ptr(self.last_t), ptr(last.bias), alpha,
+            ptr(last.grad_weight), ptr(last.grad_bias),
         )  # fmt: skip
-        lib.fae_transpose(ptr(last.grad_weight), ptr(self.grad_last_t), dk, n_points)
         first.grad_weight.copy_(self.z[dk + 1 :])
         if rows is None or self.row_sumsq is None:
             xx = lib.fae_sumsq(ptr(x), x.numel())

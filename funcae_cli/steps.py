@@ -47,6 +47,11 @@ class Step:
     def bind(self, x_train: Tensor) -> None:
         """Called once before training with the tensor every batch is gathered from."""
 
+    def gather(self, x_train: Tensor, rows: Tensor, out: Tensor) -> Tensor:
+        """The batch x_train[rows], written into `out`; the trainer passes what this returns to the step.
+        A step may start its work in the same pass over the rows (the native step does)."""
+        return torch.index_select(x_train, 0, rows, out=out)
+
     def __call__(
         self, x_in: Tensor, x: Tensor, kl_weight: float, gen: torch.Generator | None, rows: Tensor | None = None
     ) -> StepLosses:

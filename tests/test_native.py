@@ -109,11 +109,11 @@ def test_native_can_be_turned_off(fresh_native: Path, monkeypatch) -> None:
 
 @needs_compiler
 def test_kernels_compile_once_then_load_from_the_cache(fresh_native: Path, monkeypatch) -> None:
-    native.kernels()
+    lib = native.kernels()
     built = list(fresh_native.iterdir())
-    assert [p.name for p in built] == [native.library_path().name]  # no temporary file left
+    assert [p.name for p in built] == [native.library_path(lib.threaded).name]  # no temporary file left
     native.reset()
-    monkeypatch.setattr(native, "_compile", lambda target: pytest.fail("compiled again"))
+    monkeypatch.setattr(native, "_compile", lambda target, threads: pytest.fail("compiled again"))
     assert native.kernels().fae_abi() == native.ABI
 
 
@@ -218,3 +218,108 @@ def test_the_gram_form_computes_the_loss_directly_when_its_terms_cancel() -> Non
     moderate = x + 0.3 * torch.randn(16, 20, generator=gen)  # an ordinary fit: no fallback
     torch.testing.assert_close(fast(moderate, moderate, 1.0, None).loss, ref(moderate, moderate, 1.0, None).loss)
     assert fast.exact_losses == 1
+
+
+@needs_compiler
+def test_threaded_kernels_run_on_torchs_thread_pool() -> None:
+    """Built with OpenMP where torch's libgomp is loaded; then torch.set_num_threads sets the kernels'
+    threads too (one runtime, one pool: a second runtime would keep its own count)."""
+    lib = native.kernels()
+    if not lib.threaded:
+        pytest.skip("single-threaded build: this process has no libgomp (torch built with another runtime)")
+    before = torch.get_num_threads()
+    try:
+        for n in (1, 2, 3):
+            torch.set_num_threads(n)
+            assert lib.fae_threads() == n
+    finally:
+        torch.set_num_threads(before)
+
+
+@needs_compiler
+@pytest.mark.parametrize("corrupted", [False, True], ids=["x->x", "noisy->x"])  # the Gram and direct forms
+def test_threaded_step_is_the_same_bits_on_one_and_two_threads(corrupted: bool) -> None:
+    """Large enough for the kernels to split the batch and the points over threads (>= 64 each), with
+    tails: 200 curves (shares of 112 and 88) and 130 points. The split is over independent outputs
+    only, so one thread and two give the same bits; both equal autograd."""
+    cfg = _cfg("model.hidden=[16,16,16]")
+    gen = torch.Generator().manual_seed(7)
+    x = torch.randn(200, 130, generator=gen)
+    x_in = x + 0.1 * torch.randn(200, 130, generator=gen) if corrupted else x
+    before = torch.get_num_threads()
+    results = []
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            ref, fast, fa, fb = _pair(cfg, n_points=130, batch=256, step=NativeMLPStep)
+            x_train = torch.cat([torch.randn(50, 130, generator=torch.Generator().manual_seed(8)), x])
+            rows = torch.arange(50, 250)
+            fast.bind(x_train)
+            xb = fast.gather(x_train, rows, torch.empty(256, 130)[:200])  # the trainer's path
+            b = fast(x_in if corrupted else xb, xb, 1.0, None, rows=rows)
+            results.append((b.loss.clone(), fb.grad.clone()))
+            a = ref(x_in, x, 1.0, None)
+            torch.testing.assert_close(b.loss, a.loss, rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(fb.grad, fa.grad, rtol=1e-4, atol=1e-6)
+    finally:
+        torch.set_num_threads(before)
+    (loss1, grad1), (loss2, grad2) = results
+    assert torch.equal(loss1, loss2)
+    assert torch.equal(grad1, grad2), (grad1 - grad2).abs().max()
+
+
+@needs_compiler
+@pytest.mark.parametrize(("batch", "n_points", "ldf"), [(37, 33, 32), (200, 130, 64), (256, 1000, 32)])
+@pytest.mark.parametrize("gathered", [True, False], ids=["rows", "in-order"])
+def test_project_gathers_the_rows_and_makes_the_first_product(batch, n_points, ldf, gathered) -> None:
+    """fae_project: y = X[idx] Ft and xb = X[idx], over short row groups (37), two threads with a short
+    last group (200), two 32-column blocks (ldf 64), a tail of points (33, 130); idx NULL reads X in order."""
+    lib = native.kernels()
+    gen = torch.Generator().manual_seed(4)
+    X = torch.randn(500, n_points, generator=gen)
+    Ft = torch.randn(n_points, ldf, generator=gen)
+    idx = torch.randperm(500, generator=gen)[:batch] if gathered else torch.arange(batch)
+    xb, y = torch.full((batch, n_points), float("nan")), torch.empty(batch, ldf)
+    lib.fae_project(
+        X.data_ptr(), idx.data_ptr() if gathered else None, batch, n_points, Ft.data_ptr(), ldf,
+        xb.data_ptr() if gathered else None, y.data_ptr(),
+    )  # fmt: skip
+    exact = (X[idx].double() @ Ft.double()).float()
+    torch.testing.assert_close(y, exact, rtol=1e-5, atol=1e-4)
+    if gathered:
+        assert torch.equal(xb, X[idx])
+    else:
+        assert torch.isnan(xb).all()  # no copy asked for, none made
+
+
+@needs_compiler
+def test_the_trainers_gather_gives_the_step_the_same_bits_as_a_gathered_batch() -> None:
+    """Trainer path: step.gather() makes the first product while it gathers; the step then skips it. The
+    result is the step on x_train[rows] to the bit, and a batch not from gather() is multiplied afresh."""
+    cfg = _cfg("model.hidden=[16,16]")
+    gen = torch.Generator().manual_seed(9)
+    x_train = torch.randn(300, 70, generator=gen)
+    rows = torch.randperm(300, generator=gen)[:100]
+    _, a, fa, _ = _pair(cfg, n_points=70, batch=128, step=NativeMLPStep)
+    _, b, fb, _ = _pair(cfg, n_points=70, batch=128, step=NativeMLPStep)
+    x = x_train[rows]
+    out_a = a(x, x, 1.0, None)
+    xb = b.gather(x_train, rows, torch.empty(128, 70)[:100])
+    assert torch.equal(xb, x)
+    out_b = b(xb, xb, 1.0, None)
+    assert torch.equal(out_a.loss, out_b.loss) and torch.equal(fa.grad, fb.grad)
+    assert b.projected is None  # used once
+    fb.data.add_(0.01)  # new weights; the same batch again without gather(): the product is made afresh
+    fa.data.add_(0.01)
+    assert torch.equal(b(xb, xb, 1.0, None).loss, a(x, x, 1.0, None).loss)
+
+
+@needs_compiler
+def test_a_denoising_step_gathers_with_torch() -> None:
+    """With input noise the step takes the direct form, which reads the corrupted input: gather() only copies."""
+    cfg = _cfg("train.noise.kind=gaussian", "train.noise.std=0.1")
+    _, step, _, _ = _pair(cfg, n_points=20, batch=16, step=NativeMLPStep)
+    x_train = torch.randn(40, 20)
+    rows = torch.arange(0, 40, 2)[:16]
+    assert torch.equal(step.gather(x_train, rows, torch.empty(16, 20)), x_train[rows])
+    assert step.projected is None

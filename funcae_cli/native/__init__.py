@@ -6,7 +6,14 @@ machine without a compiler trains exactly as before, only slower (`funcae train`
 
 The shared object is built with `$CC` (default `cc`) and `-march=native`, so it is cached per CPU:
 `<cache>/native-<key>.so`, where the key hashes the source, the flags, the compiler and the CPU's
-feature flags (a home directory shared by different machines gets one file per machine). The
+feature flags (a home directory shared by different machines gets one file per machine).
+
+Threads: where torch's own OpenMP runtime (libgomp, as in torch's Linux wheels) is already in the
+process, the kernels are built with `-fopenmp`; the loader then binds them to that same runtime by
+its soname, so they run on torch's thread pool (`torch.set_num_threads` sets both) and no second
+pool competes for the cores. Anywhere else (another runtime, no runtime, a compiler without
+OpenMP, or `FUNCAE_NATIVE_THREADS=0`) they are built single-threaded; the results are the same bits
+either way (mlp.c, "Threads"). The
 cache is `$FUNCAE_CACHE_DIR`, else `$XDG_CACHE_HOME/funcae`, else `~/.cache/funcae`. The compile
 (~0.3 s) writes a temporary file in that folder and renames it into place, so concurrent runs
 never load a half-written library.
@@ -25,19 +32,21 @@ from pathlib import Path
 
 SOURCE = Path(__file__).with_name("mlp.c")
 FLAGS = ("-O3", "-march=native", "-fno-trapping-math", "-ffp-contract=fast", "-std=c11", "-shared", "-fPIC")
-ABI = 2  # FAE_ABI in mlp.c
+OPENMP = ("-fopenmp",)
+ABI = 4  # FAE_ABI in mlp.c
 
 _P, _I32, _I64, _F, _D = ctypes.c_void_p, ctypes.c_int32, ctypes.c_int64, ctypes.c_float, ctypes.c_double
 SIGNATURES: dict[str, tuple[list, type | None]] = {
     "fae_abi": ([], _I32),
+    "fae_threads": ([], _I32),
     "fae_tanh": ([_P, _I64], None),
     "fae_chain_forward": ([_I32, _I64, _I64, _P, _P, _P, _P, _P, _P, _I64, _P], None),
     "fae_chain_backward": ([_I32, _I64, _I64, _P, _P, _P, _P, _P, _P, _P, _I64, _I64, _P, _P, _P], None),
     "fae_residual": ([_P, _P, _I64, _I64, _P, _F], _D),
-    "fae_gram_prepare": ([_P, _P, _P, _P, _I64, _I64, _I64, _P, _P], None),
+    "fae_gram_prepare": ([_P, _I64, _P, _P, _P, _P, _I64, _I64, _I64, _P, _P], None),
+    "fae_project": ([_P, _P, _I64, _I64, _P, _I64, _P, _P], None),
     "fae_gram_forward": ([_I64, _I64, _I64, _P, _P, _I64, _P, _F, _P], _D),
     "fae_gram_backward": ([_I64, _I64, _I64, _I64, _P, _P, _P, _P, _F, _P, _P], _D),
-    "fae_transpose": ([_P, _P, _I64, _I64], None),
     "fae_sumsq": ([_P, _I64], _D),
     "fae_sse": ([_P, _P, _I64], _D),
     "fae_row_sumsq": ([_P, _I64, _I64, _P], None),
@@ -63,6 +72,22 @@ def compiler() -> list[str]:
     return shlex.split(os.environ.get("CC") or "cc")
 
 
+def _torch_libgomp() -> bool:
+    """Whether the process already maps a libgomp (torch's OpenMP runtime on Linux): only then does a
+    -fopenmp build join an existing thread pool instead of starting its own."""
+    if os.environ.get("FUNCAE_NATIVE_THREADS", "1").strip().lower() in ("0", "false", "no", "off"):
+        return False
+    try:
+        maps = Path("/proc/self/maps").read_text()
+    except OSError:
+        return False
+    return any(line.rstrip().endswith("libgomp.so.1") for line in maps.splitlines())
+
+
+def flags(threads: bool) -> tuple[str, ...]:
+    return FLAGS + OPENMP if threads else FLAGS
+
+
 def _cpu_fingerprint() -> str:
     """The CPU's feature flags (what -march=native compiles for), or the platform's CPU name."""
     try:
@@ -74,19 +99,19 @@ def _cpu_fingerprint() -> str:
     return platform.processor() or platform.machine()
 
 
-def library_path() -> Path:
+def library_path(threads: bool = False) -> Path:
     key = hashlib.sha256()
-    for part in (" ".join(FLAGS), " ".join(compiler()), _cpu_fingerprint()):
+    for part in (" ".join(flags(threads)), " ".join(compiler()), _cpu_fingerprint()):
         key.update(part.encode() + b"\0")
     key.update(SOURCE.read_bytes())
     return cache_dir() / f"native-{key.hexdigest()[:16]}.so"
 
 
-def _compile(target: Path) -> None:
+def _compile(target: Path, threads: bool) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".native-", suffix=".so.tmp")
     os.close(fd)
-    cmd = [*compiler(), *FLAGS, "-o", tmp, str(SOURCE)]
+    cmd = [*compiler(), *flags(threads), "-o", tmp, str(SOURCE)]
     try:
         r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
         if r.returncode != 0:
@@ -102,21 +127,33 @@ def _compile(target: Path) -> None:
             os.unlink(tmp)
 
 
+def _build(threads: bool) -> ctypes.CDLL:
+    path = library_path(threads)
+    try:
+        if not path.exists():
+            _compile(path, threads)
+        return ctypes.CDLL(str(path))
+    except OSError as e:
+        raise NativeUnavailable(f"cannot build or load {path}: {e}") from None
+
+
 def _load() -> ctypes.CDLL:
     if os.environ.get("FUNCAE_NATIVE", "1").strip().lower() in ("0", "false", "no", "off"):
         raise NativeUnavailable("turned off by FUNCAE_NATIVE=0")
-    path = library_path()
+    threads = _torch_libgomp()
     try:
-        if not path.exists():
-            _compile(path)
-        lib = ctypes.CDLL(str(path))
-    except OSError as e:
-        raise NativeUnavailable(f"cannot build or load {path}: {e}") from None
+        lib = _build(threads)
+    except NativeUnavailable:
+        if not threads:
+            raise
+        threads = False  # a compiler without OpenMP: single-threaded kernels
+        lib = _build(False)
+    lib.threaded = threads
     for name, (args, res) in SIGNATURES.items():
         fn = getattr(lib, name)
         fn.argtypes, fn.restype = args, res
     if lib.fae_abi() != ABI:
-        raise NativeUnavailable(f"{path} has ABI {lib.fae_abi()}, expected {ABI}")
+        raise NativeUnavailable(f"{lib._name} has ABI {lib.fae_abi()}, expected {ABI}")
     return lib
 
 

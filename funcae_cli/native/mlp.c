@@ -11,9 +11,37 @@
  * vectorized). Weights are torch's: W[j-1] is (dims[j], dims[j-1]), b[j-1] is (dims[j]).
  * Sums over the batch use 16 interleaved partial sums added in a fixed order: results do not depend
  * on the compiler's vectorization choices.
+ *
+ * Threads: built with -fopenmp where torch's own libgomp is in the process (funcae_cli/native), the
+ * kernels that run along the batch's rows or the points (fae_project, fae_gram_prepare,
+ * fae_gram_backward, fae_row_sumsq) split that work over torch's OpenMP threads (the same pool,
+ * ~1 us a region). They split only outputs computed independently, never a sum, so the results are
+ * the same bits on any number of threads (tests/test_native.py checks 1 against 2). The chain's
+ * kernels stay on one thread: at 256 x 16 a split measured no faster (the data then moves between
+ * the cores' caches).
  */
 #include <stdint.h>
 #include <string.h>
+#ifdef _OPENMP
+#include <omp.h>
+static inline int64_t thread_id(void) { return omp_get_thread_num(); }
+static inline int64_t thread_count(void) { return omp_get_num_threads(); }
+#else
+static inline int64_t thread_id(void) { return 0; }
+static inline int64_t thread_count(void) { return 1; }
+#endif
+
+/* Fewer columns (or points) than this run on one thread. */
+#define PAR_MIN 64
+
+/* Inside a parallel region: this thread's share [lo, hi) of n items, contiguous and in whole tiles of
+   `tile` (the last share takes the tail), so vector loops see the same tiles as on one thread. */
+static inline void share(int64_t n, int64_t tile, int64_t *lo, int64_t *hi) {
+    const int64_t t = thread_id(), T = thread_count();
+    const int64_t per = ((n + T - 1) / T + tile - 1) / tile * tile;
+    *lo = t * per < n ? t * per : n;
+    *hi = *lo + per < n ? *lo + per : n;
+}
 
 /* 16 floats: one AVX-512 register (the compiler splits it where the CPU has narrower ones).
    Loads and stores go through memcpy: no alignment is assumed. */
@@ -46,12 +74,22 @@ static inline float hsum16(v16 v) {
     return (s4[0] + s4[2]) + (s4[1] + s4[3]);
 }
 
-#define FAE_ABI 2
+#define FAE_ABI 4
 #define FAE_MAX_WIDTH 32 /* the widest chain layer the Gram kernels take (native_step.MAX_WIDTH) */
 
 enum { ACT_NONE = 0, ACT_TANH = 1, ACT_RELU = 2 };
 
 int32_t fae_abi(void) { return FAE_ABI; }
+
+/* The threads a kernel's parallel region gets (1 in a single-threaded build). */
+int32_t fae_threads(void) {
+    int32_t n = 1;
+#pragma omp parallel
+    {
+        if (thread_id() == 0) n = (int32_t)thread_count();
+    }
+    return n;
+}
 
 /* exp(x) for |x| <= 20: Cephes expf (x = n ln2 + r, degree-6 polynomial in r, 2^n from its bits). */
 static inline float exp_f(float x) {
@@ -272,6 +310,87 @@ double fae_residual(float *restrict y, const float *restrict x, int64_t batch, i
     return total;
 }
 
+/* ---- The batch's gather and first product in one pass --------------------------------------
+ * y (batch, ldf) = X[idx] Ft for Ft (n, ldf), ldf a multiple of 32. Each row of the batch comes from
+ * the training set (memory, not cache) once: it is copied to xb (the second product's operand) and
+ * multiplied while it is in L1, and the next rows are prefetched as the loop walks the current ones.
+ * Against torch.index_select then an MKL product, ~100 us against ~190 us for 256 x 1000 rows into 32
+ * columns on 2 cores. Rows go in groups of 8; per point p, each row's x[p] is broadcast against Ft's
+ * row p (two vectors of 16 columns): 16 sums in registers, each a y entry summed over p in order
+ * within blocks of PROJECT_BLOCK points, the blocks then added in order.
+ * idx NULL: X's rows in order; xb NULL: no copy. Threads: rows dealt out (the same bits on any number). */
+#define GROUP 8
+#define PROJECT_BLOCK 128 /* points summed in registers before they join the total: shorter float32 sums */
+
+static void project_group(const float *const *r, const float *const *next, int64_t nr, int64_t n,
+                          const float *restrict Ft, int64_t ldf, int64_t col, float *restrict xb,
+                          float *restrict y, int first) {
+    v16 total[GROUP][2];
+    for (int q = 0; q < GROUP; q++) total[q][0] = total[q][1] = splat16(0.0f);
+    for (int64_t b0 = 0; b0 < n; b0 += PROJECT_BLOCK) {
+        const int64_t b1 = b0 + PROJECT_BLOCK < n ? b0 + PROJECT_BLOCK : n, full = b0 + (b1 - b0) / 16 * 16;
+        v16 acc[GROUP][2];
+        for (int q = 0; q < GROUP; q++) acc[q][0] = acc[q][1] = splat16(0.0f);
+        int64_t p = b0;
+        for (; p < full; p += 16) {
+            if (first)
+                for (int q = 0; q < GROUP; q++) {
+                    __builtin_prefetch(next[q] + p, 0, 3);
+                    if (xb && q < nr) store16(xb + q * n + p, load16(r[q] + p));
+                }
+            for (int64_t u = p; u < p + 16; u++) {
+                const v16 f0 = load16(Ft + u * ldf + col), f1 = load16(Ft + u * ldf + col + 16);
+                for (int q = 0; q < GROUP; q++) {
+                    const v16 xs = splat16(r[q][u]);
+                    acc[q][0] += xs * f0;
+                    acc[q][1] += xs * f1;
+                }
+            }
+        }
+        for (; p < b1; p++) {
+            const v16 f0 = load16(Ft + p * ldf + col), f1 = load16(Ft + p * ldf + col + 16);
+            for (int q = 0; q < GROUP; q++) {
+                if (first && xb && q < nr) xb[q * n + p] = r[q][p];
+                const v16 xs = splat16(r[q][p]);
+                acc[q][0] += xs * f0;
+                acc[q][1] += xs * f1;
+            }
+        }
+        for (int q = 0; q < GROUP; q++) {
+            total[q][0] += acc[q][0];
+            total[q][1] += acc[q][1];
+        }
+    }
+    for (int64_t q = 0; q < nr; q++) {
+        store16(y + q * ldf + col, total[q][0]);
+        store16(y + q * ldf + col + 16, total[q][1]);
+    }
+}
+
+void fae_project(const float *restrict X, const int64_t *restrict idx, int64_t batch, int64_t n,
+                 const float *restrict Ft, int64_t ldf, float *restrict xb, float *restrict y) {
+#pragma omp parallel if (batch >= PAR_MIN)
+    {
+        int64_t c0, c1;
+        share(batch, GROUP, &c0, &c1);
+        for (int64_t c = c0; c < c1; c += GROUP) {
+            const int64_t nr = c1 - c < GROUP ? c1 - c : GROUP;
+            const float *r[GROUP], *next[GROUP];
+            for (int64_t q = 0; q < GROUP; q++) {
+                const int64_t a = c + (q < nr ? q : nr - 1); /* a short group repeats its last row */
+                const int64_t b = c + GROUP + q < c1 ? c + GROUP + q : c1 - 1;
+                r[q] = X + (idx ? idx[a] : a) * n;
+                next[q] = X + (idx ? idx[b] : b) * n;
+            }
+            if (c == c0) /* the first group's rows: nothing was prefetching them */
+                for (int64_t q = 0; q < nr; q++)
+                    for (int64_t p = 0; p < n; p += 16) __builtin_prefetch(r[q] + p, 0, 3);
+            for (int64_t col = 0; col < ldf; col += 32)
+                project_group(r, next, nr, n, Ft, ldf, col, xb ? xb + c * n : NULL, y + c * ldf, col == 0);
+        }
+    }
+}
+
 /* ---- The last layer in Gram form ------------------------------------------------------------
  * The last layer maps the chain's output h (batch, dk) to y = h WL^T + bL (batch, n) with n, the
  * number of points, ~1000 and dk ~16; its loss is |r|^2 with r = y - x. Every quantity the step
@@ -308,56 +427,68 @@ static inline v8d widen8(const float *p) {
     return __builtin_convertvector(f, v8d);
 }
 
-/* S (R, R) = A A^T for A (R, n) in float64: 4 x 4 blocks of rows on and above the diagonal, each a
-   pass over n with its 16 sums in registers (8 lanes each, added as a tree, then the tail in order);
-   mirrored below. */
-static void gram64(double *restrict S, const double *restrict A, int64_t R, int64_t n) {
+/* One 4 x 4 block of S = A A^T (rows i0.., columns j0..) for A (R, n) in float64: a pass over n with
+   its 16 sums in registers (8 lanes each, added as a tree, then the tail in order); mirrored. */
+static void gram_block(double *restrict S, const double *restrict A, int64_t R, int64_t n, int64_t i0, int64_t j0) {
     const int64_t full = n / 8 * 8;
-    for (int64_t i0 = 0; i0 < R; i0 += 4)
-        for (int64_t j0 = i0; j0 < R; j0 += 4) {
-            const double *a[4], *b[4];
-            for (int q = 0; q < 4; q++) {
-                a[q] = A + (i0 + q < R ? i0 + q : R - 1) * n;
-                b[q] = A + (j0 + q < R ? j0 + q : R - 1) * n;
-            }
-            v8d acc[4][4];
-            for (int q = 0; q < 4; q++)
-                for (int r = 0; r < 4; r++) acc[q][r] = splat8d(0.0);
-            for (int64_t p = 0; p < full; p += 8) {
-                v8d av[4], bv[4];
-                for (int q = 0; q < 4; q++) {
-                    av[q] = load8d(a[q] + p);
-                    bv[q] = load8d(b[q] + p);
-                }
-                for (int q = 0; q < 4; q++)
-                    for (int r = 0; r < 4; r++) acc[q][r] += av[q] * bv[r];
-            }
-            for (int q = 0; q < 4 && i0 + q < R; q++)
-                for (int r = 0; r < 4 && j0 + r < R; r++) {
-                    double d = hsum8d(acc[q][r]);
-                    for (int64_t p = full; p < n; p++) d += a[q][p] * b[r][p];
-                    S[(i0 + q) * R + j0 + r] = S[(j0 + r) * R + i0 + q] = d;
-                }
+    const double *a[4], *b[4];
+    for (int q = 0; q < 4; q++) {
+        a[q] = A + (i0 + q < R ? i0 + q : R - 1) * n;
+        b[q] = A + (j0 + q < R ? j0 + q : R - 1) * n;
+    }
+    v8d acc[4][4];
+    for (int q = 0; q < 4; q++)
+        for (int r = 0; r < 4; r++) acc[q][r] = splat8d(0.0);
+    for (int64_t p = 0; p < full; p += 8) {
+        v8d av[4], bv[4];
+        for (int q = 0; q < 4; q++) {
+            av[q] = load8d(a[q] + p);
+            bv[q] = load8d(b[q] + p);
+        }
+        for (int q = 0; q < 4; q++)
+            for (int r = 0; r < 4; r++) acc[q][r] += av[q] * bv[r];
+    }
+    for (int q = 0; q < 4 && i0 + q < R; q++)
+        for (int r = 0; r < 4 && j0 + r < R; r++) {
+            double d = hsum8d(acc[q][r]);
+            for (int64_t p = full; p < n; p++) d += a[q][p] * b[r][p];
+            S[(i0 + q) * R + j0 + r] = S[(j0 + r) * R + i0 + q] = d;
         }
 }
 
-/* PT (d0 + dk, n) = [W0; WL^T], so that x @ PT^T is the fused first product and PT's last dk rows are
-   WL^T (feature-major, for fae_gram_backward); S (dk + 1, dk + 1) = [WL bL]^T [WL bL] in float64 (M = WL^T WL
-   in its first dk rows and columns, wb = WL^T bL in row dk, bL . bL last). wide: scratch of (dk + 1) n
-   doubles. */
-void fae_gram_prepare(float *restrict PT, const float *restrict W0, const float *restrict WL,
-                      const float *restrict bL, int64_t n, int64_t d0, int64_t dk, double *restrict S,
-                      double *restrict wide) {
-    memcpy(PT, W0, sizeof(float) * d0 * n);
-    float *restrict WT = PT + d0 * n;
-    for (int64_t p = 0; p < n; p++)
-        for (int64_t j = 0; j < dk; j++) {
-            const float w = WL[p * dk + j];
-            WT[j * n + p] = w;
-            wide[j * n + p] = w;
+/* Ft (n, ldf) = [W0^T | WL | 0], the first product's right factor (fae_project; ldf a multiple of 32,
+   zero past d0 + dk); WT (dk, n) = WL^T (feature-major, for fae_gram_backward); S (dk + 1, dk + 1) =
+   [WL bL]^T [WL bL] in float64 (M = WL^T WL in its first dk rows and columns, wb = WL^T bL in row dk,
+   bL . bL last). wide: scratch of (dk + 1) n doubles. Threads: the copies on each thread's points,
+   then the 4 x 4 blocks of S on and above the diagonal dealt out. */
+void fae_gram_prepare(float *restrict Ft, int64_t ldf, float *restrict WT, const float *restrict W0,
+                      const float *restrict WL, const float *restrict bL, int64_t n, int64_t d0, int64_t dk,
+                      double *restrict S, double *restrict wide) {
+    const int64_t R = dk + 1, nb = (R + 3) / 4;
+#pragma omp parallel if (n >= PAR_MIN)
+    {
+        int64_t p0, p1;
+        share(n, 16, &p0, &p1);
+        for (int64_t p = p0; p < p1; p++) {
+            float *restrict row = Ft + p * ldf;
+            for (int64_t j = 0; j < d0; j++) row[j] = W0[j * n + p];
+            for (int64_t j = 0; j < dk; j++) {
+                const float w = WL[p * dk + j];
+                row[d0 + j] = w;
+                WT[j * n + p] = w;
+                wide[j * n + p] = w;
+            }
+            for (int64_t j = d0 + dk; j < ldf; j++) row[j] = 0.0f;
+            wide[dk * n + p] = bL[p];
         }
-    for (int64_t p = 0; p < n; p++) wide[dk * n + p] = bL[p];
-    gram64(S, wide, dk + 1, n);
+#pragma omp barrier
+#pragma omp for schedule(static)
+        for (int64_t blk = 0; blk < nb * (nb + 1) / 2; blk++) {
+            int64_t bi = 0, rest = blk; /* the blk-th block of the upper triangle, row by row */
+            while (rest >= nb - bi) rest -= nb - bi++;
+            gram_block(S, wide, R, n, 4 * bi, 4 * (bi + rest));
+        }
+    }
 }
 
 /* With y = x WL (batch rows ldy apart) and S from fae_gram_prepare: gk (dk, ld) feature-major =
@@ -404,50 +535,60 @@ double fae_gram_forward(int64_t batch, int64_t ld, int64_t dk, const float *rest
     return total + (double)batch * S[dk * R + dk];
 }
 
-/* With Z (dk + 1, n) = [h^T x; 1^T x] (rows 0..dk-1, then the column sums of x) and WT = WL^T (dk, n):
-   gWT (dk, n) = alpha (G WT + s bL^T - Z[0:dk]) (the transpose of d loss / d WL) and
-   gb (n) = alpha (s^T WT + batch bL - Z[dk]), where G = h h^T and s = h 1 over the batch (as dot() and
-   sum() sum them). float32 like the direct step's products; every loop runs along p. Returns
-   Z[dk] . bL in float64. h: (dk, ld). */
-double fae_gram_backward(int64_t batch, int64_t ld, int64_t dk, int64_t n, const float *restrict h,
-                         const float *restrict Z, const float *restrict WT, const float *restrict bL, float alpha,
-                         float *restrict gWT, float *restrict gb) {
-    float G[FAE_MAX_WIDTH * FAE_MAX_WIDTH], s[FAE_MAX_WIDTH];
-    weight_grad(G, h, h, dk, dk, batch, ld);
-    for (int64_t i = 0; i < dk; i++) s[i] = sum(h + i * ld, batch);
-    const float nb = (float)batch;
+/* The last layer's gradients for points [p0, p1) (p0 a multiple of 16): see fae_gram_backward. */
+static void gram_backward_points(int64_t p0, int64_t p1, int64_t dk, int64_t n, const float *restrict G,
+                                 const float *restrict s, float nb, const float *restrict Z,
+                                 const float *restrict WT, const float *restrict bL, float alpha,
+                                 float *restrict gW, float *restrict gb) {
     const float *restrict t = Z + dk * n;
-    const int64_t full = n / 16 * 16;
-    for (int64_t p = 0; p < full; p += 16) {
+    int64_t p = p0;
+    for (; p + 16 <= p1; p += 16) {
         const v16 b = load16(bL + p);
+        float tile[FAE_MAX_WIDTH][16];
         for (int64_t j = 0; j < dk; j++) {
             v16 acc = splat16(s[j]) * b - load16(Z + j * n + p);
             for (int64_t i = 0; i < dk; i++) acc += splat16(G[i * dk + j]) * load16(WT + i * n + p);
-            store16(gWT + j * n + p, acc * splat16(alpha));
+            store16(tile[j], acc * splat16(alpha));
         }
+        for (int l = 0; l < 16; l++) /* gW is (n, dk), torch's layout: the tile goes in transposed */
+            for (int64_t j = 0; j < dk; j++) gW[(p + l) * dk + j] = tile[j][l];
         v16 g = splat16(nb) * b - load16(t + p);
         for (int64_t i = 0; i < dk; i++) g += splat16(s[i]) * load16(WT + i * n + p);
         store16(gb + p, g * splat16(alpha));
     }
-    for (int64_t p = full; p < n; p++) {
+    for (; p < p1; p++) {
         for (int64_t j = 0; j < dk; j++) {
             float acc = s[j] * bL[p] - Z[j * n + p];
             for (int64_t i = 0; i < dk; i++) acc += G[i * dk + j] * WT[i * n + p];
-            gWT[j * n + p] = acc * alpha;
+            gW[p * dk + j] = acc * alpha;
         }
         float g = nb * bL[p] - t[p];
         for (int64_t i = 0; i < dk; i++) g += s[i] * WT[i * n + p];
         gb[p] = g * alpha;
     }
+}
+
+/* With Z (dk + 1, n) = [h^T x; 1^T x] (rows 0..dk-1, then the column sums of x) and WT = WL^T (dk, n):
+   gW (n, dk) = alpha (WT^T G + bL s^T - Z[0:dk]^T) = d loss / d WL and
+   gb (n) = alpha (s^T WT + batch bL - Z[dk]), where G = h h^T and s = h 1 over the batch (as dot() and
+   sum() sum them). float32 like the direct step's products; every loop runs along p, each thread on
+   its share of the points. Returns Z[dk] . bL in float64. h: (dk, ld). */
+double fae_gram_backward(int64_t batch, int64_t ld, int64_t dk, int64_t n, const float *restrict h,
+                         const float *restrict Z, const float *restrict WT, const float *restrict bL, float alpha,
+                         float *restrict gW, float *restrict gb) {
+    float G[FAE_MAX_WIDTH * FAE_MAX_WIDTH], s[FAE_MAX_WIDTH];
+    weight_grad(G, h, h, dk, dk, batch, ld);
+    for (int64_t i = 0; i < dk; i++) s[i] = sum(h + i * ld, batch);
+#pragma omp parallel if (n >= PAR_MIN)
+    {
+        int64_t p0, p1;
+        share(n, 16, &p0, &p1);
+        gram_backward_points(p0, p1, dk, n, G, s, (float)batch, Z, WT, bL, alpha, gW, gb);
+    }
+    const float *restrict t = Z + dk * n;
     double tb = 0.0;
     for (int64_t p = 0; p < n; p++) tb += (double)t[p] * bL[p];
     return tb;
-}
-
-/* dst (n, dk) = src^T for src (dk, n). */
-void fae_transpose(float *restrict dst, const float *restrict src, int64_t dk, int64_t n) {
-    for (int64_t p = 0; p < n; p++)
-        for (int64_t j = 0; j < dk; j++) dst[p * dk + j] = src[j * n + p];
 }
 
 /* sum x^2 over n floats, each square exact in float64 and summed in float64 (32 lanes, then as a tree). */
@@ -466,6 +607,7 @@ double fae_sumsq(const float *restrict x, int64_t n) {
 
 /* out[r] = fae_sumsq of row r of x (rows, n): the squared norms of a training set, computed once. */
 void fae_row_sumsq(const float *restrict x, int64_t rows, int64_t n, double *restrict out) {
+#pragma omp parallel for schedule(static) if (rows >= PAR_MIN)
     for (int64_t r = 0; r < rows; r++) out[r] = fae_sumsq(x + r * n, n);
 }
 
