@@ -128,14 +128,18 @@ class NativeMLPStep(MLPStep):
             (ctypes.c_int32 * len(dims))(*[ACT_CODES[layer.act] for layer in self.chain[:-1]]),
         )
         self.row_sumsq: Tensor | None = None  # |x_r|^2 of the training set given to bind()
+        self.bound: tuple[int, tuple[int, ...]] | None = None  # that tensor's data pointer and shape
         self.exact_losses = 0  # steps whose loss the Gram form could not give to EXACT_LOSS_BELOW's accuracy
         self.projected: Tensor | None = None  # the batch gather() returned, its first product already made
+        self.projected_xx: float | None = None  # and its |x|^2, where gather() read a bound training set
 
     def bind(self, x_train: Tensor) -> None:
-        """Squared norms of the training curves, once (~10 ms per 100,000 x 1000), for the Gram form's loss."""
+        """Squared norms of the training curves, once (~10 ms per 100,000 x 1000), for the Gram form's loss:
+        per batch, |x|^2 is then a sum over its rows (a pass over the batch costs ~23 us)."""
         x_train = x_train.contiguous()
         self.row_sumsq = torch.empty(x_train.shape[0], dtype=torch.float64)
         self.lib.fae_row_sumsq(x_train.data_ptr(), *x_train.shape, self.row_sumsq.data_ptr())
+        self.bound = (x_train.data_ptr(), tuple(x_train.shape))
 
     def gather(self, x_train: Tensor, rows: Tensor, out: Tensor) -> Tensor:
         """The batch, and for the Gram form its first product in the same pass over the rows (mlp.c,
@@ -143,12 +147,13 @@ class NativeMLPStep(MLPStep):
         if self.t.noise.kind != "none" or x_train.dtype != torch.float32:  # the direct form reads the corrupted input
             return super().gather(x_train, rows, out)
         x_train, rows = x_train.contiguous(), rows.contiguous()
+        bound = self.bound == (x_train.data_ptr(), tuple(x_train.shape))
         self._prepare(x_train.shape[1])
-        self.lib.fae_project(
+        xx = self.lib.fae_project(
             x_train.data_ptr(), rows.data_ptr(), rows.shape[0], x_train.shape[1], self.fused.data_ptr(), self.ldf,
-            out.data_ptr(), self.fused_out.data_ptr(),
+            out.data_ptr(), self.fused_out.data_ptr(), self.row_sumsq.data_ptr() if bound else None,
         )  # fmt: skip
-        self.projected = out
+        self.projected, self.projected_xx = out, xx if bound else None
         return out
 
     def _prepare(self, n_points: int) -> None:
@@ -160,33 +165,32 @@ class NativeMLPStep(MLPStep):
         )  # fmt: skip
 
     @torch.no_grad()
-    def __call__(
-        self, x_in: Tensor, x: Tensor, kl_weight: float, gen: torch.Generator | None, rows: Tensor | None = None
-    ) -> StepLosses:
+    def __call__(self, x_in: Tensor, x: Tensor, kl_weight: float, gen: torch.Generator | None) -> StepLosses:
         x = x.contiguous()
         nb, n_points = x.shape
         plan = self._plan(nb)
         divisor, const = self.squared(nb, n_points, self.t)
         alpha = 2.0 / divisor  # d loss / d output = alpha * residual
         if x_in is x:  # an autoencoder's own input as the target: the Gram form shares the products over x
-            sq = self._gram_step(plan, x, rows, alpha)
+            sq = self._gram_step(plan, x, alpha)
         else:
             sq = self._direct_step(plan, x_in.contiguous(), x, alpha)
         recon = _float32_scalar(sq / divisor + const)
         return StepLosses(recon, recon, self._zero, self._penalize(plan, recon))
 
-    def _gram_step(self, plan: list[Planned], x: Tensor, rows: Tensor | None, alpha: float) -> float:
+    def _gram_step(self, plan: list[Planned], x: Tensor, alpha: float) -> float:
         """Two products over x (see mlp.c, "The last layer in Gram form"); the output is never formed.
         Returns the batch's sum of squared residuals."""
         nb, n_points = x.shape
         first, last = plan[0], plan[-1]
         dims, weights, biases, h, grad_weights, grad_biases, acts = self.args
         lib, ld, d0, dk, ptr = self.lib, self.batch, self.d0, self.dk, Tensor.data_ptr
+        xx = None
         if self.projected is x:  # gather() made the first product (and the Gram matrix) with this batch
-            self.projected = None
+            self.projected, xx = None, self.projected_xx
         else:
             self._prepare(n_points)
-            lib.fae_project(ptr(x), None, nb, n_points, ptr(self.fused), self.ldf, None, ptr(self.fused_out))
+            lib.fae_project(ptr(x), None, nb, n_points, ptr(self.fused), self.ldf, None, ptr(self.fused_out), None)
         y = self.fused_out
         lib.fae_chain_forward(self.k, nb, ld, dims, weights, biases, h, acts, ptr(y), self.ldf, ptr(first.bias))
         hk = ptr(self.stack)
@@ -198,13 +202,10 @@ class NativeMLPStep(MLPStep):
         torch.mm(self.stack[:, :nb], x, out=self.z)
         tb = lib.fae_gram_backward(
             nb, ld, dk, n_points, hk, ptr(self.z), ptr(self.last_t), ptr(last.bias), alpha,
-            ptr(last.grad_weight), ptr(last.grad_bias),
+            ptr(last.grad_weight), ptr(last.grad_bias), d0, ptr(first.grad_weight),
         )  # fmt: skip
-        first.grad_weight.copy_(self.z[dk + 1 :])
-        if rows is None or self.row_sumsq is None:
+        if xx is None:  # not a batch of the bound training set: a pass over it
             xx = lib.fae_sumsq(ptr(x), x.numel())
-        else:  # |x|^2 from the bound training set's row norms (a pass over x costs ~23 us)
-            xx = lib.fae_sum_at(ptr(self.row_sumsq), ptr(rows.contiguous()), nb)
         sq = s_h - 2.0 * tb + xx
         if sq < EXACT_LOSS_BELOW * xx:  # the terms cancelled to a few digits: form the output after all
             torch.addmm(last.bias, self.h[-1][:, :nb].t(), last.weight_t, out=last.out)

@@ -1,6 +1,6 @@
 """One training step: forward, loss and gradients into the flat gradient buffer.
 
-Two implementations of `Step`, `step(x_in, x, kl_weight, gen, rows=None) -> StepLosses`:
+Two implementations of `Step`, `step(x_in, x, kl_weight, gen) -> StepLosses`:
 
 - `AutogradStep`: any model, any loss, through autograd.
 - `MLPStep`: a hand-written forward and backward for plain MLP autoencoders (linear layers with
@@ -39,22 +39,21 @@ class StepLosses(NamedTuple):
 
 
 class Step:
-    """The interface of a training step. `rows`, where given, are the indices of x's rows in the tensor
-    last passed to `bind` (the training set); a step may use them for per-row values it computed once."""
+    """The interface of a training step. The trainer binds the training set once, then per batch calls
+    `gather` and the step on what it returned."""
 
     name: str
 
     def bind(self, x_train: Tensor) -> None:
-        """Called once before training with the tensor every batch is gathered from."""
+        """Called once before training with the tensor every batch is gathered from; a step may compute
+        per-row values there once (the native step: squared row norms)."""
 
     def gather(self, x_train: Tensor, rows: Tensor, out: Tensor) -> Tensor:
         """The batch x_train[rows], written into `out`; the trainer passes what this returns to the step.
         A step may start its work in the same pass over the rows (the native step does)."""
         return torch.index_select(x_train, 0, rows, out=out)
 
-    def __call__(
-        self, x_in: Tensor, x: Tensor, kl_weight: float, gen: torch.Generator | None, rows: Tensor | None = None
-    ) -> StepLosses:
+    def __call__(self, x_in: Tensor, x: Tensor, kl_weight: float, gen: torch.Generator | None) -> StepLosses:
         raise NotImplementedError
 
 
@@ -65,9 +64,7 @@ class AutogradStep(Step):
         self.model, self.t, self.flat = model, t, flat
         self.batch_loss = BATCH_LOSSES[t.loss]
 
-    def __call__(
-        self, x_in: Tensor, x: Tensor, kl_weight: float, gen: torch.Generator | None, rows: Tensor | None = None
-    ) -> StepLosses:
+    def __call__(self, x_in: Tensor, x: Tensor, kl_weight: float, gen: torch.Generator | None) -> StepLosses:
         o = self.model(x_in, gen)
         recon = self.batch_loss(o.recon, x, self.t)
         kl = o.kl.mean() if o.kl is not None else torch.zeros((), device=x.device)
@@ -181,9 +178,7 @@ class MLPStep(Step):
         return self._short[rows]
 
     @torch.no_grad()
-    def __call__(
-        self, x_in: Tensor, x: Tensor, kl_weight: float, gen: torch.Generator | None, rows: Tensor | None = None
-    ) -> StepLosses:
+    def __call__(self, x_in: Tensor, x: Tensor, kl_weight: float, gen: torch.Generator | None) -> StepLosses:
         nb, n_points = x.shape
         plan = self._plan(nb)
         h = x_in

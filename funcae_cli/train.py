@@ -322,7 +322,7 @@ class Trainer:
                 lr = self.opt.lr = schedule(t.scheduler, t.lr, gstep, epoch, self.total_steps)
                 idx = perm[step * self.batch : (step + 1) * self.batch]
                 x = self.step.gather(x_train, idx, xbuf[: idx.shape[0]])  # (batch, n_points)
-                out = self.step(self.corrupt(x, t.noise, self.noise_gen), x, kl_w, self.noise_gen, rows=idx)
+                out = self.step(self.corrupt(x, t.noise, self.noise_gen), x, kl_w, self.noise_gen)
                 if (step + 1) % self.check_every == 0 or step == self.steps_per_epoch - 1:
                     if not math.isfinite(out.total.item()):
                         raise DivergedError(

@@ -185,15 +185,22 @@ def test_a_nan_in_an_autoencoders_own_input_reaches_the_gram_form_loss() -> None
 
 @needs_compiler
 def test_bound_row_norms_give_the_loss_a_pass_over_the_batch_gives() -> None:
+    """gather() from the bound training set sums the batch's |x|^2 from its row norms; from another
+    tensor (not bound), or a batch the step is handed directly, it makes the pass over the batch."""
     _, fast, _, _ = _pair(_cfg(), step=NativeMLPStep)
     x_train = torch.randn(50, 20, generator=torch.Generator().manual_seed(1))
     rows = torch.tensor([4, 17, 0, 49, 23, 8, 31, 12, 40, 2, 9, 33, 27, 45, 6, 19])
     x = x_train[rows]
     without = fast(x, x, 1.0, None).loss
     fast.bind(x_train)
-    with_rows = fast(x, x, 1.0, None, rows=rows).loss
-    torch.testing.assert_close(with_rows, without, rtol=1e-6, atol=0)
     torch.testing.assert_close(fast.row_sumsq, x_train.double().square().sum(1), rtol=1e-12, atol=0)
+    xb = fast.gather(x_train, rows, torch.empty(16, 20))
+    assert fast.projected_xx == pytest.approx(float(x.double().square().sum()), rel=1e-12)
+    torch.testing.assert_close(fast(xb, xb, 1.0, None).loss, without, rtol=1e-6, atol=0)
+    other = x_train.clone()  # same values, not the bound tensor
+    xb = fast.gather(other, rows, torch.empty(16, 20))
+    assert fast.projected_xx is None
+    torch.testing.assert_close(fast(xb, xb, 1.0, None).loss, without, rtol=1e-6, atol=0)
 
 
 @needs_compiler
@@ -256,7 +263,7 @@ def test_threaded_step_is_the_same_bits_on_one_and_two_threads(corrupted: bool) 
             rows = torch.arange(50, 250)
             fast.bind(x_train)
             xb = fast.gather(x_train, rows, torch.empty(256, 130)[:200])  # the trainer's path
-            b = fast(x_in if corrupted else xb, xb, 1.0, None, rows=rows)
+            b = fast(x_in if corrupted else xb, xb, 1.0, None)
             results.append((b.loss.clone(), fb.grad.clone()))
             a = ref(x_in, x, 1.0, None)
             torch.testing.assert_close(b.loss, a.loss, rtol=1e-5, atol=1e-6)
@@ -280,10 +287,12 @@ def test_project_gathers_the_rows_and_makes_the_first_product(batch, n_points, l
     Ft = torch.randn(n_points, ldf, generator=gen)
     idx = torch.randperm(500, generator=gen)[:batch] if gathered else torch.arange(batch)
     xb, y = torch.full((batch, n_points), float("nan")), torch.empty(batch, ldf)
-    lib.fae_project(
+    norms = X.double().square().sum(1)
+    xx = lib.fae_project(
         X.data_ptr(), idx.data_ptr() if gathered else None, batch, n_points, Ft.data_ptr(), ldf,
-        xb.data_ptr() if gathered else None, y.data_ptr(),
+        xb.data_ptr() if gathered else None, y.data_ptr(), norms.data_ptr(),
     )  # fmt: skip
+    assert xx == pytest.approx(float(norms[idx].sum()), rel=1e-12)
     exact = (X[idx].double() @ Ft.double()).float()
     torch.testing.assert_close(y, exact, rtol=1e-5, atol=1e-4)
     if gathered:

@@ -44,13 +44,12 @@ SIGNATURES: dict[str, tuple[list, type | None]] = {
     "fae_chain_backward": ([_I32, _I64, _I64, _P, _P, _P, _P, _P, _P, _P, _I64, _I64, _P, _P, _P], None),
     "fae_residual": ([_P, _P, _I64, _I64, _P, _F], _D),
     "fae_gram_prepare": ([_P, _I64, _P, _P, _P, _P, _I64, _I64, _I64, _P, _P], None),
-    "fae_project": ([_P, _P, _I64, _I64, _P, _I64, _P, _P], None),
+    "fae_project": ([_P, _P, _I64, _I64, _P, _I64, _P, _P, _P], _D),
     "fae_gram_forward": ([_I64, _I64, _I64, _P, _P, _I64, _P, _F, _P], _D),
-    "fae_gram_backward": ([_I64, _I64, _I64, _I64, _P, _P, _P, _P, _F, _P, _P], _D),
+    "fae_gram_backward": ([_I64, _I64, _I64, _I64, _P, _P, _P, _P, _F, _P, _P, _I64, _P], _D),
     "fae_sumsq": ([_P, _I64], _D),
     "fae_sse": ([_P, _P, _I64], _D),
     "fae_row_sumsq": ([_P, _I64, _I64, _P], None),
-    "fae_sum_at": ([_P, _P, _I64], _D),
 }
 
 

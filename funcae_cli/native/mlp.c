@@ -318,7 +318,9 @@ double fae_residual(float *restrict y, const float *restrict x, int64_t batch, i
  * columns on 2 cores. Rows go in groups of 8; per point p, each row's x[p] is broadcast against Ft's
  * row p (two vectors of 16 columns): 16 sums in registers, each a y entry summed over p in order
  * within blocks of PROJECT_BLOCK points, the blocks then added in order.
- * idx NULL: X's rows in order; xb NULL: no copy. Threads: rows dealt out (the same bits on any number). */
+ * idx NULL: X's rows in order; xb NULL: no copy. Returns the sum of norms[idx[c]] (X's squared row norms,
+ * computed once by fae_row_sumsq), or 0 with norms NULL. Threads: rows dealt out (the same bits on any
+ * number). */
 #define GROUP 8
 #define PROJECT_BLOCK 128 /* points summed in registers before they join the total: shorter float32 sums */
 
@@ -367,8 +369,9 @@ static void project_group(const float *const *r, const float *const *next, int64
     }
 }
 
-void fae_project(const float *restrict X, const int64_t *restrict idx, int64_t batch, int64_t n,
-                 const float *restrict Ft, int64_t ldf, float *restrict xb, float *restrict y) {
+double fae_project(const float *restrict X, const int64_t *restrict idx, int64_t batch, int64_t n,
+                   const float *restrict Ft, int64_t ldf, float *restrict xb, float *restrict y,
+                   const double *restrict norms) {
 #pragma omp parallel if (batch >= PAR_MIN)
     {
         int64_t c0, c1;
@@ -389,6 +392,10 @@ void fae_project(const float *restrict X, const int64_t *restrict idx, int64_t b
                 project_group(r, next, nr, n, Ft, ldf, col, xb ? xb + c * n : NULL, y + c * ldf, col == 0);
         }
     }
+    double xx = 0.0; /* the batch's |x|^2 from X's row norms, in row order */
+    if (norms)
+        for (int64_t c = 0; c < batch; c++) xx += norms[idx ? idx[c] : c];
+    return xx;
 }
 
 /* ---- The last layer in Gram form ------------------------------------------------------------
@@ -539,8 +546,9 @@ double fae_gram_forward(int64_t batch, int64_t ld, int64_t dk, const float *rest
 static void gram_backward_points(int64_t p0, int64_t p1, int64_t dk, int64_t n, const float *restrict G,
                                  const float *restrict s, float nb, const float *restrict Z,
                                  const float *restrict WT, const float *restrict bL, float alpha,
-                                 float *restrict gW, float *restrict gb) {
+                                 float *restrict gW, float *restrict gb, int64_t d0, float *restrict gW0) {
     const float *restrict t = Z + dk * n;
+    for (int64_t j = 0; j < d0; j++) memcpy(gW0 + j * n + p0, t + (1 + j) * n + p0, sizeof(float) * (p1 - p0));
     int64_t p = p0;
     for (; p + 16 <= p1; p += 16) {
         const v16 b = load16(bL + p);
@@ -568,14 +576,15 @@ static void gram_backward_points(int64_t p0, int64_t p1, int64_t dk, int64_t n, 
     }
 }
 
-/* With Z (dk + 1, n) = [h^T x; 1^T x] (rows 0..dk-1, then the column sums of x) and WT = WL^T (dk, n):
+/* With Z (dk + 1 + d0, n) = [h^T x; 1^T x; g0^T x] (rows 0..dk-1, the column sums of x, then the first
+   layer's weight gradient, copied to gW0 (d0, n)) and WT = WL^T (dk, n):
    gW (n, dk) = alpha (WT^T G + bL s^T - Z[0:dk]^T) = d loss / d WL and
    gb (n) = alpha (s^T WT + batch bL - Z[dk]), where G = h h^T and s = h 1 over the batch (as dot() and
    sum() sum them). float32 like the direct step's products; every loop runs along p, each thread on
    its share of the points. Returns Z[dk] . bL in float64. h: (dk, ld). */
 double fae_gram_backward(int64_t batch, int64_t ld, int64_t dk, int64_t n, const float *restrict h,
                          const float *restrict Z, const float *restrict WT, const float *restrict bL, float alpha,
-                         float *restrict gW, float *restrict gb) {
+                         float *restrict gW, float *restrict gb, int64_t d0, float *restrict gW0) {
     float G[FAE_MAX_WIDTH * FAE_MAX_WIDTH], s[FAE_MAX_WIDTH];
     weight_grad(G, h, h, dk, dk, batch, ld);
     for (int64_t i = 0; i < dk; i++) s[i] = sum(h + i * ld, batch);
@@ -583,7 +592,7 @@ double fae_gram_backward(int64_t batch, int64_t ld, int64_t dk, int64_t n, const
     {
         int64_t p0, p1;
         share(n, 16, &p0, &p1);
-        gram_backward_points(p0, p1, dk, n, G, s, (float)batch, Z, WT, bL, alpha, gW, gb);
+        gram_backward_points(p0, p1, dk, n, G, s, (float)batch, Z, WT, bL, alpha, gW, gb, d0, gW0);
     }
     const float *restrict t = Z + dk * n;
     double tb = 0.0;
@@ -609,13 +618,6 @@ double fae_sumsq(const float *restrict x, int64_t n) {
 void fae_row_sumsq(const float *restrict x, int64_t rows, int64_t n, double *restrict out) {
 #pragma omp parallel for schedule(static) if (rows >= PAR_MIN)
     for (int64_t r = 0; r < rows; r++) out[r] = fae_sumsq(x + r * n, n);
-}
-
-/* sum of v[idx[c]] for c < k, in order. */
-double fae_sum_at(const double *restrict v, const int64_t *restrict idx, int64_t k) {
-    double s = 0.0;
-    for (int64_t c = 0; c < k; c++) s += v[idx[c]];
-    return s;
 }
 
 /* sum (y - x)^2 over n floats, each difference rounded to float32 (as r = y - x in torch), squared and
