@@ -332,9 +332,9 @@ def render(rows: list[Row], info: dict[str, str], argv: list[str]) -> str:
         f"Reproduce: `make bench` (this file came from `python -m benchmarks.run {' '.join(argv)}`).",
         "Each row runs both sides back to back (row 1: each side in a fresh process), alternating where it"
         " repeats; times are medians of the repeats.",
-        "On a shared 2-core VM single rows vary between runs (seen on 2026-11-22: row 1 24-30x, row 2 2.7-3.3x"
-        " with the Gram-form step, 2.1-3.4x before it, row 3 22-25x); compare ratios from one run, not timings"
-        " across runs.",
+        "On a shared 2-core VM single rows vary between runs (seen on 2026-11-22: row 1 24-30x, row 2 3.6-4.0x"
+        " with the gather and first product in one pass, 2.7-3.3x before it, row 3 22-25x); compare ratios from"
+        " one run, not timings across runs.",
         "",
         "| row | funcae | notebook-style | ratio | target |",
         "| --- | --- | --- | --- | --- |",
