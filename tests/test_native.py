@@ -332,3 +332,10 @@ def test_a_denoising_step_gathers_with_torch() -> None:
     rows = torch.arange(0, 40, 2)[:16]
     assert torch.equal(step.gather(x_train, rows, torch.empty(16, 20)), x_train[rows])
     assert step.projected is None
+
+
+@needs_compiler
+def test_gather_refuses_more_rows_than_the_steps_buffers_hold() -> None:
+    _, step, _, _ = _pair(_cfg(), n_points=20, batch=16, step=NativeMLPStep)
+    with pytest.raises(ValueError, match="17 rows; this step's buffers hold 16"):
+        step.gather(torch.randn(40, 20), torch.arange(17), torch.empty(17, 20))

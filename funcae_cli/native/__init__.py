@@ -6,17 +6,17 @@ machine without a compiler trains exactly as before, only slower (`funcae train`
 
 The shared object is built with `$CC` (default `cc`) and `-march=native`, so it is cached per CPU:
 `<cache>/native-<key>.so`, where the key hashes the source, the flags, the compiler and the CPU's
-feature flags (a home directory shared by different machines gets one file per machine).
+feature flags (a home directory shared by different machines gets one file per machine). The
+cache is `$FUNCAE_CACHE_DIR`, else `$XDG_CACHE_HOME/funcae`, else `~/.cache/funcae`. The compile
+(~0.3 s) writes a temporary file in that folder and renames it into place, so concurrent runs
+never load a half-written library.
 
 Threads: where torch's own OpenMP runtime (libgomp, as in torch's Linux wheels) is already in the
 process, the kernels are built with `-fopenmp`; the loader then binds them to that same runtime by
 its soname, so they run on torch's thread pool (`torch.set_num_threads` sets both) and no second
 pool competes for the cores. Anywhere else (another runtime, no runtime, a compiler without
 OpenMP, or `FUNCAE_NATIVE_THREADS=0`) they are built single-threaded; the results are the same bits
-either way (mlp.c, "Threads"). The
-cache is `$FUNCAE_CACHE_DIR`, else `$XDG_CACHE_HOME/funcae`, else `~/.cache/funcae`. The compile
-(~0.3 s) writes a temporary file in that folder and renames it into place, so concurrent runs
-never load a half-written library.
+either way (mlp.c, "Threads").
 """
 
 from __future__ import annotations

@@ -3,8 +3,10 @@
  * An AE on curves is wide at both ends (n_points) and narrow in the middle (hidden widths of 16-32,
  * a latent of 2). torch runs the wide products well (MKL, both cores); the narrow ones are ~40 tiny
  * operations per step whose cost is dispatch, not arithmetic. These functions do the whole narrow
- * chain, forward and backward, in one call each. funcae_cli/native/__init__.py compiles this file on
- * first use (cc -O3 -march=native -fno-trapping-math) and funcae_cli/native_step.py drives it.
+ * chain, forward and backward, in one call each; the last layer in Gram form; and the first product
+ * together with the batch's gather (fae_project), one pass over the rows where torch makes two.
+ * funcae_cli/native/__init__.py compiles this file on first use (cc -O3 -march=native
+ * -fno-trapping-math, -fopenmp where torch's libgomp is loaded) and funcae_cli/native_step.py drives it.
  *
  * Layout: float32, row-major. Inside the chain, activations are feature-major: h[j] is (dims[j], ld)
  * and columns [0, batch) hold the batch, so every inner loop runs along the batch (long, contiguous,
