@@ -339,3 +339,27 @@ def test_gather_refuses_more_rows_than_the_steps_buffers_hold() -> None:
     _, step, _, _ = _pair(_cfg(), n_points=20, batch=16, step=NativeMLPStep)
     with pytest.raises(ValueError, match="17 rows; this step's buffers hold 16"):
         step.gather(torch.randn(40, 20), torch.arange(17), torch.empty(17, 20))
+
+
+@needs_compiler
+def test_a_compiler_without_openmp_builds_single_threaded_kernels(
+    fresh_native: Path, tmp_path: Path, monkeypatch
+) -> None:
+    cc = tmp_path / "cc-without-openmp"
+    cc.write_text(
+        "#!/bin/sh\n"
+        'for a in "$@"; do [ "$a" = -fopenmp ] && { echo "unsupported option -fopenmp" >&2; exit 1; }; done\n'
+        'exec cc "$@"\n'
+    )
+    cc.chmod(0o755)
+    monkeypatch.setenv("CC", str(cc))
+    lib = native.kernels()
+    assert not lib.threaded and lib.fae_threads() == 1
+    assert [p.name for p in fresh_native.iterdir()] == [native.library_path(False).name]
+
+
+@needs_compiler
+def test_native_threads_can_be_turned_off(fresh_native: Path, monkeypatch) -> None:
+    monkeypatch.setenv("FUNCAE_NATIVE_THREADS", "0")
+    lib = native.kernels()
+    assert not lib.threaded and lib.fae_threads() == 1
