@@ -2,9 +2,9 @@
 
 `MLPStep` runs every layer through torch. For a curve AE that is five wide products (n_points in
 or out, MKL on all cores) and ~40 tiny ones between them (hidden widths of 16, a latent of 2),
-whose cost on the CPU is dispatch: ~6 us each, whatever their size. `NativeMLPStep` keeps the wide
-products in torch and hands everything between them to funcae_cli/native/mlp.c: one call forward
-through the chain, one backward.
+whose cost on the CPU is dispatch: ~6 us each, whatever their size. `NativeMLPStep` hands everything
+between the wide products to funcae_cli/native/mlp.c: one call forward through the chain, one
+backward. The wide products stay in torch, except the Gram form's first one (below).
 
 When the target is the input itself (an AE without input noise), the last layer runs in Gram form
 (mlp.c, "The last layer in Gram form"): its gradients and loss are written as products of x with

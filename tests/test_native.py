@@ -227,49 +227,50 @@ def test_the_gram_form_computes_the_loss_directly_when_its_terms_cancel() -> Non
     assert fast.exact_losses == 1
 
 
+@pytest.fixture
+def keep_threads():
+    """torch's thread count (and so the kernels'), restored after a test that sets it."""
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
 @needs_compiler
-def test_threaded_kernels_run_on_torchs_thread_pool() -> None:
+def test_threaded_kernels_run_on_torchs_thread_pool(keep_threads) -> None:
     """Built with OpenMP where torch's libgomp is loaded; then torch.set_num_threads sets the kernels'
     threads too (one runtime, one pool: a second runtime would keep its own count)."""
     lib = native.kernels()
     if not lib.threaded:
         pytest.skip("single-threaded build: this process has no libgomp (torch built with another runtime)")
-    before = torch.get_num_threads()
-    try:
-        for n in (1, 2, 3):
-            torch.set_num_threads(n)
-            assert lib.fae_threads() == n
-    finally:
-        torch.set_num_threads(before)
+    for n in (1, 2, 3):
+        torch.set_num_threads(n)
+        assert lib.fae_threads() == n
 
 
 @needs_compiler
 @pytest.mark.parametrize("corrupted", [False, True], ids=["x->x", "noisy->x"])  # the Gram and direct forms
-def test_threaded_step_is_the_same_bits_on_one_and_two_threads(corrupted: bool) -> None:
+def test_threaded_step_is_the_same_bits_on_one_and_two_threads(corrupted: bool, keep_threads) -> None:
     """Large enough for the kernels to split the batch and the points over threads (>= 64 each), with
-    tails: 200 curves (shares of 112 and 88) and 130 points. The split is over independent outputs
-    only, so one thread and two give the same bits; both equal autograd."""
+    tails: 200 curves (fae_project's shares of 104 and 96) and 130 points (fae_gram_backward's 80 and
+    50). The split is over independent outputs only, so one thread and two give the same bits; both
+    equal autograd."""
     cfg = _cfg("model.hidden=[16,16,16]")
     gen = torch.Generator().manual_seed(7)
     x = torch.randn(200, 130, generator=gen)
     x_in = x + 0.1 * torch.randn(200, 130, generator=gen) if corrupted else x
-    before = torch.get_num_threads()
     results = []
-    try:
-        for threads in (1, 2):
-            torch.set_num_threads(threads)
-            ref, fast, fa, fb = _pair(cfg, n_points=130, batch=256, step=NativeMLPStep)
-            x_train = torch.cat([torch.randn(50, 130, generator=torch.Generator().manual_seed(8)), x])
-            rows = torch.arange(50, 250)
-            fast.bind(x_train)
-            xb = fast.gather(x_train, rows, torch.empty(256, 130)[:200])  # the trainer's path
-            b = fast(x_in if corrupted else xb, xb, 1.0, None)
-            results.append((b.loss.clone(), fb.grad.clone()))
-            a = ref(x_in, x, 1.0, None)
-            torch.testing.assert_close(b.loss, a.loss, rtol=1e-5, atol=1e-6)
-            torch.testing.assert_close(fb.grad, fa.grad, rtol=1e-4, atol=1e-6)
-    finally:
-        torch.set_num_threads(before)
+    for threads in (1, 2):
+        torch.set_num_threads(threads)
+        ref, fast, fa, fb = _pair(cfg, n_points=130, batch=256, step=NativeMLPStep)
+        x_train = torch.cat([torch.randn(50, 130, generator=torch.Generator().manual_seed(8)), x])
+        rows = torch.arange(50, 250)
+        fast.bind(x_train)
+        xb = fast.gather(x_train, rows, torch.empty(256, 130)[:200])  # the trainer's path
+        b = fast(x_in if corrupted else xb, xb, 1.0, None)
+        results.append((b.loss.clone(), fb.grad.clone()))
+        a = ref(x_in, x, 1.0, None)
+        torch.testing.assert_close(b.loss, a.loss, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(fb.grad, fa.grad, rtol=1e-4, atol=1e-6)
     (loss1, grad1), (loss2, grad2) = results
     assert torch.equal(loss1, loss2)
     assert torch.equal(grad1, grad2), (grad1 - grad2).abs().max()

@@ -71,10 +71,15 @@ def compiler() -> list[str]:
     return shlex.split(os.environ.get("CC") or "cc")
 
 
+def _turned_off(var: str) -> bool:
+    """Whether the environment switches `var` off (0, false, no or off; unset means on)."""
+    return os.environ.get(var, "1").strip().lower() in ("0", "false", "no", "off")
+
+
 def _torch_libgomp() -> bool:
     """Whether the process already maps a libgomp (torch's OpenMP runtime on Linux): only then does a
     -fopenmp build join an existing thread pool instead of starting its own."""
-    if os.environ.get("FUNCAE_NATIVE_THREADS", "1").strip().lower() in ("0", "false", "no", "off"):
+    if _turned_off("FUNCAE_NATIVE_THREADS"):
         return False
     try:
         maps = Path("/proc/self/maps").read_text()
@@ -137,7 +142,7 @@ def _build(threads: bool) -> ctypes.CDLL:
 
 
 def _load() -> ctypes.CDLL:
-    if os.environ.get("FUNCAE_NATIVE", "1").strip().lower() in ("0", "false", "no", "off"):
+    if _turned_off("FUNCAE_NATIVE"):
         raise NativeUnavailable("turned off by FUNCAE_NATIVE=0")
     threads = _torch_libgomp()
     try:

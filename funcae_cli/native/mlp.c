@@ -326,6 +326,17 @@ double fae_residual(float *restrict y, const float *restrict x, int64_t batch, i
 #define GROUP 8
 #define PROJECT_BLOCK 128 /* points summed in registers before they join the total: shorter float32 sums */
 
+/* acc[q] += x_q[u] * Ft[u, col..col+32) for the group's rows q: one point of project_group. */
+static inline void project_point(v16 acc[GROUP][2], const float *const *r, const float *restrict Ft, int64_t ldf,
+                                 int64_t col, int64_t u) {
+    const v16 f0 = load16(Ft + u * ldf + col), f1 = load16(Ft + u * ldf + col + 16);
+    for (int q = 0; q < GROUP; q++) {
+        const v16 xs = splat16(r[q][u]);
+        acc[q][0] += xs * f0;
+        acc[q][1] += xs * f1;
+    }
+}
+
 static void project_group(const float *const *r, const float *const *next, int64_t nr, int64_t n,
                           const float *restrict Ft, int64_t ldf, int64_t col, float *restrict xb,
                           float *restrict y, int first) {
@@ -342,23 +353,12 @@ static void project_group(const float *const *r, const float *const *next, int64
                     __builtin_prefetch(next[q] + p, 0, 3);
                     if (xb && q < nr) store16(xb + q * n + p, load16(r[q] + p));
                 }
-            for (int64_t u = p; u < p + 16; u++) {
-                const v16 f0 = load16(Ft + u * ldf + col), f1 = load16(Ft + u * ldf + col + 16);
-                for (int q = 0; q < GROUP; q++) {
-                    const v16 xs = splat16(r[q][u]);
-                    acc[q][0] += xs * f0;
-                    acc[q][1] += xs * f1;
-                }
-            }
+            for (int64_t u = p; u < p + 16; u++) project_point(acc, r, Ft, ldf, col, u);
         }
         for (; p < b1; p++) {
-            const v16 f0 = load16(Ft + p * ldf + col), f1 = load16(Ft + p * ldf + col + 16);
-            for (int q = 0; q < GROUP; q++) {
-                if (first && xb && q < nr) xb[q * n + p] = r[q][p];
-                const v16 xs = splat16(r[q][p]);
-                acc[q][0] += xs * f0;
-                acc[q][1] += xs * f1;
-            }
+            if (first && xb)
+                for (int64_t q = 0; q < nr; q++) xb[q * n + p] = r[q][p];
+            project_point(acc, r, Ft, ldf, col, p);
         }
         for (int q = 0; q < GROUP; q++) {
             total[q][0] += acc[q][0];
@@ -409,7 +409,7 @@ double fae_project(const float *restrict X, const int64_t *restrict idx, int64_t
  *   d loss / d bL    = alpha r^T 1    = alpha (WL s + batch bL - x^T 1)
  *   |r|^2 = sum_c [h_c.(h_c M + 2 wb - 2 (x WL)_c)] + batch |bL|^2 - 2 (x^T 1).bL + |x|^2
  * so the step never forms y or r. x WL rides in the first layer's product (x [W0^T | WL], one
- * GEMM 32 wide instead of two 16 wide) and h^T x, x^T 1 in the first layer's weight gradient
+ * product 32 wide, fae_project) and h^T x, x^T 1 in the first layer's weight gradient
  * ([h^T; 1; g0] x, one GEMM): two products over x instead of five, and no pass over the
  * (batch, n) residual. The narrow sums here are float64. The identities are exact; in float32 the
  * big terms cancel, so the loss loses digits as |r|^2 / |x|^2 falls (native_step.py checks this
