@@ -107,31 +107,3 @@ class NotebookTraining:
         self.sched.step()
         self.history.append(total / len(self.loader))
         return self.history[-1]
-
-
-def notebook_train_epochs(X: torch.Tensor, epochs: int, **kw) -> tuple[NotebookAE, list[float]]:
-    nb = NotebookTraining(X, **kw)
-    for _ in range(epochs):
-        nb.epoch()
-    return nb.model, nb.history
-
-
-def notebook_nelder_mead(decoder, target: np.ndarray, latent_dim: int) -> tuple[np.ndarray, float, int]:
-    """Notebook 000's inversion: scipy Nelder-Mead from z = 0, a numpy/torch round trip per evaluation."""
-    from scipy.optimize import minimize
-
-    def func(z):
-        with torch.no_grad():
-            pred = decoder(torch.FloatTensor(z)[None, :])[0].numpy()
-        return float(np.linalg.norm(target - pred))
-
-    res = minimize(func, np.zeros(latent_dim), method="Nelder-Mead")
-    return res.x, float(res.fun), int(res.nfev)
-
-
-def per_curve_sse(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a - b).square().sum(dim=1).mean())
-
-
-def ceil_div(a: int, b: int) -> int:
-    return math.ceil(a / b)

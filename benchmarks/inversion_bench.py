@@ -10,12 +10,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from funcae_cli import inversion
 from funcae_cli.config import load_config
-from funcae_cli.data import sample_params
-from funcae_cli.rundir import RunDir
-from funcae_cli.runs import load_trained, run_train
-from funcae_cli.targets import targets_from_params
+from funcae_cli.data.grids import sample_params
+from funcae_cli.inversion import invert as inversion
+from funcae_cli.inversion.targets import targets_from_params
+from funcae_cli.runs.rundir import RunDir
+from funcae_cli.runs.train import run_train
+from funcae_cli.runs.trained import load_trained
 
 REPO = Path(__file__).resolve().parents[1]
 

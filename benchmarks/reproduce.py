@@ -21,8 +21,9 @@ import numpy as np
 import torch
 
 from funcae_cli.config import load_config
-from funcae_cli.rundir import RunDir
-from funcae_cli.runs import load_trained, run_train
+from funcae_cli.runs.rundir import RunDir
+from funcae_cli.runs.train import run_train
+from funcae_cli.runs.trained import load_trained
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
@@ -88,11 +89,11 @@ def median_inversion_residual(rd: RunDir, n: int = 200, seed: int = 123) -> floa
     reported here does not depend on it.
     """
     try:
-        from funcae_cli import inversion
-        from funcae_cli.targets import targets_from_params
+        from funcae_cli.inversion import invert as inversion
+        from funcae_cli.inversion.targets import targets_from_params
     except ImportError:
         return None
-    from funcae_cli.data import sample_params
+    from funcae_cli.data.grids import sample_params
 
     trained = load_trained(rd, torch.device("cpu"))
     gen = torch.Generator().manual_seed(seed)

@@ -27,7 +27,8 @@ import torch
 
 from benchmarks import baselines
 from funcae_cli.config import load_config
-from funcae_cli.data import generate, split_sizes
+from funcae_cli.data.dataset import generate
+from funcae_cli.data.normalize import split_sizes
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
@@ -70,7 +71,7 @@ def bench_generation(scale: float, repeats: int) -> Row:
     # pays for the first side's memory (page faults on this VM cost ~3x more after another 400 MB
     # array was allocated), which is not what a user running either one sees.
     sides = {
-        "funcae": f"from benchmarks.run import _normal_cfg; from funcae_cli.data import generate; "
+        "funcae": f"from benchmarks.run import _normal_cfg; from funcae_cli.data.dataset import generate; "
         f"cfg = _normal_cfg(['data.n={n}']); t0 = time.perf_counter(); generate(cfg)",
         "notebook": f"from benchmarks.baselines import notebook_generate_normal as g; t0 = time.perf_counter(); g({n})",
         "torch loop": f"from benchmarks.baselines import notebook_generate_normal as g; t0 = time.perf_counter(); "
@@ -100,7 +101,8 @@ def bench_generation(scale: float, repeats: int) -> Row:
 
 
 def _trainer_for(cfg, ds, **callbacks):
-    from funcae_cli.train import Trainer, prepare
+    from funcae_cli.training.loop import Trainer
+    from funcae_cli.training.prepared import prepare
 
     prep = prepare(cfg, ds, torch.device("cpu"))
     return Trainer(cfg, prep, torch.device("cpu"), **callbacks)
@@ -160,7 +162,7 @@ def bench_epoch(scale: float, repeats: int) -> Row:
 
 def bench_quality(scale: float, repeats: int, threshold: float = 0.0072) -> Row:
     """Seconds for configs/normal.yaml to reach per-curve SSE <= threshold vs the notebook's 200 epochs."""
-    from funcae_cli.train import test_metrics
+    from funcae_cli.training.evaluation import test_metrics
 
     n = max(int(100_000 * scale), 600)
     over = [f"data.n={n}"] + ([] if scale >= 1 else ["train.epochs=3"])
@@ -256,7 +258,7 @@ FAMILY_CONFIGS = ["normal.yaml", "beta_vae.yaml", "rotation_curve.yaml", "rotati
 
 def bench_pca(scale: float, repeats: int) -> Row:
     """Per-curve test SSE of the AE against PCA with as many components, on every shipped family config."""
-    from funcae_cli.train import test_metrics
+    from funcae_cli.training.evaluation import test_metrics
 
     lines = []
     ratios = []
@@ -300,7 +302,7 @@ ROWS: dict[str, Callable[[float, int], Row]] = {
 
 def native_info() -> str:
     """How funcae's native kernels were built here, or why they are not in use."""
-    from funcae_cli import native
+    from funcae_cli.training.native import kernels as native
 
     try:
         lib = native.kernels()

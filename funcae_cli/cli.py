@@ -1,30 +1,63 @@
-"""Typer root: registers the commands; maps errors to one-line messages and stable exit codes.
+"""Typer root: registers the commands; maps every error to one line on stderr and a stable exit code.
 
-Exit codes: 0 success; 1 unexpected failure (a bug: traceback shown); 2 bad usage, config or
-input; 4 training diverged; 130/143 interrupted by SIGINT/SIGTERM.
+Exit codes: 0 success; 1 unexpected failure (a bug: traceback shown); 2 bad usage, config or input; 4 training
+diverged; 130/143 interrupted by SIGINT/SIGTERM. The commands (commands/) import the library, and with it torch
+and matplotlib, only when they run: `funcae --help`, `families` and `config check` answer without them.
 """
 
 from __future__ import annotations
 
-import functools
 import signal
 import sys
-from collections.abc import Callable
+from typing import Any
 
 import typer
+from typer.core import TyperGroup
 
-from funcae_cli import __version__
+from funcae_cli import __version__, console
 from funcae_cli.commands import config_cmd, encode, families_cmd, generate, invert, plot, sample, train
 from funcae_cli.errors import FuncaeError, Interrupted
 
 EXIT_OK = 0
+EXIT_USAGE = 2
+
+
+def _message(e: Exception) -> str:
+    """The one line shown for a user's error: library errors of one argument show its CLI flag."""
+    return e.cli_message() if hasattr(e, "cli_message") else str(e)
+
+
+class Root(TyperGroup):
+    """The root group: runs a command and turns what it raises into one line and an exit code (also under
+    typer's CliRunner, which the tests use), instead of click's multi-line boxes."""
+
+    def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
+        try:
+            code = super().main(*args, standalone_mode=False, **kwargs)  # returns an exit code or None
+        except FuncaeError as e:
+            console.error(_message(e))
+            code = e.exit_code
+        except typer.TyperException as e:  # click's usage errors: bad option, missing argument, bad value
+            if type(e).__name__ == "NoArgsIsHelpError":
+                typer.echo(e.ctx.get_help(), err=True)  # type: ignore[attr-defined]
+            else:
+                ctx = getattr(e, "ctx", None)
+                hint = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
+                console.error(e.format_message() + hint)
+            code = e.exit_code
+        except typer.Abort:
+            code = 130
+        sys.exit(code if isinstance(code, int) else EXIT_OK)
+
 
 app = typer.Typer(
     name="funcae",
+    cls=Root,
     help="Train autoencoders on families of functions, then encode, invert, sample and plot.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    rich_markup_mode=None,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
@@ -42,49 +75,28 @@ def root(
     """funcae: autoencoders for function families."""
 
 
-def guarded(fn: Callable) -> Callable:
-    """Run a command; a FuncaeError becomes its one-line message and exit code (no traceback)."""
+# Family parameters (--mu, --md, ...) depend on the run's family: encode and invert take them as extra arguments.
+EXTRA_ARGS = {"allow_extra_args": True, "ignore_unknown_options": True}
 
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except FuncaeError as e:
-            from funcae_cli import console
-
-            console.error(str(e))
-            raise typer.Exit(e.exit_code) from None
-
-    return wrapper
-
-
-def command(parent: typer.Typer, name: str, fn: Callable, **kwargs) -> None:
-    parent.command(name, **kwargs)(guarded(fn))
-
-
-command(app, "generate", generate.generate)
-command(app, "train", train.train)
-command(app, "families", families_cmd.families)
-command(app, "encode", encode.encode, context_settings=encode.CONTEXT)
-command(app, "invert", invert.invert, context_settings=encode.CONTEXT)
-command(app, "sample", sample.sample)
-command(app, "plot", plot.plot)
-config_app = typer.Typer(help="Inspect and validate configs.", no_args_is_help=True)
-command(config_app, "show", config_cmd.show)
-command(config_app, "check", config_cmd.check)
+app.command("generate")(generate.generate)
+app.command("train")(train.train)
+app.command("families")(families_cmd.families)
+app.command("encode", context_settings=EXTRA_ARGS)(encode.encode)
+app.command("invert", context_settings=EXTRA_ARGS)(invert.invert)
+app.command("sample")(sample.sample)
+app.command("plot")(plot.plot)
+config_app = typer.Typer(help="Inspect and validate configs.", no_args_is_help=True, rich_markup_mode=None)
+config_app.command("show")(config_cmd.show)
+config_app.command("check")(config_cmd.check)
 app.add_typer(config_app, name="config")
 
 
-def _raise_interrupted(signum, frame) -> None:
+def _raise_interrupted(signum: int, frame: Any) -> None:
     raise Interrupted("interrupted", signum)
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point: run the app and translate outcomes into exit codes."""
-    from funcae_cli import console
-    from funcae_cli.device import flush_denormals
-
-    flush_denormals()  # before torch starts its worker threads, which inherit the mode
+    """Entry point: run the app and return its exit code."""
     # Raise our own exception on SIGINT/SIGTERM (click turns KeyboardInterrupt into exit 1).
     signal.signal(signal.SIGINT, _raise_interrupted)
     signal.signal(signal.SIGTERM, _raise_interrupted)
@@ -92,9 +104,6 @@ def main(argv: list[str] | None = None) -> int:
         app(args=argv, prog_name="funcae")
     except SystemExit as e:
         return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-    except FuncaeError as e:
-        console.error(str(e))
-        return e.exit_code
     except BrokenPipeError:
         return EXIT_OK
     return EXIT_OK

@@ -7,10 +7,13 @@ overrides, and validates every field, collecting all problems (with dotted paths
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import difflib
+import inspect
 import math
 import re
+import textwrap
 import types
 import typing
 from dataclasses import dataclass, field
@@ -19,8 +22,8 @@ from typing import Any, Literal, Union
 
 import yaml
 
+from funcae_cli.data.families import FAMILIES, Family
 from funcae_cli.errors import ConfigError
-from funcae_cli.families import FAMILIES, Family
 
 
 def _f(default: Any = dataclasses.MISSING, help: str = "", **checks: Any) -> Any:
@@ -52,6 +55,11 @@ class FamilyConfig:
     @property
     def family(self) -> Family:
         return FAMILIES[self.name]
+
+    @property
+    def image_shape(self) -> tuple[int, int] | None:
+        """(height, width) when each row of the data is an image, else None (curves)."""
+        return self.family.image_shape(self.options)
 
 
 @dataclass
@@ -349,7 +357,7 @@ def _parse_family(raw: Any, path: str, problems: list[str]) -> FamilyConfig:
     if not isinstance(params_raw, dict):
         problems.append(f"{path}.params: expected a mapping of parameter -> spec, got {params_raw!r}")
         params_raw = {}
-    derived = fam.derived_prior(options) is not None
+    derived = fam.derives_params(options)
     params: dict[str, ParamSpec] = {}
     for p in fam.params:
         ppath = f"{path}.params.{p.name}"
@@ -418,7 +426,7 @@ def _check_config(cfg: Config, problems: list[str]) -> None:
             f"(it names the run directory), got {cfg.name!r}"
         )
     g = cfg.grid
-    if g is not None and g.kind == "index" and cfg.family.family.load is None:
+    if g is not None and g.kind == "index" and cfg.family.family.has_formula:
         problems.append(f"grid.kind: index is for array families (dataset, digits), not {cfg.family.name}")
     elif g is not None and g.kind != "index":
         if g.kind == "points":
@@ -515,7 +523,7 @@ def read_yaml(path: Path) -> dict[str, Any]:
     except UnicodeDecodeError:
         raise ConfigError(["not a text file"], str(path)) from None
     if raw is None:
-        raw = {}
+        raise ConfigError(["empty config: give at least `name` and `family` (see configs/ for examples)"], str(path))
     if not isinstance(raw, dict):
         raise ConfigError([f"top level must be a mapping of sections, got {type(raw).__name__}"], str(path))
     return raw
@@ -564,3 +572,79 @@ def config_to_dict(cfg: Any) -> Any:
 
 def dump_config(cfg: Config) -> str:
     return yaml.safe_dump(config_to_dict(cfg), sort_keys=False, default_flow_style=None)
+
+
+# --- documentation of every field (`funcae config show --explain`) ----------------------------
+
+
+@dataclass
+class FieldDoc:
+    """One config field as `config show --explain` prints it."""
+
+    key: str  # dotted path, e.g. train.scheduler.gamma
+    type: str  # e.g. "a number", "one of ae, vae"
+    default: Any
+    value: Any
+    allowed: str  # range checks, e.g. "> 0, < 1"; "" when any value of the type is allowed
+    help: str
+
+
+def _attribute_docs(cls: type) -> dict[str, str]:
+    """The docstrings written under a dataclass's fields (`x: int = 0` then `\"\"\"what x is\"\"\"`)."""
+    try:
+        tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+    except (OSError, TypeError, SyntaxError):
+        return {}
+    body = tree.body[0].body if tree.body and isinstance(tree.body[0], ast.ClassDef) else []
+    docs = {}
+    for a, b in zip(body, body[1:]):
+        if isinstance(a, ast.AnnAssign) and isinstance(a.target, ast.Name) and isinstance(b, ast.Expr):
+            if isinstance(b.value, ast.Constant) and isinstance(b.value.value, str):
+                docs[a.target.id] = " ".join(b.value.value.split())
+    return docs
+
+
+def _allowed(f: dataclasses.Field) -> str:
+    ops = {"min": ">=", "gt": ">", "max": "<=", "lt": "<"}
+    return ", ".join(f"{ops[k]} {f.metadata[k]:g}" for k in ops if k in f.metadata)
+
+
+def _default(f: dataclasses.Field) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+        return config_to_dict(f.default_factory())  # type: ignore[misc]
+    return None
+
+
+def explain(cfg: Config) -> list[FieldDoc]:
+    """Every field of a resolved config, in file order, with its type, default, value, allowed range and help."""
+    out: list[FieldDoc] = []
+
+    def walk(obj: Any, prefix: str) -> None:
+        cls = type(obj)
+        hints = typing.get_type_hints(cls)
+        docs = _attribute_docs(cls)
+        for f in dataclasses.fields(obj):
+            value = getattr(obj, f.name)
+            key = f"{prefix}{f.name}"
+            if isinstance(obj, FamilyConfig):
+                if f.name == "options":
+                    if value is not None:
+                        walk(value, prefix)  # the family's own keys sit in the family section
+                    continue
+                if f.name == "params":
+                    for pname, spec in value.items():
+                        p = obj.family.param(pname)
+                        unit = f" [{p.unit}]" if p.unit else ""
+                        text = f"{p.label}{unit}: sampling law; domain ({p.low:g}, {p.high:g})"
+                        out.append(FieldDoc(f"{key}.{pname}", "a mapping", None, config_to_dict(spec), "", text))
+                    continue
+            if dataclasses.is_dataclass(value) and not isinstance(value, type):
+                walk(value, key + ".")
+                continue
+            help_ = f.metadata.get("help") or docs.get(f.name, "")
+            out.append(FieldDoc(key, _type_name(hints[f.name]), _default(f), config_to_dict(value), _allowed(f), help_))
+
+    walk(cfg, "")
+    return out

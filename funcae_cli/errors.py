@@ -27,6 +27,25 @@ class InputError(FuncaeError):
     """A data file, curve file, parameter value or run directory is invalid."""
 
 
+class OptionError(InputError):
+    """A bad value of one named argument of a library function (which the CLI exposes as an option).
+
+    The message reads `name: what is wrong` from Python; the CLI shows the option's flag instead of the
+    name (`cli_message`: color_by -> --color-by), so library code never spells command-line flags.
+    """
+
+    def __init__(self, option: str, message: str):
+        self.option, self.message = option, message
+        super().__init__(f"{option}: {message}")
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.option.replace("_", "-")
+
+    def cli_message(self) -> str:
+        return f"{self.flag}: {self.message}"
+
+
 class CheckpointError(FuncaeError):
     """A checkpoint is missing, truncated, foreign or unsafe."""
 

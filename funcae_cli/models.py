@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import NamedTuple
 
@@ -125,3 +126,16 @@ def build_model(args: ModelArgs | dict) -> nn.Module:
 
 def linear_layers(model: nn.Module) -> list[nn.Linear]:
     return [m for m in model.modules() if isinstance(m, nn.Linear)]
+
+
+CHUNK = 8192  # rows per forward pass when a whole data set goes through a network: bounded memory
+
+
+@torch.no_grad()
+def chunked(fn: Callable[[Tensor], Tensor], x: Tensor, size: int = CHUNK) -> Tensor:
+    """fn over row chunks of x, concatenated (no gradient): every batched encode/decode of a data set.
+
+    fn must map (k, ...) rows to (k, ...) outputs; for no rows, fn sees the empty input once."""
+    if x.shape[0] == 0:
+        return fn(x)
+    return torch.cat([fn(x[i : i + size]) for i in range(0, x.shape[0], size)])

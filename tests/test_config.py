@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from funcae_cli.config import Config, config_from_dict, dump_config, load_config, parse_override
-from funcae_cli.data import generate
+from funcae_cli.data.dataset import generate
 from funcae_cli.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -249,8 +249,13 @@ def test_name_defaults_to_the_file_stem_or_the_run_directory(tmp_path):
     assert load_config(write(tmp_path / "runs" / "r1", "seed: 1\n", "config.yaml")).name == "r1"
 
 
-def test_empty_file_gives_the_defaults(tmp_path):
-    cfg = load_config(write(tmp_path, ""))
+@pytest.mark.parametrize("text", ["", "# only a comment\n", "\n\n"])
+def test_empty_file_is_an_error_not_the_defaults(tmp_path, text):
+    """An empty file is almost always a mistake (a wrong path, an unsaved editor): it must not train the
+    defaults. A mapping with one key still gets every other default (next test)."""
+    with pytest.raises(ConfigError, match="empty config"):
+        load_config(write(tmp_path, text))
+    cfg = load_config(write(tmp_path, "name: x\n"))
     assert cfg.family.name == "normal" and cfg.grid.num == 1000
 
 

@@ -12,13 +12,16 @@ import torch
 import yaml
 
 from funcae_cli.config import config_from_dict, load_config
-from funcae_cli.data import generate, split_sizes
-from funcae_cli.datasets import image_shape, read_array_file
+from funcae_cli.data.arrays import read_array_file
+from funcae_cli.data.dataset import generate
+from funcae_cli.data.normalize import split_sizes
 from funcae_cli.errors import ConfigError, InputError
 from funcae_cli.models import build_model
-from funcae_cli.rundir import RunDir
-from funcae_cli.runs import dataset_for, load_trained
-from funcae_cli.train import denoising_figures, evaluate, metrics_noise, prepare
+from funcae_cli.runs.dataset import dataset_for
+from funcae_cli.runs.rundir import RunDir
+from funcae_cli.runs.trained import load_trained
+from funcae_cli.training.evaluation import denoising_figures, evaluate, metrics_noise
+from funcae_cli.training.prepared import prepare
 
 SIDE = 16  # synthetic images are SIDE x SIDE
 
@@ -101,9 +104,9 @@ def test_images_scale_and_keras_layout(tmp_path):
     ds = generate(cfg)
     assert tuple(ds.curves.shape) == (5, 16) and float(ds.curves.max()) == 1.0
     assert sorted(ds.labels.tolist()) == [0, 0, 1, 1, 2]
-    assert image_shape(cfg) == (4, 4)
-    assert image_shape(config_from_dict(dataset_cfg(tmp_path / "m.npz"))) is None
-    assert image_shape(load_config(Path(__file__).parents[1] / "configs" / "smoke.yaml")) is None
+    assert cfg.family.image_shape == (4, 4)
+    assert config_from_dict(dataset_cfg(tmp_path / "m.npz")).family.image_shape is None
+    assert load_config(Path(__file__).parents[1] / "configs" / "smoke.yaml").family.image_shape is None
 
 
 def test_an_explicit_grid_must_have_one_point_per_feature(tmp_path):
@@ -170,7 +173,7 @@ def _write_bad(kind: str, d: Path) -> tuple[str, dict, str]:
         np.save(d / "v.npy", np.ones((1, 4)))
         return "v.npy", {}, "at least 2"
     if kind == "unknown_key":
-        np.savez(d / "v.npz", x=good)
+        np.savez(d / "v.npz", Xs=good)
         return "v.npz", {}, "expected X"
     if kind == "csv_text":
         (d / "v.csv").write_text("a,b\n1,two\n")

@@ -13,9 +13,11 @@ from scipy import stats
 from scipy.special import i0, i0e, i1, i1e, k0, k0e, k1, k1e
 
 from funcae_cli.config import config_from_dict
-from funcae_cli.data import evaluate, make_grid, sample_params
+from funcae_cli.data.dataset import evaluate
+from funcae_cli.data.families import FAMILIES, Scatter
+from funcae_cli.data.formulas import scaling_relations
+from funcae_cli.data.grids import make_grid, sample_params
 from funcae_cli.errors import ConfigError
-from funcae_cli.families import FAMILIES, Scatter, scaling_relations
 
 RTOL = 1e-5  # float32 curves against float64 references
 

@@ -17,12 +17,14 @@ import yaml
 from scipy import stats
 from typer.testing import CliRunner
 
-from funcae_cli import data as data_mod
 from funcae_cli.cli import app
 from funcae_cli.config import GridConfig, config_from_dict, load_config
-from funcae_cli.data import Dataset, evaluate, generate, load_dataset, make_grid, sample_params, save_dataset
+from funcae_cli.data import dataset as data_mod
+from funcae_cli.data.dataset import Dataset, evaluate, generate, load_dataset, save_dataset
+from funcae_cli.data.families import FAMILIES
+from funcae_cli.data.formulas import FORMULAS
+from funcae_cli.data.grids import make_grid, sample_params
 from funcae_cli.errors import InputError
-from funcae_cli.families import FAMILIES
 
 RUN_FILES = {"config.yaml", "data.npz", "data_preview.png"}
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -127,7 +129,7 @@ def test_evaluate_in_chunks_equals_one_pass(monkeypatch):
     cfg = config_from_dict({"family": "rotation_curve"})
     params = sample_params(cfg.family, 50, torch.Generator().manual_seed(0))
     grid = make_grid(cfg.grid)
-    whole = FAMILIES["rotation_curve"].evaluate(grid, params, cfg.family.options).to(torch.float32)
+    whole = FORMULAS["rotation_curve"](grid, params, cfg.family.options).to(torch.float32)
     monkeypatch.setattr(data_mod, "GEN_CHUNK", 7)
     chunked = evaluate(FAMILIES["rotation_curve"], grid, params, cfg.family.options)
     assert torch.equal(chunked, whole)

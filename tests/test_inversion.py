@@ -8,16 +8,18 @@ import numpy as np
 import pytest
 import torch
 
-from funcae_cli import inversion as inv
-from funcae_cli import sampling
-from funcae_cli import targets as tg
+from funcae_cli.commands.common import parse_param_args
+from funcae_cli.data.families import FAMILIES
 from funcae_cli.errors import InputError
-from funcae_cli.families import FAMILIES
-from funcae_cli.latent_search import lbfgs
-from funcae_cli.objective import interp_rows
-from funcae_cli.regressor import fit_latent_model, load_latent_model, save_latent_model
-from funcae_cli.rundir import RunDir
-from funcae_cli.runs import load_trained
+from funcae_cli.inversion import encode as enc
+from funcae_cli.inversion import invert as inv
+from funcae_cli.inversion import latent, sampling
+from funcae_cli.inversion import targets as tg
+from funcae_cli.inversion.objective import interp_rows
+from funcae_cli.inversion.regressor import fit_latent_model, load_latent_model, save_latent_model
+from funcae_cli.inversion.search import lbfgs
+from funcae_cli.runs.rundir import RunDir
+from funcae_cli.runs.trained import load_trained
 
 CPU = torch.device("cpu")
 NORMAL = FAMILIES["normal"]
@@ -49,14 +51,14 @@ def test_encode_decode_shapes(trained):
     n_points, d = trained.grid.shape[0], trained.model.args.latent_dim
     t = tg.targets_from_params(trained, random_params(7))
     assert t.y.shape == (7, n_points) and t.y.dtype == torch.float32
-    z = inv.encode_curves(trained, t.y)
+    z = enc.encode_curves(trained, t.y)
     assert z.shape == (7, d)
     assert trained.decode(z).shape == (7, n_points)
-    assert inv.encode_curves(trained, t.y[:0]).shape == (0, d)
+    assert enc.encode_curves(trained, t.y[:0]).shape == (0, d)
 
 
 def test_encode_dataset_rows_and_splits(trained):
-    out = inv.encode_dataset(trained)
+    out = enc.encode_dataset(trained)
     n = trained.data["n"]
     assert out["z"].shape == (n, trained.model.args.latent_dim)
     assert out["params"].shape == (n, 2)
@@ -79,12 +81,22 @@ def test_inverting_a_decoded_curve_recovers_its_code(trained):
 
 
 def test_batched_equals_one_by_one(trained):
+    """Each target of a batch reaches the objective it reaches alone, and a code that decodes to the same curve.
+
+    Not the same code to 1e-4: a batch of 6 and a batch of 1 go through different matrix kernels, so the
+    float32 objectives differ in the last bits and L-BFGS may stop an iteration earlier or later (its ftol is
+    1e-6 relative). Where the objective is flat along a direction of z that moves z by ~2e-4 at the same
+    objective. How flat depends on the smoke model, whose weights depend on the CPU the native kernels were
+    compiled for (-march=native): seen on an AMD EPYC (AVX2), target 5 of this batch: |dz| 2.0e-4, objective
+    equal to 3e-7 relative, decoded curves 1.5e-4 apart (L2) where both leave a residual of 0.1. So z is held
+    to 2e-3, and the two decoded curves to 1% of the residual they leave."""
     t = tg.targets_from_params(trained, random_params(6, seed=3))
     batch = inv.invert_batch(trained, t)
     for i in range(t.n):
         one = inv.invert_batch(trained, t.subset(slice(i, i + 1)))
-        np.testing.assert_allclose(one.z[0], batch.z[i], atol=1e-4)
         assert one.objective[0] == pytest.approx(batch.objective[i], rel=1e-4, abs=1e-6)
+        np.testing.assert_allclose(one.z[0], batch.z[i], atol=2e-3)
+        assert np.linalg.norm(one.fit[0] - batch.fit[i]) <= 1e-2 * batch.data_residual[i]
 
 
 def test_refinement_never_worse_than_encoder_and_result_fields(trained):
@@ -123,7 +135,7 @@ def test_unknown_method_is_an_input_error(trained):
 
 
 def test_random_starts_keep_the_best(trained):
-    lm, _ = inv.latent_model_for(trained)
+    lm, _ = latent.latent_model_for(trained)
     t = tg.targets_from_params(trained, random_params(8, seed=11))
     plain = inv.invert_batch(trained, t)
     multi = inv.invert_batch(trained, t, starts=3, latent_model=lm, seed=1)
@@ -234,9 +246,9 @@ def test_params_csv_and_curves_npz(trained, tmp_path):
 
 
 def test_parse_param_args():
-    assert tg.parse_param_args(NORMAL, ["--mu", "-2.4", "--sigma=1.7"]) == {"mu": -2.4, "sigma": 1.7}
-    assert tg.parse_param_args(NORMAL, []) == {}
-    assert tg.parse_param_args(FAMILIES["rotation_curve"], "--md 1e11 --rd 3 --mh 1e12 --c 9".split())["md"] == 1e11
+    assert parse_param_args(NORMAL, ["--mu", "-2.4", "--sigma=1.7"]) == {"mu": -2.4, "sigma": 1.7}
+    assert parse_param_args(NORMAL, []) == {}
+    assert parse_param_args(FAMILIES["rotation_curve"], "--md 1e11 --rd 3 --mh 1e12 --c 9".split())["md"] == 1e11
     for args, match in [
         (["--mu", "1"], "missing --sigma; family normal takes --mu, --sigma"),
         (["--mu", "1", "--sigma", "1", "--tau", "2"], "unknown option --tau; family normal takes --mu, --sigma"),
@@ -247,7 +259,7 @@ def test_parse_param_args():
         (["--mu", "nan", "--sigma", "1"], "must be finite"),
     ]:
         with pytest.raises(InputError, match=match):
-            tg.parse_param_args(NORMAL, args)
+            parse_param_args(NORMAL, args)
 
 
 def test_domain_and_training_range(trained):
@@ -268,7 +280,7 @@ def test_regressor_recovers_a_curved_map_and_round_trips(tmp_path):
     mu = torch.sin(1.5 * z[:, 0]) + 0.3 * z[:, 1] ** 2  # no low-degree polynomial
     sigma = 10 ** (0.2 * z[:, 1] - 0.1 * torch.cos(z[:, 0] * z[:, 1]))  # log10 sigma is smooth
     p = torch.stack([mu, sigma], 1)
-    lm = fit_latent_model(z[:3500], p[:3500], z[3500:], p[3500:], NORMAL)
+    lm = fit_latent_model(z[:3500], p[:3500], z[3500:], p[3500:], NORMAL.param_names, [False, True])
     assert lm.val_r2["mu"] > 0.999 and lm.val_r2["sigma"] > 0.999
     assert lm.log_scale == [False, True] and lm.k in (8, 16, 32, 64)
     inside = (z[3500:].abs() < 1.9).all(dim=1)  # away from the edges of the data
@@ -289,10 +301,10 @@ def test_regressor_written_at_training_and_fitted_lazily(smoke_copy):
     assert metrics["regressor"]["val_r2"]["mu"] > 0.9 and metrics["regressor"]["val_r2"]["sigma"] > 0.9
     assert rd.regressor.exists()
     t = load_trained(rd, CPU)
-    lm, fitted = inv.latent_model_for(t)
+    lm, fitted = latent.latent_model_for(t)
     assert not fitted
     rd.regressor.unlink()  # a run trained before the regressor existed
-    lm2, fitted = inv.latent_model_for(t)
+    lm2, fitted = latent.latent_model_for(t)
     assert fitted and rd.regressor.exists()
     assert lm2.val_r2 == pytest.approx(lm.val_r2)
 
@@ -301,7 +313,7 @@ def test_regressor_written_at_training_and_fitted_lazily(smoke_copy):
 
 
 def test_sample_codes(trained):
-    lm, _ = inv.latent_model_for(trained)
+    lm, _ = latent.latent_model_for(trained)
     g = torch.Generator().manual_seed(0)
     emp = sampling.sample_codes(trained, lm, 5000, "empirical", g)
     assert emp.shape == (5000, 2)

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from funcae_cli.config import TrainConfig
-from funcae_cli.optim import OPTIMIZERS, Adam, FlatParams
+from funcae_cli.training.optim import OPTIMIZERS, Adam, FlatParams
 
 
 def _model(seed: int = 0) -> nn.Module:

@@ -12,20 +12,20 @@ import matplotlib.image as mpimg
 import numpy as np
 import pytest
 
-from funcae_cli.families import FAMILIES
-from funcae_cli.plotting import (
-    PLOTS,
+from funcae_cli.data.families import FAMILIES
+from funcae_cli.plotting.latent import (
     corner_figure,
     decoder_grid_figure,
+    grid_codes,
     latent_figure,
-    loss_figure,
-    pca_figure,
-    plot_run,
-    reconstruction_figure,
+    spearman_matrix,
+    support_mask,
 )
-from funcae_cli.plotting.latent import grid_codes, spearman_matrix, support_mask
-from funcae_cli.plotting.results import read_inversions
-from funcae_cli.rundir import RunDir
+from funcae_cli.plotting.reconstruction import pca_figure, reconstruction_figure
+from funcae_cli.plotting.training import loss_figure
+from funcae_cli.runs.plot import PLOTS, render_plots
+from funcae_cli.runs.results import read_inversions
+from funcae_cli.runs.rundir import RunDir
 
 from .conftest import ok, usage_error
 
@@ -150,8 +150,8 @@ def test_vae_with_latent_dim_3(workdir: Path, cli):
         assert_figure_png(Path(path).read_bytes(), kind)
 
 
-def test_plot_run_returns_the_paths(smoke_copy: Path):
-    paths = plot_run(RunDir(smoke_copy), ["data", "invert"])
+def test_render_plots_reports_the_paths_written(smoke_copy: Path):
+    paths = list(render_plots(RunDir(smoke_copy), ["data", "invert"]).written.values())
     assert paths == [RunDir(smoke_copy).plot("data")]
 
 
@@ -236,7 +236,7 @@ def test_read_inversions_is_tolerant(tmp_path: Path):
 def test_invert_figure_draws_error_bars_and_chi2_for_targets_with_yerr():
     from matplotlib.container import ErrorbarContainer
 
-    from funcae_cli.plotting.invert import invert_figure_from_record
+    from funcae_cli.runs.results import invert_figure_from_record
 
     x = np.linspace(0.5, 30.0, 12)
     target = 200 * (1 - np.exp(-x / 3))
@@ -268,7 +268,7 @@ def test_read_inversions_ignores_malformed_yerr(tmp_path: Path):
 def test_the_command_figure_reads_records_like_plot_does():
     """invert_figure_from_record parses rows with read_inversions' parser: malformed yerr is dropped, rows
     without curves are skipped, and beyond MAX_ROWS targets the figure says how many it shows."""
-    from funcae_cli.plotting.invert import MAX_ROWS, invert_figure_from_record
+    from funcae_cli.runs.results import MAX_ROWS, invert_figure_from_record
 
     x = np.linspace(0.5, 30.0, 12)
     row = {"name": "g", "z": [0.1, -0.2], "objective": 1.0, "target": (x / 30).tolist(), "fit": (x / 31).tolist()}

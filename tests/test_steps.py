@@ -11,12 +11,12 @@ import pytest
 import torch
 
 from funcae_cli.config import load_config
-from funcae_cli.engines import select_step
 from funcae_cli.models import build_model
-from funcae_cli.native_step import NativeMLPStep
-from funcae_cli.optim import FlatParams
-from funcae_cli.steps import ACTIVATION_GRADS, CPU_FORWARDS, AutogradStep, MLPStep, mlp_chain
-from funcae_cli.train import model_args
+from funcae_cli.training.engines import select_step
+from funcae_cli.training.loop import model_args
+from funcae_cli.training.native.step import NativeMLPStep
+from funcae_cli.training.optim import FlatParams
+from funcae_cli.training.steps import ACTIVATION_GRADS, CPU_FORWARDS, AutogradStep, MLPStep, mlp_chain
 
 from .conftest import CONFIGS
 
@@ -112,7 +112,7 @@ def test_resume_of_a_checkpoint_with_per_parameter_optimizer_state_exits_2(smoke
 def test_squared_error_form_matches_each_loss(loss: str) -> None:
     """steps.py and evaluate() compute losses as |d|^2 / divisor + const: the same numbers as LOSSES."""
     from funcae_cli.config import TrainConfig
-    from funcae_cli.losses import LOSSES, SQUARED_ERROR
+    from funcae_cli.training.losses import LOSSES, SQUARED_ERROR
 
     cfg = TrainConfig(loss=loss, eta=0.3)
     r, x = torch.randn(9, 13, generator=torch.Generator().manual_seed(0)), torch.randn(9, 13)
@@ -120,15 +120,18 @@ def test_squared_error_form_matches_each_loss(loss: str) -> None:
     torch.testing.assert_close((r - x).square().sum() / divisor + const, LOSSES[loss](r, x, cfg).mean())
 
 
-def test_funcae_flushes_denormals_before_torch_starts_threads() -> None:
-    """The normal pdf's float32 tails are denormal; the CLI turns on flush-to-zero first thing."""
+def test_funcae_flushes_denormals_before_torch_starts_threads(tmp_path) -> None:
+    """The normal pdf's float32 tails are denormal; every job resolves its device first, which turns on
+    flush-to-zero before any torch work (the cheap commands, which never load torch, need not)."""
     import subprocess
     import sys
 
+    run = ["train", str(CONFIGS / "smoke.yaml"), "--run-dir", str(tmp_path / "r"), "-q", "--no-plots",
+           "--set", "train.epochs=1"]  # fmt: skip
     code = (
-        "import torch; from funcae_cli.cli import main; before = float(torch.tensor([1e-40]) * 1.0); "
-        "main(['families']); print(before, float(torch.tensor([1e-40]) * 1.0))"
+        "import sys, torch; from funcae_cli.cli import main; before = float(torch.tensor([1e-40]) * 1.0); "
+        f"code = main({run!r}); print(before, float(torch.tensor([1e-40]) * 1.0)); sys.exit(code)"
     )
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=tmp_path)
     before, after = map(float, r.stdout.split()[-2:])
     assert before > 0 and after == 0.0

@@ -13,12 +13,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from funcae_cli.checkpoint import load_checkpoint, save_checkpoint
 from funcae_cli.config import load_config
 from funcae_cli.errors import CheckpointError
 from funcae_cli.models import ModelArgs, build_model
-from funcae_cli.rundir import RunDir
-from funcae_cli.runs import load_trained
+from funcae_cli.runs.checkpoint import load_checkpoint, save_checkpoint
+from funcae_cli.runs.rundir import RunDir
+from funcae_cli.runs.trained import load_trained
 
 from .conftest import CONFIGS, REPO
 
@@ -333,7 +333,7 @@ def test_train_reproduces_from_run_config(smoke_run: Path, workdir: Path) -> Non
 @pytest.mark.parametrize("loss", ["sse", "mse", "gaussian"])
 def test_fused_batch_loss_equals_mean_of_per_curve_loss(loss: str) -> None:
     from funcae_cli.config import TrainConfig
-    from funcae_cli.losses import BATCH_LOSSES, LOSSES
+    from funcae_cli.training.losses import BATCH_LOSSES, LOSSES
 
     cfg = TrainConfig(loss=loss, eta=0.3)
     r, x = torch.randn(9, 13, generator=torch.Generator().manual_seed(0)), torch.zeros(9, 13)
@@ -345,8 +345,10 @@ def test_fused_batch_loss_equals_mean_of_per_curve_loss(loss: str) -> None:
 )
 def test_evaluate_sse_is_the_per_curve_sse_in_data_units(transform: str, normalize: str) -> None:
     """Each SSE path of evaluate() (one std, a std per point, a pointwise transform) is |decode(recon) - raw|^2."""
-    from funcae_cli.data import generate
-    from funcae_cli.train import evaluate, model_args, prepare
+    from funcae_cli.data.dataset import generate
+    from funcae_cli.training.evaluation import evaluate
+    from funcae_cli.training.loop import model_args
+    from funcae_cli.training.prepared import prepare
 
     cfg = load_config(
         CONFIGS / "smoke.yaml", ["data.n=300", f"data.transform={transform}", f"data.normalize={normalize}"]

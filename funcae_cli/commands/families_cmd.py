@@ -1,7 +1,9 @@
+"""`funcae families`: the function families, their parameters and default priors (no torch needed)."""
+
 from __future__ import annotations
 
 from funcae_cli import console
-from funcae_cli.families import FAMILIES
+from funcae_cli.data.families import FAMILIES
 from funcae_cli.options import JsonOpt
 
 

@@ -1,3 +1,5 @@
+"""`funcae generate`: sample parameters, evaluate the family on the grid, write data.npz and a preview."""
+
 from __future__ import annotations
 
 from typing import Annotated, Optional
@@ -7,7 +9,6 @@ import typer
 from funcae_cli import console
 from funcae_cli.commands.common import config_and_run_dir
 from funcae_cli.options import ConfigArg, ForceOpt, JsonOpt, RunDirOpt, SeedOpt, SetOpt
-from funcae_cli.runs import run_generate
 
 
 def generate(
@@ -20,6 +21,8 @@ def generate(
     json_: JsonOpt = False,
 ) -> None:
     """Sample parameters, evaluate the family on the grid; write data.npz and data_preview.png."""
+    from funcae_cli.runs.generate import run_generate  # torch: loaded only when a command runs, not for --help
+
     # --n and --seed are overrides like any other: validated with the config, recorded in config.yaml.
     extra = ([f"data.n={n}"] if n is not None else []) + ([f"seed={seed}"] if seed is not None else [])
     cfg, rd = config_and_run_dir(config, [*(set_ or []), *extra], run_dir)

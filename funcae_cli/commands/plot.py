@@ -1,3 +1,5 @@
+"""`funcae plot`: a trained run's figures."""
+
 from __future__ import annotations
 
 from typing import Annotated, Optional
@@ -5,24 +7,18 @@ from typing import Annotated, Optional
 import typer
 
 from funcae_cli import console
-from funcae_cli.device import resolve_device
+from funcae_cli.commands.common import resolve_run
 from funcae_cli.options import DeviceOpt, JsonOpt, RunOpt
-from funcae_cli.plotting.run import PLOTS, PlotOptions, render_plots
-from funcae_cli.rundir import resolve_run
 
-KindOpt = Annotated[
-    Optional[list[str]],
-    typer.Option(
-        "--kind",
-        "-k",
-        help=f"Figure kind (repeatable, or comma-separated): {', '.join(PLOTS)} (default: all that apply).",
-    ),
-]
+KINDS_HELP = (
+    "Figure kind, repeatable or comma-separated: data, loss, latent, decoder_grid, reconstruction, filters, corner, "
+    "invert, samples, pca (default: all that apply)."
+)
 
 
 def plot(
     run: RunOpt = None,
-    kind: KindOpt = None,
+    kind: Annotated[Optional[list[str]], typer.Option("--kind", "-k", help=KINDS_HELP)] = None,
     color_by: Annotated[
         Optional[str], typer.Option("--color-by", help="Parameter colouring codes and curves (default: the first).")
     ] = None,
@@ -42,18 +38,18 @@ def plot(
     Prints the paths written on stdout (with --json: {written, skipped, seconds}); skipped kinds and why
     on stderr.
     """
+    from funcae_cli.runs.plot import PlotOptions, render_plots  # matplotlib, torch: loaded only when it runs
+
     rd = resolve_run(run)
-    options = PlotOptions(color_by=color_by, latent_range=range_, fmt=format_.lower(), dpi=dpi)
     report = render_plots(
         rd,
         kind,
-        options=options,
-        device=resolve_device(device),
+        options=PlotOptions(color_by=color_by, latent_range=range_, fmt=format_.lower(), dpi=dpi),
+        device=device,
         on_written=None if json_ else lambda k, p: typer.echo(str(p)),  # the paths, on stdout
         on_skip=lambda k, why: console.info(f"skipped {k}: {why}"),  # stderr, also with --json
     )
     if json_:
         console.emit_json(report.to_dict())
         return
-    total = sum(report.seconds.values())
-    console.info(f"{len(report.written)} figure(s) in {rd.plots} ({total:.1f}s)")
+    console.info(f"{len(report.written)} figure(s) in {rd.plots} ({sum(report.seconds.values()):.1f}s)")

@@ -1,3 +1,5 @@
+"""`funcae sample`: new curves from a trained model."""
+
 from __future__ import annotations
 
 from typing import Annotated
@@ -5,33 +7,27 @@ from typing import Annotated
 import typer
 
 from funcae_cli import console
-from funcae_cli.device import resolve_device
-from funcae_cli.jobs import run_sample
+from funcae_cli.commands.common import resolve_run
 from funcae_cli.options import DeviceOpt, JsonOpt, RunOpt, SeedOpt
-from funcae_cli.rundir import resolve_run
-from funcae_cli.runs import load_trained
-from funcae_cli.sampling import LATENTS
+
+LATENT_HELP = (
+    "auto | prior | empirical | gaussian: auto = prior N(0, I) for a VAE, empirical (training codes, each marginal "
+    "resampled) for an AE; gaussian = a Gaussian fitted to the training codes."
+)
 
 
 def sample(
     run: RunOpt = None,
     n: Annotated[int, typer.Option("-n", "--n", min=1, help="Number of curves.")] = 16,
-    latent: Annotated[
-        str,
-        typer.Option(
-            "--latent",
-            help=f"{' | '.join(LATENTS)}: auto = prior N(0, I) for a VAE, empirical (training codes, each "
-            "marginal resampled) for an AE; gaussian = a Gaussian fitted to the training codes.",
-        ),
-    ] = "auto",
+    latent: Annotated[str, typer.Option("--latent", help=LATENT_HELP)] = "auto",
     seed: SeedOpt = None,
     device: DeviceOpt = "auto",
     json_: JsonOpt = False,
 ) -> None:
     """New curves from the model; writes samples.npz (curves, z, grid) and samples.png."""
-    rd = resolve_run(run)
-    trained = load_trained(rd, resolve_device(device))
-    out = run_sample(trained, n, latent, trained.cfg.seed if seed is None else seed)
+    from funcae_cli.runs.sample import run_sample  # torch: loaded only when a command runs, not for --help
+
+    out = run_sample(resolve_run(run), n, latent, seed, device)
     if out["finite_fraction"] < 1:
         console.warn(f"{100 * (1 - out['finite_fraction']):.1f}% of the sampled curves have non-finite values")
     if json_:

@@ -1,6 +1,9 @@
+"""`funcae train`: train an AE/VAE from a config (or resume a run)."""
+
 from __future__ import annotations
 
 import signal
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Optional
@@ -9,16 +12,14 @@ import typer
 
 from funcae_cli import console
 from funcae_cli.commands.common import config_and_run_dir
-from funcae_cli.device import resolve_device
 from funcae_cli.errors import InputError, Interrupted
 from funcae_cli.options import DeviceOpt, ForceOpt, JsonOpt, QuietOpt, RunDirOpt, SetOpt
-from funcae_cli.rundir import RunDir
-from funcae_cli.runs import Callbacks, run_train
-from funcae_cli.train import StopFlag
+from funcae_cli.runs.rundir import RunDir
+from funcae_cli.stop import StopFlag
 
 
 @contextmanager
-def graceful_stop():
+def graceful_stop() -> Iterator[StopFlag]:
     """SIGINT/SIGTERM set a flag; the trainer saves at the next step boundary. A second SIGINT aborts."""
     flag = StopFlag()
 
@@ -49,31 +50,24 @@ def train(
     no_plots: Annotated[bool, typer.Option("--no-plots", help="Skip the default figures at the end.")] = False,
 ) -> None:
     """Train an AE/VAE from a config; write checkpoints, history, metrics and figures to the run directory."""
-    dev = resolve_device(device)
-    if resume is not None:
-        if config is not None or set_:
-            raise InputError("--resume: the run's own config is used; drop CONFIG and --set")
-        cfg, rd = None, RunDir(resume)
-    elif config is None:
+    from funcae_cli.runs.train import Callbacks, run_train  # torch: loaded only when a command runs
+
+    if resume is not None and (config is not None or set_):
+        raise InputError("--resume: the run's own config is used; drop CONFIG and --set")
+    if resume is None and config is None:
         raise InputError("train: give a CONFIG file, or --resume RUN_DIR")
-    else:
-        cfg, rd = config_and_run_dir(config, set_, run_dir)
+    cfg, rd = (None, RunDir(resume)) if resume is not None else config_and_run_dir(config, set_, run_dir)
     progress = console.TrainProgress(quiet=quiet or json_)
-    callbacks = Callbacks(on_epoch=progress.epoch, on_start=progress.start)
     try:
         with graceful_stop() as stop:
             metrics = run_train(
-                cfg, rd, dev, force=force, resume=resume is not None, stop=stop, callbacks=callbacks,
-                source=str(config) if config is not None else None,
+                cfg, rd, device, force=force, resume=resume is not None, stop=stop, plots=not no_plots,
+                callbacks=Callbacks(on_start=progress.start, on_epoch=progress.epoch), source=str(config or ""),
             )  # fmt: skip
     except Interrupted as e:
-        progress.stop()
         raise Interrupted(f"{e}; resume with: funcae train --resume {rd.root}", e.exit_code - 128) from None
     finally:
         progress.stop()
-    if not no_plots:
-        plots = _default_plots(rd)
-        metrics["plots"] = [str(p) for p in plots]
     if json_:
         console.emit_json(metrics)
         return
@@ -84,11 +78,3 @@ def train(
         f"PCA-{t['pca']['components']} {t['pca']['sse_mean']:.4g}; rel. L2 {t['rel_l2_median']:.3g}"
     )
     console.info(f"run directory: {rd.root}")
-
-
-def _default_plots(rd: RunDir) -> list:
-    try:
-        from funcae_cli.plotting import plot_run
-    except ImportError:
-        return []
-    return plot_run(rd, kinds=None, default_only=True)

@@ -15,8 +15,8 @@ from matplotlib.collections import LineCollection  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import LogFormatter  # noqa: E402
 
-from funcae_cli.families import Family  # noqa: E402
-from funcae_cli.rundir import atomic_write_bytes  # noqa: E402
+from funcae_cli.data.families import Family  # noqa: E402
+from funcae_cli.files import atomic_write_bytes  # noqa: E402
 
 plt.rcParams.update({"figure.dpi": 100, "font.size": 10, "axes.titlesize": 11, "legend.fontsize": 8})
 
@@ -48,11 +48,16 @@ def save_figure(fig: Figure, path: str | Path, fmt: str | None = None, dpi: int 
     return path
 
 
-def param_label(family: Family, values, digits: int = 4) -> str:
-    """'μ=2.372, σ=1.67' for a legend; with units where the parameter has one ('$R_d$=2.6 kpc')."""
-    return ", ".join(
-        f"{p.label}={float(v):.{digits}g}" + (f" {p.unit}" if p.unit else "") for p, v in zip(family.params, values)
-    )
+def param_label(family: Family, values, digits: int = 4, names: list[str] | None = None) -> str:
+    """'μ=2.372, σ=1.67' for a legend; with units where the parameter has one ('$R_d$=2.6 kpc'). Parameters
+    the family does not describe (a user's file: `names`) are labelled by their names."""
+    known = {p.name: p for p in family.params}
+    parts = []
+    for name, v in zip(names or family.param_names, values):
+        p = known.get(name)
+        text = f"{p.label if p is not None else name}={float(v):.{digits}g}"
+        parts.append(text + (f" {p.unit}" if p is not None and p.unit else ""))
+    return ", ".join(parts)
 
 
 def setup_curve_axes(ax, family: Family) -> None:

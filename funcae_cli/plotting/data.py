@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from matplotlib.figure import Figure
 
-from funcae_cli.data import Dataset
-from funcae_cli.families import Family
+from funcae_cli.data.dataset import Dataset
+from funcae_cli.data.families import Family
 from funcae_cli.plotting.base import new_figure, param_label, setup_curve_axes
 from funcae_cli.plotting.images import image_examples_figure
 
@@ -30,7 +30,7 @@ def data_preview(
         )
     n = min(n, ds.curves.shape[0])
     labelled = ds.params.ndim == 2 and ds.params.shape[1] > 0
-    labels = [param_label(family, ds.params[i].numpy()) for i in range(n)] if labelled else [None] * n
+    labels = [param_label(family, ds.params[i].numpy(), names=ds.param_names) for i in range(n)] if labelled else [None] * n
     wide = max((len(label) for label in labels if label), default=0) > 45  # e.g. four parameters with units
     fig, ax = new_figure(figsize=(11, 6.0) if wide else (9, 4.6))
     x = ds.grid.numpy()

@@ -1,32 +1,21 @@
-"""Figures re-drawn from what `funcae invert` and `funcae sample` wrote: `invert` and `samples`.
+"""Figures of results: inversions (target, fit, residual) and sampled curves beside real ones.
 
-The readers are tolerant: a result file without the arrays a panel needs is left out (and said
-so), never a crash; the commands that write these files own their exact layout.
+They take arrays (an `Inversion` record per target); runs/results.py reads them from what `funcae invert`
+and `funcae sample` wrote.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 from matplotlib.figure import Figure
 
-from funcae_cli.families import Family
+from funcae_cli.data.families import Family
 from funcae_cli.plotting.base import add_curves, latent_label, new_figure, setup_curve_axes, subsample
 
 # --- inversion results ------------------------------------------------------------------------
-
-# Accepted spellings of each field, first match wins.
-_TARGET_KEYS = ("target", "target_curve", "y")
-_FIT_KEYS = ("fit", "fit_curve", "decoded", "recon")
-_X_KEYS = ("x", "grid")
-_TRUE_PARAM_KEYS = ("params", "target_params", "true_params", "parameters")
-_EST_PARAM_KEYS = ("estimated_params", "params_estimate", "estimate", "params_est", "physical")
-_OBJECTIVE_KEYS = ("objective", "residual_norm", "loss")
-_LIST_KEYS = ("results", "targets", "inversions")
 
 
 @dataclass
@@ -43,99 +32,6 @@ class Inversion:
     rel_l2: float | None = None
     source: str = ""
     yerr: np.ndarray | None = None  # one-sigma errors of the target (observed curves), same shape
-
-
-def _first(d: dict[str, Any], keys: tuple[str, ...]) -> Any:
-    for k in keys:
-        if k in d and d[k] is not None:
-            return d[k]
-    return None
-
-
-def _array(v: Any) -> np.ndarray | None:
-    try:
-        a = np.asarray(v, dtype=float)
-    except (TypeError, ValueError):
-        return None
-    return a if a.ndim >= 1 and a.size else None
-
-
-def _params(v: Any) -> dict[str, float]:
-    if not isinstance(v, dict):
-        return {}
-    out = {}
-    for k, val in v.items():
-        if isinstance(val, (int, float)) and not isinstance(val, bool):
-            out[str(k)] = float(val)
-    return out
-
-
-def _scalar(v: Any) -> float | None:
-    if isinstance(v, dict):  # e.g. {"refined": 0.01, "encoder": 0.2}
-        v = _first(v, ("refined", "value", "final"))
-    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
-
-
-def parse_inversion(d: dict[str, Any], source: str, x_default: Any = None) -> Inversion | None:
-    """One inversion from a record's row, or None without usable target/fit/x curves (malformed yerr is dropped)."""
-    target, fit = _array(_first(d, _TARGET_KEYS)), _array(_first(d, _FIT_KEYS))
-    x = _array(_first(d, _X_KEYS))
-    if x is None:
-        x = _array(x_default)
-    if target is None or fit is None or x is None or not (x.shape == target.shape == fit.shape) or x.ndim != 1:
-        return None
-    z = _array(d.get("z"))
-    yerr = _array(d.get("yerr"))
-    if yerr is not None and (yerr.shape != target.shape or not bool(np.all(yerr > 0))):
-        yerr = None  # malformed errors are not drawn rather than failing the figure
-    return Inversion(
-        x=x,
-        target=target,
-        fit=fit,
-        z=None if z is None else z.ravel(),
-        true_params=_params(_first(d, _TRUE_PARAM_KEYS)),
-        est_params=_params(_first(d, _EST_PARAM_KEYS)),
-        objective=_scalar(_first(d, _OBJECTIVE_KEYS)),
-        rel_l2=_scalar(d.get("rel_l2")),
-        source=source,
-        yerr=yerr,
-    )
-
-
-def read_inversions(paths: list[Path], limit: int | None = None) -> tuple[list[Inversion], list[str]]:
-    """Inversions from invert/*.json (one target per file, or a list under `results`/`targets`),
-    reading files in the given order until `limit` inversions are found. Returns (parsed,
-    problems): unreadable files and files without any target/fit/x arrays are reported."""
-    found: list[Inversion] = []
-    problems: list[str] = []
-    for path in paths:
-        if limit is not None and len(found) >= limit:
-            break
-        try:
-            obj = json.loads(Path(path).read_text())
-        except (OSError, ValueError) as e:
-            problems.append(f"{Path(path).name}: unreadable ({e})")
-            continue
-        entries: list[Any]
-        x_default = None
-        if isinstance(obj, list):
-            entries = obj
-        elif isinstance(obj, dict) and isinstance(_first(obj, _LIST_KEYS), list):
-            entries = _first(obj, _LIST_KEYS)
-            x_default = _first(obj, _X_KEYS)
-        else:
-            entries = [obj]
-        n_ok = 0
-        for e in entries:
-            inv = parse_inversion(e, Path(path).name, x_default) if isinstance(e, dict) else None
-            if inv is not None:
-                if isinstance(e.get("name"), str) and e["name"] and len(entries) > 1:
-                    inv.source = f"{inv.source}: {e['name']}"
-                found.append(inv)
-                n_ok += 1
-        if n_ok == 0:  # a batch stores curves for its first targets only: that is not a problem
-            problems.append(f"{Path(path).name}: no entry with target, fit and x arrays")
-    return found, problems
 
 
 def _fmt_params(p: dict[str, float], family: Family) -> str:
@@ -195,43 +91,7 @@ def inversions_figure(results: list[Inversion], family: Family, *, title: str = 
     return fig
 
 
-# --- samples ----------------------------------------------------------------------------------
-
 RUG_BELOW = 100  # fewer sampled codes than this: a rug, not a histogram
-
-
-@dataclass
-class Samples:
-    curves: np.ndarray  # (n, n_points)
-    z: np.ndarray | None  # (n, latent_dim)
-    grid: np.ndarray | None  # (n_points,)
-    real: np.ndarray | None = None  # (k, n_points) real curves stored beside the samples
-    z_real: np.ndarray | None = None  # codes of the data the latent distribution came from
-    latent: str = ""  # how the codes were drawn (prior, empirical, gaussian)
-
-
-def read_samples(path: Path) -> Samples:
-    """samples.npz as `funcae sample` writes it (curves; z, grid, real, z_real, latent when present)."""
-
-    def opt(f, key: str, ndim: int) -> np.ndarray | None:
-        if key not in f.files:
-            return None
-        a = np.asarray(f[key], dtype=float)
-        return a if a.ndim == ndim and a.size else None
-
-    with np.load(path, allow_pickle=False) as f:
-        curves = np.asarray(f["curves"], dtype=float)
-        out = Samples(
-            curves,
-            opt(f, "z", 2),
-            opt(f, "grid", 1),
-            opt(f, "real", 2),
-            opt(f, "z_real", 2),
-            str(f["latent"]) if "latent" in f.files else "",
-        )
-    if curves.ndim != 2:
-        raise ValueError(f"curves has shape {curves.shape}, expected (n, n_points)")
-    return out
 
 
 def samples_comparison_figure(

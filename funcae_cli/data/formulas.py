@@ -1,0 +1,154 @@
+"""How each formula family's curves are computed: vectorized, differentiable torch functions.
+
+`FORMULAS[name](grid, params, options)` takes a grid `(n_points,)` and parameters `(n, n_params)` (float64
+when generating data; any float dtype works, and gradients flow to the parameters, which the physics refit
+and the posteriors of `inversion/` use) and returns curves `(n, n_points)`. No Python loop runs over curves
+or grid points. `DERIVED_PRIORS[name]` draws the structured prior of a family whose other parameters follow
+from the first (rotation curves: the scaling relations of notebook 004), and `DERIVED_LOG_PRIORS[name]` is
+that prior's log density.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from funcae_cli.data.families import BetaOptions, RotationOptions, Scatter
+
+Formula = Callable[[Tensor, Tensor, Any], Tensor]  # (grid (m,), params (n, p), options) -> curves (n, m)
+
+# --- normal ---------------------------------------------------------------------------------
+
+
+def normal(grid: Tensor, params: Tensor, options: Any) -> Tensor:
+    mu, sigma = params[:, 0:1], params[:, 1:2]  # (n, 1) each
+    inv = 1.0 / sigma
+    z = torch.addcmul(-mu * inv, grid[None, :], inv)  # (x - mu) / sigma, (n, n_points), one pass
+    log_norm = -torch.log(sigma) - 0.5 * math.log(2 * math.pi)
+    if torch.is_grad_enabled() and params.requires_grad:  # the in-place form below cannot be differentiated
+        return torch.exp(log_norm - 0.5 * z * z)
+    # exp(log_norm - z^2 / 2): the normalization inside the exponent, in place, three passes in all
+    return torch.addcmul(log_norm, z, z, value=-0.5, out=z).exp_()
+
+
+# --- beta -----------------------------------------------------------------------------------
+
+
+def beta(grid: Tensor, params: Tensor, options: BetaOptions) -> Tensor:
+    a, b = params[:, 0:1], params[:, 1:2]
+    log_norm = torch.lgamma(a + b) - torch.lgamma(a) - torch.lgamma(b)  # -log B(a, b)
+    logpdf = (a - 1) * torch.log(grid)[None, :] + (b - 1) * torch.log1p(-grid)[None, :] + log_norm
+    return logpdf if options.output == "log_pdf" else torch.exp(logpdf)
+
+
+# --- rotation curve (notebook 004, class curveMod) -------------------------------------------
+
+G_KPC = 4.301e-9  # gravitational constant, Mpc (km/s)^2 / Msun, as in the notebook
+G_DISC = 4.301e-6  # gravitational constant, kpc (km/s)^2 / Msun
+HUBBLE = 70.0  # km/s/Mpc
+DELTA_C = 200.0  # virial overdensity
+
+
+def _fc(x: Tensor) -> Tensor:
+    return torch.log1p(x) - x / (1 + x)
+
+
+def v_halo(r: Tensor, mh: Tensor, c: Tensor) -> Tensor:
+    """NFW circular velocity, km/s. r (1, n_points) kpc; mh, c (n, 1)."""
+    v_vir2 = (DELTA_C * HUBBLE**2 / 2) ** (1 / 3) * (G_KPC * mh) ** (2 / 3)
+    r_vir = 1e3 * (mh / (0.5 * DELTA_C * HUBBLE**2 / G_KPC)) ** (1 / 3)  # kpc
+    return torch.sqrt(v_vir2 * r_vir / r * _fc(c * r / r_vir) / _fc(c))
+
+
+class DiscBessel(torch.autograd.Function):
+    """I0(y)K0(y) - I1(y)K1(y) from exponentially scaled Bessel functions (I0 K0 = i0e k0e: no overflow
+    in float32 for large y), with its derivative written out: torch's scaled K0 and K1 have no autograd
+    formula, so without this the disc's parameters would silently get no gradient.
+
+    d/dy [I0 K0 - I1 K1] = 2 (I1 K0 - I0 K1 + I1 K1 / y).
+    """
+
+    @staticmethod
+    def forward(ctx: Any, y: Tensor) -> Tensor:
+        sp = torch.special
+        i0, i1 = sp.i0e(y), sp.i1e(y)
+        k0, k1 = sp.scaled_modified_bessel_k0(y), sp.scaled_modified_bessel_k1(y)
+        ctx.save_for_backward(y, i0, i1, k0, k1)
+        return i0 * k0 - i1 * k1
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> Tensor:
+        y, i0, i1, k0, k1 = ctx.saved_tensors
+        return grad * 2 * (i1 * k0 - i0 * k1 + i1 * k1 / y)
+
+
+def v_disc(r: Tensor, md: Tensor, rd: Tensor) -> Tensor:
+    """Exponential-disc circular velocity, km/s (Freeman 1970). r (1, n_points) kpc; md, rd (n, 1)."""
+    y = r / (2 * rd)
+    return torch.sqrt(torch.clamp(2 * G_DISC * md / rd * y * y * DiscBessel.apply(y), min=0.0))
+
+
+def rotation_curve(grid: Tensor, params: Tensor, options: Any) -> Tensor:
+    md, rd, mh, c = (params[:, i : i + 1] for i in range(4))
+    r = grid[None, :]
+    return torch.sqrt(v_disc(r, md, rd) ** 2 + v_halo(r, mh, c) ** 2)
+
+
+def _relations(log_md: Tensor) -> tuple[Tensor, Tensor]:
+    """The scaling relations' centres: log10 rd and log10 mh given log10 md (notebook 004)."""
+    return (log_md - 10.7) * 0.3 + 0.5, (log_md - 10.7) * 0.75 + 12.0
+
+
+def _log_c_centre(mh: Tensor) -> Tensor:
+    """The mass-concentration relation's centre, log10 c given the halo mass."""
+    return 0.905 - 0.101 * (torch.log10(mh * HUBBLE / 100.0) - 12)
+
+
+def scaling_relations(md: Tensor, scatter: Scatter, gen: torch.Generator | None) -> Tensor:
+    """Notebook 004's scaling relations: (md,) -> (n, 4) [md, rd, mh, c], log-normal scatter in dex."""
+
+    def noise(std: float) -> Tensor:
+        if std == 0:
+            return torch.zeros_like(md)
+        return std * torch.randn(md.shape, generator=gen, dtype=md.dtype, device=md.device)
+
+    log_rd, log_mh = _relations(torch.log10(md))
+    rd = 10 ** (log_rd + noise(scatter.rd))
+    mh = 10 ** (log_mh + noise(scatter.mh))
+    c = 10 ** (_log_c_centre(mh) + noise(scatter.c))
+    return torch.stack([md, rd, mh, c], dim=1)
+
+
+def scaling_relations_log_density(log10_params: Tensor, scatter: Scatter) -> Tensor:
+    """log p(log10 rd, log10 mh, log10 c | log10 md) of `scaling_relations`, up to a constant: (n, 4) -> (n,).
+
+    Each of the three is Gaussian in log10 about its relation; a zero scatter is a relation held exactly,
+    which has no density: such a parameter must be fixed by the caller, and is skipped here.
+    """
+    log_md, log_rd, log_mh, log_c = log10_params.unbind(dim=1)
+    centre_rd, centre_mh = _relations(log_md)
+    out = torch.zeros_like(log_md)
+    for value, centre, std in (
+        (log_rd, centre_rd, scatter.rd),
+        (log_mh, centre_mh, scatter.mh),
+        (log_c, _log_c_centre(10.0**log_mh), scatter.c),
+    ):
+        if std > 0:
+            out = out - 0.5 * ((value - centre) / std).square()
+    return out
+
+
+FORMULAS: dict[str, Formula] = {"normal": normal, "beta": beta, "rotation_curve": rotation_curve}
+
+# (samples of the first parameter (n,), options, generator) -> all parameters (n, n_params)
+DERIVED_PRIORS: dict[str, Callable[[Tensor, RotationOptions, torch.Generator | None], Tensor]] = {
+    "rotation_curve": lambda first, o, gen: scaling_relations(first, o.scatter, gen),
+}
+# (log10 of all parameters (n, n_params), options) -> log density of the others given the first (n,)
+DERIVED_LOG_PRIORS: dict[str, Callable[[Tensor, RotationOptions], Tensor]] = {
+    "rotation_curve": lambda logp, o: scaling_relations_log_density(logp, o.scatter),
+}

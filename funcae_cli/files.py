@@ -1,0 +1,101 @@
+"""Writing files: atomically (never half-written), and the few formats results are written in (JSON, CSV, .npz)."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+FILE_MODE = 0o666 & ~_umask()  # what open() would give; mkstemp alone gives 0600
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write to a temp file in the same folder, fsync, then os.replace: never half-written."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        os.fchmod(fd, FILE_MODE)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode())
+
+
+def json_default(o: Any) -> Any:
+    """json.dumps' fallback: arrays and tensors as lists, paths as strings."""
+    if hasattr(o, "tolist"):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serializable: {type(o).__name__}")
+
+
+def json_text(obj: Any) -> str:
+    return json.dumps(obj, indent=2, default=json_default) + "\n"
+
+
+def atomic_write_json(path: str | Path, obj: Any) -> None:
+    atomic_write_text(path, json_text(obj))
+
+
+def finite_or_none(v: float) -> float | None:
+    v = float(v)
+    return v if math.isfinite(v) else None
+
+
+def json_safe(obj: Any) -> Any:
+    """NaN and infinities (invalid JSON) become null, recursively."""
+    if isinstance(obj, float):
+        return finite_or_none(obj)
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    return obj
+
+
+def csv_cell(v: Any, float_format: str = ".9g") -> str:
+    """One CSV field: floats to `float_format`, booleans as true/false, text quoted when it holds , or "."""
+    if isinstance(v, bool) or type(v).__name__ == "bool_":
+        return str(bool(v)).lower()
+    if isinstance(v, float) or type(v).__name__.startswith("float"):
+        return format(float(v), float_format)
+    text = str(v)
+    if "," in text or '"' in text or "\n" in text:
+        return '"' + text.replace('"', '""') + '"'
+    return text
+
+
+def csv_text(header: list[str], rows: list[list[Any]], float_format: str = ".9g") -> str:
+    """A table as CSV text: the one writer of every CSV funcae produces."""
+    lines = [",".join(csv_cell(v, float_format) for v in row) for row in [header, *rows]]
+    return "\n".join(lines) + "\n"
+
+
+def npz_bytes(arrays: dict[str, Any]) -> bytes:
+    """An uncompressed .npz of the given arrays (None values left out)."""
+    import numpy as np  # numpy: not needed by the CLI's fast paths (--help, families, config check)
+
+    buf = io.BytesIO()
+    np.savez(buf, **{k: v for k, v in arrays.items() if v is not None})
+    return buf.getvalue()

@@ -1,0 +1,76 @@
+"""The `encode` job: codes of the run's whole data set (latents.npz) or of given targets (encode/<slug>.*)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+import torch
+
+from funcae_cli.files import atomic_write_bytes, atomic_write_json, atomic_write_text, csv_text, npz_bytes
+from funcae_cli.inversion.encode import covers_grid, encode_curves, encode_dataset, targets_on_grid
+from funcae_cli.inversion.inputs import TargetInputs
+from funcae_cli.inversion.targets import read_targets, training_range_warnings
+from funcae_cli.runs.common import open_run, run_info
+from funcae_cli.runs.rundir import RunDir, slugify
+
+
+def run_encode(
+    rd: RunDir, inputs: TargetInputs | None = None, name: str | None = None, device: str | torch.device = "auto"
+) -> dict[str, Any]:
+    """No targets: the whole data set to latents.npz. Targets: their codes to encode/<slug>.json (+ .csv)."""
+    trained = open_run(rd, device)
+    targets = read_targets(trained, inputs) if inputs is not None else None
+    t0 = time.perf_counter()
+    out = run_info(trained)
+    if targets is None:
+        arrays = encode_dataset(trained)
+        atomic_write_bytes(rd.latents, npz_bytes(arrays))
+        z = arrays["z"]
+        out.update(
+            n=int(z.shape[0]),
+            z_mean=z.mean(axis=0).tolist(),
+            z_std=z.std(axis=0).tolist(),
+            z_min=z.min(axis=0).tolist(),
+            z_max=z.max(axis=0).tolist(),
+            files={"latents": str(rd.latents)},
+            seconds=time.perf_counter() - t0,
+        )
+        return out
+    warnings = training_range_warnings(trained, targets.params) if targets.params is not None else []
+    if not covers_grid(trained, targets):
+        warnings.append(
+            f"{targets.source}: x covers [{float(targets.x[0]):g}, {float(targets.x[-1]):g}] of the grid's "
+            f"[{float(trained.grid[0]):g}, {float(trained.grid[-1]):g}]: the encoder sees end values held "
+            "constant; `funcae invert` fits the observed points only"
+        )
+    z = encode_curves(trained, targets_on_grid(trained, targets)).cpu().numpy().astype(np.float64)
+    slug = slugify(name or inputs.slug())
+    rows = []
+    for i in range(targets.n):
+        row: dict[str, Any] = {"index": i, "name": targets.names[i], "z": z[i].tolist()}
+        if targets.params is not None:
+            row["true_params"] = dict(zip(trained.param_names, targets.params[i].tolist()))
+        rows.append(row)
+    out.update(
+        source=targets.source,
+        n_targets=targets.n,
+        extrapolating=any("extrapolating" in w for w in warnings),
+        warnings=warnings,
+        targets=rows,
+        files={"json": str(rd.encode_json(slug))},
+    )
+    if targets.n > 1:
+        header = ["name", *(f"z{j + 1}" for j in range(z.shape[1]))]
+        if targets.params is not None:
+            header += trained.param_names
+        lines = [
+            [targets.names[i], *z[i], *(targets.params[i].tolist() if targets.params is not None else [])]
+            for i in range(targets.n)
+        ]
+        atomic_write_text(rd.encode_csv(slug), csv_text(header, lines))
+        out["files"]["csv"] = str(rd.encode_csv(slug))
+    out["seconds"] = time.perf_counter() - t0
+    atomic_write_json(rd.encode_json(slug), out)
+    return out

@@ -1,0 +1,159 @@
+"""RunDir: the ONE place that knows a run directory's file names; finding a trained run (`--run`, runs/latest)."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from funcae_cli.errors import InputError, OptionError
+
+RUNS_ROOT = Path("runs")
+LATEST = "latest"
+
+
+def slugify(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_")[:80] or "target"
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """Paths of every artefact of one run."""
+
+    root: Path
+
+    # inputs and provenance
+    @property
+    def config(self) -> Path:
+        return self.root / "config.yaml"
+
+    @property
+    def data(self) -> Path:
+        return self.root / "data.npz"
+
+    @property
+    def data_preview(self) -> Path:
+        return self.root / "data_preview.png"
+
+    # training
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / "checkpoints"
+
+    @property
+    def last(self) -> Path:
+        return self.checkpoints / "last.pt"
+
+    @property
+    def best(self) -> Path:
+        return self.checkpoints / "best.pt"
+
+    @property
+    def regressor(self) -> Path:
+        return self.checkpoints / "regressor.pt"
+
+    @property
+    def history_csv(self) -> Path:
+        return self.root / "history.csv"
+
+    @property
+    def history_json(self) -> Path:
+        return self.root / "history.json"
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / "metrics.json"
+
+    # using the model
+    @property
+    def latents(self) -> Path:
+        return self.root / "latents.npz"
+
+    @property
+    def encodings(self) -> Path:
+        return self.root / "encode"
+
+    def encode_json(self, slug: str) -> Path:
+        return self.encodings / f"{slug}.json"
+
+    def encode_csv(self, slug: str) -> Path:
+        return self.encodings / f"{slug}.csv"
+
+    @property
+    def invert_dir(self) -> Path:
+        return self.root / "invert"
+
+    def invert_json(self, slug: str) -> Path:
+        return self.invert_dir / f"{slug}.json"
+
+    def invert_png(self, slug: str) -> Path:
+        return self.invert_dir / f"{slug}.png"
+
+    def invert_csv(self, slug: str) -> Path:
+        return self.invert_dir / f"{slug}.csv"
+
+    @property
+    def samples(self) -> Path:
+        return self.root / "samples.npz"
+
+    @property
+    def samples_png(self) -> Path:
+        return self.root / "samples.png"
+
+    @property
+    def plots(self) -> Path:
+        return self.root / "plots"
+
+    def plot(self, kind: str, fmt: str = "png") -> Path:
+        return self.plots / f"{kind}.{fmt}"
+
+    def trained_folders(self) -> list[Path]:
+        """What training and the later commands wrote: removed when a run is retrained over (force)."""
+        return [self.checkpoints, self.plots, self.invert_dir, self.encodings]
+
+    def trained_files(self) -> list[Path]:
+        return [self.metrics, self.history_csv, self.history_json, self.latents, self.samples, self.samples_png]
+
+    # state
+    def is_trained(self) -> bool:
+        return self.last.exists() or self.best.exists()
+
+    def checkpoint(self) -> Path:
+        """The checkpoint used by encode/invert/plot: best if present, else last."""
+        for p in (self.best, self.last):
+            if p.exists():
+                return p
+        raise InputError(f"{self.root}: no checkpoint in {self.checkpoints}; run `funcae train CONFIG` first")
+
+    def refuse_overwrite(self, force: bool, what: str, exists: bool) -> None:
+        """OptionError unless the run directory is free or `force` allows overwriting what it holds."""
+        if exists and not force:
+            raise OptionError("force", f"{self.root} already holds {what}; pass it to overwrite")
+
+    def clear(self) -> None:
+        """--force: remove the previous contents (only after the new config validated)."""
+        if self.root.is_symlink() or self.root.is_file():
+            raise InputError(f"{self.root}: exists and is not a run directory")
+        if self.root.exists():
+            shutil.rmtree(self.root)
+
+
+def default_run_dir(name: str) -> RunDir:
+    return RunDir(RUNS_ROOT / name)
+
+
+def point_latest(rd: RunDir) -> None:
+    """Make runs/latest a symlink to this run (relative when inside runs/), atomically."""
+    root = RUNS_ROOT
+    root.mkdir(parents=True, exist_ok=True)
+    target = rd.root.resolve()
+    try:
+        rel = os.path.relpath(target, root.resolve())
+    except ValueError:
+        rel = str(target)
+    tmp = root / f".latest.{os.getpid()}.tmp"
+    tmp.unlink(missing_ok=True)
+    os.symlink(rel, tmp)
+    os.replace(tmp, root / LATEST)
