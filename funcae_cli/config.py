@@ -638,7 +638,8 @@ def explain(cfg: Config) -> list[FieldDoc]:
                         p = obj.family.param(pname)
                         unit = f" [{p.unit}]" if p.unit else ""
                         text = f"{p.label}{unit}: sampling law; domain ({p.low:g}, {p.high:g})"
-                        out.append(FieldDoc(f"{key}.{pname}", "a mapping", None, config_to_dict(spec), "", text))
+                        value_ = {k: v for k, v in config_to_dict(spec).items() if v is not None}
+                        out.append(FieldDoc(f"{key}.{pname}", "a sampling law", dict(p.default), value_, "", text))
                     continue
             if dataclasses.is_dataclass(value) and not isinstance(value, type):
                 walk(value, key + ".")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from funcae_cli.errors import InputError
+from funcae_cli.errors import InputError, OptionError
 
 HEADROOM = 0.8  # an allocation may use at most this fraction of the memory available to it
 
@@ -49,8 +49,10 @@ def available(device: Any = None) -> tuple[int, str]:
     return host_available(), "available on this machine"
 
 
-def check_fits(nbytes: float, what: str, change: str, device: Any = None) -> None:
-    """Raise InputError when `nbytes` exceed HEADROOM of what is available; `change` says what to lower."""
+def check_fits(nbytes: float, what: str, change: str, device: Any = None, option: str | None = None) -> None:
+    """Raise InputError when `nbytes` exceed HEADROOM of what is available; `change` says what to lower (a
+    config key), or `option` names the function argument to lower (an OptionError)."""
     have, where = available(device)
     if nbytes > HEADROOM * have:
-        raise InputError(f"{what} need about {fmt_bytes(nbytes)} but {fmt_bytes(have)} is {where}; {change}")
+        message = f"{what} need about {fmt_bytes(nbytes)} but {fmt_bytes(have)} is {where}; {change}"
+        raise OptionError(option, message) if option else InputError(message)

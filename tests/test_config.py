@@ -424,3 +424,32 @@ def test_shipped_config_with_a_typo_is_rejected(tmp_path, path):
     raw["model"]["latnet_dim"] = 3
     with pytest.raises(ConfigError, match="model.latnet_dim"):
         load_config(write(tmp_path, yaml.safe_dump(raw), path.name))
+
+
+def test_config_show_explain_documents_every_field(cli):
+    """Every field of the resolved config, with its type, default, allowed range and help text."""
+    import json
+
+    r = cli("config", "show", str(CONFIGS / "rotation_curve.yaml"), "--explain", "--json")
+    assert r.exit_code == 0, r.output
+    docs = {d["key"]: d for d in json.loads(r.stdout)}
+    cfg = load_config(CONFIGS / "rotation_curve.yaml")
+    flat = {}
+
+    def walk(d: dict, prefix: str) -> None:
+        for k, v in d.items():
+            if isinstance(v, dict) and not (prefix == "family.params."):
+                walk(v, f"{prefix}{k}.")
+            else:
+                flat[f"{prefix}{k}"] = v
+
+    walk(cfg.to_dict(), "")
+    assert set(flat) == set(docs)  # no field left out, none made up
+    lr = docs["train.lr"]
+    assert (lr["type"], lr["default"], lr["value"], lr["allowed"]) == ("a number", 1e-3, cfg.train.lr, "> 0")
+    assert lr["help"] == "peak learning rate"
+    assert docs["family.scatter.rd"]["help"].startswith("Log-normal scatter of the disc scale length")
+    assert docs["family.params.md"]["value"] == {"dist": "loguniform", "low": 1e9, "high": 1e12}
+    assert all(d["help"] for d in docs.values()), [k for k, d in docs.items() if not d["help"]]
+    text = cli("config", "show", str(CONFIGS / "rotation_curve.yaml"), "--explain").stdout
+    assert "train.lr = 0.003 (default 0.001)\n    a number; allowed > 0. peak learning rate" in text

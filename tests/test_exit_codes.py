@@ -16,6 +16,8 @@ import pytest
 
 from funcae_cli.cli import main
 
+from .conftest import usage_error
+
 ROTTEN = {
     "unknown_key": ("model:\n  latnet_dim: 3\n", [], ["model.latnet_dim", "did you mean model.latent_dim?"]),
     "wrong_type": ("data:\n  n: many\n", [], ["data.n", "many"]),
@@ -109,6 +111,8 @@ def replacement(*args, **kwargs):
 
 g.run_generate = replacement
 from funcae_cli.cli import main
+
+from .conftest import usage_error
 sys.exit(main(["generate", "configs/smoke.yaml"]))
 """
 
@@ -150,3 +154,47 @@ def test_signal_exit_codes(workdir, signum, code):
     assert proc.returncode == code, err
     assert "Traceback" not in err
     assert not (workdir / "runs").exists()
+
+
+# --- requests that cannot fit, and options out of range: exit 2 before anything is allocated or written ---
+
+
+@pytest.mark.parametrize(
+    "override, pieces",
+    [
+        ("grid.num=1000000000000", ["grid.num", "PiB", "available on this machine"]),
+        ("data.n=1000000000000", ["data.n", "TiB", "available on this machine"]),
+    ],
+)
+@pytest.mark.parametrize("command", ["generate", "train"])
+def test_a_data_set_that_cannot_fit_is_exit_2_before_allocating(cli, workdir, command, override, pieces):
+    result = cli(command, "configs/smoke.yaml", "--set", override, "--run-dir", "out/run")
+    usage_error(result, *pieces)
+    assert not (workdir / "out").exists()
+
+
+def test_sampling_more_curves_than_fit_is_exit_2(cli, smoke_copy):
+    before = sorted(p.name for p in smoke_copy.iterdir())
+    usage_error(cli("sample", "-n", "1000000000000"), "--n", "TiB")
+    assert sorted(p.name for p in smoke_copy.iterdir()) == before
+
+
+@pytest.mark.parametrize(
+    "args, pieces",
+    [
+        (["--method", "adam", "--lr", "-1"], ["--lr", "must be > 0"]),
+        (["--lr", "0"], ["--lr", "must be > 0"]),
+        (["--starts", "-1"], ["--starts"]),
+        (["--max-iter", "0"], ["--max-iter"]),
+        (["--seed", "-3"], ["--seed"]),
+    ],
+)
+def test_invert_options_out_of_range_are_exit_2(cli, smoke_copy, args, pieces):
+    usage_error(cli("invert", "--mu", "0", "--sigma", "1", *args), *pieces)
+    assert not (smoke_copy / "invert").exists()
+
+
+def test_an_empty_config_file_is_exit_2_and_trains_nothing(cli, workdir):
+    (workdir / "configs" / "empty.yaml").write_text("# nothing yet\n")
+    usage_error(cli("train", "configs/empty.yaml", "--run-dir", "out/run"), "empty config", "empty.yaml")
+    assert not (workdir / "out").exists()

@@ -2,7 +2,7 @@
 
 Inversion finds the code z whose decoded curve best matches a target. All targets (and all their
 random restarts) are optimized together as ONE tensor problem: the objective (objective.py) is the sum
-of the per-target objectives, so each target's gradient is its own, and the optimizers (latent_search.py)
+of the per-target objectives, so each target's gradient is its own, and the optimizers (search.py)
 keep per-target state (step sizes, curvature pairs, convergence). Methods (`METHODS`):
 
 - `encoder`: the encoder's code, nothing else.

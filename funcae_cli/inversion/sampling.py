@@ -56,7 +56,10 @@ def sample_curves(trained: Trained, n: int, latent: str = "auto", seed: int = 0)
     kind = resolve_latent(trained, latent)
     n_points = trained.grid.shape[0]
     check_fits(
-        curve_bytes(n, n_points) + 8 * n * trained.latent_dim, f"{n:,} sampled curves of {n_points:,} points", "lower n"
+        curve_bytes(n, n_points) + 8 * n * trained.latent_dim,
+        f"{n:,} sampled curves of {n_points:,} points",
+        "lower it",
+        option="n",
     )
     lm, fitted_now = latent_model_for(trained)  # the training codes: sampled from (AE), shown beside (VAE)
     gen = torch.Generator().manual_seed(seed)

@@ -1,7 +1,7 @@
 """Latent-space figures: `latent` (histograms, scatter, pair plot), `decoder_grid` and `corner`.
 
 Each function takes arrays (codes, decoded curves, parameter values) and returns a Figure; the
-caller computes them from a trained run (see plotting/run.py).
+caller computes them from a trained run (see runs/plot.py).
 """
 
 from __future__ import annotations

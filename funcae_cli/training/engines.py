@@ -1,11 +1,16 @@
-"""Training-step engines, by name, and the choice among them (`train.engine`).
+"""Training-step engines, by name, and the choice among them (`train.engine`): which runs when, and why.
 
-- `native`: `NativeMLPStep`, the MLP step with its narrow middle in compiled C (CPU only).
-- `mlp`: `MLPStep`, a hand-written forward and backward in torch ops (any device).
-- `autograd`: `AutogradStep`, any model and loss.
+- `native` (native/step.py) runs when the model is a plain MLP AE (tanh or ReLU, no dropout) on the CPU with
+  middle layers at most 32 wide (`MAX_WIDTH`) and the C kernels compiled (a C compiler; `FUNCAE_NATIVE` not
+  0). Why: the ~40 tiny middle products of a curve AE cost dispatch, not arithmetic; two C calls per step do
+  them, and without input noise the last layer runs in Gram form.
+- `mlp` (steps.MLPStep) runs for a plain MLP AE on any device. Why: a hand-written forward and backward in
+  torch ops, with no autograd graph and no allocation per step.
+- `autograd` (steps.AutogradStep) runs anything else: VAEs, GELU, dropout, other losses' models.
 
-`auto` takes the first of `AUTO_ORDER` that can train the model; naming an engine that cannot is a
-config error, raised before anything is written.
+`auto` (the default) takes the first of `AUTO_ORDER` that can train the model (`ENGINES[name].problem` says
+why one cannot); naming an engine that cannot is a config error, raised before anything is written. All three
+give the same training up to float32 rounding (tests/test_steps.py, tests/test_native.py).
 """
 
 from __future__ import annotations

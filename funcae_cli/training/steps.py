@@ -11,7 +11,7 @@ Two implementations of `Step`, `step(x_in, x, kl_weight, gen) -> StepLosses`:
   epoch of the notebook-000 model drops ~1.5x (`make bench` row 2). Gradients equal autograd's to
   float32 rounding (tests/test_steps.py).
 
-`engines.select_step` picks among these and the native step (native_step.py).
+`engines.select_step` picks among these and the native step (native/step.py).
 """
 
 from __future__ import annotations

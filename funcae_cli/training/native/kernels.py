@@ -15,8 +15,9 @@ Threads: where torch's own OpenMP runtime (libgomp, as in torch's Linux wheels) 
 process, the kernels are built with `-fopenmp`; the loader then binds them to that same runtime by
 its soname, so they run on torch's thread pool (`torch.set_num_threads` sets both) and no second
 pool competes for the cores. Anywhere else (another runtime, no runtime, a compiler without
-OpenMP, or `FUNCAE_NATIVE_THREADS=0`) they are built single-threaded; the results are the same bits
-either way (mlp.c, "Threads").
+OpenMP, or `FUNCAE_NATIVE_THREADS=0`) they are built single-threaded; the kernels' results are the same
+bits either way (mlp.c, "Threads"). A whole step also runs torch's wide products (MKL), which Intel does
+not promise to give the same bits on different thread counts: the step agrees to float32 rounding.
 """
 
 from __future__ import annotations

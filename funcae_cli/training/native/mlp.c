@@ -5,8 +5,8 @@
  * operations per step whose cost is dispatch, not arithmetic. These functions do the whole narrow
  * chain, forward and backward, in one call each; the last layer in Gram form; and the first product
  * together with the batch's gather (fae_project), one pass over the rows where torch makes two.
- * funcae_cli/native/__init__.py compiles this file on first use (cc -O3 -march=native
- * -fno-trapping-math, -fopenmp where torch's libgomp is loaded) and funcae_cli/native_step.py drives it.
+ * funcae_cli/training/native/kernels.py compiles this file on first use (cc -O3 -march=native
+ * -fno-trapping-math, -fopenmp where torch's libgomp is loaded) and native/step.py drives it.
  *
  * Layout: float32, row-major. Inside the chain, activations are feature-major: h[j] is (dims[j], ld)
  * and columns [0, batch) hold the batch, so every inner loop runs along the batch (long, contiguous,
@@ -14,11 +14,12 @@
  * Sums over the batch use 16 interleaved partial sums added in a fixed order: results do not depend
  * on the compiler's vectorization choices.
  *
- * Threads: built with -fopenmp where torch's own libgomp is in the process (funcae_cli/native), the
+ * Threads: built with -fopenmp where torch's own libgomp is in the process (native/kernels.py), the
  * kernels that run along the batch's rows or the points (fae_project, fae_gram_prepare,
  * fae_gram_backward, fae_row_sumsq) split that work over torch's OpenMP threads (the same pool,
  * ~1 us a region). They split only outputs computed independently, never a sum, so the results are
- * the same bits on any number of threads (tests/test_native.py checks 1 against 2). The chain's
+ * the same bits on any number of threads (tests/test_native.py checks 1 against 2). A whole training
+ * step also runs torch's wide products (MKL), which need not give the same bits on 1 and 2 threads. The chain's
  * kernels stay on one thread: at 256 x 16 a split measured no faster (the data then moves between
  * the cores' caches).
  */
@@ -77,7 +78,7 @@ static inline float hsum16(v16 v) {
 }
 
 #define FAE_ABI 4
-#define FAE_MAX_WIDTH 32 /* the widest chain layer the Gram kernels take (native_step.MAX_WIDTH) */
+#define FAE_MAX_WIDTH 32 /* the widest chain layer the Gram kernels take (native/step.py: MAX_WIDTH) */
 
 enum { ACT_NONE = 0, ACT_TANH = 1, ACT_RELU = 2 };
 
@@ -412,7 +413,7 @@ double fae_project(const float *restrict X, const int64_t *restrict idx, int64_t
  * product 32 wide, fae_project) and h^T x, x^T 1 in the first layer's weight gradient
  * ([h^T; 1; g0] x, one GEMM): two products over x instead of five, and no pass over the
  * (batch, n) residual. The narrow sums here are float64. The identities are exact; in float32 the
- * big terms cancel, so the loss loses digits as |r|^2 / |x|^2 falls (native_step.py checks this
+ * big terms cancel, so the loss loses digits as |r|^2 / |x|^2 falls (native/step.py checks this
  * and then computes the loss directly). */
 
 typedef double v8d __attribute__((vector_size(64)));

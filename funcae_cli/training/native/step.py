@@ -3,7 +3,7 @@
 `MLPStep` runs every layer through torch. For a curve AE that is five wide products (n_points in
 or out, MKL on all cores) and ~40 tiny ones between them (hidden widths of 16, a latent of 2),
 whose cost on the CPU is dispatch: ~6 us each, whatever their size. `NativeMLPStep` hands everything
-between the wide products to funcae_cli/native/mlp.c: one call forward through the chain, one
+between the wide products to native/mlp.c: one call forward through the chain, one
 backward. The wide products stay in torch, except the Gram form's first one (below).
 
 When the target is the input itself (an AE without input noise), the last layer runs in Gram form
