@@ -290,6 +290,18 @@ def bench_invert(scale: float, repeats: int) -> Row:
     return bench_inversion(scale, repeats)
 
 
+def bench_observed(scale: float, repeats: int) -> Row:
+    from benchmarks.observed_bench import bench_observed as row
+
+    return row(scale, min(repeats, 3))
+
+
+def bench_one_call(scale: float, repeats: int) -> Row:
+    from benchmarks.observed_bench import bench_one_call as row
+
+    return row(scale, min(repeats, 3))
+
+
 ROWS: dict[str, Callable[[float, int], Row]] = {
     "gen": bench_generation,
     "epoch": bench_epoch,
@@ -297,6 +309,8 @@ ROWS: dict[str, Callable[[float, int], Row]] = {
     "invert": bench_invert,
     "memory": bench_memory,
     "pca": bench_pca,
+    "observed": bench_observed,
+    "one_call": bench_one_call,
 }
 
 

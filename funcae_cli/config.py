@@ -141,10 +141,19 @@ class TrainConfig:
 
 @dataclass
 class InvertConfig:
-    method: Literal["encoder", "nelder-mead", "lbfgs", "adam"] = _f("lbfgs", "refinement method")
+    method: Literal["encoder", "nelder-mead", "lbfgs", "adam"] = _f("lbfgs", "refinement method of the latent code")
     starts: int = _f(0, "extra random starts from the latent distribution", min=0)
     max_iter: int = _f(200, "iterations of the refinement", min=1)
     lr: float = _f(0.05, "adam: step size", gt=0)
+    prior: Literal["density", "none"] = _f(
+        "density", "latent prior: the training codes' density (MAP: the search stays on the manifold), or none"
+    )
+    physics: bool = _f(True, "refine the parameters by fitting the family's formula (families with one)")
+    bounds: Literal["prior", "domain"] = _f(
+        "prior", "physics refit inside the run's prior support, or anywhere in the family's domain"
+    )
+    physics_starts: int = _f(4, "physics refit: starts per target (the decoder's estimate + spread ones)", min=1)
+    physics_max_iter: int = _f(50, "physics refit: Levenberg-Marquardt iterations", min=1)
 
 
 @dataclass

@@ -81,3 +81,22 @@ StartsOpt = Annotated[
 ]
 MaxIterOpt = Annotated[Optional[int], typer.Option("--max-iter", min=1, help="Iterations of the refinement.")]
 LrOpt = Annotated[Optional[float], typer.Option("--lr", callback=_positive, help="adam: step size (> 0).")]
+PriorOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--prior",
+        help=f"Latent prior, {' | '.join(choices(InvertConfig, 'prior'))}: density = the training codes' density "
+        "(MAP: the code stays where the decoder was trained) [default: the run's invert.prior].",
+    ),
+]
+BoundsOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--bounds",
+        help=f"Physics refit, {' | '.join(choices(InvertConfig, 'bounds'))}: inside the run's prior support, or "
+        "anywhere in the family's domain [default: the run's invert.bounds].",
+    ),
+]
+NoPhysicsOpt = Annotated[
+    bool, typer.Option("--no-physics", help="Report the regressor's parameters; skip fitting the family's formula.")
+]

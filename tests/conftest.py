@@ -87,3 +87,21 @@ def smoke_copy(smoke_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     shutil.copytree(CONFIGS, tmp_path / "configs")
     monkeypatch.chdir(tmp_path)
     return dst
+
+
+@pytest.fixture(scope="session")
+def rotation_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small run of configs/rotation_curve_observed.yaml (its priors and grid, a smaller model and data set),
+    trained once per session (read-only for tests: copy to modify)."""
+    root = tmp_path_factory.mktemp("rotation")
+    shutil.copytree(CONFIGS, root / "configs")
+    cwd = os.getcwd()
+    os.chdir(root)
+    try:
+        args = ["train", "configs/rotation_curve_observed.yaml", "--quiet", "--no-plots",
+                "--set", "data.n=6000", "--set", "train.epochs=12", "--set", "model.hidden=[64,64]"]  # fmt: skip
+        result = CliRunner().invoke(app, args, catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+    finally:
+        os.chdir(cwd)
+    return root / "runs" / "rotation_curve_observed"

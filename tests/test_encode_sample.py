@@ -73,6 +73,7 @@ def test_invert_parameters_json_has_the_documented_fields(cli, smoke_copy):
     invert_dir = (smoke_copy / "invert").resolve()
     assert {k: Path(v).resolve() for k, v in rec["files"].items()} == {
         "json": invert_dir / f"{slug}.json",
+        "csv": invert_dir / f"{slug}.csv",
         "png": invert_dir / f"{slug}.png",
     }
     assert json.loads((smoke_copy / "invert" / f"{slug}.json").read_text())["targets"][0]["z"] == row["z"]
@@ -83,7 +84,7 @@ def test_invert_text_output_names_code_error_and_parameters(cli, smoke_copy):
     result = cli("invert", "--mu", "0.3", "--sigma", "1.1")
     ok(result)
     assert result.stdout == ""  # messages go to stderr
-    for piece in ("z = [", "residual norm", "|fit - target|", "encoder", "mu≈", "sigma≈", "targets/s"):
+    for piece in ("z = [", "residual norm", "|fit - target|", "encoder", "mu=0.3", "sigma=1.1", "targets/s"):
         assert piece in result.stderr
 
 
@@ -97,8 +98,8 @@ def test_invert_csv_curve_with_irregular_x_and_yerr(cli, smoke_copy):
     ok(result)
     rec = json.loads(result.stdout)
     row = rec["targets"][0]
-    assert rec["objective_kind"] == "chi2" and rec["x"] == pytest.approx(x.tolist())
-    assert row["reduced_chi2"] == pytest.approx(row["chi2"] / (25 - 2))
+    assert rec["objective_kind"] == "chi2" and row["x"] == pytest.approx(x.tolist())  # the target's own points
+    assert row["reduced_chi2"] == pytest.approx(row["physics_objective"] / (25 - 2))  # at the refitted parameters
     assert len(row["fit"]) == 25 and len(row["yerr"]) == 25
     assert (smoke_copy / "invert" / "obs.png").exists()
 
@@ -111,8 +112,8 @@ def test_invert_batch_writes_csv(cli, smoke_copy):
     assert rec["n_targets"] == 3 and rec["starts"] == 2
     assert {"objective", "rel_l2", "encoder_rel_l2", "converged_fraction"} <= set(rec["summary"])
     lines = (smoke_copy / "invert" / "p.csv").read_text().splitlines()
-    assert lines[0].startswith("name,z1,z2,objective,residual_norm,data_residual,rel_l2,encoder_objective")
-    assert lines[0].endswith("est_mu,est_sigma,true_mu,true_sigma") and len(lines) == 4
+    assert lines[0].startswith("id,mu,sigma,params_source,physics_objective,decoder_objective,reduced_chi2,p_value")
+    assert lines[0].endswith("z1,z2,converged,true_mu,true_sigma") and len(lines) == 4
 
 
 @pytest.mark.parametrize("method", ["encoder", "adam", "nelder-mead"])

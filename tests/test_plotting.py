@@ -233,26 +233,30 @@ def test_read_inversions_is_tolerant(tmp_path: Path):
     assert len(problems) == 2
 
 
-def test_invert_figure_draws_error_bars_and_chi2_for_targets_with_yerr():
+def test_invert_figure_draws_error_bars_and_residuals_in_sigma_for_targets_with_yerr():
     from matplotlib.container import ErrorbarContainer
 
-    from funcae_cli.runs.results import invert_figure_from_record
+    from funcae_cli.runs.results import invert_figures
 
     x = np.linspace(0.5, 30.0, 12)
     target = 200 * (1 - np.exp(-x / 3))
     fit = target + np.linspace(-4, 4, 12)
     row = {"name": "galaxy", "z": [0.1, -0.2], "objective": 1.0, "rel_l2": 0.01, "target": target.tolist(),
            "fit": fit.tolist()}  # fmt: skip
-    record = {"x": x.tolist(), "run": "r", "method": "lbfgs", "targets": [row, {**row, "yerr": [2.0] * 12}]}
-    fig = invert_figure_from_record(record, FAMILIES["rotation_curve"])
+    record = {"x": x.tolist(), "run": "r", "method": "lbfgs",
+              "targets": [row, {**row, "yerr": [2.0] * 12, "reduced_chi2": 1.5}]}  # fmt: skip
+    fig = invert_figures(record, FAMILIES["rotation_curve"])["png"]
     (plain_curve, plain_res), (obs_curve, obs_res) = np.array(fig.axes).reshape(2, 2)
-    assert not plain_curve.containers and not plain_res.containers and "χ²" not in plain_res.get_title()
-    for ax in (obs_curve, obs_res):
-        bars = [c for c in ax.containers if isinstance(c, ErrorbarContainer)]
-        assert len(bars) == 1 and bars[0].has_yerr
-    chi2 = float(np.sum(((target - fit) / 2.0) ** 2))
-    assert f"χ² {chi2:.4g} over 12 points" in obs_res.get_title()
+    assert not plain_curve.containers and not plain_res.containers
+    assert "σ" not in plain_res.get_ylabel() and "velocity" in plain_res.get_ylabel()  # family units without errors
+    bars = [c for c in obs_curve.containers if isinstance(c, ErrorbarContainer)]
+    assert len(bars) == 1 and bars[0].has_yerr
+    assert obs_res.get_ylabel() == "(data − model) / σ"
+    (decoder,) = [line for line in obs_res.get_lines() if line.get_label() == "decoder"]
+    np.testing.assert_allclose(decoder.get_ydata(), (target - fit) / 2.0)  # residuals in units of sigma
+    assert "χ²/dof 1.5" in obs_curve.get_title(loc="left")
     assert "±1σ" in " ".join(t.get_text() for t in obs_curve.get_legend().get_texts())
+    assert len(fig.texts) == 1  # one title
     assert_figure_png(render(fig), "invert with yerr")
 
 
@@ -266,15 +270,17 @@ def test_read_inversions_ignores_malformed_yerr(tmp_path: Path):
 
 
 def test_the_command_figure_reads_records_like_plot_does():
-    """invert_figure_from_record parses rows with read_inversions' parser: malformed yerr is dropped, rows
-    without curves are skipped, and beyond MAX_ROWS targets the figure says how many it shows."""
-    from funcae_cli.runs.results import MAX_ROWS, invert_figure_from_record
+    """invert_figures parses rows with read_inversions' parser: malformed yerr is dropped, rows without curves
+    are skipped, and beyond MAX_ROWS targets the figure says how many it shows."""
+    from funcae_cli.runs.results import MAX_ROWS, invert_figures
 
     x = np.linspace(0.5, 30.0, 12)
     row = {"name": "g", "z": [0.1, -0.2], "objective": 1.0, "target": (x / 30).tolist(), "fit": (x / 31).tolist()}
     bad_yerr = {**row, "yerr": [2.0] * 11}  # one short: drawn without bars rather than failing
     record = {"x": x.tolist(), "run": "r", "method": "lbfgs",
               "targets": [bad_yerr, {"name": "no curves", "z": [0, 0]}] + [row] * MAX_ROWS}  # fmt: skip
-    fig = invert_figure_from_record(record, FAMILIES["rotation_curve"])
+    figures = invert_figures(record, FAMILIES["rotation_curve"])
+    fig = figures["png"]
     assert len(fig.axes) == 2 * MAX_ROWS and not any(ax.containers for ax in fig.axes)
     assert f"first {MAX_ROWS} of {MAX_ROWS + 1} targets" in " ".join(t.get_text() for t in fig.texts)
+    assert set(figures) == {"png", "page", "summary"}  # a batch also gets a page and a summary

@@ -96,10 +96,11 @@ def target_inputs(
     targets: Path | None,
     curves: Path | None,
     required: bool = False,
+    clip: bool = False,
 ) -> TargetInputs:
     """The targets named on the command line (at most one kind); `required`: none at all is an error."""
     family = run_family(rd)
-    inputs = TargetInputs(parse_param_args(family, param_args), list(curve or []), targets, curves)
+    inputs = TargetInputs(parse_param_args(family, param_args), list(curve or []), targets, curves, clip)
     kinds = inputs.kinds()
     if len(kinds) > 1:
         raise InputError(f"give one kind of target, got {' and '.join(TARGET_FLAGS[k] for k in kinds)}")

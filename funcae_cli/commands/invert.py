@@ -7,6 +7,8 @@ import typer
 from funcae_cli import console
 from funcae_cli.commands.common import resolve_run, target_inputs
 from funcae_cli.options import (
+    BoundsOpt,
+    ClipOpt,
     CurveOpt,
     CurvesOpt,
     DeviceOpt,
@@ -15,6 +17,8 @@ from funcae_cli.options import (
     MaxIterOpt,
     MethodOpt,
     NameOpt,
+    NoPhysicsOpt,
+    PriorOpt,
     RunOpt,
     SeedOpt,
     StartsOpt,
@@ -32,24 +36,31 @@ def invert(
     starts: StartsOpt = None,
     max_iter: MaxIterOpt = None,
     lr: LrOpt = None,
+    prior: PriorOpt = None,
+    bounds: BoundsOpt = None,
+    no_physics: NoPhysicsOpt = False,
+    clip: ClipOpt = False,
     seed: SeedOpt = None,
     name: NameOpt = None,
     no_plot: bool = typer.Option(False, "--no-plot", help="Skip invert/<name>.png."),
     device: DeviceOpt = "auto",
     json_: JsonOpt = False,
 ) -> None:
-    """Find the latent code (and physical parameters) of target curves: parameters (--mu 2.4 --sigma 1.7,
-    options named after the family's parameters), --curve obs.csv, --targets params.csv or --curves FILE.
+    """Latent codes and physical parameters of target curves: parameters (--mu 2.4 --sigma 1.7, options named
+    after the family's parameters), observed curves (--curve obs.csv, repeatable; --curves long.csv, a folder
+    or an .npz) or a table of parameters (--targets).
 
-    Starts from the encoder's code and refines it with batched L-BFGS on the device; objective: the L2 norm
-    of (target - decoded) in training space, or chi^2 when the curve has yerr. Writes invert/<name>.json,
-    .png and, for batches, .csv.
+    All targets are solved together on the device: the encoder's code refined by batched L-BFGS (objective:
+    chi^2 with yerr, else the L2 norm in training space; the training codes' density as the prior), then the
+    family's own formula fitted to each target for the parameters (families with one). Every target gets its
+    goodness of fit and flags (model mismatch, on a prior bound, off the manifold). Writes invert/<name>.json,
+    .csv and figures.
     """
     from funcae_cli.runs.invert import InvertOptions, run_invert  # torch: loaded only when it runs
 
     rd = resolve_run(run)
-    inputs = target_inputs(rd, ctx.args, curve, targets, curves, required=True)
-    options = InvertOptions(method=method, starts=starts, max_iter=max_iter, lr=lr, seed=seed)
+    inputs = target_inputs(rd, ctx.args, curve, targets, curves, required=True, clip=clip)
+    options = InvertOptions(method, starts, max_iter, lr, seed, prior, False if no_physics else None, bounds)
     rec = run_invert(rd, inputs, options, name=name, device=device, plot=not no_plot)
     for w in rec["warnings"]:
         console.warn(w)
@@ -59,39 +70,40 @@ def invert(
         console.info(report_text(rec))
 
 
+FMT = ".5g"  # parameters in the summary
+
+
 def _g(v: float | None, spec: str = ".4g") -> str:
     return "n/a" if v is None else format(v, spec)
 
 
 def report_text(rec: dict) -> str:
     """The human-readable summary of an inversion record: up to five targets, then the batch."""
-    what = "chi^2" if rec["objective_kind"] == "chi2" else "residual norm (training space)"
+    decoder = "chi^2" if rec["objective_kind"] == "chi2" else "residual norm (training space)"
     lines = []
     if rec["regressor_fitted_now"]:
         lines.append(f"fitted the latent model of the run (missing or stale): {rec['latent_model_file']}")
     for row in rec["targets"][:5]:
-        line = (
-            f"{row['name']}: z = [{', '.join(_g(v, '.5g') for v in row['z'])}]; {what} {_g(row['objective'])} "
-            f"(encoder {_g(row['encoder_objective'])}); |fit - target| {_g(row['data_residual'])} in family units, "
-            f"rel. L2 {_g(row['rel_l2'], '.3g')} (encoder {_g(row['encoder_rel_l2'], '.3g')})"
-        )
-        if "reduced_chi2" in row:
-            line += f"; reduced chi^2 {_g(row['reduced_chi2'], '.3g')}"
-        lines.append(line + f"; {row['iterations']} iterations")
-        if row.get("estimated_params"):
-            est = ", ".join(f"{k}≈{_g(v, '.5g')}" for k, v in row["estimated_params"].items())
-            if "true_params" in row:
-                true = ", ".join(f"{k}={_g(v, '.5g')}" for k, v in row["true_params"].items())
-                est += f" (true: {true})"
-            lines.append(f"  parameters: {est}")
+        params = ", ".join(f"{k}={_g(v, FMT)}" for k, v in row.get("params", {}).items())
+        z = ", ".join(_g(v, FMT) for v in row["z"])
+        lines.append(f"{row['name']}: " + (f"{params} ({row['params_source']}); " if params else "") + f"z = [{z}]")
+        fit = []
+        if row.get("physics_objective") is not None:
+            fit.append(f"family {rec['physics_measure']} {_g(row['physics_objective'])}")
+        fit.append(f"decoder {decoder} {_g(row['objective'])} (encoder {_g(row['encoder_objective'])}), "
+                   f"|fit - target| {_g(row['data_residual'])}")  # fmt: skip
+        if row.get("reduced_chi2") is not None:
+            fit.append(f"reduced chi^2 {_g(row['reduced_chi2'], '.3g')} (p {_g(row['p_value'], '.2g')})")
+        if row.get("density_percentile") is not None:
+            fit.append(f"code density percentile {100 * row['density_percentile']:.1f}")
+        lines.append("  " + "; ".join(fit) + (f"; flags: {', '.join(row['flags'])}" if row["flags"] else ""))
+        if "true_params" in row:
+            lines.append("  true: " + ", ".join(f"{k}={_g(v, FMT)}" for k, v in row["true_params"].items()))
     if rec["n_targets"] > 5:
         s = rec["summary"]
-        lines.append(
-            f"{rec['n_targets']:,} targets: median {what} {_g(s['objective']['median'])} "
-            f"(encoder {_g(s['encoder_objective']['median'])}), median |fit - target| "
-            f"{_g(s['data_residual']['median'])}, median rel. L2 {_g(s['rel_l2']['median'], '.3g')}, "
-            f"converged {100 * s['converged_fraction']:.1f}%"
-        )
+        flagged = ", ".join(f"{v} {k}" for k, v in s.get("flags", {}).items() if v) or "none flagged"
+        chi = f", median reduced chi^2 {_g(s['reduced_chi2']['median'], '.3g')}" if "reduced_chi2" in s else ""
+        lines.append(f"{rec['n_targets']:,} targets{chi}; {flagged}")
     lines.append(
         f"{rec['method']} on {rec['device']}: {rec['seconds']:.3g}s ({rec['targets_per_second']:.4g} targets/s); "
         "wrote " + ", ".join(rec["files"].values())

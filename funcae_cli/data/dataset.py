@@ -37,7 +37,7 @@ def evaluate(fam: Family, grid: Tensor, params: Tensor, options, out: Tensor | N
     g64 = grid.to(torch.float64)
     formula = FORMULAS[fam.name]
     for i in range(0, n, GEN_CHUNK):
-        out[i : i + GEN_CHUNK] = formula(g64, params[i : i + GEN_CHUNK].to(torch.float64), options)
+        out[i : i + GEN_CHUNK] = formula(g64, params[i : i + GEN_CHUNK].to(torch.float64), options, in_place=True)
     return out
 
 

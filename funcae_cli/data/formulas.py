@@ -1,9 +1,10 @@
 """How each formula family's curves are computed: vectorized, differentiable torch functions.
 
-`FORMULAS[name](grid, params, options)` takes a grid `(n_points,)` and parameters `(n, n_params)` (float64
-when generating data; any float dtype works, and gradients flow to the parameters, which the physics refit
-and the posteriors of `inversion/` use) and returns curves `(n, n_points)`. No Python loop runs over curves
-or grid points. `DERIVED_PRIORS[name]` draws the structured prior of a family whose other parameters follow
+`FORMULAS[name](x, params, options)` takes points x, either one grid `(m,)` shared by every row or `(n, m)`
+per row, and parameters `(n, n_params)`, and returns curves `(n, m)`. Float64 when generating data; any float
+dtype works, and derivatives flow to the parameters, by autograd and by torch.func's forward mode (the
+physics refit of `inversion/physics.py` takes Jacobians that way). No Python loop runs over curves or points.
+`DERIVED_PRIORS[name]` draws the structured prior of a family whose other parameters follow
 from the first (rotation curves: the scaling relations of notebook 004), and `DERIVED_LOG_PRIORS[name]` is
 that prior's log density.
 """
@@ -19,17 +20,24 @@ from torch import Tensor
 
 from funcae_cli.data.families import BetaOptions, RotationOptions, Scatter
 
-Formula = Callable[[Tensor, Tensor, Any], Tensor]  # (grid (m,), params (n, p), options) -> curves (n, m)
+# (x (m,) or (n, m), params (n, p), options, in_place) -> curves (n, m); in_place: may work in buffers it made
+# (not differentiable), for generation
+Formula = Callable[..., Tensor]
 
 # --- normal ---------------------------------------------------------------------------------
 
 
-def normal(grid: Tensor, params: Tensor, options: Any) -> Tensor:
+def rows(x: Tensor) -> Tensor:
+    """Points as (1, m) for a shared grid or (n, m) per row: broadcasts against parameters' (n, 1) columns."""
+    return x[None, :] if x.ndim == 1 else x
+
+
+def normal(x: Tensor, params: Tensor, options: Any, in_place: bool = False) -> Tensor:
     mu, sigma = params[:, 0:1], params[:, 1:2]  # (n, 1) each
     inv = 1.0 / sigma
-    z = torch.addcmul(-mu * inv, grid[None, :], inv)  # (x - mu) / sigma, (n, n_points), one pass
+    z = torch.addcmul(-mu * inv, rows(x), inv)  # (x - mu) / sigma, (n, m), one pass
     log_norm = -torch.log(sigma) - 0.5 * math.log(2 * math.pi)
-    if torch.is_grad_enabled() and params.requires_grad:  # the in-place form below cannot be differentiated
+    if not in_place:  # differentiable
         return torch.exp(log_norm - 0.5 * z * z)
     # exp(log_norm - z^2 / 2): the normalization inside the exponent, in place, three passes in all
     return torch.addcmul(log_norm, z, z, value=-0.5, out=z).exp_()
@@ -38,10 +46,10 @@ def normal(grid: Tensor, params: Tensor, options: Any) -> Tensor:
 # --- beta -----------------------------------------------------------------------------------
 
 
-def beta(grid: Tensor, params: Tensor, options: BetaOptions) -> Tensor:
+def beta(x: Tensor, params: Tensor, options: BetaOptions, in_place: bool = False) -> Tensor:
     a, b = params[:, 0:1], params[:, 1:2]
     log_norm = torch.lgamma(a + b) - torch.lgamma(a) - torch.lgamma(b)  # -log B(a, b)
-    logpdf = (a - 1) * torch.log(grid)[None, :] + (b - 1) * torch.log1p(-grid)[None, :] + log_norm
+    logpdf = (a - 1) * torch.log(rows(x)) + (b - 1) * torch.log1p(-rows(x)) + log_norm
     return logpdf if options.output == "log_pdf" else torch.exp(logpdf)
 
 
@@ -57,45 +65,59 @@ def _fc(x: Tensor) -> Tensor:
     return torch.log1p(x) - x / (1 + x)
 
 
-def v_halo(r: Tensor, mh: Tensor, c: Tensor) -> Tensor:
-    """NFW circular velocity, km/s. r (1, n_points) kpc; mh, c (n, 1)."""
+def v_halo2(r: Tensor, mh: Tensor, c: Tensor) -> Tensor:
+    """NFW circular velocity squared, (km/s)^2. r (1 or n, m) kpc; mh, c (n, 1)."""
     v_vir2 = (DELTA_C * HUBBLE**2 / 2) ** (1 / 3) * (G_KPC * mh) ** (2 / 3)
     r_vir = 1e3 * (mh / (0.5 * DELTA_C * HUBBLE**2 / G_KPC)) ** (1 / 3)  # kpc
-    return torch.sqrt(v_vir2 * r_vir / r * _fc(c * r / r_vir) / _fc(c))
+    return v_vir2 * r_vir / r * _fc(c * r / r_vir) / _fc(c)
 
 
 class DiscBessel(torch.autograd.Function):
     """I0(y)K0(y) - I1(y)K1(y) from exponentially scaled Bessel functions (I0 K0 = i0e k0e: no overflow
-    in float32 for large y), with its derivative written out: torch's scaled K0 and K1 have no autograd
+    in float32 for large y), with its derivative written out: torch's scaled K0 and K1 have no derivative
     formula, so without this the disc's parameters would silently get no gradient.
 
-    d/dy [I0 K0 - I1 K1] = 2 (I1 K0 - I0 K1 + I1 K1 / y).
+    d/dy [I0 K0 - I1 K1] = 2 (I1 K0 - I0 K1 + I1 K1 / y), computed with the value (the Bessel functions once),
+    for autograd's backward and forward modes and torch.func's transforms.
     """
 
+    generate_vmap_rule = True
+
     @staticmethod
-    def forward(ctx: Any, y: Tensor) -> Tensor:
+    def forward(y: Tensor) -> tuple[Tensor, Tensor]:
         sp = torch.special
         i0, i1 = sp.i0e(y), sp.i1e(y)
         k0, k1 = sp.scaled_modified_bessel_k0(y), sp.scaled_modified_bessel_k1(y)
-        ctx.save_for_backward(y, i0, i1, k0, k1)
-        return i0 * k0 - i1 * k1
+        return i0 * k0 - i1 * k1, 2 * (i1 * k0 - i0 * k1 + i1 * k1 / y)
 
     @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> Tensor:
-        y, i0, i1, k0, k1 = ctx.saved_tensors
-        return grad * 2 * (i1 * k0 - i0 * k1 + i1 * k1 / y)
+    def setup_context(ctx: Any, inputs: tuple[Tensor], output: tuple[Tensor, Tensor]) -> None:
+        derivative = output[1]
+        ctx.mark_non_differentiable(derivative)
+        ctx.save_for_backward(derivative)
+        ctx.save_for_forward(derivative)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor, _: Tensor) -> Tensor:
+        (derivative,) = ctx.saved_tensors
+        return grad * derivative
+
+    @staticmethod
+    def jvp(ctx: Any, tangent: Tensor) -> tuple[Tensor, None]:
+        (derivative,) = ctx.saved_tensors
+        return tangent * derivative, None
 
 
-def v_disc(r: Tensor, md: Tensor, rd: Tensor) -> Tensor:
-    """Exponential-disc circular velocity, km/s (Freeman 1970). r (1, n_points) kpc; md, rd (n, 1)."""
+def v_disc2(r: Tensor, md: Tensor, rd: Tensor) -> Tensor:
+    """Exponential-disc circular velocity squared, (km/s)^2 (Freeman 1970). r (1 or n, m) kpc; md, rd (n, 1)."""
     y = r / (2 * rd)
-    return torch.sqrt(torch.clamp(2 * G_DISC * md / rd * y * y * DiscBessel.apply(y), min=0.0))
+    return torch.clamp(2 * G_DISC * md / rd * y * y * DiscBessel.apply(y)[0], min=0.0)
 
 
-def rotation_curve(grid: Tensor, params: Tensor, options: Any) -> Tensor:
+def rotation_curve(x: Tensor, params: Tensor, options: Any, in_place: bool = False) -> Tensor:
     md, rd, mh, c = (params[:, i : i + 1] for i in range(4))
-    r = grid[None, :]
-    return torch.sqrt(v_disc(r, md, rd) ** 2 + v_halo(r, mh, c) ** 2)
+    r = rows(x)
+    return torch.sqrt(v_disc2(r, md, rd) + v_halo2(r, mh, c))
 
 
 def _relations(log_md: Tensor) -> tuple[Tensor, Tensor]:

@@ -17,6 +17,7 @@ class TargetInputs:
     curve_files: list[Path] = field(default_factory=list)  # one observed curve per file: x, y[, yerr]
     params_table: Path | None = None  # a CSV of parameter rows, a header naming each family parameter
     curves: Path | None = None  # many curves: .npz (one grid), long-format .csv (id,x,y[,yerr]) or a folder
+    clip: bool = False  # drop observed points outside the run's grid (with a warning) instead of failing
 
     def kinds(self) -> list[str]:
         """The kinds given, by field name."""

@@ -23,14 +23,18 @@ import torch
 from torch import Tensor
 
 from funcae_cli.errors import InputError, OptionError
+from funcae_cli.inversion.assess import Assessment, assess
+from funcae_cli.inversion.density import CodeDensity
 from funcae_cli.inversion.encode import encode_curves, targets_on_grid
 from funcae_cli.inversion.objective import Problem
+from funcae_cli.inversion.physics import Bounds, Observations, PhysicsFit, fit_physics, natural_bounds
 from funcae_cli.inversion.regressor import LatentModel
 from funcae_cli.inversion.search import adam, lbfgs
 from funcae_cli.inversion.targets import Targets
 from funcae_cli.runs.trained import Trained
 
 METHODS = ("encoder", "lbfgs", "adam", "nelder-mead")
+PRIORS = ("density", "none")
 CHUNK_ROWS = 8192  # optimization rows (targets x starts) per tensor problem: bounds device memory
 
 # --- random starts ------------------------------------------------------------------------------
@@ -57,7 +61,7 @@ class InvertResult:
     method: str
     objective_kind: str  # "l2" (norm in training space) or "chi2"
     z: np.ndarray  # (n, d)
-    objective: np.ndarray  # (n,) L2 norm in training space, or chi^2
+    objective: np.ndarray  # (n,) the decoder's fit: L2 norm in training space, or chi^2
     residual_norm: np.ndarray  # (n,) L2 norm of (target - fit) in training space
     data_residual: np.ndarray  # (n,) ||fit - target|| in the family's units
     rel_l2: np.ndarray  # (n,) ||fit - target|| / ||target|| in the family's units
@@ -70,9 +74,19 @@ class InvertResult:
     seconds: np.ndarray  # (n,) per target; amortized (batch time / n) for the batched methods
     fit: np.ndarray  # (n, m) decoded curve in family units at the observation points
     total_seconds: float
-    chi2: np.ndarray | None = None  # (n,) with yerr
-    reduced_chi2: np.ndarray | None = None  # (n,) chi^2 / (m - d)
-    params_est: np.ndarray | None = None  # (n, n_params) from the regressor
+    chi2: np.ndarray | None = None  # (n,) the decoder's chi^2, with yerr
+    reduced_chi2: np.ndarray | None = None  # (n,) at the reported parameters (physics), else the decoder's
+    params_est: np.ndarray | None = None  # (n, n_params) the reported parameters (see params_source)
+    params_source: str = "none"  # "physics" (the family's formula fitted), "regressor" (from the code), "none"
+    regressor_params: np.ndarray | None = None  # (n, n_params) the regressor's estimate from the code
+    physics: PhysicsFit | None = None  # the refit, for families with a formula
+    physics_objective: np.ndarray | None = None  # (n,) chi^2, or L2 norm in the family's units, at params_est
+    decoder_physics_objective: np.ndarray | None = None  # (n,) the decoder's fit in the same measure
+    p_value: np.ndarray | None = None  # (n,) of reduced_chi2
+    log_density: np.ndarray | None = None  # (n,) of the code under the training codes' density
+    density_percentile: np.ndarray | None = None  # (n,) fraction of training codes less dense
+    assessment: Assessment | None = None  # flags and warnings
+    prior: str = "none"  # the latent prior used: density or none
     starts: int = 0
 
     @property
@@ -89,6 +103,22 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def _as_targets(
+    targets: Targets | Tensor | np.ndarray, x: Tensor | np.ndarray | None, yerr: Tensor | np.ndarray | None
+):
+    if isinstance(targets, Targets):
+        return targets
+    y = torch.as_tensor(np.asarray(targets) if not isinstance(targets, Tensor) else targets, dtype=torch.float32)
+    y = y.reshape(-1, y.shape[-1])
+    xt = None if x is None else torch.as_tensor(x, dtype=torch.float64).expand(y.shape[0], -1).clone()
+    et = None if yerr is None else torch.as_tensor(yerr, dtype=torch.float32).expand_as(y).clone()
+    return Targets(y, xt, et, names=[f"target {i}" for i in range(y.shape[0])], source="array")
+
+
+def _np(t: Tensor) -> np.ndarray:
+    return t.detach().cpu().numpy()
+
+
 def invert_batch(
     trained: Trained,
     targets: Targets | Tensor | np.ndarray,
@@ -100,30 +130,36 @@ def invert_batch(
     latent_model: LatentModel | None = None,
     x: Tensor | np.ndarray | None = None,
     yerr: Tensor | np.ndarray | None = None,
+    prior: str = "density",
+    physics: bool = True,
+    bounds: str = "prior",
+    physics_starts: int = 4,
+    physics_max_iter: int = 50,
 ) -> InvertResult:
     """Invert many targets at once; usable without the CLI.
 
     targets: a Targets, or curves (n, m) in family units on the run's grid (or at `x`, with optional `yerr`).
     starts: random restarts per target from the latent distribution (AE: the training codes, which
     need `latent_model`; VAE: the prior); the best of the encoder's code and the restarts is kept.
-    latent_model: used for the parameter estimates (and AE restarts); None: no estimates (and
-    AE restarts fall back to the prior N(0, I)).
+    latent_model: the run's latent model (latent.latent_model_for): the parameter estimates, AE restarts and,
+    with prior "density", the codes' density as the latent search's prior. None: none of them.
+    physics: for families with a formula, refit the parameters with the formula itself (physics.py), from
+    the regressor's estimate, inside `bounds` ("prior" or "domain"); the reported parameters are the refit's.
     """
     if method not in METHODS:
         raise OptionError("method", f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
-    if not isinstance(targets, Targets):
-        y = torch.as_tensor(np.asarray(targets) if not isinstance(targets, Tensor) else targets, dtype=torch.float32)
-        y = y.reshape(-1, y.shape[-1])
-        xt = None if x is None else torch.as_tensor(x, dtype=torch.float64)
-        et = None if yerr is None else torch.as_tensor(yerr, dtype=torch.float32).expand_as(y).clone()
-        targets = Targets(y, xt, et, None, [f"target {i}" for i in range(y.shape[0])], "array")
+    if prior not in PRIORS:
+        raise OptionError("prior", f"unknown latent prior {prior!r}; choose one of {', '.join(PRIORS)}")
+    targets = _as_targets(targets, x, yerr)
     if targets.x is None and targets.y.shape[1] != trained.grid.shape[0]:
         raise InputError(f"targets have {targets.y.shape[1]} points but the run's grid has {trained.grid.shape[0]}")
+    density = latent_model.density if latent_model is not None and prior == "density" else None
+    bounds_ = natural_bounds(trained, bounds) if physics and trained.family.has_formula else None
     dev = trained.device
     _sync(dev)
     t0 = time.perf_counter()
-    problem = Problem(trained, targets)
-    n, d = targets.n, trained.model.args.latent_dim
+    problem = Problem(trained, targets, density)
+    n = targets.n
     y_grid = targets_on_grid(trained, targets)
     if trained.normalizer.transform == "log" and problem.chi2:  # noisy data may dip <= 0; only the start needs log
         positive = y_grid[y_grid > 0]
@@ -143,43 +179,82 @@ def invert_batch(
         z_best, iters, conv, start = _batched(problem, zs, method, max_iter, lr)
     m_enc = problem.metrics(z_enc)
     m = problem.metrics(z_best)
-    fit = m["fit"]
-    _sync(dev)
-    total = time.perf_counter() - t0
-    params_est = None
-    if latent_model is not None:
-        params_est = latent_model.predict(z_best).numpy()
-
-    def np_(t: Tensor) -> np.ndarray:
-        return t.detach().cpu().numpy()
-
-    chi2 = reduced = None
-    if problem.chi2:
-        chi2 = np_(m["chi2"]).astype(np.float64)
-        dof = problem.m - d
-        reduced = chi2 / dof if dof > 0 else np.full_like(chi2, np.nan)
-    return InvertResult(
+    out = InvertResult(
         method=method,
         objective_kind="chi2" if problem.chi2 else "l2",
-        z=np_(z_best).astype(np.float64),
-        objective=np_(m["objective"]).astype(np.float64),
-        residual_norm=np_(m["residual_norm"]).astype(np.float64),
-        data_residual=np_(m["data_residual"]).astype(np.float64),
-        rel_l2=np_(m["rel_l2"]).astype(np.float64),
-        encoder_z=np_(z_enc).astype(np.float64),
-        encoder_objective=np_(m_enc["objective"]).astype(np.float64),
-        encoder_rel_l2=np_(m_enc["rel_l2"]).astype(np.float64),
-        iterations=np_(iters),
-        converged=np_(conv),
-        start=np_(start),
-        seconds=np.full(n, total / max(n, 1)) if seconds is None else seconds,
-        fit=np_(fit),
-        total_seconds=total,
-        chi2=chi2,
-        reduced_chi2=reduced,
-        params_est=params_est,
+        z=_np(z_best).astype(np.float64),
+        objective=_np(m["objective"]).astype(np.float64),
+        residual_norm=_np(m["residual_norm"]).astype(np.float64),
+        data_residual=_np(m["data_residual"]).astype(np.float64),
+        rel_l2=_np(m["rel_l2"]).astype(np.float64),
+        encoder_z=_np(z_enc).astype(np.float64),
+        encoder_objective=_np(m_enc["objective"]).astype(np.float64),
+        encoder_rel_l2=_np(m_enc["rel_l2"]).astype(np.float64),
+        iterations=_np(iters),
+        converged=_np(conv),
+        start=_np(start),
+        seconds=np.zeros(n),
+        fit=_np(m["fit"]),
+        total_seconds=0.0,
+        chi2=_np(m["chi2"]).astype(np.float64) if problem.chi2 else None,
+        prior=prior if density is not None else "none",
         starts=starts,
     )
+    if latent_model is not None:
+        out.regressor_params = latent_model.predict(z_best).numpy()
+        out.params_est, out.params_source = out.regressor_params, "regressor"
+    if density is not None:
+        logp = density.log_prob(z_best.double())
+        out.log_density, out.density_percentile = _np(logp), _np(density.percentile(logp))
+    _estimate_physics(trained, targets, out, bounds_, physics_starts, physics_max_iter, seed, dev)
+    _assess(trained, targets, out, density)
+    _sync(dev)
+    out.total_seconds = time.perf_counter() - t0
+    out.seconds = np.full(n, out.total_seconds / max(n, 1)) if seconds is None else seconds
+    return out
+
+
+def _estimate_physics(
+    trained: Trained, targets: Targets, out: InvertResult, bounds: Bounds | None, starts: int, max_iter: int,
+    seed: int, dev: torch.device,
+) -> None:  # fmt: skip
+    """The family's formula fitted to every target from the regressor's estimate (when there is a formula)."""
+    if bounds is None:
+        return
+    obs = Observations.of(
+        targets.x if targets.x is not None else trained.grid, targets.y, targets.yerr, targets.mask, dev
+    )
+    estimate = out.regressor_params if out.regressor_params is not None else None
+    if estimate is None:  # no latent model: start in the middle of the bounds
+        estimate = bounds.to_units(torch.where(torch.isfinite(bounds.low + bounds.high), (bounds.low + bounds.high) / 2,
+                                               0.0))[None].expand(targets.n, -1).numpy()  # fmt: skip
+    fit = fit_physics(trained, obs, torch.as_tensor(estimate), bounds, starts, max_iter, seed)
+    out.physics, out.params_est, out.params_source = fit, fit.params, "physics"
+    out.physics_objective = fit.objective if obs.chi2 else np.sqrt(fit.objective)
+    decoder = torch.as_tensor(out.fit, dtype=torch.float64)
+    keep = torch.ones_like(targets.y, dtype=torch.bool) if targets.mask is None else targets.mask
+    resid = (decoder - targets.y.double())[keep] * obs.weight.cpu()
+    sums = torch.zeros(targets.n, dtype=torch.float64).index_add_(0, obs.target.cpu(), resid.square()).numpy()
+    out.decoder_physics_objective = sums if obs.chi2 else np.sqrt(sums)
+
+
+def _assess(trained: Trained, targets: Targets, out: InvertResult, density: CodeDensity | None) -> None:
+    counts = targets.counts.numpy()
+    if out.physics is not None:
+        chi2 = out.physics.objective if targets.yerr is not None else None
+        dof = counts - int(out.physics.bounds.free.sum())
+    else:
+        chi2, dof = out.chi2, counts - out.z.shape[1]
+    out.assessment = assess(
+        targets.names,
+        chi2,
+        dof,
+        None if out.physics is None else out.physics.on_bound,
+        trained.param_names,
+        out.log_density,
+        None if density is None else density.off_manifold_below,
+    )
+    out.reduced_chi2, out.p_value = out.assessment.reduced_chi2, out.assessment.p_value
 
 
 def _batched(
@@ -218,7 +293,8 @@ def nelder_mead_target(
 ) -> tuple[np.ndarray, float, int, bool, float]:
     """scipy Nelder-Mead on target i, one decoder call and numpy round trip per evaluation (notebook 000).
 
-    Minimizes the objective's norm (sqrt of the sum of squares), as the notebook did.
+    Minimizes the objective's norm (sqrt of the sum of squares), as the notebook did; with a latent prior,
+    the MAP objective.
     Returns (z, objective norm, iterations, success, seconds).
     """
     from scipy.optimize import minimize
@@ -228,6 +304,8 @@ def nelder_mead_target(
     def func(zv: np.ndarray) -> float:
         with torch.no_grad():
             zt = torch.as_tensor(zv, dtype=torch.float32, device=problem.device)[None]
+            if problem.density is not None:  # the MAP objective
+                return float(problem.loss(zt, row))
             return float(problem.residual(zt, row).square().sum().sqrt())
 
     options = {} if max_iter is None else {"maxiter": max_iter}

@@ -79,4 +79,4 @@ def latent_model_after_training(model: nn.Module, prep: Prepared, cfg: Config, r
     except (RuntimeError, ValueError, np.linalg.LinAlgError) as e:
         return {"regressor": {"kind": KIND, "error": str(e).splitlines()[0][:200]}}
     save_latent_model(lm, rd.regressor)
-    return {"regressor": lm.summary()}
+    return {"regressor": lm.summary(), "code_density": lm.density.summary()}

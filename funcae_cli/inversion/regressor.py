@@ -24,6 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from funcae_cli.errors import CheckpointError
+from funcae_cli.inversion.density import CodeDensity, fit_code_density
 from funcae_cli.runs.checkpoint import load_checkpoint, save_checkpoint
 
 KIND = "knn_local_linear"
@@ -67,7 +68,8 @@ def local_linear(codes: np.ndarray, targets: np.ndarray, tree: Any, query: np.nd
 
 @dataclass
 class LatentModel:
-    """Code -> parameters regressor plus the distribution of the training codes."""
+    """Code -> parameters regressor plus the distribution of the training codes (stored codes and their
+    density, a Gaussian mixture: density.py)."""
 
     param_names: list[str]
     log_scale: list[bool]
@@ -81,6 +83,7 @@ class LatentModel:
     code_cov: Tensor  # (d, d)
     signature: float  # model_signature() of the weights it was fitted on
     n_train: int
+    density: CodeDensity  # of the training codes: the latent search's prior and the off-manifold test
     _tree: Any = field(default=None, repr=False, compare=False)
 
     @property
@@ -89,7 +92,7 @@ class LatentModel:
 
     def _search(self) -> Any:
         if self._tree is None:
-            from scipy.spatial import cKDTree
+            from scipy.spatial import cKDTree  # scipy.spatial: ~0.3 s to import, needed only for estimates
 
             self._tree = cKDTree(self.codes.double().numpy())
         return self._tree
@@ -124,13 +127,15 @@ class LatentModel:
             if not name.startswith("_"):
                 v = getattr(self, name)
                 out[name] = v.clone() if isinstance(v, Tensor) else v
+        out["density"] = self.density.state()
         return out
 
     @classmethod
     def from_state(cls, s: dict[str, Any]) -> LatentModel:
         if s.get("kind") != KIND:
             raise KeyError(f"kind {s.get('kind')!r}")
-        return cls(**{name: s[name] for name in cls.__dataclass_fields__ if not name.startswith("_")})
+        fields = {name: s[name] for name in cls.__dataclass_fields__ if not name.startswith("_")}
+        return cls(**{**fields, "density": CodeDensity.from_state(s["density"])})
 
 
 def _regression_targets(params: Tensor, log_scale: list[bool]) -> Tensor:
@@ -182,6 +187,7 @@ def fit_latent_model(
         code_cov=torch.cov(zt_all.T).reshape(dim, dim) if len(zt_all) > 1 else torch.eye(dim, dtype=torch.float64),
         signature=signature,
         n_train=int(zt_all.shape[0]),
+        density=fit_code_density(codes_train, codes_val, seed),
     )
     zv = codes_val.detach().cpu().double().numpy()
     yv = _regression_targets(params_val, log_scale).numpy()

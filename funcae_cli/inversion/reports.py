@@ -1,25 +1,63 @@
-"""Inversion results as JSON-ready records: one dict per target, and medians and percentiles over the batch."""
+"""Inversion results as JSON-ready records and CSV tables: one row per target, and the batch's summary."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import numpy as np
+import torch
 
+from funcae_cli.data.formulas import FORMULAS
 from funcae_cli.files import finite_or_none
+from funcae_cli.inversion.assess import FLAGS
 from funcae_cli.inversion.invert import InvertResult
 from funcae_cli.inversion.targets import Targets
 from funcae_cli.runs.trained import Trained
 
+WITH_CURVES = 16  # targets whose curves the record carries (for the figures and `funcae plot --kind invert`)
 
-def result_rows(trained: Trained, targets: Targets, res: InvertResult, with_curves: int = 16) -> list[dict[str, Any]]:
-    """One JSON-ready dict per target; the first `with_curves` carry their target and fit curves."""
+
+def _f(a: np.ndarray | None, i: int) -> float | None:
+    return None if a is None else finite_or_none(a[i])
+
+
+def physics_measure(res: InvertResult) -> str:
+    """What physics_objective measures."""
+    return "chi2" if res.objective_kind == "chi2" else "l2 (family units)"
+
+
+def figure_curves(trained: Trained, targets: Targets, res: InvertResult, k: int = WITH_CURVES) -> dict[str, list]:
+    """Curves the figures draw, for the first k targets: the decoded curve on the run's grid (`decoded`) and,
+    where parameters were fitted with the formula, the family's curve at them on the grid (`family`) and at
+    the target's own points (`family_fit`)."""
+    k = min(k, res.n)
+    out: dict[str, list] = {"decoded": list(trained.decode(torch.as_tensor(res.z[:k])).double().cpu().numpy())}
+    if res.physics is not None:
+        formula, options = FORMULAS[trained.family.name], trained.cfg.family.options
+        params = torch.as_tensor(res.params_est[:k], dtype=torch.float64)
+        out["family"] = list(formula(trained.grid, params, options).numpy())
+        points = [targets.points(i)[0] for i in range(k)]
+        out["family_fit"] = [
+            formula(torch.as_tensor(x) if x is not None else trained.grid, params[i : i + 1], options)[0].numpy()
+            for i, x in enumerate(points)
+        ]
+    return out
+
+
+def result_rows(
+    trained: Trained, targets: Targets, res: InvertResult, curves: dict[str, list] | None = None
+) -> list[dict[str, Any]]:
+    """One JSON-ready dict per target. curves: per-target arrays for the first rows (figure_curves), added with
+    the target's own points, values and errors."""
     names = trained.param_names
+    a = res.assessment
     rows = []
     for i in range(res.n):
         row: dict[str, Any] = {
             "index": i,
             "name": targets.names[i] if i < len(targets.names) else f"target {i}",
+            "flags": list(a.flags[i]) if a is not None else [],
+            "params_source": res.params_source,
             "z": res.z[i].tolist(),
             "objective": float(res.objective[i]),
             "residual_norm": float(res.residual_norm[i]),
@@ -32,12 +70,26 @@ def result_rows(trained: Trained, targets: Targets, res: InvertResult, with_curv
             "converged": bool(res.converged[i]),
             "start": int(res.start[i]),
             "seconds": float(res.seconds[i]),
+            "points": int(targets.counts[i]),
         }
         if res.chi2 is not None:
             row["chi2"] = float(res.chi2[i])
-            row["reduced_chi2"] = finite_or_none(res.reduced_chi2[i])
+        if a is not None:
+            row.update(reduced_chi2=_f(a.reduced_chi2, i), p_value=_f(a.p_value, i), dof=int(a.dof[i]))
+            if a.bound_notes[i]:
+                row["on_bound"] = a.bound_notes[i]
         if res.params_est is not None:
-            row["estimated_params"] = {k: float(v) for k, v in zip(names, res.params_est[i])}
+            row["params"] = {k: float(v) for k, v in zip(names, res.params_est[i])}
+            row["estimated_params"] = row["params"]
+        if res.regressor_params is not None and res.params_source == "physics":
+            row["regressor_params"] = {k: float(v) for k, v in zip(names, res.regressor_params[i])}
+        if res.physics_objective is not None:
+            row["physics_objective"] = _f(res.physics_objective, i)
+            row["decoder_physics_objective"] = _f(res.decoder_physics_objective, i)
+            row["physics_converged"] = bool(res.physics.converged[i])
+        if res.log_density is not None:
+            row["log_density"] = _f(res.log_density, i)
+            row["density_percentile"] = _f(res.density_percentile, i)
         if targets.params is not None:
             true = targets.params[i].tolist()
             row["true_params"] = dict(zip(names, true))
@@ -46,13 +98,48 @@ def result_rows(trained: Trained, targets: Targets, res: InvertResult, with_curv
                 row["param_rel_error"] = {
                     k: abs(float(e) - t) / abs(t) if t != 0 else None for k, e, t in zip(names, res.params_est[i], true)
                 }
-        if i < with_curves:
-            row["target"] = targets.y[i].tolist()
-            row["fit"] = res.fit[i].tolist()
-            if targets.yerr is not None:
-                row["yerr"] = targets.yerr[i].tolist()
+        if curves is not None and i < len(curves["decoded"]):
+            x, y, e = targets.points(i)
+            keep = slice(None) if targets.mask is None else targets.mask[i].numpy()
+            if x is not None:
+                row["x"] = x.tolist()
+            row["target"] = y.tolist()
+            row["fit"] = res.fit[i][keep].tolist()
+            if e is not None:
+                row["yerr"] = e.tolist()
+            row.update({k: v[i].tolist() for k, v in curves.items()})
         rows.append(row)
     return rows
+
+
+def table(trained: Trained, targets: Targets, res: InvertResult) -> tuple[list[str], list[list[Any]]]:
+    """The per-target CSV: id, parameters, physics and decoder objectives, goodness of fit, density, flags."""
+    names = trained.param_names
+    a = res.assessment
+    header = ["id", *names, "params_source"]
+    header += ["physics_objective", "decoder_objective"] if res.physics_objective is not None else ["objective"]
+    header += ["reduced_chi2", "p_value", "dof", "log_density", "density_percentile", "flags"]
+    header += [f"z{j + 1}" for j in range(res.z.shape[1])] + ["converged"]
+    header += [f"true_{k}" for k in names] if targets.params is not None else []
+    lines = []
+    for i in range(res.n):
+        line: list[Any] = [targets.names[i]]
+        line += list(res.params_est[i]) if res.params_est is not None else [""] * len(names)
+        line.append(res.params_source)
+        if res.physics_objective is not None:
+            line += [res.physics_objective[i], res.decoder_physics_objective[i]]
+        else:
+            line.append(res.objective[i])
+        for v in (a.reduced_chi2, a.p_value) if a is not None else (None, None):
+            line.append("" if v is None or not np.isfinite(v[i]) else v[i])
+        line.append(int(a.dof[i]) if a is not None else "")
+        for v in (res.log_density, res.density_percentile):
+            line.append("" if v is None else v[i])
+        line.append(";".join(a.flags[i]) if a is not None else "")
+        line += list(res.z[i]) + [bool(res.converged[i])]
+        line += targets.params[i].tolist() if targets.params is not None else []
+        lines.append(line)
+    return header, lines
 
 
 def _nanmedian(a: np.ndarray) -> float | None:
@@ -61,7 +148,7 @@ def _nanmedian(a: np.ndarray) -> float | None:
 
 
 def summarize(res: InvertResult, targets: Targets, names: list[str]) -> dict[str, Any]:
-    """Medians and percentiles over the batch."""
+    """Medians and percentiles over the batch, and how many targets carry each flag."""
 
     def stats(a: np.ndarray) -> dict[str, float | None]:
         a = a[np.isfinite(a)]
@@ -80,8 +167,13 @@ def summarize(res: InvertResult, targets: Targets, names: list[str]) -> dict[str
         "converged_fraction": float(res.converged.mean()),
         "restart_won_fraction": float((res.start > 0).mean()),
     }
+    if res.physics_objective is not None:
+        out["physics_objective"] = stats(res.physics_objective)
+        out["decoder_physics_objective"] = stats(res.decoder_physics_objective)
     if res.reduced_chi2 is not None:
         out["reduced_chi2"] = stats(res.reduced_chi2)
+    if res.assessment is not None:
+        out["flags"] = {flag: sum(flag in f for f in res.assessment.flags) for flag in FLAGS}
     if res.params_est is not None and targets.params is not None:
         true = targets.params.numpy()
         err = np.abs(res.params_est - true)

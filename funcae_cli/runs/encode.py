@@ -38,12 +38,15 @@ def run_encode(
             seconds=time.perf_counter() - t0,
         )
         return out
-    warnings = training_range_warnings(trained, targets.params) if targets.params is not None else []
-    if not covers_grid(trained, targets):
+    warnings = list(targets.warnings)
+    warnings += training_range_warnings(trained, targets.params) if targets.params is not None else []
+    short = [targets.names[i] for i in torch.nonzero(~covers_grid(trained, targets)).flatten().tolist()]
+    if short:
+        more = f" and {len(short) - 5} more" if len(short) > 5 else ""
         warnings.append(
-            f"{targets.source}: x covers [{float(targets.x[0]):g}, {float(targets.x[-1]):g}] of the grid's "
-            f"[{float(trained.grid[0]):g}, {float(trained.grid[-1]):g}]: the encoder sees end values held "
-            "constant; `funcae invert` fits the observed points only"
+            f"{', '.join(short[:5])}{more}: the points cover part of the grid's "
+            f"[{float(trained.grid[0]):g}, {float(trained.grid[-1]):g}]; the encoder sees the end values held "
+            "constant beyond them (`funcae invert` fits the observed points only)"
         )
     z = encode_curves(trained, targets_on_grid(trained, targets)).cpu().numpy().astype(np.float64)
     slug = slugify(name or inputs.slug())

@@ -33,17 +33,18 @@ from funcae_cli.plotting.images import (
     image_samples_figure,
     value_range,
 )
+from funcae_cli.plotting.inversion import inversions_figure
 from funcae_cli.plotting.latent import corner_figure, decoder_grid_figure, grid_codes, latent_figure, support_mask
 from funcae_cli.plotting.reconstruction import pca_figure, reconstruction_figure
-from funcae_cli.plotting.results import inversions_figure, samples_comparison_figure
+from funcae_cli.plotting.samples import samples_comparison_figure
 from funcae_cli.plotting.training import loss_figure
 from funcae_cli.runs.dataset import dataset_for
-from funcae_cli.runs.results import invert_figure_from_record, read_inversions, read_samples
+from funcae_cli.runs.results import read_inversions, read_samples
 from funcae_cli.runs.rundir import RunDir
 from funcae_cli.runs.trained import Trained, load_trained
 from funcae_cli.training.evaluation import eval_chunks, pca_fit, pca_reconstruct, run_noise
 
-__all__ = ["PLOTS", "PlotOptions", "invert_figure_from_record", "render_plots"]
+__all__ = ["PLOTS", "PlotOptions", "render_plots"]
 
 FORMATS = ("png", "pdf", "svg")
 DEFAULT_RANGE = {"ae": 1.0, "vae": 3.0}  # decoder grid half-width per model kind (notebooks 000, 001)

@@ -15,7 +15,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from funcae_cli.data.families import Family
-from funcae_cli.plotting.results import Inversion, inversions_figure
+from funcae_cli.plotting.inversion import Inversion, inversion_page_figure, inversion_summary_figure, inversions_figure
 
 MAX_ROWS = 4  # targets drawn from a batch in the figure `funcae invert` writes
 
@@ -23,8 +23,8 @@ MAX_ROWS = 4  # targets drawn from a batch in the figure `funcae invert` writes
 _TARGET_KEYS = ("target", "target_curve", "y")
 _FIT_KEYS = ("fit", "fit_curve", "decoded", "recon")
 _X_KEYS = ("x", "grid")
-_TRUE_PARAM_KEYS = ("params", "target_params", "true_params", "parameters")
-_EST_PARAM_KEYS = ("estimated_params", "params_estimate", "estimate", "params_est", "physical")
+_TRUE_PARAM_KEYS = ("true_params", "target_params", "parameters")
+_EST_PARAM_KEYS = ("params", "estimated_params", "params_estimate", "estimate", "params_est", "physical")
 _OBJECTIVE_KEYS = ("objective", "residual_norm", "loss")
 _LIST_KEYS = ("results", "targets", "inversions")
 
@@ -60,8 +60,9 @@ def _scalar(v: Any) -> float | None:
     return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
 
 
-def parse_inversion(d: dict[str, Any], source: str, x_default: Any = None) -> Inversion | None:
-    """One inversion from a record's row, or None without usable target/fit/x curves (malformed yerr is dropped)."""
+def parse_inversion(d: dict[str, Any], source: str, x_default: Any = None, grid: Any = None) -> Inversion | None:
+    """One inversion from a record's row, or None without usable target/fit/x curves (malformed yerr is dropped;
+    curves on the grid of another length than `grid` are left out)."""
     target, fit = _array(_first(d, _TARGET_KEYS)), _array(_first(d, _FIT_KEYS))
     x = _array(_first(d, _X_KEYS))
     if x is None:
@@ -83,7 +84,23 @@ def parse_inversion(d: dict[str, Any], source: str, x_default: Any = None) -> In
         rel_l2=_scalar(d.get("rel_l2")),
         source=source,
         yerr=yerr,
+        **_on_grid(d, _array(grid)),
+        family_fit=fit_ if (fit_ := _array(d.get("family_fit"))) is not None and fit_.shape == target.shape else None,
+        reduced_chi2=_scalar(d.get("reduced_chi2")),
+        flags=[str(f) for f in d.get("flags", []) if isinstance(f, str)] if isinstance(d.get("flags"), list) else [],
+        params_source=str(d.get("params_source", "")),
     )
+
+
+def _on_grid(d: dict[str, Any], grid: np.ndarray | None) -> dict[str, Any]:
+    """The row's curves on the run's grid (decoded, family), where their lengths match it."""
+    if grid is None or grid.ndim != 1:
+        return {}
+    out: dict[str, Any] = {"grid": grid}
+    for key in ("decoded", "family"):
+        a = _array(d.get(key))
+        out[key] = a if a is not None and a.shape == grid.shape else None
+    return out
 
 
 def read_inversions(paths: list[Path], limit: int | None = None) -> tuple[list[Inversion], list[str]]:
@@ -101,17 +118,17 @@ def read_inversions(paths: list[Path], limit: int | None = None) -> tuple[list[I
             problems.append(f"{Path(path).name}: unreadable ({e})")
             continue
         entries: list[Any]
-        x_default = None
+        x_default = grid = None
         if isinstance(obj, list):
             entries = obj
         elif isinstance(obj, dict) and isinstance(_first(obj, _LIST_KEYS), list):
             entries = _first(obj, _LIST_KEYS)
-            x_default = _first(obj, _X_KEYS)
+            x_default, grid = _first(obj, _X_KEYS), obj.get("grid")
         else:
             entries = [obj]
         n_ok = 0
         for e in entries:
-            inv = parse_inversion(e, Path(path).name, x_default) if isinstance(e, dict) else None
+            inv = parse_inversion(e, Path(path).name, x_default, grid) if isinstance(e, dict) else None
             if inv is not None:
                 if isinstance(e.get("name"), str) and e["name"] and len(entries) > 1:
                     inv.source = f"{inv.source}: {e['name']}"
@@ -156,16 +173,45 @@ def read_samples(path: Path) -> Samples:
     return out
 
 
-def invert_figure_from_record(record: dict[str, Any], family: Family) -> Figure:
-    """Draw the first MAX_ROWS targets of an `invert/<slug>.json` record as `funcae invert` writes it: the
-    rows are parsed as `funcae plot --kind invert` parses the files, so both figures agree."""
-    rows = [
+PAGE = 12  # targets on the page figure of a batch
+
+
+def record_inversions(record: dict[str, Any]) -> list[Inversion]:
+    """The targets of an `invert/<slug>.json` record that carry their curves (the first 16), parsed as
+    `funcae plot --kind invert` parses the files, so both draw the same."""
+    return [
         inv
         for r in record.get("targets", [])
-        if isinstance(r, dict) and (inv := parse_inversion(r, str(r.get("name", "")), record.get("x"))) is not None
+        if isinstance(r, dict)
+        and (inv := parse_inversion(r, str(r.get("name", "")), record.get("x"), record.get("grid"))) is not None
     ]
+
+
+def invert_figures(record: dict[str, Any], family: Family) -> dict[str, Figure]:
+    """The figures `funcae invert` writes: `png` the first MAX_ROWS targets in detail; for a batch also `page`
+    (the first PAGE targets in small panels) and `summary` (reduced chi^2, flags, family against decoder)."""
+    rows = record_inversions(record)
     if not rows:
         raise ValueError("the record holds no target/fit curves")
+    n = int(record.get("n_targets", len(rows)))
     k = min(len(rows), MAX_ROWS)
-    note = f"first {k} of {len(rows)} targets" if len(rows) > k else ""
-    return inversions_figure(rows[:k], family, title=f"{record.get('run', '')}: {record.get('method', '')}", note=note)
+    what = f"{record.get('run', '')}: {record.get('method', '')}, parameters from {record.get('params_source', '')}"
+    shown = f"first {k} of {n} targets" if n > k else ""
+    out = {"png": inversions_figure(rows[:k], family, title=what, note=shown)}
+    if n > 1:
+        page = rows[:PAGE]
+        out["page"] = inversion_page_figure(page, family, title=f"{what}: the first {len(page)} of {n} targets")
+        targets = record.get("targets", [])
+
+        def column(key: str) -> np.ndarray | None:
+            values = [t.get(key) for t in targets]
+            return None if all(v is None for v in values) else np.array([np.nan if v is None else v for v in values])
+
+        flags = {
+            f: sum(f in t.get("flags", []) for t in targets) for f in ("model_mismatch", "on_bound", "off_manifold")
+        }
+        out["summary"] = inversion_summary_figure(
+            column("reduced_chi2"), flags, column("physics_objective"), column("decoder_physics_objective"),
+            str(record.get("physics_measure") or ""), title=f"{what}: {n} targets",
+        )  # fmt: skip
+    return out

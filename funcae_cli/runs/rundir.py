@@ -88,8 +88,9 @@ class RunDir:
     def invert_json(self, slug: str) -> Path:
         return self.invert_dir / f"{slug}.json"
 
-    def invert_png(self, slug: str) -> Path:
-        return self.invert_dir / f"{slug}.png"
+    def invert_png(self, slug: str, kind: str = "png") -> Path:
+        """The inversion's figures: `png` the targets in detail, `page` a page of small panels, `summary`."""
+        return self.invert_dir / (f"{slug}.png" if kind == "png" else f"{slug}_{kind}.png")
 
     def invert_csv(self, slug: str) -> Path:
         return self.invert_dir / f"{slug}.csv"

@@ -12,7 +12,7 @@ from funcae_cli.data.dataset import generate
 from funcae_cli.files import atomic_write_bytes, npz_bytes
 from funcae_cli.inversion.sampling import sample_curves
 from funcae_cli.plotting.base import save_figure
-from funcae_cli.plotting.results import samples_comparison_figure
+from funcae_cli.plotting.samples import samples_comparison_figure
 from funcae_cli.runs.common import open_run, run_info
 from funcae_cli.runs.rundir import RunDir
 

@@ -1,0 +1,203 @@
+"""Observed curves from files: each object its own points x, values y and optional one-sigma errors yerr.
+
+Formats (all read into `Observation`s, then padded into one `Targets` batch by targets.py):
+- one curve per CSV file (`--curve`, repeatable, or a folder of them): columns `x,y[,yerr]` (a header naming
+  them in any order, or exactly that order without one); the object's id is the file's stem;
+- a long-format CSV (`--curves FILE.csv`): a header with `id,x,y[,yerr]` (any order), one row per point;
+- an .npz (`--curves FILE.npz`): `curves` (n, m) on one set of points `x` (m,) (default: the run's grid),
+  optional `yerr` (n, m) or (m,), optional true `params`.
+
+Every problem names the file, the line and the object: a missing column, a non-numeric or non-finite cell,
+an object with fewer than 2 points, yerr <= 0, points outside the run's grid (or, with clip, those points are
+dropped and a warning says how many, per object). Points are sorted by x; repeated x values are separate
+measurements (each enters the objective; the encoder's start sees their mean: encode.targets_on_grid).
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from funcae_cli.errors import InputError
+
+COLUMNS = ("x", "y", "yerr")
+MIN_POINTS = 2
+
+
+@dataclass
+class Observation:
+    """One observed object: float64 points sorted by x."""
+
+    name: str
+    x: np.ndarray  # (m,)
+    y: np.ndarray  # (m,)
+    yerr: np.ndarray | None  # (m,) > 0, or None
+
+
+@dataclass
+class Grid:
+    """The range observations must fall in (the run's grid) and whether to drop points outside it."""
+
+    low: float
+    high: float
+    clip: bool = False
+
+    def restrict(self, obs: Observation, where: str, warnings: list[str]) -> Observation:
+        tol = 1e-9 * max(abs(self.low), abs(self.high), self.high - self.low)
+        inside = (obs.x >= self.low - tol) & (obs.x <= self.high + tol)
+        if inside.all():
+            return obs
+        if not self.clip:
+            v = float(obs.x[~inside][0])
+            raise InputError(
+                f"{where}: x={v:g} is outside the run's grid range [{self.low:g}, {self.high:g}]; the decoder has no "
+                "values there (clip drops such points)"
+            )
+        dropped = int((~inside).sum())
+        warnings.append(
+            f"{obs.name}: dropped {dropped} of {obs.x.size} points outside the grid's [{self.low:g}, {self.high:g}]"
+        )
+        kept = Observation(obs.name, obs.x[inside], obs.y[inside], None if obs.yerr is None else obs.yerr[inside])
+        if kept.x.size < MIN_POINTS:
+            raise InputError(f"{where}: {kept.x.size} point(s) left inside the grid; at least {MIN_POINTS} are needed")
+        return kept
+
+
+def _number(cell: str, where: str, column: str) -> float:
+    try:
+        v = float(cell)
+    except ValueError:
+        raise InputError(f"{where}: {column} is not a number: {cell!r}") from None
+    if not math.isfinite(v):
+        raise InputError(f"{where}: {column} must be finite, got {cell!r}")
+    return v
+
+
+def _rows(path: Path) -> list[tuple[int, list[str]]]:
+    """(line number, cells) of a comma- or whitespace-separated text file; '#' starts a comment."""
+    if not path.exists():
+        raise InputError(f"{path}: file not found")
+    if path.is_dir():
+        raise InputError(f"{path}: is a directory, expected a CSV file")
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise InputError(f"{path}: cannot read as text ({e.__class__.__name__})") from None
+    out = []
+    for k, line in enumerate(text.splitlines(), start=1):
+        line = line.split("#", 1)[0].strip()
+        if line:
+            out.append((k, next(csv.reader([line])) if "," in line else line.split()))
+    if not out:
+        raise InputError(f"{path}: no data rows")
+    return [(k, [c.strip() for c in cells]) for k, cells in out]
+
+
+def _is_header(cells: list[str]) -> bool:
+    try:
+        [float(c) for c in cells]
+    except ValueError:
+        return True
+    return False
+
+
+def _columns(path: Path, header: list[str], need: tuple[str, ...], optional: tuple[str, ...]) -> dict[str, int]:
+    names = [h.lower() for h in header]
+    allowed = need + optional
+    unknown = [h for h in names if h not in allowed]
+    missing = [c for c in need if c not in names]
+    if unknown or missing:
+        problem = f"missing column {missing[0]!r}" if missing else f"unknown column {unknown[0]!r}"
+        raise InputError(
+            f"{path}, line 1: {problem}; the header must name {', '.join(need)} and optionally "
+            f"{', '.join(optional)}, got {', '.join(header)}"
+        )
+    return {c: names.index(c) for c in allowed if c in names}
+
+
+def _observation(name: str, xs: list[float], ys: list[float], es: list[float] | None, where: str) -> Observation:
+    if len(xs) < MIN_POINTS:
+        raise InputError(f"{where}: {len(xs)} point(s); an object needs at least {MIN_POINTS}")
+    x, y = np.asarray(xs), np.asarray(ys)
+    order = np.argsort(x, kind="stable")
+    e = None if es is None else np.asarray(es)[order]
+    return Observation(name, x[order], y[order], e)
+
+
+def read_curve_file(path: Path, grid: Grid, warnings: list[str]) -> Observation:
+    """One object from a CSV of x, y and optionally yerr; its name is the file's stem."""
+    rows = _rows(path)
+    cols: dict[str, int]
+    if _is_header(rows[0][1]):
+        cols = _columns(path, rows[0][1], ("x", "y"), ("yerr",))
+        rows = rows[1:]
+    else:
+        width = len(rows[0][1])
+        if width not in (2, 3):
+            raise InputError(f"{path}, line {rows[0][0]}: expected 2 columns (x, y) or 3 (x, y, yerr), got {width}")
+        cols = dict(zip(COLUMNS, range(width)))
+    xs, ys, es = [], [], [] if "yerr" in cols else None
+    for k, cells in rows:
+        where = f"{path}, line {k}"
+        if len(cells) != len(cols):
+            raise InputError(f"{where}: expected {len(cols)} columns, got {len(cells)}")
+        xs.append(_number(cells[cols["x"]], where, "x"))
+        ys.append(_number(cells[cols["y"]], where, "y"))
+        if es is not None:
+            es.append(_positive_error(cells[cols["yerr"]], where))
+    return grid.restrict(_observation(path.stem, xs, ys, es, str(path)), str(path), warnings)
+
+
+def _positive_error(cell: str, where: str) -> float:
+    e = _number(cell, where, "yerr")
+    if e <= 0:
+        raise InputError(f"{where}: yerr must be > 0, got {cell}")
+    return e
+
+
+def read_long_csv(path: Path, grid: Grid, warnings: list[str]) -> list[Observation]:
+    """Many objects from one CSV with a header naming id, x, y and optionally yerr: one row per point."""
+    rows = _rows(path)
+    if not _is_header(rows[0][1]):
+        raise InputError(f"{path}, line {rows[0][0]}: a long-format CSV needs a header naming id, x, y[, yerr]")
+    cols = _columns(path, rows[0][1], ("id", "x", "y"), ("yerr",))
+    points: dict[str, tuple[list[float], list[float], list[float] | None, int]] = {}
+    for k, cells in rows[1:]:
+        if len(cells) != len(cols):
+            raise InputError(f"{path}, line {k}: expected {len(cols)} columns, got {len(cells)}")
+        name = cells[cols["id"]]
+        where = f"{path}, line {k}, id {name}"
+        if not name:
+            raise InputError(f"{path}, line {k}: empty id")
+        xs, ys, es, _ = points.setdefault(name, ([], [], [] if "yerr" in cols else None, k))
+        xs.append(_number(cells[cols["x"]], where, "x"))
+        ys.append(_number(cells[cols["y"]], where, "y"))
+        if es is not None:
+            es.append(_positive_error(cells[cols["yerr"]], where))
+    if not points:
+        raise InputError(f"{path}: a header but no data rows")
+    out = []
+    for name, (xs, ys, es, first_line) in points.items():
+        where = f"{path}, line {first_line}, id {name}"
+        out.append(grid.restrict(_observation(name, xs, ys, es, where), where, warnings))
+    return out
+
+
+def read_curve_folder(path: Path, grid: Grid, warnings: list[str]) -> list[Observation]:
+    """Every *.csv in a folder, one object each, in name order."""
+    files = sorted(p for p in path.iterdir() if p.suffix.lower() == ".csv" and p.is_file())
+    if not files:
+        raise InputError(f"{path}: no .csv files in this folder")
+    return [read_curve_file(p, grid, warnings) for p in files]
+
+
+def same_errors(observations: list[Observation], where: str) -> None:
+    """All objects with yerr (chi^2) or none (L2): one objective for the whole batch."""
+    with_errors = [o.yerr is not None for o in observations]
+    if any(with_errors) and not all(with_errors):
+        missing = observations[with_errors.index(False)].name
+        raise InputError(f"{where}: some curves have yerr and some not (first without: {missing}); give it for all")
