@@ -15,7 +15,7 @@ import typer
 from typer.core import TyperGroup
 
 from funcae_cli import __version__, console
-from funcae_cli.commands import config_cmd, encode, families_cmd, generate, invert, plot, sample, train
+from funcae_cli.commands import config_cmd, encode, families_cmd, generate, invert, plot, sample, train, validate
 from funcae_cli.errors import FuncaeError, Interrupted
 
 EXIT_OK = 0
@@ -85,6 +85,7 @@ app.command("encode", context_settings=EXTRA_ARGS)(encode.encode)
 app.command("invert", context_settings=EXTRA_ARGS)(invert.invert)
 app.command("sample")(sample.sample)
 app.command("plot")(plot.plot)
+app.command("validate")(validate.validate)
 config_app = typer.Typer(help="Inspect and validate configs.", no_args_is_help=True, rich_markup_mode=None)
 config_app.command("show")(config_cmd.show)
 config_app.command("check")(config_cmd.check)

@@ -154,6 +154,12 @@ class InvertConfig:
     )
     physics_starts: int = _f(4, "physics refit: starts per target (the decoder's estimate + spread ones)", min=1)
     physics_max_iter: int = _f(50, "physics refit: Levenberg-Marquardt iterations", min=1)
+    posterior: Literal["none", "laplace", "mcmc"] = _f(
+        "none", "uncertainty: none, a Laplace (Gaussian) approximation at the optimum, or MCMC samples"
+    )
+    walkers: int = _f(32, "mcmc: walkers per target (even)", min=4)
+    steps: int = _f(400, "mcmc: steps kept per walker", min=10)
+    burn: int = _f(200, "mcmc: steps discarded first", min=0)
 
 
 @dataclass

@@ -97,6 +97,17 @@ BoundsOpt = Annotated[
         "anywhere in the family's domain [default: the run's invert.bounds].",
     ),
 ]
+PosteriorOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--posterior",
+        help=f"Uncertainty, {' | '.join(choices(InvertConfig, 'posterior'))}: a Gaussian at the optimum, or MCMC "
+        "samples (an ensemble sampler over all targets at once) [default: the run's invert.posterior].",
+    ),
+]
+WalkersOpt = Annotated[Optional[int], typer.Option("--walkers", min=4, help="mcmc: walkers per target (even).")]
+StepsOpt = Annotated[Optional[int], typer.Option("--steps", min=10, help="mcmc: steps kept per walker.")]
+BurnOpt = Annotated[Optional[int], typer.Option("--burn", min=0, help="mcmc: steps discarded first.")]
 NoPhysicsOpt = Annotated[
     bool, typer.Option("--no-physics", help="Report the regressor's parameters; skip fitting the family's formula.")
 ]

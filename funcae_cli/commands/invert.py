@@ -8,6 +8,7 @@ from funcae_cli import console
 from funcae_cli.commands.common import resolve_run, target_inputs
 from funcae_cli.options import (
     BoundsOpt,
+    BurnOpt,
     ClipOpt,
     CurveOpt,
     CurvesOpt,
@@ -18,11 +19,14 @@ from funcae_cli.options import (
     MethodOpt,
     NameOpt,
     NoPhysicsOpt,
+    PosteriorOpt,
     PriorOpt,
     RunOpt,
     SeedOpt,
     StartsOpt,
+    StepsOpt,
     TargetsOpt,
+    WalkersOpt,
 )
 
 
@@ -39,6 +43,10 @@ def invert(
     prior: PriorOpt = None,
     bounds: BoundsOpt = None,
     no_physics: NoPhysicsOpt = False,
+    posterior: PosteriorOpt = None,
+    walkers: WalkersOpt = None,
+    steps: StepsOpt = None,
+    burn: BurnOpt = None,
     clip: ClipOpt = False,
     seed: SeedOpt = None,
     name: NameOpt = None,
@@ -60,7 +68,8 @@ def invert(
 
     rd = resolve_run(run)
     inputs = target_inputs(rd, ctx.args, curve, targets, curves, required=True, clip=clip)
-    options = InvertOptions(method, starts, max_iter, lr, seed, prior, False if no_physics else None, bounds)
+    options = InvertOptions(method, starts, max_iter, lr, seed, prior, False if no_physics else None, bounds,
+                            posterior=posterior, walkers=walkers, steps=steps, burn=burn)  # fmt: skip
     rec = run_invert(rd, inputs, options, name=name, device=device, plot=not no_plot)
     for w in rec["warnings"]:
         console.warn(w)

@@ -12,7 +12,7 @@ from funcae_cli.options import DeviceOpt, JsonOpt, RunOpt
 
 KINDS_HELP = (
     "Figure kind, repeatable or comma-separated: data, loss, latent, decoder_grid, reconstruction, filters, corner, "
-    "invert, samples, pca (default: all that apply)."
+    "invert, samples, posterior, pca (default: all that apply)."
 )
 
 

@@ -27,7 +27,9 @@ from funcae_cli.inversion.assess import Assessment, assess
 from funcae_cli.inversion.density import CodeDensity
 from funcae_cli.inversion.encode import encode_curves, targets_on_grid
 from funcae_cli.inversion.objective import Problem
-from funcae_cli.inversion.physics import Bounds, Observations, PhysicsFit, fit_physics, natural_bounds
+from funcae_cli.inversion.physics import Bounds, Fitter, Observations, PhysicsFit, fit_physics, natural_bounds
+from funcae_cli.inversion.posterior import POSTERIORS, Posterior, Sampling, latent_posterior, physics_posterior
+from funcae_cli.inversion.prior import log_prior
 from funcae_cli.inversion.regressor import LatentModel
 from funcae_cli.inversion.search import adam, lbfgs
 from funcae_cli.inversion.targets import Targets
@@ -86,6 +88,7 @@ class InvertResult:
     log_density: np.ndarray | None = None  # (n,) of the code under the training codes' density
     density_percentile: np.ndarray | None = None  # (n,) fraction of training codes less dense
     assessment: Assessment | None = None  # flags and warnings
+    posterior: Posterior | None = None  # with posterior laplace or mcmc
     prior: str = "none"  # the latent prior used: density or none
     starts: int = 0
 
@@ -135,6 +138,8 @@ def invert_batch(
     bounds: str = "prior",
     physics_starts: int = 4,
     physics_max_iter: int = 50,
+    posterior: str = "none",
+    sampling: Sampling | None = None,
 ) -> InvertResult:
     """Invert many targets at once; usable without the CLI.
 
@@ -145,11 +150,17 @@ def invert_batch(
     with prior "density", the codes' density as the latent search's prior. None: none of them.
     physics: for families with a formula, refit the parameters with the formula itself (physics.py), from
     the regressor's estimate, inside `bounds` ("prior" or "domain"); the reported parameters are the refit's.
+    posterior: "laplace" or "mcmc" (posterior.py) adds each target's posterior (sampling: how to sample).
     """
     if method not in METHODS:
         raise OptionError("method", f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
     if prior not in PRIORS:
         raise OptionError("prior", f"unknown latent prior {prior!r}; choose one of {', '.join(PRIORS)}")
+    if posterior not in POSTERIORS:
+        raise OptionError("posterior", f"unknown posterior {posterior!r}; choose one of {', '.join(POSTERIORS)}")
+    sampling = sampling or Sampling(seed=seed)
+    if sampling.walkers % 2 or sampling.walkers < 4:
+        raise OptionError("walkers", f"must be even and >= 4, got {sampling.walkers}")
     targets = _as_targets(targets, x, yerr)
     if targets.x is None and targets.y.shape[1] != trained.grid.shape[0]:
         raise InputError(f"targets have {targets.y.shape[1]} points but the run's grid has {trained.grid.shape[0]}")
@@ -206,8 +217,11 @@ def invert_batch(
     if density is not None:
         logp = density.log_prob(z_best.double())
         out.log_density, out.density_percentile = _np(logp), _np(density.percentile(logp))
-    _estimate_physics(trained, targets, out, bounds_, physics_starts, physics_max_iter, seed, dev)
+    obs = _estimate_physics(trained, targets, out, bounds_, physics_starts, physics_max_iter, seed, dev)
     _assess(trained, targets, out, density)
+    if posterior != "none":
+        out.posterior = _posterior(trained, targets, out, obs, problem, latent_model, posterior, sampling)
+        out.assessment.warnings.extend(out.posterior.warnings)
     _sync(dev)
     out.total_seconds = time.perf_counter() - t0
     out.seconds = np.full(n, out.total_seconds / max(n, 1)) if seconds is None else seconds
@@ -217,10 +231,11 @@ def invert_batch(
 def _estimate_physics(
     trained: Trained, targets: Targets, out: InvertResult, bounds: Bounds | None, starts: int, max_iter: int,
     seed: int, dev: torch.device,
-) -> None:  # fmt: skip
-    """The family's formula fitted to every target from the regressor's estimate (when there is a formula)."""
+) -> Observations | None:  # fmt: skip
+    """The family's formula fitted to every target from the regressor's estimate (when there is a formula);
+    returns the observations it fitted."""
     if bounds is None:
-        return
+        return None
     obs = Observations.of(
         targets.x if targets.x is not None else trained.grid, targets.y, targets.yerr, targets.mask, dev
     )
@@ -236,6 +251,27 @@ def _estimate_physics(
     resid = (decoder - targets.y.double())[keep] * obs.weight.cpu()
     sums = torch.zeros(targets.n, dtype=torch.float64).index_add_(0, obs.target.cpu(), resid.square()).numpy()
     out.decoder_physics_objective = sums if obs.chi2 else np.sqrt(sums)
+    return obs
+
+
+def _posterior(
+    trained: Trained, targets: Targets, out: InvertResult, obs: Observations | None, problem: Problem,
+    latent_model: LatentModel | None, kind: str, sampling: Sampling,
+) -> Posterior:  # fmt: skip
+    """The posterior of the formula's parameters (families with one), else of the latent codes."""
+    if obs is not None:
+        bounds = natural_bounds(trained, "prior")  # the prior's support: where the walkers start
+        fitter = Fitter(trained, obs, bounds)
+        u = bounds.to_natural(torch.as_tensor(out.params_est)).to(obs.x.device)[:, fitter.free]
+        u = torch.maximum(torch.minimum(u, fitter.hi), fitter.lo)
+        return physics_posterior(fitter, u, log_prior(trained.cfg.family), kind, sampling, trained.param_names,
+                                 targets.names)  # fmt: skip
+    if problem.density is None:
+        raise OptionError("posterior", "a latent posterior needs the codes' density as its prior (prior: density)")
+    names = trained.param_names or [f"z{j + 1}" for j in range(out.z.shape[1])]
+    predict = latent_model.predict if latent_model is not None and trained.param_names else None
+    z = torch.as_tensor(out.z, dtype=torch.float32, device=problem.device)
+    return latent_posterior(problem, z, kind, sampling, predict, names, targets.names)
 
 
 def _assess(trained: Trained, targets: Targets, out: InvertResult, density: CodeDensity | None) -> None:

@@ -145,9 +145,13 @@ class Fitter:
         self.logs = torch.tensor(bounds.log_scale, device=dev)
         self.embedding = torch.eye(self.free.shape[0], dtype=torch.float64, device=dev)[self.free]  # (p_free, p)
 
+    def full(self, u: Tensor) -> Tensor:
+        """Free natural coordinates (k, p_free) -> all of them (k, p), the fixed ones at their value."""
+        return torch.where(self.free, u @ self.embedding, self.fixed_u)
+
     def units(self, u: Tensor) -> Tensor:
         """Free natural coordinates (k, p_free) -> parameters in the family's units (k, p)."""
-        full = torch.where(self.free, u @ self.embedding, self.fixed_u)
+        full = self.full(u)
         return torch.where(self.logs, 10.0**full, full)
 
     def _residual(self, params: Tensor, point: Tensor) -> Tensor:

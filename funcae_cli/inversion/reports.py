@@ -11,6 +11,7 @@ from funcae_cli.data.formulas import FORMULAS
 from funcae_cli.files import finite_or_none
 from funcae_cli.inversion.assess import FLAGS
 from funcae_cli.inversion.invert import InvertResult
+from funcae_cli.inversion.posterior import ESS_MIN, QUANTILES, RHAT_MAX, Posterior
 from funcae_cli.inversion.targets import Targets
 from funcae_cli.runs.trained import Trained
 
@@ -90,6 +91,8 @@ def result_rows(
         if res.log_density is not None:
             row["log_density"] = _f(res.log_density, i)
             row["density_percentile"] = _f(res.density_percentile, i)
+        if res.posterior is not None:
+            row.update(_posterior_row(res.posterior, i))
         if targets.params is not None:
             true = targets.params[i].tolist()
             row["true_params"] = dict(zip(names, true))
@@ -112,6 +115,33 @@ def result_rows(
     return rows
 
 
+def _posterior_row(post: Posterior, i: int) -> dict[str, Any]:
+    """One target's posterior: per quantity its quantiles (and R-hat, ESS for MCMC), the correlations."""
+    out: dict[str, Any] = {"posterior": {}}
+    for j, name in enumerate(post.names):
+        entry = {k: finite_or_none(v[i, j]) for k, v in post.quantiles.items()}
+        if post.rhat is not None:
+            entry.update(rhat=finite_or_none(post.rhat[i, j]), ess=finite_or_none(post.ess[i, j]))
+        out["posterior"][name] = entry
+    out["posterior_corr"] = [[finite_or_none(v) for v in row] for row in post.corr[i]]
+    if post.acceptance is not None:
+        out["posterior_acceptance"] = float(post.acceptance[i])
+    return out
+
+
+def posterior_columns(post: Posterior) -> list[str]:
+    stats = list(QUANTILES) + (["rhat", "ess"] if post.rhat is not None else [])
+    return [f"{name}_{s}" for name in post.names for s in stats]
+
+
+def posterior_cells(post: Posterior, i: int) -> list[Any]:
+    cells = []
+    for j in range(len(post.names)):
+        cells += [post.quantiles[k][i, j] for k in QUANTILES]
+        cells += [post.rhat[i, j], post.ess[i, j]] if post.rhat is not None else []
+    return cells
+
+
 def table(trained: Trained, targets: Targets, res: InvertResult) -> tuple[list[str], list[list[Any]]]:
     """The per-target CSV: id, parameters, physics and decoder objectives, goodness of fit, density, flags."""
     names = trained.param_names
@@ -121,6 +151,7 @@ def table(trained: Trained, targets: Targets, res: InvertResult) -> tuple[list[s
     header += ["reduced_chi2", "p_value", "dof", "log_density", "density_percentile", "flags"]
     header += [f"z{j + 1}" for j in range(res.z.shape[1])] + ["converged"]
     header += [f"true_{k}" for k in names] if targets.params is not None else []
+    header += posterior_columns(res.posterior) if res.posterior is not None else []
     lines = []
     for i in range(res.n):
         line: list[Any] = [targets.names[i]]
@@ -138,6 +169,7 @@ def table(trained: Trained, targets: Targets, res: InvertResult) -> tuple[list[s
         line.append(";".join(a.flags[i]) if a is not None else "")
         line += list(res.z[i]) + [bool(res.converged[i])]
         line += targets.params[i].tolist() if targets.params is not None else []
+        line += posterior_cells(res.posterior, i) if res.posterior is not None else []
         lines.append(line)
     return header, lines
 
@@ -174,6 +206,14 @@ def summarize(res: InvertResult, targets: Targets, names: list[str]) -> dict[str
         out["reduced_chi2"] = stats(res.reduced_chi2)
     if res.assessment is not None:
         out["flags"] = {flag: sum(flag in f for f in res.assessment.flags) for flag in FLAGS}
+    post = res.posterior
+    if post is not None:
+        out["posterior"] = {"kind": post.kind, "draws_per_target": int(post.samples.shape[1])}
+        if post.rhat is not None:
+            bad = (post.rhat > RHAT_MAX).any(axis=1) | (post.ess < ESS_MIN).any(axis=1)
+            out["posterior"].update(rhat_max=float(np.nanmax(post.rhat)), ess_min=float(np.nanmin(post.ess)),
+                                    ess_median=float(np.nanmedian(post.ess)), unconverged=int(bad.sum()),
+                                    acceptance_median=float(np.median(post.acceptance)))  # fmt: skip
     if res.params_est is not None and targets.params is not None:
         true = targets.params.numpy()
         err = np.abs(res.params_est - true)
@@ -182,3 +222,18 @@ def summarize(res: InvertResult, targets: Targets, names: list[str]) -> dict[str
         out["param_abs_error_median"] = {k: float(np.median(err[:, j])) for j, k in enumerate(names)}
         out["param_rel_error_median"] = {k: _nanmedian(rel[:, j]) for j, k in enumerate(names)}
     return out
+
+
+def samples_arrays(res: InvertResult, targets: Targets) -> dict[str, Any]:
+    """What invert/<slug>_samples.npz holds: the draws (targets, draws, quantities) in the family's units, their
+    names, the targets' ids, the posterior's kind and, when known, the true values."""
+    post = res.posterior
+    return {
+        "samples": post.samples,
+        "names": np.array(post.names),
+        "ids": np.array(targets.names),
+        "kind": np.array(post.kind),
+        "truth": targets.params.numpy()
+        if targets.params is not None and len(post.names) == targets.params.shape[1]
+        else None,
+    }

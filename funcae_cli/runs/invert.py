@@ -9,16 +9,19 @@ import torch
 
 from funcae_cli.config import Config
 from funcae_cli.errors import InputError, OptionError
-from funcae_cli.files import atomic_write_json, atomic_write_text, csv_text, json_safe
+from funcae_cli.files import atomic_write_bytes, atomic_write_json, atomic_write_text, csv_text, json_safe, npz_bytes
 from funcae_cli.inversion.inputs import TargetInputs
 from funcae_cli.inversion.invert import invert_batch
 from funcae_cli.inversion.latent import latent_model_for
-from funcae_cli.inversion.reports import figure_curves, physics_measure, result_rows, summarize, table
+from funcae_cli.inversion.posterior import Sampling
+from funcae_cli.inversion.reports import figure_curves, physics_measure, result_rows, samples_arrays, summarize, table
 from funcae_cli.inversion.targets import read_targets, training_range_warnings
 from funcae_cli.plotting.base import save_figure
 from funcae_cli.runs.common import open_run, run_info
 from funcae_cli.runs.results import invert_figures
 from funcae_cli.runs.rundir import RunDir, slugify
+
+RECORDED = ("method", "starts", "max_iter", "seed", "prior", "physics", "bounds", "posterior")  # options in the record
 
 
 @dataclass
@@ -35,6 +38,10 @@ class InvertOptions:
     bounds: str | None = None
     physics_starts: int | None = None
     physics_max_iter: int | None = None
+    posterior: str | None = None
+    walkers: int | None = None
+    steps: int | None = None
+    burn: int | None = None
 
     def resolved(self, cfg: Config) -> InvertOptions:
         given = {k: v for k, v in vars(self).items() if v is not None}
@@ -42,7 +49,9 @@ class InvertOptions:
         for name, ok, allowed in (("starts", out.starts >= 0, ">= 0"), ("max_iter", out.max_iter >= 1, ">= 1"),
                                   ("lr", out.lr > 0, "> 0"), ("seed", out.seed >= 0, ">= 0"),
                                   ("physics_starts", out.physics_starts >= 1, ">= 1"),
-                                  ("physics_max_iter", out.physics_max_iter >= 1, ">= 1")):  # fmt: skip
+                                  ("physics_max_iter", out.physics_max_iter >= 1, ">= 1"),
+                                  ("walkers", out.walkers >= 4 and out.walkers % 2 == 0, "even and >= 4"),
+                                  ("steps", out.steps >= 10, ">= 10"), ("burn", out.burn >= 0, ">= 0")):  # fmt: skip
             if not ok:
                 raise OptionError(name, f"must be {allowed}, got {getattr(out, name)}")
         return out
@@ -78,13 +87,17 @@ def run_invert(
     res = invert_batch(
         trained, targets, o.method, o.starts, o.max_iter, o.lr, o.seed, lm, prior=o.prior, physics=o.physics,
         bounds=o.bounds, physics_starts=o.physics_starts, physics_max_iter=o.physics_max_iter,
+        posterior=o.posterior, sampling=Sampling(o.walkers, o.steps, o.burn, o.seed),
     )  # fmt: skip
     warnings += res.assessment.warnings
     slug = slugify(name or inputs.slug())
     record = run_info(trained)
     record.update(
         source=targets.source,
-        **{k: getattr(o, k) for k in ("method", "starts", "max_iter", "seed", "prior", "physics", "bounds")},
+        **{
+            k: getattr(o, k)
+            for k in ("method", "starts", "max_iter", "seed", "prior", "physics", "bounds", "posterior")
+        },
         objective_kind=res.objective_kind,
         objective_space="chi^2 in the family's units (yerr)" if res.chi2 is not None else "training space (L2 norm)",
         physics_measure=physics_measure(res) if res.physics is not None else None,
@@ -106,6 +119,9 @@ def run_invert(
         record["x"] = record["grid"]  # every target on the run's grid
     files = {"json": str(rd.invert_json(slug)), "csv": str(rd.invert_csv(slug))}
     atomic_write_text(rd.invert_csv(slug), csv_text(*table(trained, targets, res)))
+    if res.posterior is not None:
+        atomic_write_bytes(rd.invert_samples(slug), npz_bytes(samples_arrays(res, targets)))
+        files["samples"] = str(rd.invert_samples(slug))
     if plot:
         figures = invert_figures(record, trained.family)
         for kind, fig in figures.items():

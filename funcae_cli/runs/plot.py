@@ -35,12 +35,13 @@ from funcae_cli.plotting.images import (
 )
 from funcae_cli.plotting.inversion import inversions_figure
 from funcae_cli.plotting.latent import corner_figure, decoder_grid_figure, grid_codes, latent_figure, support_mask
+from funcae_cli.plotting.posterior import corner_posterior_figure
 from funcae_cli.plotting.reconstruction import pca_figure, reconstruction_figure
 from funcae_cli.plotting.samples import samples_comparison_figure
 from funcae_cli.plotting.training import loss_figure
 from funcae_cli.runs.dataset import dataset_for
-from funcae_cli.runs.results import read_inversions, read_samples
-from funcae_cli.runs.rundir import RunDir
+from funcae_cli.runs.results import read_inversions, read_posterior_samples, read_samples
+from funcae_cli.runs.rundir import RunDir, slugify
 from funcae_cli.runs.trained import Trained, load_trained
 from funcae_cli.training.evaluation import eval_chunks, pca_fit, pca_reconstruct, run_noise
 
@@ -70,6 +71,8 @@ class PlotOptions:
     """filters: hidden units shown (chosen at random by the seed)."""
     n_images: int = 10
     """reconstruction of image runs: random images shown (and the worst five beside them)."""
+    n_posteriors: int = 12
+    """posterior: targets drawn (the first ones of the latest posterior draws)."""
     seed: int = 0
     """Seed of the subsamples."""
     fmt: str = "png"
@@ -446,6 +449,39 @@ def _needs_inversions(t: Trained) -> str | None:
     return f"no inversion results in {t.rd.invert_dir}; run `funcae invert` first"
 
 
+def _posterior_files(rd: RunDir) -> list[Path]:
+    """invert/*_samples.npz, newest first."""
+    if not rd.invert_dir.is_dir():
+        return []
+    return sorted(rd.invert_dir.glob("*_samples.npz"), key=lambda p: p.stat().st_mtime, reverse=True)
+
+
+def _posterior(r: RunPlots) -> dict[str, Figure]:
+    """Corner figures of the latest posterior draws (`funcae invert --posterior`), one per target."""
+    path = _posterior_files(r.rd)[0]
+    try:
+        post = read_posterior_samples(path)
+    except (OSError, ValueError, KeyError) as e:
+        raise SkipPlot(f"{path}: not readable as posterior samples ({e})") from None
+    known = {p.name: p for p in r.family.params}
+    labels = [known[n].axis_label().removeprefix("log10 ") if n in known else n for n in post.names]
+    log10 = [bool(known[n].log_scale) if n in known else False for n in post.names]
+    out = {}
+    for i, target in enumerate(post.ids[: r.options.n_posteriors]):
+        truth = None if post.truth is None else post.truth[i]
+        out[slugify(target)] = corner_posterior_figure(
+            post.samples[i], labels, truth=truth, log10=log10, title=f"{r.title}: {target}",
+            note=f"{post.kind} posterior, {post.samples.shape[1]:,} draws ({path.name})",
+        )  # fmt: skip
+    return out
+
+
+def _needs_posterior(t: Trained) -> str | None:
+    if _posterior_files(t.rd):
+        return None
+    return f"no posterior draws in {t.rd.invert_dir}; run `funcae invert --posterior mcmc` (or laplace) first"
+
+
 def _needs_samples(t: Trained) -> str | None:
     return None if t.rd.samples.exists() else f"no {t.rd.samples}; run `funcae sample` first"
 
@@ -466,7 +502,7 @@ def _needs_pca_room(t: Trained) -> str | None:
 class PlotKind:
     """One figure kind: how to draw it, when it applies, whether `train` draws it."""
 
-    draw: Callable[[RunPlots], Figure]
+    draw: Callable[[RunPlots], Figure | dict[str, Figure]]  # several figures: name_<key>
     help: str
     unmet: Callable[[Trained], str | None] = field(default=lambda t: None)
     """Why the kind does not apply to a run; None when it does."""
@@ -495,6 +531,11 @@ PLOTS: dict[str, PlotKind] = {
     "corner": PlotKind(_corner, "each latent dimension against each physical parameter", _needs_params),
     "invert": PlotKind(_invert, "the latest inversion results (funcae invert)", _needs_inversions),
     "samples": PlotKind(_samples, "curves sampled from the model beside real ones (funcae sample)", _needs_samples),
+    "posterior": PlotKind(
+        _posterior,
+        "corner plots of the latest posterior draws, one per target (funcae invert --posterior)",
+        _needs_posterior,
+    ),
     "pca": PlotKind(_pca, "per-curve error of the model against PCA with as many components", _needs_pca_room),
 }
 
@@ -568,14 +609,17 @@ def render_plots(
         if why is None:
             t0 = time.perf_counter()
             try:
-                fig = kind.draw(ctx)
+                drawn = kind.draw(ctx)
             except SkipPlot as e:
                 why = str(e)
-            else:
-                report.written[name] = save_figure(fig, rd.plot(name, options.fmt), options.fmt, options.dpi)
+            else:  # one figure, or several named name_<suffix> (posterior: one per target)
+                figures = drawn if isinstance(drawn, dict) else {"": drawn}
+                for suffix, fig in figures.items():
+                    key = f"{name}_{suffix}" if suffix else name
+                    report.written[key] = save_figure(fig, rd.plot(key, options.fmt), options.fmt, options.dpi)
+                    if on_written:
+                        on_written(key, report.written[key])
                 report.seconds[name] = time.perf_counter() - t0
-                if on_written:
-                    on_written(name, report.written[name])
                 continue
         report.skipped[name] = why
         if on_skip:

@@ -149,6 +149,28 @@ class Samples:
     latent: str = ""  # how the codes were drawn (prior, empirical, gaussian)
 
 
+@dataclass
+class PosteriorSamples:
+    samples: np.ndarray  # (n, s, p) in the family's units
+    names: list[str]
+    ids: list[str]
+    kind: str
+    truth: np.ndarray | None  # (n, p)
+
+
+def read_posterior_samples(path: Path) -> PosteriorSamples:
+    """invert/<slug>_samples.npz as `funcae invert --posterior` writes it."""
+    with np.load(path, allow_pickle=False) as f:
+        samples = np.asarray(f["samples"], dtype=float)
+        out = PosteriorSamples(
+            samples, [str(s) for s in f["names"]], [str(s) for s in f["ids"]], str(f["kind"]),
+            np.asarray(f["truth"], dtype=float) if "truth" in f.files else None,
+        )  # fmt: skip
+    if samples.ndim != 3 or samples.shape[2] != len(out.names) or samples.shape[0] != len(out.ids):
+        raise ValueError(f"samples has shape {samples.shape} for {len(out.ids)} targets and {len(out.names)} names")
+    return out
+
+
 def read_samples(path: Path) -> Samples:
     """samples.npz as `funcae sample` writes it (curves; z, grid, real, z_real, latent when present)."""
 

@@ -92,6 +92,22 @@ class RunDir:
         """The inversion's figures: `png` the targets in detail, `page` a page of small panels, `summary`."""
         return self.invert_dir / (f"{slug}.png" if kind == "png" else f"{slug}_{kind}.png")
 
+    def invert_samples(self, slug: str) -> Path:
+        """The posterior draws of an inversion (--posterior laplace | mcmc)."""
+        return self.invert_dir / f"{slug}_samples.npz"
+
+    @property
+    def validate_dir(self) -> Path:
+        return self.root / "validate"
+
+    @property
+    def validate_json(self) -> Path:
+        return self.validate_dir / "validate.json"
+
+    def validate_png(self, kind: str) -> Path:
+        """`coverage` (empirical against nominal) or `ranks` (simulation-based calibration histograms)."""
+        return self.validate_dir / f"{kind}.png"
+
     def invert_csv(self, slug: str) -> Path:
         return self.invert_dir / f"{slug}.csv"
 
@@ -112,7 +128,7 @@ class RunDir:
 
     def trained_folders(self) -> list[Path]:
         """What training and the later commands wrote: removed when a run is retrained over (force)."""
-        return [self.checkpoints, self.plots, self.invert_dir, self.encodings]
+        return [self.checkpoints, self.plots, self.invert_dir, self.encodings, self.validate_dir]
 
     def trained_files(self) -> list[Path]:
         return [self.metrics, self.history_csv, self.history_json, self.latents, self.samples, self.samples_png]
