@@ -104,3 +104,19 @@ def write_long_csv(items: list[Galaxy], path) -> None:
         o = g.obs
         lines += [f"{o.name},{x:.6g},{y:.6g},{e:.4g}" for x, y, e in zip(o.x, o.y, o.yerr)]
     Path(path).write_text("\n".join(lines) + "\n")
+
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "configs" / "data" / "observed_rotation_curves.csv"
+EXAMPLE_SEED, EXAMPLE_N = 2024, 24
+
+
+def write_example(path: Path = EXAMPLE) -> None:
+    """The README's worked example: EXAMPLE_N synthetic observed galaxies for configs/rotation_curve_observed.yaml
+    (python -m benchmarks.observed writes it; tests/test_observed.py checks the shipped file is this)."""
+    low, high = np.log10([1e6, 0.2, 1e9, 2.0]), np.log10([5e11, 15.0, 5e13, 40.0])
+    write_long_csv(galaxies(EXAMPLE_N, EXAMPLE_SEED, low, high), path)
+
+
+if __name__ == "__main__":
+    write_example()
+    print(f"wrote {EXAMPLE}")

@@ -296,6 +296,12 @@ def bench_observed(scale: float, repeats: int) -> Row:
     return row(scale, min(repeats, 3))
 
 
+def bench_posterior(scale: float, repeats: int) -> Row:
+    from benchmarks.observed_bench import bench_posterior as row
+
+    return row(scale, repeats)
+
+
 def bench_one_call(scale: float, repeats: int) -> Row:
     from benchmarks.observed_bench import bench_one_call as row
 
@@ -311,6 +317,7 @@ ROWS: dict[str, Callable[[float, int], Row]] = {
     "pca": bench_pca,
     "observed": bench_observed,
     "one_call": bench_one_call,
+    "posterior": bench_posterior,
 }
 
 

@@ -158,7 +158,7 @@ class InvertConfig:
         "none", "uncertainty: none, a Laplace (Gaussian) approximation at the optimum, or MCMC samples"
     )
     walkers: int = _f(32, "mcmc: walkers per target (even)", min=4)
-    steps: int = _f(400, "mcmc: steps kept per walker", min=10)
+    steps: int = _f(800, "mcmc: steps kept per walker", min=10)
     burn: int = _f(200, "mcmc: steps discarded first", min=0)
 
 

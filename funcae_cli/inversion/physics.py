@@ -133,17 +133,21 @@ class Fitter:
     """Residuals, objectives and Jacobians of the family's formula on a batch of observations, as functions of
     the free natural coordinates u (k, p_free) of k rows."""
 
-    def __init__(self, trained: Trained, obs: Observations, bounds: Bounds):
+    def __init__(self, trained: Trained, obs: Observations, bounds: Bounds, dtype: torch.dtype = torch.float64):
+        """dtype: of every computation (float64 for the fit; the samplers may take float32, ~1.7x faster)."""
         dev = obs.x.device
+        self.trained = trained
         self.formula = FORMULAS[trained.family.name]
         self.options = trained.cfg.family.options
-        self.obs, self.bounds = obs, bounds
+        self.obs = Observations(obs.target, obs.x.to(dtype), obs.y.to(dtype), obs.weight.to(dtype), obs.n, obs.chi2)
+        self.bounds = bounds
         self.free = bounds.free.to(dev)
-        self.lo, self.hi = bounds.low.to(dev)[self.free], bounds.high.to(dev)[self.free]  # (p_free,)
+        low, high = bounds.low.to(dev, dtype), bounds.high.to(dev, dtype)
+        self.lo, self.hi = low[self.free], high[self.free]  # (p_free,)
         self.span = torch.where(torch.isfinite(self.hi - self.lo), self.hi - self.lo, 1.0)
-        self.fixed_u = torch.where(self.free, 0.0, bounds.low.to(dev))
+        self.fixed_u = torch.where(self.free, 0.0, low)
         self.logs = torch.tensor(bounds.log_scale, device=dev)
-        self.embedding = torch.eye(self.free.shape[0], dtype=torch.float64, device=dev)[self.free]  # (p_free, p)
+        self.embedding = torch.eye(self.free.shape[0], dtype=dtype, device=dev)[self.free]  # (p_free, p)
 
     def full(self, u: Tensor) -> Tensor:
         """Free natural coordinates (k, p_free) -> all of them (k, p), the fixed ones at their value."""
