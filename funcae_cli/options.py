@@ -81,3 +81,28 @@ StartsOpt = Annotated[
 ]
 MaxIterOpt = Annotated[Optional[int], typer.Option("--max-iter", min=1, help="Iterations of the refinement.")]
 LrOpt = Annotated[Optional[float], typer.Option("--lr", callback=_positive, help="adam: step size (> 0).")]
+
+# --- sweeps ------------------------------------------------------------------------------------------
+SweepArg = Annotated[Path, typer.Argument(help="Sweep YAML (e.g. configs/sweeps/normal.yaml).")]
+StorageOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--storage",
+        help="Optuna storage URL shared by every machine, e.g. postgresql://user:pw@host/db "
+        "[default: sqlite:///runs/<study>/study.db].",
+    ),
+]
+StudyOpt = Annotated[
+    Optional[str],
+    typer.Option("--study", help="Study name; runs/<study>/ holds its trials [default: the sweep's name]."),
+]
+TrialsOpt = Annotated[
+    Optional[int], typer.Option("--trials", min=1, help="Finished trials the study needs [default: the sweep's].")
+]
+TimeoutOpt = Annotated[
+    Optional[float],
+    typer.Option("--timeout", callback=_positive, help="Seconds after which no new trial starts (running ones end)."),
+]
+WorkersOpt = Annotated[
+    int, typer.Option("--workers", "-w", min=1, help="Worker processes on this machine (torch threads split).")
+]
