@@ -29,7 +29,7 @@ def _values(values: dict[str, Any]) -> str:
 
 def report_event(event: dict[str, Any]) -> None:
     """One stderr line per worker event (module-level: spawned workers call it too)."""
-    tag = f"[w{event['worker']}] " if event.get("worker") else ""
+    tag = "" if event.get("worker") is None else f"[w{event['worker']}] "
     kind = event["event"]
     if kind == "workers":
         console.info(f"{len(event['pids'])} workers (pids {', '.join(map(str, event['pids']))}), "

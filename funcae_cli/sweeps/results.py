@@ -9,6 +9,7 @@ is skipped with Optuna's reason.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +28,15 @@ from funcae_cli.files import atomic_write_json, atomic_write_text, json_safe
 from funcae_cli.plotting.base import save_figure
 from funcae_cli.sweeps.objective import ATTR_CONFIG, ATTR_EPOCHS, ATTR_ERROR, ATTR_VALUES
 from funcae_cli.sweeps.spec import load_sweep
-from funcae_cli.sweeps.storage import display_url, normalize_url, open_storage, quiet_optuna, require_study, sqlite_url
+from funcae_cli.sweeps.storage import (
+    display_url,
+    normalize_url,
+    open_storage,
+    quiet_optuna,
+    require_study,
+    sqlite_file,
+    sqlite_url,
+)
 from funcae_cli.sweeps.study import ATTR_METRIC, STATE_ORDER, trial_state
 from funcae_cli.sweeps.sweepdir import SweepDir, sweep_dir
 
@@ -147,7 +156,8 @@ def write_figures(study: optuna.Study, sd: SweepDir) -> tuple[dict[str, str], di
             skipped[kind] = f"needs {need} complete trial(s), the study has {n_complete}"
             continue
         try:
-            with quiet_optuna():
+            with quiet_optuna(), warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)  # matplotlib's, on axes of one value
                 axes = draw(study)
         except Exception as e:  # Optuna's own checks (e.g. a parameter with one value): skip with its reason
             skipped[kind] = f"{type(e).__name__}: {e}"
@@ -185,7 +195,11 @@ def locate_study(sweep: Path | None, storage: str | None, study: str | None) -> 
             name = load_sweep(sweep).name
         if name is None:
             raise OptionError("study", "give the study's name with --storage (or a sweep file)")
-        return normalize_url(storage), name
+        url = normalize_url(storage)
+        db = sqlite_file(url)
+        if db is not None and not db.exists():  # opening it would create an empty one
+            raise OptionError("storage", f"{db}: no such SQLite file")
+        return url, name
     if sweep is None:
         raise InputError("give SWEEP (a sweep file or its folder runs/<study>), or --storage URL --study NAME")
     if not sweep.exists():

@@ -160,9 +160,10 @@ def trial_config(spec: SweepSpec, values: dict[str, Any], name: str) -> Config:
 
 def _relabel(problem: str, key: str, value: Any) -> str:
     """A config problem caused by space key `key` at `value`, as a sweep-file problem."""
-    path = problem.split(":", 1)[0]
+    path, _, what = problem.partition(":")
+    at = "" if "unknown key" in what or repr(value) in what or str(value) in what else f" (at {value!r})"
     if key == path or key.startswith(path + ".") or path.startswith(key + ".") or path.startswith(key + "["):
-        return f"space.{problem} (at {value!r})"
+        return f"space.{problem}{at}"
     return f"space.{key} = {value!r}: {problem}"
 
 
@@ -243,6 +244,8 @@ def load_sweep(path: str | Path) -> SweepSpec:
         raise ConfigError(problems, source)
 
     base_path = path.parent / sf.base
+    if not base_path.is_file():
+        raise ConfigError([f"base: config file not found: {base_path}"], source)
     base = load_config(base_path)  # its own problems name the base file
     base_raw = read_yaml(base_path)
     base_raw.setdefault("name", base.name)

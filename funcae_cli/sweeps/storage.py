@@ -39,6 +39,14 @@ def sqlite_url(path: Path) -> str:
     return f"sqlite:///{path.resolve()}"
 
 
+def sqlite_file(url: str) -> Path | None:
+    """The file of a SQLite URL (None for other databases and in-memory SQLite)."""
+    u = make_url(url)
+    if u.get_backend_name() != "sqlite" or not u.database or u.database == ":memory:":
+        return None
+    return Path(u.database)
+
+
 def normalize_url(url: str) -> str:
     """`postgresql://` -> `postgresql+psycopg://`: psycopg 3 is the PostgreSQL driver funcae installs."""
     try:
@@ -51,11 +59,17 @@ def normalize_url(url: str) -> str:
 
 
 def display_url(url: str) -> str:
-    """The URL with its password hidden, for messages."""
+    """The URL with its password hidden, for messages; a SQLite file below the working directory relative to
+    it (as `optuna-dashboard sqlite:///runs/<study>/study.db` takes it)."""
     try:
-        return make_url(url).render_as_string(hide_password=True)
+        u = make_url(url)
     except sqlalchemy.exc.ArgumentError:
         return url
+    if u.get_backend_name() == "sqlite" and u.database and os.path.isabs(u.database):
+        rel = os.path.relpath(u.database)
+        if not rel.startswith(".."):
+            u = u.set(database=rel)
+    return u.render_as_string(hide_password=True)
 
 
 def backend(url: str) -> str:

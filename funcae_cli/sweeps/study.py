@@ -153,13 +153,19 @@ class WorkerJob:
     timeout: float | None  # seconds after which this worker starts no new trial
     device: str
     index: int = 0  # this worker's number on this machine
+    workers: int = 1  # how many this machine runs (events name the worker when more than one)
     threads: int | None = None  # torch threads (None: leave torch's default)
     report: Callable[[dict[str, Any]], None] | None = None  # events: start, end (module-level: picklable)
     poll_s: float = field(default=1.0)  # how often a waiting worker looks at the study again
 
 
 def _sampler_seed(job: WorkerJob) -> int | None:
+    """Worker i of a machine samples with seed + i, so that parallel workers do not draw the same values; the
+    grid sampler takes the seed as is in every worker: it shuffles the grid with it, and each worker must see
+    the same order (trial number n runs grid point n)."""
     seed = job.spec.sampler.seed
+    if job.spec.sampler.name == "grid":
+        return seed or 0
     return None if seed is None else seed + job.index
 
 
@@ -199,7 +205,7 @@ def _end_event(job: WorkerJob, trial: FrozenTrial) -> dict[str, Any]:
         state = "interrupted"
     return {
         "event": "end",
-        "worker": job.index,
+        "worker": _tag(job),
         "trial": trial.number,
         "state": state,
         "value": trial.value if trial.state == TrialState.COMPLETE else None,
@@ -208,6 +214,10 @@ def _end_event(job: WorkerJob, trial: FrozenTrial) -> dict[str, Any]:
         "seconds": seconds,
         "error": trial.user_attrs.get(ATTR_ERROR),
     }
+
+
+def _tag(job: WorkerJob) -> int | None:
+    return job.index if job.workers > 1 else None
 
 
 def _wait(stop: StopFlag, seconds: float) -> None:
@@ -237,7 +247,7 @@ def run_worker(job: WorkerJob, stop: StopFlag) -> int:
         on_start = None
         if job.report is not None:
             report = job.report
-            on_start = lambda n, values: report({"event": "start", "worker": job.index, "trial": n, "values": values})  # noqa: E731
+            on_start = lambda n, values: report({"event": "start", "worker": _tag(job), "trial": n, "values": values})  # noqa: E731
         ctx = TrialContext(spec, job.study, sd, job.device, stop, on_start)
         started: list[int] = []
 

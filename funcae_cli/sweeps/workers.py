@@ -85,7 +85,14 @@ def worker_process(job: WorkerJob) -> None:
             run_worker(job, stop)
         except FuncaeError as e:
             if job.report is not None:
-                job.report({"event": "error", "worker": job.index, "message": error_text(e), "code": e.exit_code})
+                job.report(
+                    {
+                        "event": "error",
+                        "worker": job.index if job.workers > 1 else None,
+                        "message": error_text(e),
+                        "code": e.exit_code,
+                    }
+                )
             sys.exit(e.exit_code)
         except KeyboardInterrupt:
             sys.exit(130)
@@ -184,10 +191,11 @@ def run_sweep(
             timeout,
             worker_device(device, i),
             index=i,
+            workers=workers,
             threads=threads,
             report=report,
             poll_s=min(1.0, spec.heartbeat.interval),
-        )  # fmt: skip
+        )
         for i in range(workers)
     ]
     t0 = time.monotonic()
