@@ -83,6 +83,8 @@ def worker_process(job: WorkerJob) -> None:
     with graceful_stop() as stop:
         try:
             run_worker(job, stop)
+        except Interrupted as e:  # its trial's event said so; the parent reports the interruption once
+            sys.exit(e.exit_code)
         except FuncaeError as e:
             if job.report is not None:
                 job.report(
