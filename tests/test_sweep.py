@@ -4,6 +4,7 @@ a PostgreSQL server (`.ci/run` starts one; without it those tests skip, saying w
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import re
@@ -315,3 +316,37 @@ def test_ctrl_c_stops_the_trial_cleanly_and_the_sweep_resumes(workdir):
     study = load(sqlite(workdir, "ctrlc"), "ctrlc")
     check_sweep(workdir / "runs" / "ctrlc", study, 2, plots=False)
     assert study.get_trials()[1].state == TrialState.COMPLETE and study.get_trials()[1].params == stopped.params
+
+
+def test_a_trial_whose_worker_died_before_its_first_heartbeat_is_re_queued(cli, workdir):
+    """A worker killed between Optuna's `ask` and the first heartbeat leaves a RUNNING trial that Optuna's
+    stale check never sees (no heartbeat at all): the next worker fails and re-queues it instead of waiting for
+    it forever."""
+    path = write_sweep(workdir, "orphan", plots=False, trials=2, pruner={"name": "none"})
+    ok(cli("sweep", path, "--trials", "1"))
+    url = sqlite(workdir, "orphan")
+    study = load(url, "orphan")
+    done = study.get_trials()[0]
+    hour_ago = datetime.datetime.now() - datetime.timedelta(hours=1)
+    orphan = optuna.trial.FrozenTrial(
+        number=0, state=TrialState.RUNNING, value=None, datetime_start=hour_ago, datetime_complete=None,
+        params=done.params, distributions=done.distributions, user_attrs={}, system_attrs={},
+        intermediate_values={}, trial_id=0,
+    )  # fmt: skip
+    study.add_trial(orphan)
+    # finished 1 + running 1 = 2: without the check the worker would wait for the orphan forever (here: until
+    # the timeout, and the assertions below fail)
+    ok(cli("sweep", path, "--timeout", "120"))
+    trials = load(url, "orphan").get_trials()
+    assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.FAIL, TrialState.COMPLETE]
+    assert trials[2].system_attrs["failed_trial"] == 1 and trials[2].params == done.params
+
+
+def test_timeout_starts_no_trial_after_it_and_exits_0(cli, workdir):
+    path = write_sweep(workdir, "timeout", plots=False, trials=50, pruner={"name": "none"})
+    result = cli("sweep", path, "--timeout", "0.5")
+    ok(result)
+    assert "--timeout reached" in result.stderr
+    finished = [t for t in load(sqlite(workdir, "timeout"), "timeout").get_trials() if t.state in FINISHED]
+    assert 1 <= len(finished) < 50
+    check_sweep(workdir / "runs" / "timeout", load(sqlite(workdir, "timeout"), "timeout"), len(finished), plots=False)

@@ -40,7 +40,6 @@ from funcae_cli.sweeps.storage import (
     display_url,
     open_storage,
     quiet_optuna,
-    require_study,
     study_names,
     turn_lock,
 )
@@ -169,21 +168,34 @@ def _sampler_seed(job: WorkerJob) -> int | None:
     return None if seed is None else seed + job.index
 
 
-def _fail_orphans(study: optuna.Study, trials: list[FrozenTrial], grace_s: int) -> None:
+def _fail_orphans(study: optuna.Study, storage: RDBStorage, trials: list[FrozenTrial], grace_s: int) -> None:
     """Fail (and re-queue) RUNNING trials that never started: their worker died between Optuna's `ask` and
-    the first heartbeat, which Optuna's stale check cannot see (no heartbeat at all)."""
-    storage = study._storage
+    the first heartbeat, which Optuna's stale check cannot see (no heartbeat at all). `datetime_start` is the
+    asking machine's clock: ORPHAN_MARGIN_S covers the skew between machines."""
     cutoff = dt.datetime.now() - dt.timedelta(seconds=grace_s + ORPHAN_MARGIN_S)
-    for t in trials:
-        if t.state == TrialState.RUNNING and ATTR_WORKER not in t.user_attrs and t.datetime_start is not None:
-            if t.datetime_start < cutoff:
-                try:
-                    if storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL):
-                        callback = storage.get_heartbeat_stale_trial_callback()
-                        if callback is not None:
-                            callback(study, storage.get_trial(t._trial_id))
-                except optuna.exceptions.UpdateFinishedTrialError:
-                    pass
+    orphans = [
+        t
+        for t in trials
+        if t.state == TrialState.RUNNING and ATTR_WORKER not in t.user_attrs and t.datetime_start is not None
+        and t.datetime_start < cutoff
+    ]  # fmt: skip
+    if not orphans:
+        return
+    study_id = storage.get_study_id_from_name(study.study_name)
+    for t in orphans:
+        trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, t.number)
+        try:
+            failed = storage.set_trial_state_values(trial_id, state=TrialState.FAIL)
+        except optuna.exceptions.UpdateFinishedTrialError:  # another worker got there first
+            continue
+        callback = storage.get_heartbeat_stale_trial_callback()
+        if failed and callback is not None:
+            callback(study, storage.get_trial(trial_id))
+
+
+def _trial(study: optuna.Study, storage: RDBStorage, number: int) -> FrozenTrial:
+    study_id = storage.get_study_id_from_name(study.study_name)
+    return storage.get_trial(storage.get_trial_id_from_study_id_trial_number(study_id, number))
 
 
 def _remove_stale_partials(sd: SweepDir, trials: list[FrozenTrial]) -> None:
@@ -200,14 +212,11 @@ def _end_event(job: WorkerJob, trial: FrozenTrial) -> dict[str, Any]:
         if trial.datetime_complete and trial.datetime_start
         else None
     )
-    state = trial.state.name.lower()
-    if trial.state == TrialState.FAIL and ATTR_INTERRUPTED in trial.user_attrs:
-        state = "interrupted"
     return {
         "event": "end",
         "worker": _tag(job),
         "trial": trial.number,
-        "state": state,
+        "state": trial_state(trial),
         "value": trial.value if trial.state == TrialState.COMPLETE else None,
         "metric": job.spec.objective.metric,
         "epochs": max(trial.intermediate_values, default=None),
@@ -253,7 +262,7 @@ def run_worker(job: WorkerJob, stop: StopFlag) -> int:
 
         def objective(trial: optuna.Trial) -> float:
             turn.release()  # the trial exists now: the next worker may count it and pick its own
-            started.append(trial._trial_id)
+            started.append(trial.number)
             return run_trial(trial, ctx)
 
         while True:
@@ -266,7 +275,7 @@ def run_worker(job: WorkerJob, stop: StopFlag) -> int:
             try:
                 optuna.storages.fail_stale_trials(study)
                 trials = study.get_trials(deepcopy=False)
-                _fail_orphans(study, trials, spec.heartbeat.grace_seconds)
+                _fail_orphans(study, storage, trials, spec.heartbeat.grace_seconds)
                 trials = study.get_trials(deepcopy=False)
                 _remove_stale_partials(sd, trials)
                 c = census(trials)
@@ -282,7 +291,7 @@ def run_worker(job: WorkerJob, stop: StopFlag) -> int:
                 _wait(stop, job.poll_s)
                 continue
             ran += 1
-            trial = storage.get_trial(started[-1]) if started else None
+            trial = _trial(study, storage, started[-1]) if started else None
             if trial is not None and job.report is not None:
                 job.report(_end_event(job, trial))
             if stop.signum is not None:
@@ -294,11 +303,3 @@ def run_worker(job: WorkerJob, stop: StopFlag) -> int:
 
 def _signame(signum: int) -> str:
     return {2: "SIGINT", 15: "SIGTERM"}.get(signum, f"signal {signum}")
-
-
-def study_for_show(url: str, name: str) -> optuna.Study:
-    """Load a study to read it (no sampler, no heartbeats); InputError when it does not exist."""
-    with quiet_optuna():
-        storage = open_storage(url, None)
-        require_study(storage, name, url)
-        return optuna.load_study(study_name=name, storage=storage)

@@ -115,7 +115,7 @@ def _run_processes(jobs: list[WorkerJob], stop: StopFlag, report: Any) -> list[i
                 _signal_alive(procs, stop.signum)
             for p in procs:
                 p.join(0.05)
-    except KeyboardInterrupt:  # a second Ctrl-C: the workers abort their trials (marked failed, re-queued)
+    except KeyboardInterrupt:  # a second Ctrl-C: the workers abort their trials (marked failed; new ones replace them)
         _signal_alive(procs, signal.SIGINT)
         deadline = time.monotonic() + STOP_WAIT_S
         for p in procs:
