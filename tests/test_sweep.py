@@ -214,12 +214,13 @@ def _wait_for(predicate, what: str, procs: list[subprocess.Popen], timeout: floa
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def _mid_trial(folder: Path, log: Path, procs: list[subprocess.Popen]) -> int:
-    """Wait until the process logging to `log` is training a trial (one epoch saved); return its number."""
+def _mid_trial(folder: Path, log: Path, procs: list[subprocess.Popen], worker: str = "") -> int:
+    """Wait until the process logging to `log` (its worker tagged `worker`, e.g. "[w0] ") is training a trial
+    (one epoch saved); return the trial's number."""
     started: list[int] = []
 
     def training() -> bool:
-        started[:] = [int(n) for n in re.findall(r"trial (\d+) started", log.read_text())]
+        started[:] = [int(n) for n in re.findall(rf"^{re.escape(worker)}trial (\d+) started", log.read_text(), re.M)]
         return bool(started) and (folder / "trials" / f".{started[-1]}.partial" / "checkpoints" / "last.pt").exists()
 
     _wait_for(training, "a trial in progress", procs)
@@ -276,16 +277,17 @@ def test_sigkill_of_one_of_two_workers_on_the_embedded_storage(workdir):
         try:
             _wait_for(lambda: "workers (pids" in log.read_text(), "the workers", [proc])
             pids = [int(p) for p in re.search(r"pids ([\d, ]+)\)", log.read_text()).group(1).split(", ")]
-            _mid_trial(workdir / "runs" / "kill2", log, [proc])
+            killed = _mid_trial(workdir / "runs" / "kill2", log, [proc], worker="[w0] ")
             os.kill(pids[0], signal.SIGKILL)
             assert proc.wait(timeout=300) == 0, log.read_text()
         finally:
             _kill_all([proc])
     study = load(sqlite(workdir, "kill2"), "kill2")
     check_sweep(workdir / "runs" / "kill2", study, 3, plots=False)
-    killed = [t for t in study.get_trials() if t.state == TrialState.FAIL]
-    assert killed, "the killed worker's trial is marked failed"
-    assert all(any(r.system_attrs.get("failed_trial") == k.number for r in study.get_trials()) for k in killed)
+    lost = study.get_trials()[killed]
+    assert lost.state == TrialState.FAIL and "funcae.error" not in lost.user_attrs
+    retry = [t for t in study.get_trials() if t.system_attrs.get("failed_trial") == killed]
+    assert len(retry) == 1 and retry[0].state == TrialState.COMPLETE and retry[0].params == lost.params
 
 
 def test_ctrl_c_stops_the_trial_cleanly_and_the_sweep_resumes(workdir):
