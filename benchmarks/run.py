@@ -333,7 +333,7 @@ def bench_sweep(scale: float, repeats: int) -> Row:
     cmd_s = {k: statistics.median(r["command_seconds"] for r in rs) for k, rs in runs.items()}
     cores = os.cpu_count()
     return Row(
-        "7. sweep trials per minute, 1 vs 2 workers",
+        "10. sweep trials per minute, 1 vs 2 workers",
         f"{tpm[2]:.1f} trials/min (2 workers)",
         f"{tpm[1]:.1f} trials/min (1 worker)",
         tpm[2] / tpm[1],

@@ -30,9 +30,7 @@ def data_preview(
         )
     n = min(n, ds.curves.shape[0])
     labelled = ds.params.ndim == 2 and ds.params.shape[1] > 0
-    labels = (
-        [param_label(family, ds.params[i].numpy(), names=ds.param_names) for i in range(n)] if labelled else [None] * n
-    )
+    labels = [param_label(family, ds.params[i].numpy(), names=ds.param_names) for i in range(n)] if labelled else [None] * n
     wide = max((len(label) for label in labels if label), default=0) > 45  # e.g. four parameters with units
     fig, ax = new_figure(figsize=(11, 6.0) if wide else (9, 4.6))
     x = ds.grid.numpy()
