@@ -308,6 +308,12 @@ def bench_one_call(scale: float, repeats: int) -> Row:
     return row(scale, min(repeats, 3))
 
 
+def bench_sweep(scale: float, repeats: int) -> Row:
+    from benchmarks.sweep_bench import bench_sweep as row
+
+    return row(scale, repeats)
+
+
 ROWS: dict[str, Callable[[float, int], Row]] = {
     "gen": bench_generation,
     "epoch": bench_epoch,
@@ -318,6 +324,7 @@ ROWS: dict[str, Callable[[float, int], Row]] = {
     "observed": bench_observed,
     "one_call": bench_one_call,
     "posterior": bench_posterior,
+    "sweep": bench_sweep,
 }
 
 

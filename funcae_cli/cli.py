@@ -1,7 +1,8 @@
 """Typer root: registers the commands; maps every error to one line on stderr and a stable exit code.
 
-Exit codes: 0 success; 1 unexpected failure (a bug: traceback shown); 2 bad usage, config or input; 4 training
-diverged; 130/143 interrupted by SIGINT/SIGTERM. The commands (commands/) import the library, and with it torch
+Exit codes: 0 success; 1 unexpected failure (a bug: traceback shown); 2 bad usage, config or input; 3 a sweep's
+trials failed (the others ran) or it ended short of its trials; 4 training diverged; 130/143 interrupted by
+SIGINT/SIGTERM. The commands (commands/) import the library, and with it torch
 and matplotlib, only when they run: `funcae --help`, `families` and `config check` answer without them.
 """
 
@@ -15,7 +16,18 @@ import typer
 from typer.core import TyperGroup
 
 from funcae_cli import __version__, console
-from funcae_cli.commands import config_cmd, encode, families_cmd, generate, invert, plot, sample, train, validate
+from funcae_cli.commands import (
+    config_cmd,
+    encode,
+    families_cmd,
+    generate,
+    invert,
+    plot,
+    sample,
+    sweep,
+    train,
+    validate,
+)
 from funcae_cli.errors import FuncaeError, Interrupted
 
 EXIT_OK = 0
@@ -90,6 +102,26 @@ config_app = typer.Typer(help="Inspect and validate configs.", no_args_is_help=T
 config_app.command("show")(config_cmd.show)
 config_app.command("check")(config_cmd.check)
 app.add_typer(config_app, name="config")
+
+
+class SweepGroup(TyperGroup):
+    """`funcae sweep SWEEP.yaml ...` is `funcae sweep run SWEEP.yaml ...`; `funcae sweep show ...` reads one."""
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        if args and args[0] not in self.commands and args[0] not in ctx.help_option_names:
+            args = ["run", *args]
+        return super().parse_args(ctx, args)
+
+
+sweep_app = typer.Typer(
+    cls=SweepGroup,
+    help="Hyperparameter searches on Optuna: `funcae sweep SWEEP.yaml` runs one, `funcae sweep show` reads one.",
+    no_args_is_help=True,
+    rich_markup_mode=None,
+)
+sweep_app.command("run")(sweep.run)
+sweep_app.command("show")(sweep.show)
+app.add_typer(sweep_app, name="sweep")
 
 
 def _raise_interrupted(signum: int, frame: Any) -> None:

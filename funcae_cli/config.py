@@ -495,18 +495,23 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key, parsed
 
 
+def set_dotted(raw: dict[str, Any], key: str, value: Any, where: str = "--set") -> None:
+    """raw[a][b][c] = value for key `a.b.c`, creating missing sections; `where` names the source in errors."""
+    node = raw
+    parts = key.split(".")
+    for part in parts[:-1]:
+        if not isinstance(node.get(part), dict):
+            node[part] = {} if node.get(part) is None else node[part]
+            if not isinstance(node[part], dict):
+                raise ConfigError([f"{where} {key}: {part} is not a section"])
+        node = node[part]
+    node[parts[-1]] = value
+
+
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     for text in overrides:
         key, value = parse_override(text)
-        node = raw
-        parts = key.split(".")
-        for part in parts[:-1]:
-            if not isinstance(node.get(part), dict):
-                node[part] = {} if node.get(part) is None else node[part]
-                if not isinstance(node[part], dict):
-                    raise ConfigError([f"--set {key}: {part} is not a section"])
-            node = node[part]
-        node[parts[-1]] = value
+        set_dotted(raw, key, value)
     return raw
 
 
@@ -523,7 +528,11 @@ class _StrictLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
-def read_yaml(path: Path) -> dict[str, Any]:
+EMPTY_CONFIG = "empty config: give at least `name` and `family` (see configs/ for examples)"
+
+
+def read_yaml(path: Path, empty: str = EMPTY_CONFIG) -> dict[str, Any]:
+    """A YAML file's top-level mapping (duplicate keys rejected); `empty` is the problem an empty file reports."""
     if not path.exists():
         raise ConfigError([f"config file not found: {path}"])
     if path.is_dir():
@@ -538,7 +547,7 @@ def read_yaml(path: Path) -> dict[str, Any]:
     except UnicodeDecodeError:
         raise ConfigError(["not a text file"], str(path)) from None
     if raw is None:
-        raise ConfigError(["empty config: give at least `name` and `family` (see configs/ for examples)"], str(path))
+        raise ConfigError([empty], str(path))
     if not isinstance(raw, dict):
         raise ConfigError([f"top level must be a mapping of sections, got {type(raw).__name__}"], str(path))
     return raw

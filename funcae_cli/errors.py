@@ -62,3 +62,9 @@ class Interrupted(FuncaeError):
     def __init__(self, message: str, signum: int):
         super().__init__(message)
         self.exit_code = 128 + signum
+
+
+class TrialsFailed(FuncaeError):
+    """A sweep ran, but some of its trials failed, or it ended short of its trials (exit 3)."""
+
+    exit_code = 3

@@ -111,3 +111,28 @@ BurnOpt = Annotated[Optional[int], typer.Option("--burn", min=0, help="mcmc: ste
 NoPhysicsOpt = Annotated[
     bool, typer.Option("--no-physics", help="Report the regressor's parameters; skip fitting the family's formula.")
 ]
+
+# --- sweeps ------------------------------------------------------------------------------------------
+SweepArg = Annotated[Path, typer.Argument(help="Sweep YAML (e.g. configs/sweeps/normal.yaml).")]
+StorageOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--storage",
+        help="Optuna storage URL shared by every machine, e.g. postgresql://user:pw@host/db "
+        "[default: sqlite:///runs/<study>/study.db].",
+    ),
+]
+StudyOpt = Annotated[
+    Optional[str],
+    typer.Option("--study", help="Study name; runs/<study>/ holds its trials [default: the sweep's name]."),
+]
+TrialsOpt = Annotated[
+    Optional[int], typer.Option("--trials", min=1, help="Finished trials the study needs [default: the sweep's].")
+]
+TimeoutOpt = Annotated[
+    Optional[float],
+    typer.Option("--timeout", callback=_positive, help="Seconds after which no new trial starts (running ones end)."),
+]
+WorkersOpt = Annotated[
+    int, typer.Option("--workers", "-w", min=1, help="Worker processes on this machine (torch threads split).")
+]

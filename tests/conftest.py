@@ -50,6 +50,18 @@ def native_cache(tmp_path_factory: pytest.TempPathFactory):
         os.environ["FUNCAE_CACHE_DIR"] = old
 
 
+POSTGRES_ENV = "FUNCAE_TEST_POSTGRES_URL"
+
+
+@pytest.fixture
+def postgres_url() -> str:
+    """The URL of a real PostgreSQL server (`.ci/run` starts one; locally: `source .ci/postgres.sh`)."""
+    url = os.environ.get(POSTGRES_ENV)
+    if not url:
+        pytest.skip(f"no PostgreSQL server: {POSTGRES_ENV} is unset (`source .ci/postgres.sh` starts one)")
+    return url
+
+
 @pytest.fixture
 def cli() -> Cli:
     return Cli()

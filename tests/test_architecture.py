@@ -88,14 +88,17 @@ def test_command_functions_are_thin() -> None:
                 assert lines <= MAX_COMMAND_LINES, f"{path.name}:{node.name} has a {lines}-line body"
 
 
-@pytest.mark.parametrize("argv", [["--help"], ["families"], ["config", "check", "configs/smoke.yaml"]])
+@pytest.mark.parametrize(
+    "argv", [["--help"], ["families"], ["config", "check", "configs/smoke.yaml"], ["sweep", "run", "--help"]]
+)
 def test_fast_commands_load_neither_torch_nor_matplotlib(argv: list[str]) -> None:
     """What keeps `funcae --help`, `families` and `config check` fast (~0.25 s against ~2.4 s when every
-    command imported torch): they never import torch, matplotlib, scipy or numpy. Checked by the modules
-    loaded, not by timing (this machine is shared)."""
+    command imported torch): they never import torch, matplotlib, scipy, numpy, or optuna and SQLAlchemy (only
+    sweeps need them). Checked by the modules loaded, not by timing (this machine is shared)."""
+    heavy = ("torch", "matplotlib", "scipy", "numpy", "optuna", "sqlalchemy")
     code = (
         "import sys; from funcae_cli.cli import main; code = main(sys.argv[1:]); "
-        "print(sorted(m for m in ('torch', 'matplotlib', 'scipy', 'numpy') if m in sys.modules)); sys.exit(code)"
+        f"print(sorted(m for m in {heavy!r} if m in sys.modules)); sys.exit(code)"
     )
     r = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, cwd=PACKAGE.parent)
     assert r.returncode == 0, r.stderr

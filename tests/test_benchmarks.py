@@ -15,7 +15,7 @@ def test_every_benchmark_row_runs_at_tiny_scale(tmp_path: Path) -> None:
     out = tmp_path / "BENCH.md"
     assert bench.main(["--scale", "0.005", "--repeats", "1", "--out", str(out)]) == 0
     text = out.read_text()
-    for name in ("generate", "training epoch", "notebook quality", "memory", "PCA"):
+    for name in ("generate", "training epoch", "notebook quality", "memory", "PCA", "sweep trials per minute"):
         assert name in text
     assert "| row | funcae | notebook-style | ratio | target |" in text
     assert "step engine: native" in text and "native kernels:" in text

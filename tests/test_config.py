@@ -14,7 +14,8 @@ from funcae_cli.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
-SHIPPED = sorted({*CONFIGS.rglob("*.yaml"), *CONFIGS.rglob("*.yml")})
+SWEEPS = CONFIGS / "sweeps"  # sweep files, not configs: tests/test_sweep_spec.py loads them
+SHIPPED = sorted(p for p in {*CONFIGS.rglob("*.yaml"), *CONFIGS.rglob("*.yml")} if SWEEPS not in p.parents)
 
 
 def write(tmp_path: Path, text: str, name: str = "exp.yaml") -> Path:

@@ -111,8 +111,6 @@ def replacement(*args, **kwargs):
 
 g.run_generate = replacement
 from funcae_cli.cli import main
-
-from .conftest import usage_error
 sys.exit(main(["generate", "configs/smoke.yaml"]))
 """
 

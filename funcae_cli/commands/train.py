@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import signal
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -15,25 +12,7 @@ from funcae_cli.commands.common import config_and_run_dir
 from funcae_cli.errors import InputError, Interrupted
 from funcae_cli.options import DeviceOpt, ForceOpt, JsonOpt, QuietOpt, RunDirOpt, SetOpt
 from funcae_cli.runs.rundir import RunDir
-from funcae_cli.stop import StopFlag
-
-
-@contextmanager
-def graceful_stop() -> Iterator[StopFlag]:
-    """SIGINT/SIGTERM set a flag; the trainer saves at the next step boundary. A second SIGINT aborts."""
-    flag = StopFlag()
-
-    def handler(signum, frame):
-        if flag.signum is not None and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        flag.request(signum)
-
-    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield flag
-    finally:
-        for s, h in old.items():
-            signal.signal(s, h)
+from funcae_cli.stop import graceful_stop
 
 
 def train(

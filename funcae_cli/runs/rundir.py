@@ -126,6 +126,12 @@ class RunDir:
     def plot(self, kind: str, fmt: str = "png") -> Path:
         return self.plots / f"{kind}.{fmt}"
 
+    # a sweep's trial (funcae sweep: runs/<study>/trials/<number>/)
+    @property
+    def trial(self) -> Path:
+        """trial.json: the trial's state (complete, pruned, failed), number, parameters and objective."""
+        return self.root / "trial.json"
+
     def trained_folders(self) -> list[Path]:
         """What training and the later commands wrote: removed when a run is retrained over (force)."""
         return [self.checkpoints, self.plots, self.invert_dir, self.encodings, self.validate_dir]

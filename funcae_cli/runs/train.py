@@ -72,9 +72,11 @@ def run_train(
     callbacks: Callbacks | None = None,
     source: str | None = None,
     plots: bool = True,
+    latest: bool = True,
 ) -> dict[str, Any]:
     """Train `cfg` into `rd` (or resume it: cfg None, the checkpoint's config). `source` names the config file
-    in error messages; `plots` draws the default figures at the end, on the same device."""
+    in error messages; `plots` draws the default figures at the end, on the same device; `latest` points
+    runs/latest at the run (a sweep's trials do not: they train in a folder renamed when they end)."""
     dev = resolve_device(device)
     cb = callbacks or Callbacks()
     ckpt = None
@@ -145,7 +147,8 @@ def run_train(
     # latent code -> physical parameters and the codes' density, fitted on the training split
     metrics.update(latent_model_after_training(trainer.model, prep, cfg, rd))
     atomic_write_json(rd.metrics, metrics)
-    point_latest(rd)
+    if latest:
+        point_latest(rd)
     if plots:
         metrics["plots"] = [str(p) for p in render_plots(rd, default_only=True, device=dev).written.values()]
     return metrics
