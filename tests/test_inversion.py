@@ -221,7 +221,7 @@ def test_csv_curve_with_yerr_gives_chi2(trained, tmp_path):
         ("x,y\n-10,0.1\n0,0.2\n", "outside the run's grid range"),
         ("x,q\n0,1\n1,2\n", "header must name"),
         ("x,y,yerr\n0,1,0\n1,2,1\n", "yerr must be > 0"),
-        ("x,y\n0,abc\n1,2\n", "line 2: y is not a number"),
+        ("x,y\n0,abc\n1,2\n", "line 2: y: expected a number"),
         ("x,y\n0,1\n", "1 point.*at least 2"),
     ],
 )

@@ -68,7 +68,7 @@ def test_long_csv_keeps_each_objects_own_points(tmp_path: Path) -> None:
 
 BAD_LONG = {
     "missing_column": ("id,x,yerr\na,1,0.1\na,2,0.1\n", ["line 1", "missing column 'y'"]),
-    "non_numeric": ("id,x,y,yerr\na,1,2,0.1\na,2,two,0.1\n", ["line 3", "id a", "y is not a number", "'two'"]),
+    "non_numeric": ("id,x,y,yerr\na,1,2,0.1\na,2,two,0.1\n", ["line 3", "id a", "y: expected a number", "'two'"]),
     "one_point": ("id,x,y,yerr\na,1,2,0.1\na,2,3,0.1\nb,1,2,0.1\n", ["line 4", "id b", "1 point(s)", "at least 2"]),
     "yerr_zero": ("id,x,y,yerr\na,1,2,0.1\na,2,3,0\n", ["line 3", "id a", "yerr must be > 0"]),
     "yerr_negative": ("id,x,y,yerr\na,1,2,-0.1\na,2,3,0.1\n", ["line 2", "id a", "yerr must be > 0"]),

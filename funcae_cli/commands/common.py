@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 from funcae_cli.config import Config, load_config
 from funcae_cli.data.families import Family
 from funcae_cli.errors import InputError
-from funcae_cli.inversion.inputs import TargetInputs
+from funcae_cli.inversion.inputs import TargetInputs, finite_number
 from funcae_cli.runs.rundir import LATEST, RUNS_ROOT, RunDir, default_run_dir
 
 TARGET_FLAGS = {"params": "parameters", "curve_files": "--curve", "params_table": "--targets", "curves": "--curves"}
@@ -44,16 +43,6 @@ def run_family(rd: RunDir) -> Family:
     return load_config(rd.config).family.family
 
 
-def _num(text: str, where: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise InputError(f"{where}: expected a number, got {text!r}") from None
-    if not math.isfinite(v):
-        raise InputError(f"{where}: must be finite, got {text!r}")
-    return v
-
-
 def _param_list(family: Family) -> str:
     return ", ".join(f"--{n}" for n in family.param_names)
 
@@ -80,7 +69,7 @@ def parse_param_args(family: Family, args: list[str]) -> dict[str, float]:
             i += 1
         if name in values:
             raise InputError(f"--{name}: given twice")
-        values[name] = _num(text, f"--{name}")
+        values[name] = finite_number(text, f"--{name}")
         i += 1
     if values:
         missing = [n for n in family.param_names if n not in values]

@@ -16,13 +16,13 @@ measurements (each enters the objective; the encoder's start sees their mean: en
 from __future__ import annotations
 
 import csv
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from funcae_cli.errors import InputError
+from funcae_cli.inversion.inputs import finite_number
 
 COLUMNS = ("x", "y", "yerr")
 MIN_POINTS = 2
@@ -65,16 +65,6 @@ class Grid:
         if kept.x.size < MIN_POINTS:
             raise InputError(f"{where}: {kept.x.size} point(s) left inside the grid; at least {MIN_POINTS} are needed")
         return kept
-
-
-def _number(cell: str, where: str, column: str) -> float:
-    try:
-        v = float(cell)
-    except ValueError:
-        raise InputError(f"{where}: {column} is not a number: {cell!r}") from None
-    if not math.isfinite(v):
-        raise InputError(f"{where}: {column} must be finite, got {cell!r}")
-    return v
 
 
 def _rows(path: Path) -> list[tuple[int, list[str]]]:
@@ -145,15 +135,15 @@ def read_curve_file(path: Path, grid: Grid, warnings: list[str]) -> Observation:
         where = f"{path}, line {k}"
         if len(cells) != len(cols):
             raise InputError(f"{where}: expected {len(cols)} columns, got {len(cells)}")
-        xs.append(_number(cells[cols["x"]], where, "x"))
-        ys.append(_number(cells[cols["y"]], where, "y"))
+        xs.append(finite_number(cells[cols["x"]], f"{where}: x"))
+        ys.append(finite_number(cells[cols["y"]], f"{where}: y"))
         if es is not None:
             es.append(_positive_error(cells[cols["yerr"]], where))
     return grid.restrict(_observation(path.stem, xs, ys, es, str(path)), str(path), warnings)
 
 
 def _positive_error(cell: str, where: str) -> float:
-    e = _number(cell, where, "yerr")
+    e = finite_number(cell, f"{where}: yerr")
     if e <= 0:
         raise InputError(f"{where}: yerr must be > 0, got {cell}")
     return e
@@ -174,8 +164,8 @@ def read_long_csv(path: Path, grid: Grid, warnings: list[str]) -> list[Observati
         if not name:
             raise InputError(f"{path}, line {k}: empty id")
         xs, ys, es, _ = points.setdefault(name, ([], [], [] if "yerr" in cols else None, k))
-        xs.append(_number(cells[cols["x"]], where, "x"))
-        ys.append(_number(cells[cols["y"]], where, "y"))
+        xs.append(finite_number(cells[cols["x"]], f"{where}: x"))
+        ys.append(finite_number(cells[cols["y"]], f"{where}: y"))
         if es is not None:
             es.append(_positive_error(cells[cols["yerr"]], where))
     if not points:

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from funcae_cli.data.arrays import is_number
 from funcae_cli.data.dataset import evaluate
 from funcae_cli.data.families import Family
 from funcae_cli.errors import InputError
@@ -167,7 +168,7 @@ def read_params_csv(trained: Trained, path: str | Path) -> Targets:
     if not rows:
         raise InputError(f"{path}: no data rows")
     header = [c.lower() for c in rows[0][1]]
-    if all(_is_float(c) for c in header):
+    if all(is_number(c) for c in header):
         raise InputError(f"{path}: needs a header row; {need}")
     unknown = [h for h in header if h not in fam.param_names]
     missing = [n for n in fam.param_names if n not in header]
@@ -182,20 +183,12 @@ def read_params_csv(trained: Trained, path: str | Path) -> Targets:
         if len(cells) != len(header):
             raise InputError(f"{path}, line {k}: expected {len(header)} columns, got {len(cells)}")
         for c, cell in enumerate(cells):
-            if not _is_float(cell) or not math.isfinite(float(cell)):
+            if not is_number(cell) or not math.isfinite(float(cell)):
                 raise InputError(f"{path}, line {k}, column {header[c]}: expected a finite number, got {cell!r}")
             values[r, c] = float(cell)
     params = torch.from_numpy(values[:, [header.index(n) for n in fam.param_names]])
     check_domain(fam, params, lambda i: f"{path}, row {i + 1}: ")
     return targets_from_params(trained, params, str(path))
-
-
-def _is_float(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
 
 
 def read_curves_npz(trained: Trained, path: Path, grid: Grid, warnings: list[str]) -> Targets:
