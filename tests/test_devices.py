@@ -70,7 +70,7 @@ def test_the_inversion_objective_runs_on_a_non_cpu_device(smoke_run: Path) -> No
     trained.model.to(META)
     trained.normalizer = trained.normalizer.to(META)
     trained.device = META
-    x = torch.linspace(-4, 4, 17, dtype=torch.float64)  # observed points off the grid: the interpolation path
+    x = torch.linspace(-4, 4, 17, dtype=torch.float64).expand(3, -1)  # points off the grid: the interpolation path
     targets = Targets(torch.ones(3, 17), x, torch.full((3, 17), 0.1), names=["a", "b", "c"])
     problem = Problem(trained, targets)
     z = torch.empty(3, 2, device=META)

@@ -50,7 +50,8 @@ def render(fig) -> bytes:
 
 
 def write_fake_results(rd: RunDir, n_points: int, latent_dim: int = 2) -> None:
-    """invert/*.json and samples.npz in the layout `funcae invert` / `funcae sample` write."""
+    """invert/*.json, invert/*_samples.npz and samples.npz in the layout `funcae invert [--posterior]` /
+    `funcae sample` write."""
     x = np.linspace(-5, 5, n_points)
     target = np.exp(-0.5 * (x - 1) ** 2) / np.sqrt(2 * np.pi)
     rows = [
@@ -76,6 +77,12 @@ def write_fake_results(rd: RunDir, n_points: int, latent_dim: int = 2) -> None:
         z=rng.standard_normal((12, latent_dim)),
         grid=x,
     )
+    draws = np.stack([rng.normal([1.0, 0.0], [0.05, 0.02], size=(400, 2)) for _ in range(2)])  # (n, s, p)
+    np.savez(
+        rd.invert_dir / "fake_samples.npz",
+        samples=draws, names=np.array(["mu", "sigma"]), ids=np.array(["target 0", "target 1"]),
+        kind=np.array("mcmc"), truth=np.array([[1.0, 0.0], [1.0, 0.0]]),
+    )  # fmt: skip
 
 
 # --- the command on a trained run --------------------------------------------------------------
@@ -95,7 +102,8 @@ def test_every_kind_writes_a_figure(smoke_copy: Path, cli):
     result = cli("plot", "--json", "--color-by", "sigma")
     ok(result)
     report = json.loads(result.stdout)  # nothing but the JSON on stdout
-    assert set(report["written"]) == set(PLOTS) - {"filters"}, report["skipped"]
+    per_target = {"posterior_target_0", "posterior_target_1"}  # posterior: one corner figure per target
+    assert set(report["written"]) == set(PLOTS) - {"filters", "posterior"} | per_target, report["skipped"]
     assert set(report["skipped"]) == {"filters"}  # image runs only: tests/test_plotting_images.py
     for kind, path in report["written"].items():
         assert Path(path) == (rd.plot(kind, "png")).resolve()
