@@ -120,15 +120,17 @@ def bench_one_call(scale: float, repeats: int):
         cmd = [sys.executable, "-m", "funcae_cli", "invert", "--run", str(rd.root), "--curves", str(csv), "--name",
                "bench"]  # fmt: skip
         env = {**os.environ, "PYTHONPATH": str(REPO)}
-        walls = []
-        for _ in range(max(repeats, 1)):
-            t0 = time.perf_counter()
-            r = subprocess.run(cmd, cwd=tmp, env=env, capture_output=True, text=True)
-            walls.append(time.perf_counter() - t0)
-            if r.returncode != 0:
-                raise RuntimeError(r.stderr)
+        floor_cmd = [sys.executable, "-c", "import torch, matplotlib.figure, scipy.special"]
+        walls, floors, quiet = [], [], []
+        for _ in range(max(repeats, 1)):  # alternating: the command, the imports alone, the command without figures
+            for out, c in ((walls, cmd), (floors, floor_cmd), (quiet, [*cmd, "--no-plot"])):
+                t0 = time.perf_counter()
+                r = subprocess.run(c, cwd=tmp, env=env, capture_output=True, text=True)
+                out.append(time.perf_counter() - t0)
+                if r.returncode != 0:
+                    raise RuntimeError(r.stderr)
         points = sum(1 for _ in open(csv)) - 1
-    wall = statistics.median(walls)
+    wall, floor, no_plot = statistics.median(walls), statistics.median(floors), statistics.median(quiet)
     return Row(
         "8. 175 observed curves in one `funcae invert` call",
         f"{wall:.2f} s wall",
@@ -140,6 +142,9 @@ def bench_one_call(scale: float, repeats: int):
             f"{n} curves, {points} points (5-120 each), long-format CSV with yerr; median of {len(walls)} runs "
             f"({', '.join(f'{w:.2f}' for w in walls)} s): python start, imports (torch, matplotlib), reading, latent "
             "search, physics refit, table, three figures",
+            f"in the same run: `python -c 'import torch, matplotlib.figure, scipy.special'` alone {floor:.2f} s "
+            f"(the floor under any command that inverts and draws); the command with --no-plot {no_plot:.2f} s; "
+            f"funcae's own share of the wall (wall - floor) {wall - floor:.2f} s",
         ],
     )
 

@@ -9,11 +9,11 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from scipy import optimize, stats
+from scipy import optimize, special, stats
 
 from benchmarks.observed import rotation_curve_np, scipy_fit
 from funcae_cli.config import load_config
-from funcae_cli.data.formulas import FORMULAS, DiscBessel
+from funcae_cli.data.formulas import FORMULAS, DiscBessel, DiscTable
 from funcae_cli.inversion.assess import assess, chi2_p_value
 from funcae_cli.inversion.density import fit_code_density
 from funcae_cli.inversion.physics import Observations, fit_physics, natural_bounds
@@ -30,6 +30,22 @@ def test_disc_bessel_derivative_passes_gradcheck_and_forward_mode() -> None:
     h = 1e-6 * y.detach()
     fd = (DiscBessel.apply(y.detach() + h)[0] - DiscBessel.apply(y.detach() - h)[0]) / (2 * h)
     torch.testing.assert_close(tangent, fd, rtol=1e-6, atol=1e-12)
+
+
+def test_the_float32_disc_table_matches_scipy_bessel_functions_in_float64() -> None:
+    """The samplers' float32 disc term (DiscTable) against scipy's scaled Bessel functions in float64, at the same
+    (float32-rounded) arguments, inside the table and beyond both of its ends (the float64 fallback)."""
+    y = torch.logspace(-6, 5, 200_001, dtype=torch.float32)
+    yy = y.double().numpy()
+    ref = special.i0e(yy) * special.k0e(yy) - special.i1e(yy) * special.k1e(yy)
+    rel = np.abs(DiscTable.value(y).double().numpy() / ref - 1)
+    assert rel.max() < 1e-5, f"worst relative error {rel.max():.2e} at y = {yy[rel.argmax()]:.4g}"
+    r = torch.tensor([[0.5, 3.0, 30.0]], dtype=torch.float32)  # the formula takes the table in float32 alone
+    params = torch.tensor([[3e10, 2.5, 1e12, 9.0]])
+    cfg = load_config(CONFIGS / "rotation_curve.yaml")
+    f32 = FORMULAS["rotation_curve"](r, params.float(), cfg.family.options)
+    f64 = FORMULAS["rotation_curve"](r.double(), params.double(), cfg.family.options)
+    torch.testing.assert_close(f32.double(), f64, rtol=1e-5, atol=0)
 
 
 @pytest.mark.parametrize("name", ["normal", "beta", "rotation_curve"])

@@ -108,10 +108,56 @@ class DiscBessel(torch.autograd.Function):
         return tangent * derivative, None
 
 
+class DiscTable:
+    """I0(y)K0(y) - I1(y)K1(y) for float32 evaluations without derivatives: the samplers' likelihood, which
+    evaluates it at millions of points per step, where four Bessel functions were half of the sampling time.
+
+    ln(I0K0 - I1K1) is tabulated against ln y (float64 Bessel functions, NODES nodes on [Y_MIN, Y_MAX]) as a
+    cubic Hermite spline: four gathers and a cubic per point, ~6x faster than the Bessel functions, and more
+    accurate than them in float32, where the difference I0K0 - I1K1 cancels (~1e-3 relative at y = 100).
+    Relative error below 1e-5 on [Y_MIN, Y_MAX] (tests/test_physics.py, against scipy in float64); points
+    outside take the Bessel functions in float64.
+    """
+
+    Y_MIN, Y_MAX, NODES = 1e-4, 1e3, 4096
+    _coefficients: dict[tuple[torch.device, torch.dtype], list[Tensor]] = {}
+
+    @classmethod
+    def coefficients(cls, device: torch.device, dtype: torch.dtype) -> list[Tensor]:
+        """Four columns (NODES - 1,): the cubic of each interval in its local coordinate u in [0, 1)."""
+        key = (device, dtype)
+        if key not in cls._coefficients:
+            s = torch.linspace(math.log(cls.Y_MIN), math.log(cls.Y_MAX), cls.NODES, dtype=torch.float64)
+            y = s.exp()
+            g, dg = DiscBessel.forward(y)
+            f, df = g.log(), y * dg / g * (s[1] - s[0])  # d ln g / d ln y, per interval
+            f0, f1, d0, d1 = f[:-1], f[1:], df[:-1], df[1:]
+            cubic = (f0, d0, 3 * (f1 - f0) - 2 * d0 - d1, 2 * (f0 - f1) + d0 + d1)
+            cls._coefficients[key] = [c.to(device, dtype).contiguous() for c in cubic]
+        return cls._coefficients[key]
+
+    @classmethod
+    def value(cls, y: Tensor) -> Tensor:
+        lo, hi = math.log(cls.Y_MIN), math.log(cls.Y_MAX)
+        t = ((y.log() - lo) * ((cls.NODES - 1) / (hi - lo))).clamp_(0, cls.NODES - 1)
+        i = t.long().clamp_(max=cls.NODES - 2)  # t >= 0: truncation is the floor; the last node ends an interval
+        u = t - i
+        c0, c1, c2, c3 = (torch.take(c, i) for c in cls.coefficients(y.device, y.dtype))
+        out = c3.mul_(u).add_(c2).mul_(u).add_(c1).mul_(u).add_(c0).exp_()
+        low, high = torch.aminmax(y)
+        if float(low) < cls.Y_MIN or float(high) > cls.Y_MAX:  # rare: those points in float64
+            outside = (y < cls.Y_MIN) | (y > cls.Y_MAX)
+            out[outside] = DiscBessel.forward(y[outside].double())[0].to(out.dtype)
+        return out
+
+
 def v_disc2(r: Tensor, md: Tensor, rd: Tensor) -> Tensor:
-    """Exponential-disc circular velocity squared, (km/s)^2 (Freeman 1970). r (1 or n, m) kpc; md, rd (n, 1)."""
+    """Exponential-disc circular velocity squared, (km/s)^2 (Freeman 1970). r (1 or n, m) kpc; md, rd (n, 1).
+    Float32 without derivatives (the samplers): DiscTable; otherwise the Bessel functions (DiscBessel)."""
     y = r / (2 * rd)
-    return torch.clamp(2 * G_DISC * md / rd * y * y * DiscBessel.apply(y)[0], min=0.0)
+    tabulated = y.dtype == torch.float32 and not (torch.is_grad_enabled() and y.requires_grad)
+    g = DiscTable.value(y) if tabulated else DiscBessel.apply(y)[0]
+    return torch.clamp(2 * G_DISC * md / rd * y * y * g, min=0.0)
 
 
 def rotation_curve(x: Tensor, params: Tensor, options: Any, in_place: bool = False) -> Tensor:
