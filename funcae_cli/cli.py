@@ -28,15 +28,10 @@ from funcae_cli.commands import (
     train,
     validate,
 )
-from funcae_cli.errors import FuncaeError, Interrupted
+from funcae_cli.errors import FuncaeError, Interrupted, user_message
 
 EXIT_OK = 0
 EXIT_USAGE = 2
-
-
-def _message(e: Exception) -> str:
-    """The one line shown for a user's error: library errors of one argument show its CLI flag."""
-    return e.cli_message() if hasattr(e, "cli_message") else str(e)
 
 
 class Root(TyperGroup):
@@ -47,7 +42,7 @@ class Root(TyperGroup):
         try:
             code = super().main(*args, standalone_mode=False, **kwargs)  # returns an exit code or None
         except FuncaeError as e:
-            console.error(_message(e))
+            console.error(user_message(e))
             code = e.exit_code
         except typer.TyperException as e:  # click's usage errors: bad option, missing argument, bad value
             if type(e).__name__ == "NoArgsIsHelpError":

@@ -9,6 +9,11 @@ class FuncaeError(Exception):
     exit_code = 2
 
 
+def user_message(e: BaseException) -> str:
+    """The one line shown for a user's error: library errors of one argument name its CLI flag."""
+    return e.cli_message() if hasattr(e, "cli_message") else str(e)
+
+
 class ConfigError(FuncaeError):
     """A config file or a --set override is invalid. Holds every problem found."""
 

@@ -166,6 +166,10 @@ def invert_batch(
         raise InputError(f"targets have {targets.y.shape[1]} points but the run's grid has {trained.grid.shape[0]}")
     density = latent_model.density if latent_model is not None and prior == "density" else None
     bounds_ = natural_bounds(trained, bounds) if physics and trained.family.has_formula else None
+    if posterior == "mcmc" and targets.yerr is None:  # checked before any work
+        raise OptionError("posterior", "mcmc needs one-sigma errors (yerr) for its likelihood; give curves with yerr")
+    if posterior != "none" and bounds_ is None and density is None:
+        raise OptionError("posterior", "a latent posterior needs the codes' density as its prior (prior: density)")
     dev = trained.device
     _sync(dev)
     t0 = time.perf_counter()
@@ -266,8 +270,6 @@ def _posterior(
         u = torch.maximum(torch.minimum(u, fitter.hi), fitter.lo)
         return physics_posterior(fitter, u, log_prior(trained.cfg.family), kind, sampling, trained.param_names,
                                  targets.names)  # fmt: skip
-    if problem.density is None:
-        raise OptionError("posterior", "a latent posterior needs the codes' density as its prior (prior: density)")
     names = trained.param_names or [f"z{j + 1}" for j in range(out.z.shape[1])]
     predict = latent_model.predict if latent_model is not None and trained.param_names else None
     z = torch.as_tensor(out.z, dtype=torch.float32, device=problem.device)

@@ -20,7 +20,7 @@ from typing import Any
 
 import optuna
 
-from funcae_cli.errors import DivergedError, FuncaeError, Interrupted
+from funcae_cli.errors import DivergedError, FuncaeError, Interrupted, user_message
 from funcae_cli.files import atomic_write_json, json_safe
 from funcae_cli.runs.rundir import RunDir
 from funcae_cli.runs.train import Callbacks, run_train
@@ -39,10 +39,6 @@ ATTR_EPOCHS = "funcae.epochs"  # epochs trained (a pruned trial: when it was pru
 
 def worker_id() -> dict[str, Any]:
     return {"host": socket.gethostname(), "pid": os.getpid()}
-
-
-def error_text(e: BaseException) -> str:
-    return e.cli_message() if hasattr(e, "cli_message") else str(e)
 
 
 @dataclass
@@ -129,10 +125,10 @@ def run_trial(trial: optuna.Trial, ctx: TrialContext) -> float:
         shutil.rmtree(part.root, ignore_errors=True)
         raise
     except FuncaeError as e:
-        trial.set_user_attr(ATTR_ERROR, error_text(e))
+        trial.set_user_attr(ATTR_ERROR, user_message(e))
         trial.set_user_attr(ATTR_EPOCHS, len(rows))
         if part.root.exists():
-            _finish(ctx.sd, n, part, record("failed", error=error_text(e)))
+            _finish(ctx.sd, n, part, record("failed", error=user_message(e)))
         raise
     trial.set_user_attr(ATTR_EPOCHS, len(rows))
     _finish(ctx.sd, n, part, record("complete", objective=value))

@@ -49,7 +49,9 @@ class SweepDir:
         """The run directories of trials that ended, by number."""
         if not self.trials.is_dir():
             return []
-        return [RunDir(p) for p in sorted(self.trials.iterdir(), key=lambda p: p.name) if p.name.isdigit()]
+        return [
+            RunDir(p) for p in sorted((p for p in self.trials.iterdir() if p.name.isdigit()), key=lambda p: int(p.name))
+        ]
 
     @property
     def best(self) -> Path:

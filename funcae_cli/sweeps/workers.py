@@ -21,10 +21,9 @@ import torch
 
 from funcae_cli.config import NAME_RE
 from funcae_cli.device import resolve_device
-from funcae_cli.errors import FuncaeError, Interrupted, OptionError
+from funcae_cli.errors import FuncaeError, Interrupted, OptionError, user_message
 from funcae_cli.files import atomic_write_text
 from funcae_cli.stop import StopFlag, graceful_stop
-from funcae_cli.sweeps.objective import error_text
 from funcae_cli.sweeps.results import ResultFiles, write_results
 from funcae_cli.sweeps.spec import load_sweep
 from funcae_cli.sweeps.storage import display_url, normalize_url, open_storage, sqlite_url
@@ -91,7 +90,7 @@ def worker_process(job: WorkerJob) -> None:
                     {
                         "event": "error",
                         "worker": job.index if job.workers > 1 else None,
-                        "message": error_text(e),
+                        "message": user_message(e),
                         "code": e.exit_code,
                     }
                 )
