@@ -77,6 +77,21 @@ def test_every_command_runs_on_a_users_data_set(workdir: Path, cli, fmt: str, wi
         assert not row.get("estimated_params")
     assert (run / "invert" / "obs.json").exists() and (run / "invert" / "obs.png").exists()
 
+    # posteriors of a data-only family: of the latent code (decoder likelihood, code density prior), reported as
+    # the parameters through the regressor, or as the codes without parameters
+    names = ["freq", "damp"] if with_params else ["z1", "z2"]
+    for kind in ("laplace", "mcmc"):
+        r = cli("invert", "--curve", "obs.csv", "--posterior", kind, "--steps", "200", "--burn", "50", "--name", kind,
+                "--json")  # fmt: skip
+        ok(r)
+        post = json.loads(r.stdout)["targets"][0]["posterior"]
+        for name in names:
+            q = post[name]
+            assert q["q025"] <= q["q16"] <= q["median"] <= q["q84"] <= q["q975"] and q["q025"] < q["q975"]
+            assert ("rhat" in q) == (kind == "mcmc")
+        with np.load(run / "invert" / f"{kind}_samples.npz") as z:
+            assert list(z["names"]) == names and z["samples"].shape[0] == 1 and np.isfinite(z["samples"]).all()
+
     ok(cli("sample", "-n", "8"))
     assert (run / "samples.npz").exists() and (run / "samples.png").exists()
     r = cli("plot", "--json")
