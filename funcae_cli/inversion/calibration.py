@@ -15,7 +15,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import torch
+
+from funcae_cli.inversion.assess import chi2_p_value
 
 LEVELS = (0.5, 0.68, 0.95)
 RANK_DRAWS = 99  # draws per target the truth is ranked among: ranks 0..99
@@ -26,8 +27,7 @@ def chi2_uniform_p(counts: np.ndarray) -> tuple[float, float]:
     """(chi^2, p-value) of histogram counts against a uniform distribution over its bins."""
     expected = counts.sum() / counts.size
     chi2 = float(((counts - expected) ** 2 / max(expected, 1e-300)).sum())
-    p = float(torch.special.gammaincc(torch.tensor((counts.size - 1) / 2), torch.tensor(chi2 / 2)))
-    return chi2, p
+    return chi2, float(chi2_p_value(np.array(chi2), np.array(counts.size - 1)))
 
 
 @dataclass
