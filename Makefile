@@ -34,12 +34,12 @@ demo: install
 	@echo "demo done: see runs/demo/"
 
 lint: install
-	$(BIN)/ruff check funcae_cli tests
-	$(BIN)/ruff format --check funcae_cli tests
+	$(BIN)/ruff check funcae_cli tests benchmarks
+	$(BIN)/ruff format --check funcae_cli tests benchmarks
 
 format: install
-	$(BIN)/ruff format funcae_cli tests
-	$(BIN)/ruff check --fix funcae_cli tests
+	$(BIN)/ruff format funcae_cli tests benchmarks
+	$(BIN)/ruff check --fix funcae_cli tests benchmarks
 
 bench: install
 	$(BIN)/python -m benchmarks.run

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -15,6 +16,11 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 from torch.utils.data import Dataset as TorchDataset
+
+from funcae_cli.inversion.invert import nelder_mead_target
+from funcae_cli.inversion.objective import Problem
+from funcae_cli.inversion.targets import Targets
+from funcae_cli.store.trained import Trained
 
 
 def _notebook_target_func(x, mu, sigma):
@@ -107,3 +113,37 @@ class NotebookTraining:
         self.sched.step()
         self.history.append(total / len(self.loader))
         return self.history[-1]
+
+
+@dataclass
+class NelderMeadBaseline:
+    """Notebook 000's inversion of each target: its code, fit and cost."""
+
+    z: np.ndarray  # (n, d)
+    objective: np.ndarray  # (n,) L2 norm of (fit - target) in training space
+    data_residual: np.ndarray  # (n,) ||fit - target|| in the family's units
+    iterations: np.ndarray  # (n,)
+    converged: np.ndarray  # (n,) bool
+    seconds: np.ndarray  # (n,)
+
+
+def notebook_nelder_mead(trained: Trained, curves: torch.Tensor | np.ndarray) -> NelderMeadBaseline:
+    """The notebook-000 baseline: per target, scipy's Nelder-Mead from z = 0 with its default options, one decoder
+    call and numpy round trip per evaluation. curves: (n, n_points) in family units on the run's grid."""
+    y = torch.as_tensor(np.asarray(curves) if not isinstance(curves, torch.Tensor) else curves, dtype=torch.float32)
+    targets = Targets(y.reshape(-1, y.shape[-1]), names=[], source="array")
+    problem = Problem(trained, targets)
+    n, d = targets.n, trained.model.args.latent_dim
+    z_out = np.zeros((n, d))
+    it, conv, secs = np.zeros(n, np.int64), np.zeros(n, bool), np.zeros(n)
+    for i in range(n):
+        z_out[i], _, it[i], conv[i], secs[i] = nelder_mead_target(problem, i, np.zeros(d))
+    m = problem.metrics(torch.as_tensor(z_out, dtype=torch.float32, device=trained.device))
+    return NelderMeadBaseline(
+        z=z_out,
+        objective=m["objective"].cpu().double().numpy(),
+        data_residual=m["data_residual"].cpu().double().numpy(),
+        iterations=it,
+        converged=conv,
+        seconds=secs,
+    )

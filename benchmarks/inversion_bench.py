@@ -5,18 +5,21 @@ from __future__ import annotations
 import statistics
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from benchmarks.baselines import notebook_nelder_mead
+from benchmarks.report import Row
 from funcae_cli.config import load_config
 from funcae_cli.data.grids import sample_params
 from funcae_cli.inversion import invert as inversion
 from funcae_cli.inversion.targets import targets_from_params
-from funcae_cli.runs.rundir import RunDir
-from funcae_cli.runs.train import run_train
-from funcae_cli.runs.trained import load_trained
+from funcae_cli.jobs.train import run_train
+from funcae_cli.store.rundir import RunDir
+from funcae_cli.store.trained import load_trained
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -29,7 +32,6 @@ def _trained_normal(scale: float, root: Path):
 
 
 def bench_inversion(scale: float, repeats: int):
-    from benchmarks.run import Row
 
     n = max(int(1000 * scale), 10)
     n_nm = max(int(100 * scale), 5)  # the per-target loop is slow: time a subset, report per-target rates
@@ -40,7 +42,9 @@ def bench_inversion(scale: float, repeats: int):
         times, res = [], None
         for _ in range(repeats):
             t0 = time.perf_counter()
-            res = inversion.invert_batch(trained, targets, physics=False)  # the latent search, as Nelder-Mead's
+            res = inversion.invert_batch(
+                trained, targets, replace(trained.cfg.invert, physics=False)
+            )  # the latent search, as Nelder-Mead's
             times.append(time.perf_counter() - t0)
         t_batch = statistics.median(times)
         t0 = time.perf_counter()  # what `funcae invert` runs by default on top: the formula's refit (issue 16)
@@ -48,7 +52,7 @@ def bench_inversion(scale: float, repeats: int):
         t_physics = time.perf_counter() - t0
         curves = targets.y[:n_nm]
         t0 = time.perf_counter()
-        nm = inversion.notebook_nelder_mead(trained, curves)
+        nm = notebook_nelder_mead(trained, curves)
         t_nm = time.perf_counter() - t0
     ours_rate, nm_rate = n / t_batch, n_nm / t_nm
     ours_res, nm_res = res.data_residual, nm.data_residual

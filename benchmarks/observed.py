@@ -23,8 +23,8 @@ from pathlib import Path
 import numpy as np
 from scipy import optimize, special
 
-from funcae_cli.data.families import FAMILIES, RotationOptions
-from funcae_cli.inversion.observed import Observation
+from funcae_cli.config.families import FAMILIES, RotationOptions
+from funcae_cli.data.observations import Observation
 from funcae_cli.inversion.simulate import NoiseModel, family_values, observation_points, observe
 
 G_KPC, G_DISC, HUBBLE, DELTA_C = 4.301e-9, 4.301e-6, 70.0, 200.0  # as notebook 004 (funcae_cli/data/formulas)

@@ -14,21 +14,24 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
+import emcee  # benchmark-only dependency (the dev extra)
 import numpy as np
 import torch
 
 from benchmarks.observed import galaxies, rotation_curve_np, scipy_fit, write_long_csv
-from funcae_cli.config import load_config
+from benchmarks.report import Row
+from funcae_cli.config import InvertConfig, load_config
 from funcae_cli.inversion.assess import FLAGS, MISMATCH_P, MISMATCH_REDUCED_CHI2, chi2_p_value
 from funcae_cli.inversion.invert import invert_batch
-from funcae_cli.inversion.latent import latent_model_for
 from funcae_cli.inversion.physics import natural_bounds
 from funcae_cli.inversion.targets import pad
-from funcae_cli.runs.rundir import RunDir
-from funcae_cli.runs.train import run_train
-from funcae_cli.runs.trained import load_trained
+from funcae_cli.jobs.fitted import latent_model_for
+from funcae_cli.jobs.train import run_train
+from funcae_cli.store.rundir import RunDir
+from funcae_cli.store.trained import load_trained
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "configs" / "rotation_curve_observed.yaml"
@@ -43,7 +46,6 @@ def trained_observed_run(scale: float, root: Path) -> RunDir:
 
 
 def bench_observed(scale: float, repeats: int):
-    from benchmarks.run import Row
 
     n = max(int(500 * scale), 12)
     with tempfile.TemporaryDirectory() as tmp:
@@ -107,7 +109,6 @@ def bench_observed(scale: float, repeats: int):
 
 def bench_one_call(scale: float, repeats: int):
     """175 observed curves (5-120 points each) in one `funcae invert` process, wall time from exec to exit."""
-    from benchmarks.run import Row
 
     n = max(int(175 * scale), 12)
     with tempfile.TemporaryDirectory() as tmp:
@@ -151,7 +152,6 @@ def bench_one_call(scale: float, repeats: int):
 
 def _emcee_target(obs, low: np.ndarray, high: np.ndarray, x0: np.ndarray, steps: int, burn: int, moves=None):
     """emcee on one target: the same likelihood (numpy/scipy.special) and log-uniform prior box."""
-    import emcee  # benchmark-only dependency (the dev extra)
 
     def log_prob(u: np.ndarray) -> float:
         if np.any(u < low) or np.any(u > high):
@@ -168,14 +168,10 @@ def _emcee_target(obs, low: np.ndarray, high: np.ndarray, x0: np.ndarray, steps:
 
 def bench_posterior(scale: float, repeats: int):
     """Row: posterior sampling of observed curves, batched, against emcee on each target."""
-    import emcee
-
-    from benchmarks.run import Row
-    from funcae_cli.inversion.posterior import Sampling
-
     n = max(int(200 * scale), 4)
     n_emcee = max(int(40 * scale), 2)  # emcee runs one target at a time: a subset, per-target rates compared
-    sampling = Sampling(walkers=32, steps=800 if scale >= 1 else 60, burn=200 if scale >= 1 else 20, seed=1)
+    steps, burn = (800, 200) if scale >= 1 else (60, 20)
+    sampling = InvertConfig(posterior="mcmc", walkers=32, steps=steps, burn=burn, seed=1)
     with tempfile.TemporaryDirectory() as tmp:
         trained = load_trained(trained_observed_run(scale, Path(tmp)), torch.device("cpu"))
         lm, _ = latent_model_for(trained)
@@ -184,10 +180,10 @@ def bench_posterior(scale: float, repeats: int):
         items = [g for g in galaxies(n * 2, seed=200, low=low, high=high) if g.kind == "family"][:n]
         targets = pad([g.obs for g in items], "posterior")
         t0 = time.perf_counter()
-        base = invert_batch(trained, targets, latent_model=lm)
+        base = invert_batch(trained, targets, replace(sampling, posterior="none"), lm)
         t_fit = time.perf_counter() - t0
         t0 = time.perf_counter()
-        res = invert_batch(trained, targets, latent_model=lm, posterior="mcmc", sampling=sampling)
+        res = invert_batch(trained, targets, sampling, lm)
         t_ours = max(time.perf_counter() - t0 - t_fit, 1e-9)  # the sampling alone
     post = res.posterior
     ess_ours = post.ess.min(axis=1)  # per target, its worst parameter

@@ -21,9 +21,13 @@ import numpy as np
 import torch
 
 from funcae_cli.config import load_config
-from funcae_cli.runs.rundir import RunDir
-from funcae_cli.runs.train import run_train
-from funcae_cli.runs.trained import load_trained
+from funcae_cli.data.grids import sample_params
+from funcae_cli.device import flush_denormals
+from funcae_cli.inversion import invert as inversion
+from funcae_cli.inversion.targets import targets_from_params
+from funcae_cli.jobs.train import run_train
+from funcae_cli.store.rundir import RunDir
+from funcae_cli.store.trained import load_trained
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
@@ -88,13 +92,6 @@ def median_inversion_residual(rd: RunDir, n: int = 200, seed: int = 123) -> floa
     optimizer works in the run's training space (standardized for per-point configs), the figure
     reported here does not depend on it.
     """
-    try:
-        from funcae_cli.inversion import invert as inversion
-        from funcae_cli.inversion.targets import targets_from_params
-    except ImportError:
-        return None
-    from funcae_cli.data.grids import sample_params
-
     trained = load_trained(rd, torch.device("cpu"))
     gen = torch.Generator().manual_seed(seed)
     params = sample_params(trained.cfg.family, n, gen)
@@ -135,8 +132,6 @@ def fmt(v: float | None) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from funcae_cli.device import flush_denormals
-
     flush_denormals()  # as `funcae` does at start, before torch's worker threads exist
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--only", default="", help="comma-separated subset of " + ",".join(e.key for e in EXPERIMENTS))

@@ -19,30 +19,27 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from benchmarks import baselines
+from benchmarks.inversion_bench import bench_inversion
+from benchmarks.observed_bench import bench_observed, bench_one_call, bench_posterior
+from benchmarks.report import Row
+from benchmarks.sweep_bench import bench_sweep
 from funcae_cli.config import load_config
 from funcae_cli.data.dataset import generate
 from funcae_cli.data.normalize import split_sizes
+from funcae_cli.device import flush_denormals
+from funcae_cli.training.evaluation import test_metrics
+from funcae_cli.training.loop import Trainer
+from funcae_cli.training.native import kernels as native
+from funcae_cli.training.prepared import prepare
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
-
-
-@dataclass
-class Row:
-    name: str
-    funcae: str
-    baseline: str
-    ratio: float | None
-    target: str
-    command: str
-    notes: list[str] = field(default_factory=list)
 
 
 def _seconds_in_fresh_process(code: str) -> float:
@@ -101,8 +98,6 @@ def bench_generation(scale: float, repeats: int) -> Row:
 
 
 def _trainer_for(cfg, ds, **callbacks):
-    from funcae_cli.training.loop import Trainer
-    from funcae_cli.training.prepared import prepare
 
     prep = prepare(cfg, ds, torch.device("cpu"))
     return Trainer(cfg, prep, torch.device("cpu"), **callbacks)
@@ -162,7 +157,6 @@ def bench_epoch(scale: float, repeats: int) -> Row:
 
 def bench_quality(scale: float, repeats: int, threshold: float = 0.0072) -> Row:
     """Seconds for configs/normal.yaml to reach per-curve SSE <= threshold vs the notebook's 200 epochs."""
-    from funcae_cli.training.evaluation import test_metrics
 
     n = max(int(100_000 * scale), 600)
     over = [f"data.n={n}"] + ([] if scale >= 1 else ["train.epochs=3"])
@@ -258,7 +252,6 @@ FAMILY_CONFIGS = ["normal.yaml", "beta_vae.yaml", "rotation_curve.yaml", "rotati
 
 def bench_pca(scale: float, repeats: int) -> Row:
     """Per-curve test SSE of the AE against PCA with as many components, on every shipped family config."""
-    from funcae_cli.training.evaluation import test_metrics
 
     lines = []
     ratios = []
@@ -284,45 +277,23 @@ def bench_pca(scale: float, repeats: int) -> Row:
     )
 
 
-def bench_invert(scale: float, repeats: int) -> Row:
-    from benchmarks.inversion_bench import bench_inversion
-
-    return bench_inversion(scale, repeats)
+def bench_observed_row(scale: float, repeats: int) -> Row:
+    return bench_observed(scale, min(repeats, 3))
 
 
-def bench_observed(scale: float, repeats: int) -> Row:
-    from benchmarks.observed_bench import bench_observed as row
-
-    return row(scale, min(repeats, 3))
-
-
-def bench_posterior(scale: float, repeats: int) -> Row:
-    from benchmarks.observed_bench import bench_posterior as row
-
-    return row(scale, repeats)
-
-
-def bench_one_call(scale: float, repeats: int) -> Row:
-    from benchmarks.observed_bench import bench_one_call as row
-
-    return row(scale, min(repeats, 3))
-
-
-def bench_sweep(scale: float, repeats: int) -> Row:
-    from benchmarks.sweep_bench import bench_sweep as row
-
-    return row(scale, repeats)
+def bench_one_call_row(scale: float, repeats: int) -> Row:
+    return bench_one_call(scale, min(repeats, 3))
 
 
 ROWS: dict[str, Callable[[float, int], Row]] = {
     "gen": bench_generation,
     "epoch": bench_epoch,
     "quality": bench_quality,
-    "invert": bench_invert,
+    "invert": bench_inversion,
     "memory": bench_memory,
     "pca": bench_pca,
-    "observed": bench_observed,
-    "one_call": bench_one_call,
+    "observed": bench_observed_row,
+    "one_call": bench_one_call_row,
     "posterior": bench_posterior,
     "sweep": bench_sweep,
 }
@@ -330,7 +301,6 @@ ROWS: dict[str, Callable[[float, int], Row]] = {
 
 def native_info() -> str:
     """How funcae's native kernels were built here, or why they are not in use."""
-    from funcae_cli.training.native import kernels as native
 
     try:
         lib = native.kernels()
@@ -383,7 +353,6 @@ def render(rows: list[Row], info: dict[str, str], argv: list[str]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from funcae_cli.device import flush_denormals
 
     flush_denormals()  # as `funcae` does at start; the notebook side's timed epochs are early, denormal-free
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -11,6 +11,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchmarks.report import Row
+
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
 
@@ -32,7 +34,6 @@ def _sweep_once(folder: Path, sweep: Path, workers: int, study: str) -> dict:
 
 def bench_sweep(scale: float, repeats: int):
     """Trials per minute of `funcae sweep` with 1 and with 2 worker processes, on smoke.yaml's model."""
-    from benchmarks.run import Row
 
     full = scale >= 1
     trials = 12 if full else 2

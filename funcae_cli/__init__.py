@@ -1,1 +1,22 @@
-__version__ = "0.1.0"
+"""funcae: autoencoders on families of functions, and the Python API for notebooks.
+
+    import funcae_cli as fa
+    run = fa.train("configs/normal.yaml", run_dir="runs/normal")   # or fa.load_run("runs/normal")
+    res = run.invert(x=r, y=v, yerr=e)
+
+`train`, `load_run`, `Run` and `Inversion` are the jobs' API (jobs/api.py), loaded on first use so that importing
+funcae_cli (and `funcae --help`) stays light: torch is imported only when one of them is.
+"""
+
+from funcae_cli._version import __version__
+
+API = ("train", "load_run", "Run", "Inversion")
+__all__ = ["__version__", *API]
+
+
+def __getattr__(name: str):
+    if name in API:
+        from funcae_cli.jobs import api  # torch and the libraries load here, on first use
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'funcae_cli' has no attribute {name!r}")

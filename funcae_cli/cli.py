@@ -15,7 +15,8 @@ from typing import Any
 import typer
 from typer.core import TyperGroup
 
-from funcae_cli import __version__, console
+from funcae_cli import console
+from funcae_cli._version import __version__
 from funcae_cli.commands import (
     config_cmd,
     encode,
@@ -31,7 +32,6 @@ from funcae_cli.commands import (
 from funcae_cli.errors import FuncaeError, Interrupted, user_message
 
 EXIT_OK = 0
-EXIT_USAGE = 2
 
 
 class Root(TyperGroup):

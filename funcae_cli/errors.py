@@ -73,3 +73,10 @@ class TrialsFailed(FuncaeError):
     """A sweep ran, but some of its trials failed, or it ended short of its trials (exit 3)."""
 
     exit_code = 3
+
+
+class MissedRequirement(FuncaeError):
+    """A check ran and its result fell short of a requirement the user set (`validate --require-coverage`): exit 5.
+    Not a usage error (2) and not a bug (1)."""
+
+    exit_code = 5

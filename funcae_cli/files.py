@@ -99,3 +99,12 @@ def npz_bytes(arrays: dict[str, Any]) -> bytes:
     buf = io.BytesIO()
     np.savez(buf, **{k: v for k, v in arrays.items() if v is not None})
     return buf.getvalue()
+
+
+def save_figure(fig: Any, path: str | Path, fmt: str | None = None, dpi: int = 110) -> Path:
+    """Render a matplotlib Figure (fmt: from the suffix, png by default) and write it atomically."""
+    path = Path(path)
+    buf = io.BytesIO()
+    fig.savefig(buf, format=fmt or path.suffix.lstrip(".") or "png", dpi=dpi)
+    atomic_write_bytes(path, buf.getvalue())
+    return path

@@ -139,3 +139,13 @@ def chunked(fn: Callable[[Tensor], Tensor], x: Tensor, size: int = CHUNK) -> Ten
     if x.shape[0] == 0:
         return fn(x)
     return torch.cat([fn(x[i : i + size]) for i in range(0, x.shape[0], size)])
+
+
+def codes_of(model: nn.Module, x: Tensor) -> Tensor:
+    """Deterministic codes (posterior means for a VAE) of curves in training space, (n, n_points) -> (n, d)."""
+    was_training = model.training
+    model.eval()
+    try:
+        return chunked(model.encode, x)
+    finally:
+        model.train(was_training)

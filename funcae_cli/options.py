@@ -6,18 +6,35 @@ registries implement (a test checks that they agree): no torch is needed to show
 
 from __future__ import annotations
 
+import dataclasses
 import typing
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
-from funcae_cli.config import InvertConfig
+from funcae_cli.config import InvertConfig, SampleConfig, ValidateConfig
 
 
 def choices(cls: type, name: str) -> tuple[str, ...]:
     """The allowed values of a config field typed as a Literal."""
     return typing.get_args(typing.get_type_hints(cls)[name])
+
+
+def help_of(cls: type, name: str) -> str:
+    """A config field's help text, for the option that overrides it (the record's rules check the value)."""
+    f = next(f for f in dataclasses.fields(cls) if f.name == name)
+    return f.metadata["help"][:1].upper() + f.metadata["help"][1:] + "."
+
+
+def _record_option(cls: type, name: str, flag: str, *aliases: str, typ: type = int) -> object:
+    """An option overriding field `name` of a config record; no range check here: the record's rules check it."""
+    section = {InvertConfig: "invert", SampleConfig: "sample", ValidateConfig: "validate"}[cls]
+    text = help_of(cls, name)
+    lits = choices(cls, name) if typing.get_origin(typing.get_type_hints(cls)[name]) is typing.Literal else ()
+    if lits:
+        text = f"{' | '.join(lits)}: {text}"
+    return Annotated[Optional[typ], typer.Option(flag, *aliases, help=f"{text} [default: the run's {section}.{name}]")]
 
 
 def _positive(value: float | None) -> float | None:
@@ -40,7 +57,7 @@ ForceOpt = Annotated[bool, typer.Option("--force", help="Overwrite an existing r
 DeviceOpt = Annotated[str, typer.Option("--device", "-d", help="auto, cpu, cuda or cuda:N.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout (nothing else on stdout).")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Print only the final summary.")]
-SeedOpt = Annotated[Optional[int], typer.Option("--seed", min=0, help="Random seed (default: the config's).")]
+ConfigSeedOpt = Annotated[Optional[int], typer.Option("--seed", help="Random seed (default: the config's `seed`).")]
 NameOpt = Annotated[
     Optional[str], typer.Option("--name", help="File name (slug) of the outputs [default: from the target].")
 ]
@@ -70,47 +87,28 @@ ClipOpt = Annotated[
     typer.Option("--clip", help="Drop observed points outside the run's grid (with a warning) instead of failing."),
 ]
 
-# --- inversion ---------------------------------------------------------------------------------------
-MethodOpt = Annotated[
-    Optional[str],
-    typer.Option("--method", help=f"{' | '.join(choices(InvertConfig, 'method'))} [default: the run's invert.method]."),
-]
-StartsOpt = Annotated[
-    Optional[int],
-    typer.Option("--starts", min=0, help="Extra random starts from the latent distribution; the best is kept."),
-]
-MaxIterOpt = Annotated[Optional[int], typer.Option("--max-iter", min=1, help="Iterations of the refinement.")]
-LrOpt = Annotated[Optional[float], typer.Option("--lr", callback=_positive, help="adam: step size (> 0).")]
-PriorOpt = Annotated[
-    Optional[str],
-    typer.Option(
-        "--prior",
-        help=f"Latent prior, {' | '.join(choices(InvertConfig, 'prior'))}: density = the training codes' density "
-        "(MAP: the code stays where the decoder was trained) [default: the run's invert.prior].",
-    ),
-]
-BoundsOpt = Annotated[
-    Optional[str],
-    typer.Option(
-        "--bounds",
-        help=f"Physics refit, {' | '.join(choices(InvertConfig, 'bounds'))}: inside the run's prior support, or "
-        "anywhere in the family's domain [default: the run's invert.bounds].",
-    ),
-]
-PosteriorOpt = Annotated[
-    Optional[str],
-    typer.Option(
-        "--posterior",
-        help=f"Uncertainty, {' | '.join(choices(InvertConfig, 'posterior'))}: a Gaussian at the optimum, or MCMC "
-        "samples (an ensemble sampler over all targets at once) [default: the run's invert.posterior].",
-    ),
-]
-WalkersOpt = Annotated[Optional[int], typer.Option("--walkers", min=4, help="mcmc: walkers per target (even).")]
-StepsOpt = Annotated[Optional[int], typer.Option("--steps", min=10, help="mcmc: steps kept per walker.")]
-BurnOpt = Annotated[Optional[int], typer.Option("--burn", min=0, help="mcmc: steps discarded first.")]
+# --- inversion, sampling, validation: each option overrides its field of the run's config section -------------
+MethodOpt = _record_option(InvertConfig, "method", "--method", typ=str)
+StartsOpt = _record_option(InvertConfig, "starts", "--starts")
+MaxIterOpt = _record_option(InvertConfig, "max_iter", "--max-iter")
+LrOpt = _record_option(InvertConfig, "lr", "--lr", typ=float)
+PriorOpt = _record_option(InvertConfig, "prior", "--prior", typ=str)
+BoundsOpt = _record_option(InvertConfig, "bounds", "--bounds", typ=str)
+PosteriorOpt = _record_option(InvertConfig, "posterior", "--posterior", typ=str)
+WalkersOpt = _record_option(InvertConfig, "walkers", "--walkers")
+StepsOpt = _record_option(InvertConfig, "steps", "--steps")
+BurnOpt = _record_option(InvertConfig, "burn", "--burn")
+SeedOpt = _record_option(InvertConfig, "seed", "--seed")
 NoPhysicsOpt = Annotated[
     bool, typer.Option("--no-physics", help="Report the regressor's parameters; skip fitting the family's formula.")
 ]
+SampleNOpt = _record_option(SampleConfig, "n", "--n", "-n")
+LatentOpt = _record_option(SampleConfig, "latent", "--latent", typ=str)
+SampleSeedOpt = _record_option(SampleConfig, "seed", "--seed")
+ValidateNOpt = _record_option(ValidateConfig, "n", "--n", "-n")
+NoiseOpt = _record_option(ValidateConfig, "noise", "--noise", typ=float)
+ValidatePosteriorOpt = _record_option(ValidateConfig, "posterior", "--posterior", typ=str)
+RequireCoverageOpt = _record_option(ValidateConfig, "require_coverage", "--require-coverage", typ=float)
 
 # --- sweeps ------------------------------------------------------------------------------------------
 SweepArg = Annotated[Path, typer.Argument(help="Sweep YAML (e.g. configs/sweeps/normal.yaml).")]

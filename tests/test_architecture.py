@@ -1,5 +1,6 @@
-"""The code's shape, checked: no import cycles, thin commands, fast paths that never load torch or matplotlib,
-registries that agree with the config's allowed values and with the CLI's help."""
+"""The code's shape, checked: the layers (each package imports only the ones below it), no import cycles, pure
+inversion and plotting, thin commands, fast paths that never load torch or matplotlib, registries that agree with
+the config's allowed values and with the CLI's help."""
 
 from __future__ import annotations
 
@@ -12,14 +13,13 @@ from pathlib import Path
 import pytest
 
 from funcae_cli.commands.plot import KINDS_HELP
-from funcae_cli.commands.sample import LATENT_HELP
-from funcae_cli.config import InvertConfig
+from funcae_cli.config import InvertConfig, SampleConfig
+from funcae_cli.config.families import FAMILIES
 from funcae_cli.data.arrays import LOADERS
-from funcae_cli.data.families import FAMILIES
 from funcae_cli.data.formulas import DERIVED_LOG_PRIORS, DERIVED_PRIORS, FORMULAS
+from funcae_cli.generation.sampling import LATENTS
 from funcae_cli.inversion.invert import METHODS
-from funcae_cli.inversion.sampling import LATENTS
-from funcae_cli.runs.plot import PLOTS
+from funcae_cli.jobs.plot import PLOTS
 
 PACKAGE = Path(__file__).resolve().parents[1] / "funcae_cli"
 MAX_COMMAND_LINES = 40
@@ -66,6 +66,97 @@ def test_no_import_cycles_between_modules() -> None:
             visit(name, [name])
 
 
+# The layers, bottom to top: a package (or top-level module) may import itself and the ones listed for it, which
+# are all below it. `funcae_cli` is the package root (the API, re-exporting the jobs lazily).
+BASE = {"errors", "_version", "files", "memory", "device", "stop"}  # utilities with no funcae knowledge
+ALLOWED = {
+    "errors": set(),
+    "_version": set(),
+    "files": set(),
+    "memory": {"errors"},
+    "device": {"errors"},
+    "stop": set(),
+    "config": {"errors"},
+    "data": {"config"} | BASE,
+    "models": set(),
+    "training": {"config", "data", "models"} | BASE,
+    "store": {"config", "data", "models"} | BASE,
+    "inversion": {"config", "data", "models", "store"} | BASE - {"files"},
+    "plotting": {"config", "data"} | BASE - {"files"},
+    "generation": {"config", "data", "models", "store", "inversion"} | BASE,
+    "jobs": {"config", "data", "models", "training", "store", "inversion", "plotting", "generation"} | BASE,
+    "sweeps": {"config", "data", "models", "training", "store", "plotting", "jobs"} | BASE,
+    "console": {"files"},
+    "options": {"config"},
+    "commands": {"config", "data", "jobs", "sweeps", "store", "inversion", "console", "options"} | BASE,
+    "cli": {"commands", "console", "errors", "_version"},
+    "__main__": {"cli"},
+    "funcae_cli": {"_version", "jobs"},
+}
+FILE_LAYERS = ("files", "store", "jobs")  # the layers that read and write files: inversion/plotting use none
+
+
+def _package(module: str) -> str:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else "funcae_cli"
+
+
+def _package_edges() -> dict[str, dict[str, str]]:
+    """package -> {imported package: where}, counting every import (module level and inside functions)."""
+    edges: dict[str, dict[str, str]] = {}
+    for name, (path, tree) in _modules().items():
+        src = _package(name)
+        for target, stmt in _imports(tree, top_level_only=False):
+            dst = _package(target) if target != "funcae_cli" else "funcae_cli"
+            if isinstance(stmt, ast.ImportFrom) and stmt.module == "funcae_cli":  # from funcae_cli import x
+                dst = stmt.names[0].name if stmt.names[0].name in ALLOWED else "funcae_cli"
+            if dst != src:
+                edges.setdefault(src, {}).setdefault(dst, f"{path.relative_to(PACKAGE.parent)}:{stmt.lineno}")
+    return edges
+
+
+def test_every_package_has_a_layer():
+    assert set(_package_edges()) | {_package(m) for m in _modules()} <= set(ALLOWED)
+
+
+@pytest.mark.parametrize("package", sorted(ALLOWED))
+def test_packages_import_only_the_layers_below(package: str):
+    """The allowed edges, one line per package (pytest -v lists them)."""
+    extra = {dst: where for dst, where in _package_edges().get(package, {}).items() if dst not in ALLOWED[package]}
+    assert not extra, f"{package} may import only {sorted(ALLOWED[package])}; imports " + ", ".join(
+        f"{d} ({w})" for d, w in sorted(extra.items())
+    )
+
+
+def test_no_two_packages_import_each_other():
+    edges = _package_edges()
+    pairs = {tuple(sorted((a, b))) for a in edges for b in edges[a] if a in edges.get(b, {})}
+    assert not pairs, f"packages importing each other: {sorted(pairs)}"
+
+
+def test_inversion_and_plotting_are_pure():
+    """Arrays, a Trained and an options record in; records and figures out: no RunDir, no file writes."""
+    for name, (path, tree) in _modules().items():
+        if _package(name) not in ("inversion", "plotting", "generation"):
+            continue
+        text = path.read_text()
+        for word in ("RunDir", "atomic_write", "np.load(", "torch.load(", "open(", "read_text(", "write_text("):
+            assert word not in text, f"{path.name} uses {word}: file handling belongs to the store and the jobs"
+        imported = {target for target, _ in _imports(tree, top_level_only=False)}
+        assert not {
+            m
+            for m in imported
+            if m.startswith(
+                (
+                    "funcae_cli.store.rundir",
+                    "funcae_cli.store.checkpoint",
+                    "funcae_cli.store.dataset",
+                    "funcae_cli.store.fitted",
+                )
+            )
+        }
+
+
 def test_function_local_imports_of_project_modules_only_in_commands_with_a_reason() -> None:
     """Library modules import what they use at the top; only the thin command modules defer the library (and
     with it torch), each such import commented with why."""
@@ -75,7 +166,8 @@ def test_function_local_imports_of_project_modules_only_in_commands_with_a_reaso
         source = path.read_text().splitlines()
         for stmt in local:
             where = f"{name}, line {stmt.lineno}"
-            assert name.startswith("funcae_cli.commands."), f"function-local import of a project module in {where}"
+            lazy_api = name == "funcae_cli"  # the package root loads the API (and torch) on first use
+            assert name.startswith("funcae_cli.commands.") or lazy_api, f"function-local import in {where}"
             assert "#" in source[stmt.end_lineno - 1], f"{where}: a deferred import needs a comment saying why"
 
 
@@ -116,4 +208,4 @@ def test_the_clis_choices_are_the_libraries_registries() -> None:
     assert set(typing.get_args(typing.get_type_hints(InvertConfig)["method"])) == set(METHODS)
     listed = KINDS_HELP.split(":", 1)[1].split("(")[0]
     assert [k.strip(" .") for k in listed.split(",")] == list(PLOTS)
-    assert LATENT_HELP.split(":")[0].split(" | ") == list(LATENTS)
+    assert list(typing.get_args(typing.get_type_hints(SampleConfig)["latent"])) == list(LATENTS)

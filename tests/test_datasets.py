@@ -17,9 +17,9 @@ from funcae_cli.data.dataset import generate
 from funcae_cli.data.normalize import split_sizes
 from funcae_cli.errors import ConfigError, InputError
 from funcae_cli.models import build_model
-from funcae_cli.runs.dataset import dataset_for
-from funcae_cli.runs.rundir import RunDir
-from funcae_cli.runs.trained import load_trained
+from funcae_cli.store.dataset import dataset_for
+from funcae_cli.store.rundir import RunDir
+from funcae_cli.store.trained import load_trained
 from funcae_cli.training.evaluation import denoising_figures, evaluate, metrics_noise
 from funcae_cli.training.prepared import prepare
 

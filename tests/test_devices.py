@@ -17,9 +17,9 @@ from funcae_cli.config import load_config
 from funcae_cli.inversion.objective import Problem
 from funcae_cli.inversion.targets import Targets
 from funcae_cli.models import build_model
-from funcae_cli.runs.checkpoint import load_checkpoint, save_checkpoint
-from funcae_cli.runs.rundir import RunDir
-from funcae_cli.runs.trained import load_trained
+from funcae_cli.store.checkpoint import load_checkpoint, save_checkpoint
+from funcae_cli.store.rundir import RunDir
+from funcae_cli.store.trained import load_trained
 from funcae_cli.training.engines import engine_for, select_step
 from funcae_cli.training.loop import model_args
 from funcae_cli.training.optim import OPTIMIZERS, FlatParams

@@ -104,7 +104,7 @@ def test_existing_run_directory_is_exit_2(workdir, restore_signals, capsys):
 
 PATCHED = """
 import sys, time
-import funcae_cli.runs.generate as g  # the job the command runs
+import funcae_cli.jobs.generate as g  # the job the command runs
 
 def replacement(*args, **kwargs):
     {body}

@@ -13,8 +13,8 @@ from scipy import stats
 from scipy.special import i0, i0e, i1, i1e, k0, k0e, k1, k1e
 
 from funcae_cli.config import config_from_dict
+from funcae_cli.config.families import FAMILIES, Scatter
 from funcae_cli.data.dataset import evaluate
-from funcae_cli.data.families import FAMILIES, Scatter
 from funcae_cli.data.formulas import scaling_relations
 from funcae_cli.data.grids import make_grid, sample_params
 from funcae_cli.errors import ConfigError

@@ -19,9 +19,9 @@ from typer.testing import CliRunner
 
 from funcae_cli.cli import app
 from funcae_cli.config import GridConfig, config_from_dict, load_config
+from funcae_cli.config.families import FAMILIES
 from funcae_cli.data import dataset as data_mod
 from funcae_cli.data.dataset import Dataset, evaluate, generate, load_dataset, save_dataset
-from funcae_cli.data.families import FAMILIES
 from funcae_cli.data.formulas import FORMULAS
 from funcae_cli.data.grids import make_grid, sample_params
 from funcae_cli.errors import InputError

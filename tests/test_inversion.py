@@ -8,21 +8,33 @@ import numpy as np
 import pytest
 import torch
 
+from benchmarks.baselines import notebook_nelder_mead
 from funcae_cli.commands.common import parse_param_args
-from funcae_cli.data.families import FAMILIES
+from funcae_cli.config import override
+from funcae_cli.config.families import FAMILIES
 from funcae_cli.errors import InputError
+from funcae_cli.generation import sampling
 from funcae_cli.inversion import encode as enc
 from funcae_cli.inversion import invert as inv
-from funcae_cli.inversion import latent, sampling
 from funcae_cli.inversion import targets as tg
-from funcae_cli.inversion.inputs import TargetInputs
-from funcae_cli.inversion.objective import interp_rows
-from funcae_cli.inversion.regressor import fit_latent_model, load_latent_model, save_latent_model
+from funcae_cli.inversion.regressor import LatentModel, fit_latent_model
 from funcae_cli.inversion.search import lbfgs
-from funcae_cli.runs.rundir import RunDir
-from funcae_cli.runs.trained import load_trained
+from funcae_cli.jobs import fitted as latent
+from funcae_cli.jobs.encode import encode_dataset
+from funcae_cli.jobs.inputs import TargetInputs
+from funcae_cli.jobs.targets import read_params_csv, read_targets
+from funcae_cli.store.fitted import load_latent_state, save_latent_state
+from funcae_cli.store.rundir import RunDir
+from funcae_cli.store.trained import load_trained
 
 CPU = torch.device("cpu")
+
+
+def opts(trained, **options):
+    """The run's invert section with these options, checked by the config's rules."""
+    return override(trained.cfg.invert, options)
+
+
 NORMAL = FAMILIES["normal"]
 
 
@@ -59,7 +71,7 @@ def test_encode_decode_shapes(trained):
 
 
 def test_encode_dataset_rows_and_splits(trained):
-    out = enc.encode_dataset(trained)
+    out = encode_dataset(trained)
     n = trained.data["n"]
     assert out["z"].shape == (n, trained.model.args.latent_dim)
     assert out["params"].shape == (n, 2)
@@ -102,7 +114,7 @@ def test_batched_equals_one_by_one(trained):
 
 def test_refinement_never_worse_than_encoder_and_result_fields(trained):
     t = tg.targets_from_params(trained, random_params(20, seed=5))
-    res = inv.invert_batch(trained, t, method="lbfgs")
+    res = inv.invert_batch(trained, t, opts(trained, method="lbfgs"))
     n, d = 20, trained.model.args.latent_dim
     assert res.z.shape == res.encoder_z.shape == (n, d)
     for a in (res.objective, res.residual_norm, res.rel_l2, res.encoder_objective, res.seconds, res.iterations):
@@ -120,8 +132,8 @@ def test_refinement_never_worse_than_encoder_and_result_fields(trained):
 @pytest.mark.parametrize("method", ["encoder", "adam", "nelder-mead"])
 def test_other_methods(trained, method):
     t = tg.targets_from_params(trained, random_params(3, seed=7))
-    enc = inv.invert_batch(trained, t, method="encoder")
-    res = inv.invert_batch(trained, t, method=method, max_iter=60)
+    enc = inv.invert_batch(trained, t, opts(trained, method="encoder"))
+    res = inv.invert_batch(trained, t, opts(trained, method=method, max_iter=60))
     assert res.method == method and res.z.shape == (3, 2)
     assert (res.objective <= enc.objective * (1 + 1e-5) + 1e-7).all()
     if method == "encoder":
@@ -132,7 +144,7 @@ def test_other_methods(trained, method):
 def test_unknown_method_is_an_input_error(trained):
     t = tg.targets_from_params(trained, random_params(1))
     with pytest.raises(InputError, match="nelder-mead"):
-        inv.invert_batch(trained, t, method="newton")
+        inv.invert_batch(trained, t, opts(trained, method="newton"))
 
 
 def test_random_starts_keep_the_best(trained):
@@ -141,7 +153,7 @@ def test_random_starts_keep_the_best(trained):
     lm, _ = latent.latent_model_for(trained)
     t = tg.targets_from_params(trained, random_params(8, seed=11))
     plain = inv.invert_batch(trained, t)
-    multi = inv.invert_batch(trained, t, starts=3, latent_model=lm, seed=1, prior="none")
+    multi = inv.invert_batch(trained, t, opts(trained, starts=3, seed=1, prior="none"), latent_model=lm)
     assert multi.starts == 3 and multi.start.min() >= 0 and multi.start.max() <= 3
     assert (multi.objective <= plain.objective * (1 + 1e-4) + 1e-7).all()
     assert multi.params_est is not None and multi.params_est.shape == (8, 2)
@@ -149,7 +161,7 @@ def test_random_starts_keep_the_best(trained):
 
 def test_notebook_nelder_mead_baseline(trained):
     z_true, y = decoded_targets(trained, [[0.2, -0.4]])
-    res = inv.notebook_nelder_mead(trained, y)
+    res = notebook_nelder_mead(trained, y)
     assert res.z.shape == (1, 2) and res.iterations[0] > 0
     assert res.objective[0] < 1e-2  # scipy's default tolerances (xatol = fatol = 1e-4)
 
@@ -171,13 +183,6 @@ def test_lbfgs_rows_are_independent_problems():
 # --- observations at arbitrary x, chi^2 ------------------------------------------------------
 
 
-def test_interp_rows_matches_numpy():
-    xs = torch.linspace(0, 1, 11, dtype=torch.float64)
-    ys = torch.sin(3 * xs)[None].repeat(2, 1)
-    xq = torch.tensor([0.0, 0.05, 0.33, 0.999, 1.0], dtype=torch.float64)
-    np.testing.assert_allclose(interp_rows(xs, ys, xq)[0].numpy(), np.interp(xq, xs, ys[0]), atol=1e-12)
-
-
 def write_curve(path, x, y, yerr=None, header=True):
     cols = [x, y] + ([yerr] if yerr is not None else [])
     head = "x,y" + (",yerr" if yerr is not None else "")
@@ -191,7 +196,7 @@ def test_csv_curve_with_irregular_x_recovers_a_decoded_curve(trained, tmp_path):
     rng = np.random.default_rng(0)
     x = np.sort(rng.uniform(grid[0], grid[-1], 23))
     yx = np.interp(x, grid, y[0].double().numpy())  # the decoded curve, linearly interpolated onto x
-    t = tg.read_targets(trained, TargetInputs(curve_files=[write_curve(tmp_path / "obs.csv", x, yx)]))
+    t = read_targets(trained, TargetInputs(curve_files=[write_curve(tmp_path / "obs.csv", x, yx)]))
     assert t.x is not None and t.x.shape == (1, 23) and t.y.shape == (1, 23) and t.yerr is None and t.mask is None
     res = inv.invert_batch(trained, t)
     assert res.fit.shape == (1, 23)
@@ -204,14 +209,14 @@ def test_csv_curve_with_yerr_gives_chi2(trained, tmp_path):
     x = np.linspace(grid[0] + 0.3, grid[-1] - 0.7, 30)[::-1]  # unsorted on purpose
     y = np.exp(-0.5 * ((x - 0.4) / 1.2) ** 2) / (1.2 * math.sqrt(2 * math.pi))
     path = write_curve(tmp_path / "obs.csv", x, y, np.full_like(x, 0.01), header=False)
-    t = tg.read_targets(trained, TargetInputs(curve_files=[path]))
+    t = read_targets(trained, TargetInputs(curve_files=[path]))
     assert t.yerr is not None and bool((t.x[0, 1:] > t.x[0, :-1]).all())
     res = inv.invert_batch(trained, t)
     assert res.objective_kind == "chi2"
     assert res.chi2[0] == pytest.approx(res.objective[0])
     # reduced chi^2 at the reported parameters: the family's formula refitted, 30 points - 2 parameters
     assert res.reduced_chi2[0] == pytest.approx(res.physics_objective[0] / (30 - 2))
-    ml = inv.invert_batch(trained, t, prior="none")  # the searched objective is then the reported chi^2
+    ml = inv.invert_batch(trained, t, opts(trained, prior="none"))  # the searched objective is then the reported chi^2
     assert ml.objective[0] <= ml.encoder_objective[0] * (1 + 1e-5)
 
 
@@ -229,23 +234,23 @@ def test_bad_curve_files(trained, tmp_path, text, match):
     p = tmp_path / "bad.csv"
     p.write_text(text)
     with pytest.raises(InputError, match=match):
-        tg.read_targets(trained, TargetInputs(curve_files=[p]))
+        read_targets(trained, TargetInputs(curve_files=[p]))
 
 
 def test_params_csv_and_curves_npz(trained, tmp_path):
     p = tmp_path / "params.csv"
     p.write_text("sigma,mu\n1.2,0.5\n1.5,-0.5\n")
-    t = tg.read_params_csv(trained, p)
+    t = read_params_csv(trained, p)
     assert t.n == 2 and t.params[0].tolist() == [0.5, 1.2]
     np.savez(tmp_path / "c.npz", curves=t.y.numpy(), params=t.params.numpy())
-    c = tg.read_targets(trained, TargetInputs(curves=tmp_path / "c.npz"))
+    c = read_targets(trained, TargetInputs(curves=tmp_path / "c.npz"))
     assert c.n == 2 and c.x is None and c.params is not None
     p.write_text("mu,sigma,tau\n1,1,1\n")
     with pytest.raises(InputError, match="unknown column.*tau"):
-        tg.read_params_csv(trained, p)
+        read_params_csv(trained, p)
     p.write_text("mu,sigma\n1,-1\n")
     with pytest.raises(InputError, match="row 1: sigma=-1 is outside the domain"):
-        tg.read_params_csv(trained, p)
+        read_params_csv(trained, p)
 
 
 # --- command-line parameters -----------------------------------------------------------------
@@ -293,8 +298,8 @@ def test_regressor_recovers_a_curved_map_and_round_trips(tmp_path):
     np.testing.assert_allclose(lm.predict(z[3500:][inside]).numpy(), p[3500:][inside].numpy(), rtol=0, atol=1e-2)
     far = lm.predict(torch.tensor([[50.0, -50.0]]))  # far outside: clamped near the training range
     assert bool(torch.isfinite(far).all()) and float(far[0, 1]) < 10 * float(sigma.max())
-    save_latent_model(lm, tmp_path / "regressor.pt")
-    back = load_latent_model(tmp_path / "regressor.pt")
+    save_latent_state(tmp_path / "regressor.pt", lm.state())
+    back = LatentModel.from_state(load_latent_state(tmp_path / "regressor.pt"))
     assert torch.equal(back.predict(z[:50]), lm.predict(z[:50]))
     assert back.val_r2 == lm.val_r2 and back.summary() == lm.summary()
 
@@ -330,7 +335,7 @@ def test_sample_codes(trained):
     assert sampling.resolve_latent(trained, "auto") == "empirical"
     with pytest.raises(InputError, match="an AE has no prior"):
         sampling.resolve_latent(trained, "prior")
-    s = sampling.sample_curves(trained, 4, "gaussian", seed=1)
+    s = sampling.sample_curves(trained, lm, 4, "gaussian", seed=1)
     assert s["curves"].shape == (4, trained.grid.shape[0]) and s["z"].shape == (4, 2)
-    again = sampling.sample_curves(trained, 4, "gaussian", seed=1)
+    again = sampling.sample_curves(trained, lm, 4, "gaussian", seed=1)
     np.testing.assert_array_equal(s["curves"], again["curves"])  # seeded

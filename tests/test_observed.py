@@ -12,18 +12,24 @@ import numpy as np
 import pytest
 import torch
 
+from funcae_cli.config import override
+from funcae_cli.data.observations import Grid, Observation, read_long_csv
 from funcae_cli.errors import InputError
 from funcae_cli.inversion.invert import invert_batch
-from funcae_cli.inversion.latent import latent_model_for
 from funcae_cli.inversion.objective import Problem
-from funcae_cli.inversion.observed import Grid, Observation, read_long_csv
 from funcae_cli.inversion.targets import pad
-from funcae_cli.runs.rundir import RunDir
-from funcae_cli.runs.trained import load_trained
+from funcae_cli.jobs.fitted import latent_model_for
+from funcae_cli.store.rundir import RunDir
+from funcae_cli.store.trained import load_trained
 
 from .conftest import ok, usage_error
 
 CPU = torch.device("cpu")
+
+
+def opts(trained, **options):
+    """The run's invert section with these options, checked by the config's rules."""
+    return override(trained.cfg.invert, options)
 
 
 def normal_pdf(x: np.ndarray, mu: float, sigma: float) -> np.ndarray:
@@ -175,8 +181,8 @@ def test_the_density_prior_keeps_the_code_on_the_manifold(smoke) -> None:
     trained, lm = smoke
     rng = np.random.default_rng(3)
     y = torch.as_tensor(rng.normal(0.05, 0.1, (20, trained.grid.shape[0])), dtype=torch.float32)
-    free = invert_batch(trained, y, latent_model=lm, prior="none", physics=False)
-    map_ = invert_batch(trained, y, latent_model=lm, prior="density", physics=False)
+    free = invert_batch(trained, y, opts(trained, prior="none", physics=False), latent_model=lm)
+    map_ = invert_batch(trained, y, opts(trained, prior="density", physics=False), latent_model=lm)
     assert np.median(map_.log_density if map_.log_density is not None else 0) > np.median(
         lm.density.log_prob(torch.as_tensor(free.z)).numpy()
     )
@@ -193,8 +199,8 @@ def test_parameter_targets_fit_no_worse_with_the_density_prior(smoke) -> None:
     params = torch.stack([torch.empty(60).uniform_(-1.8, 1.8, generator=g),
                           torch.empty(60).uniform_(0.8, 1.9, generator=g)], 1).double()  # fmt: skip
     t = targets_from_params(trained, params)
-    a = invert_batch(trained, t, latent_model=lm, prior="none")
-    b = invert_batch(trained, t, latent_model=lm, prior="density")
+    a = invert_batch(trained, t, opts(trained, prior="none"), latent_model=lm)
+    b = invert_batch(trained, t, opts(trained, prior="density"), latent_model=lm)
     assert np.median(b.data_residual) <= 1.01 * np.median(a.data_residual)
     assert np.abs(b.params_est - params.numpy()).max() < 1e-4  # the refit recovers noiseless parameters
 

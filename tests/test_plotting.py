@@ -12,7 +12,9 @@ import matplotlib.image as mpimg
 import numpy as np
 import pytest
 
-from funcae_cli.data.families import FAMILIES
+from funcae_cli.config.families import FAMILIES
+from funcae_cli.jobs.plot import PLOTS, render_plots
+from funcae_cli.jobs.results import read_inversions
 from funcae_cli.plotting.latent import (
     corner_figure,
     decoder_grid_figure,
@@ -23,9 +25,7 @@ from funcae_cli.plotting.latent import (
 )
 from funcae_cli.plotting.reconstruction import pca_figure, reconstruction_figure
 from funcae_cli.plotting.training import loss_figure
-from funcae_cli.runs.plot import PLOTS, render_plots
-from funcae_cli.runs.results import read_inversions
-from funcae_cli.runs.rundir import RunDir
+from funcae_cli.store.rundir import RunDir
 
 from .conftest import ok, usage_error
 
@@ -244,7 +244,7 @@ def test_read_inversions_is_tolerant(tmp_path: Path):
 def test_invert_figure_draws_error_bars_and_residuals_in_sigma_for_targets_with_yerr():
     from matplotlib.container import ErrorbarContainer
 
-    from funcae_cli.runs.results import invert_figures
+    from funcae_cli.jobs.results import invert_figures
 
     x = np.linspace(0.5, 30.0, 12)
     target = 200 * (1 - np.exp(-x / 3))
@@ -280,7 +280,7 @@ def test_read_inversions_ignores_malformed_yerr(tmp_path: Path):
 def test_the_command_figure_reads_records_like_plot_does():
     """invert_figures parses rows with read_inversions' parser: malformed yerr is dropped, rows without curves
     are skipped, and beyond MAX_ROWS targets the figure says how many it shows."""
-    from funcae_cli.runs.results import MAX_ROWS, invert_figures
+    from funcae_cli.jobs.results import MAX_ROWS, invert_figures
 
     x = np.linspace(0.5, 30.0, 12)
     row = {"name": "g", "z": [0.1, -0.2], "objective": 1.0, "target": (x / 30).tolist(), "fit": (x / 31).tolist()}

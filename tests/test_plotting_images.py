@@ -19,11 +19,11 @@ import yaml
 from typer.testing import CliRunner
 
 from funcae_cli.cli import app
+from funcae_cli.jobs.plot import PLOTS, PlotOptions, RunPlots
 from funcae_cli.plotting.images import filters_figure, image_examples_figure, image_reconstruction_figure
 from funcae_cli.plotting.latent import latent_figure
-from funcae_cli.runs.plot import PLOTS, PlotOptions, RunPlots
-from funcae_cli.runs.rundir import RunDir
-from funcae_cli.runs.trained import load_trained
+from funcae_cli.store.rundir import RunDir
+from funcae_cli.store.trained import load_trained
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 SIDE = 12

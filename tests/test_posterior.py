@@ -185,7 +185,7 @@ def test_validate_reports_calibration_and_can_require_it(cli, smoke_copy: Path) 
     folder = smoke_copy / "validate"
     assert {p.name for p in folder.iterdir()} == {"validate.json", "coverage.png", "ranks.png"}
     r = cli("validate", str(smoke_copy), "--n", "120", "--posterior", "laplace", "--require-coverage", "0.0001")
-    assert r.exit_code == 1 and "coverage off by more than" in r.stderr
+    assert r.exit_code == 5 and "coverage off by more than" in r.stderr
 
 
 def test_validate_bad_inputs_are_exit_2(cli, smoke_copy: Path) -> None:

@@ -16,9 +16,9 @@ import torch
 from funcae_cli.config import load_config
 from funcae_cli.errors import CheckpointError
 from funcae_cli.models import ModelArgs, build_model
-from funcae_cli.runs.checkpoint import load_checkpoint, save_checkpoint
-from funcae_cli.runs.rundir import RunDir
-from funcae_cli.runs.trained import load_trained
+from funcae_cli.store.checkpoint import load_checkpoint, save_checkpoint
+from funcae_cli.store.rundir import RunDir
+from funcae_cli.store.trained import load_trained
 
 from .conftest import CONFIGS, REPO
 

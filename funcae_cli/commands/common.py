@@ -5,10 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from funcae_cli.config import Config, load_config
-from funcae_cli.data.families import Family
+from funcae_cli.config.families import Family
+from funcae_cli.data.numbers import finite_number
 from funcae_cli.errors import InputError
-from funcae_cli.inversion.inputs import TargetInputs, finite_number
-from funcae_cli.runs.rundir import LATEST, RUNS_ROOT, RunDir, default_run_dir
+from funcae_cli.jobs.inputs import TargetInputs
+from funcae_cli.store.rundir import LATEST, RUNS_ROOT, RunDir, default_run_dir
 
 TARGET_FLAGS = {"params": "parameters", "curve_files": "--curve", "params_table": "--targets", "curves": "--curves"}
 

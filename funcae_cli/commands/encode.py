@@ -21,7 +21,7 @@ def encode(
 ) -> None:
     """Latent codes. No input: the run's whole data set -> latents.npz. Parameters (--mu 2.4 --sigma 1.7:
     options named after the family's parameters), --curve, --targets or --curves: their codes -> encode/."""
-    from funcae_cli.runs.encode import run_encode  # torch: loaded only when a command runs, not for --help
+    from funcae_cli.jobs.encode import run_encode  # torch: loaded only when a command runs, not for --help
 
     rd = resolve_run(run)
     out = run_encode(rd, target_inputs(rd, ctx.args, curve, targets, curves), name, device)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from funcae_cli import console
-from funcae_cli.data.families import FAMILIES
+from funcae_cli.config.families import FAMILIES
 from funcae_cli.options import JsonOpt
 
 

@@ -8,20 +8,20 @@ import typer
 
 from funcae_cli import console
 from funcae_cli.commands.common import config_and_run_dir
-from funcae_cli.options import ConfigArg, ForceOpt, JsonOpt, RunDirOpt, SeedOpt, SetOpt
+from funcae_cli.options import ConfigArg, ConfigSeedOpt, ForceOpt, JsonOpt, RunDirOpt, SetOpt
 
 
 def generate(
     config: ConfigArg,
     run_dir: RunDirOpt = None,
-    n: Annotated[Optional[int], typer.Option("--n", "-n", min=1, help="Number of curves (default: data.n).")] = None,
-    seed: SeedOpt = None,
+    n: Annotated[Optional[int], typer.Option("--n", "-n", help="Number of curves (default: data.n).")] = None,
+    seed: ConfigSeedOpt = None,
     set_: SetOpt = None,
     force: ForceOpt = False,
     json_: JsonOpt = False,
 ) -> None:
     """Sample parameters, evaluate the family on the grid; write data.npz and data_preview.png."""
-    from funcae_cli.runs.generate import run_generate  # torch: loaded only when a command runs, not for --help
+    from funcae_cli.jobs.generate import run_generate  # torch: loaded only when a command runs, not for --help
 
     # --n and --seed are overrides like any other: validated with the config, recorded in config.yaml.
     extra = ([f"data.n={n}"] if n is not None else []) + ([f"seed={seed}"] if seed is not None else [])

@@ -64,12 +64,13 @@ def invert(
     goodness of fit and flags (model mismatch, on a prior bound, off the manifold). Writes invert/<name>.json,
     .csv and figures.
     """
-    from funcae_cli.runs.invert import InvertOptions, run_invert  # torch: loaded only when it runs
+    from funcae_cli.jobs.invert import run_invert  # torch: loaded only when it runs
 
     rd = resolve_run(run)
     inputs = target_inputs(rd, ctx.args, curve, targets, curves, required=True, clip=clip)
-    options = InvertOptions(method, starts, max_iter, lr, seed, prior, False if no_physics else None, bounds,
-                            posterior=posterior, walkers=walkers, steps=steps, burn=burn)  # fmt: skip
+    options = {"method": method, "starts": starts, "max_iter": max_iter, "lr": lr, "seed": seed, "prior": prior,
+               "physics": False if no_physics else None, "bounds": bounds, "posterior": posterior,
+               "walkers": walkers, "steps": steps, "burn": burn}  # fmt: skip
     rec = run_invert(rd, inputs, options, name=name, device=device, plot=not no_plot)
     for w in rec["warnings"]:
         console.warn(w)

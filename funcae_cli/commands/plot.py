@@ -38,7 +38,7 @@ def plot(
     Prints the paths written on stdout (with --json: {written, skipped, seconds}); skipped kinds and why
     on stderr.
     """
-    from funcae_cli.runs.plot import PlotOptions, render_plots  # matplotlib, torch: loaded only when it runs
+    from funcae_cli.jobs.plot import PlotOptions, render_plots  # matplotlib, torch: loaded only when it runs
 
     rd = resolve_run(run)
     report = render_plots(

@@ -2,32 +2,23 @@
 
 from __future__ import annotations
 
-from typing import Annotated
-
-import typer
-
 from funcae_cli import console
 from funcae_cli.commands.common import resolve_run
-from funcae_cli.options import DeviceOpt, JsonOpt, RunOpt, SeedOpt
-
-LATENT_HELP = (
-    "auto | prior | empirical | gaussian: auto = prior N(0, I) for a VAE, empirical (training codes, each marginal "
-    "resampled) for an AE; gaussian = a Gaussian fitted to the training codes."
-)
+from funcae_cli.options import DeviceOpt, JsonOpt, LatentOpt, RunOpt, SampleNOpt, SampleSeedOpt
 
 
 def sample(
     run: RunOpt = None,
-    n: Annotated[int, typer.Option("-n", "--n", min=1, help="Number of curves.")] = 16,
-    latent: Annotated[str, typer.Option("--latent", help=LATENT_HELP)] = "auto",
-    seed: SeedOpt = None,
+    n: SampleNOpt = None,
+    latent: LatentOpt = None,
+    seed: SampleSeedOpt = None,
     device: DeviceOpt = "auto",
     json_: JsonOpt = False,
 ) -> None:
     """New curves from the model; writes samples.npz (curves, z, grid) and samples.png."""
-    from funcae_cli.runs.sample import run_sample  # torch: loaded only when a command runs, not for --help
+    from funcae_cli.jobs.sample import run_sample  # torch: loaded only when a command runs, not for --help
 
-    out = run_sample(resolve_run(run), n, latent, seed, device)
+    out = run_sample(resolve_run(run), {"n": n, "latent": latent, "seed": seed}, device)
     if out["finite_fraction"] < 1:
         console.warn(f"{100 * (1 - out['finite_fraction']):.1f}% of the sampled curves have non-finite values")
     if json_:

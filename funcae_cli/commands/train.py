@@ -11,8 +11,8 @@ from funcae_cli import console
 from funcae_cli.commands.common import config_and_run_dir
 from funcae_cli.errors import InputError, Interrupted
 from funcae_cli.options import DeviceOpt, ForceOpt, JsonOpt, QuietOpt, RunDirOpt, SetOpt
-from funcae_cli.runs.rundir import RunDir
 from funcae_cli.stop import graceful_stop
+from funcae_cli.store.rundir import RunDir
 
 
 def train(
@@ -29,7 +29,7 @@ def train(
     no_plots: Annotated[bool, typer.Option("--no-plots", help="Skip the default figures at the end.")] = False,
 ) -> None:
     """Train an AE/VAE from a config; write checkpoints, history, metrics and figures to the run directory."""
-    from funcae_cli.runs.train import Callbacks, run_train  # torch: loaded only when a command runs
+    from funcae_cli.jobs.train import Callbacks, run_train  # torch: loaded only when a command runs
 
     if resume is not None and (config is not None or set_):
         raise InputError("--resume: the run's own config is used; drop CONFIG and --set")

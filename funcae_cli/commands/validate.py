@@ -9,30 +9,40 @@ import typer
 
 from funcae_cli import console
 from funcae_cli.commands.common import resolve_run
-from funcae_cli.errors import OptionError
-from funcae_cli.options import BurnOpt, DeviceOpt, JsonOpt, SeedOpt, StepsOpt, WalkersOpt
+from funcae_cli.errors import MissedRequirement, OptionError
+from funcae_cli.options import (
+    BurnOpt,
+    DeviceOpt,
+    JsonOpt,
+    NoiseOpt,
+    RequireCoverageOpt,
+    SeedOpt,
+    StepsOpt,
+    ValidateNOpt,
+    ValidatePosteriorOpt,
+    WalkersOpt,
+)
 
-EXIT_MISCALIBRATED = 1  # --require-coverage: a coverage missed its nominal level by more than the tolerance
 
-
-def _points(text: str) -> tuple[int, int]:
+def _points(text: str | None) -> list[int] | None:
+    if text is None:
+        return None
     try:
         lo, _, hi = text.partition(":")
-        return int(lo), int(hi or lo)
+        return [int(lo), int(hi or lo)]
     except ValueError:
         raise OptionError("points", f"expected MIN:MAX points per curve, e.g. 10:40, got {text!r}") from None
 
 
 def validate(
     run: Annotated[Path, typer.Argument(help="Trained run directory.")],
-    n: Annotated[int, typer.Option("--n", "-n", min=1, help="Simulated curves.")] = 1000,
-    noise: Annotated[float, typer.Option("--noise", help="Relative one-sigma error of the simulated points.")] = 0.05,
-    points: Annotated[str, typer.Option("--points", help="Points per simulated curve, MIN:MAX.")] = "10:40",
-    posterior: Annotated[str, typer.Option("--posterior", help="laplace | mcmc.")] = "mcmc",
-    require_coverage: Annotated[
-        Optional[float],
-        typer.Option("--require-coverage", help="Exit 1 when a coverage misses its nominal level by more than this."),
+    n: ValidateNOpt = None,
+    noise: NoiseOpt = None,
+    points: Annotated[
+        Optional[str], typer.Option("--points", help="Points per simulated curve, MIN:MAX [default: the run's].")
     ] = None,
+    posterior: ValidatePosteriorOpt = None,
+    require_coverage: RequireCoverageOpt = None,
     walkers: WalkersOpt = None,
     steps: StepsOpt = None,
     burn: BurnOpt = None,
@@ -42,12 +52,15 @@ def validate(
 ) -> None:
     """Draw parameters from the run's prior, simulate observed curves (irregular points, noise), invert them
     with posteriors; report per parameter the coverage of the 50/68/95% intervals, SBC rank histograms, the
-    median's bias and spread. Writes validate/validate.json, coverage.png and ranks.png. Exit 0 when it ran."""
-    from funcae_cli.runs.validate import ValidateOptions, run_validate  # torch: loaded only when a command runs
+    median's bias and spread. Writes validate/validate.json, coverage.png and ranks.png. Exit 0 when it ran;
+    with --require-coverage, exit 5 when a coverage misses by more than the tolerance."""
+    from funcae_cli.jobs.validate import run_validate  # torch: loaded only when a command runs
 
-    options = ValidateOptions(n, noise, _points(points), posterior, walkers, steps, burn, seed, require_coverage)
+    options = {"n": n, "noise": noise, "points": _points(points), "posterior": posterior,
+               "require_coverage": require_coverage}  # fmt: skip
+    sampling = {"walkers": walkers, "steps": steps, "burn": burn, "seed": seed}
     progress = None if json_ else (lambda done, total: console.info(f"validated {done:,} of {total:,} curves"))
-    rep = run_validate(resolve_run(run), options, device, on_chunk=progress)
+    rep = run_validate(resolve_run(run), options, sampling, device, on_chunk=progress)
     if json_:
         console.emit_json(rep)
     else:
@@ -57,5 +70,6 @@ def validate(
                          f"{p['median_bias']:.3g} ({p['scale']}), spread {p['median_spread']:.3g}")  # fmt: skip
         console.info(f"{rep['n']:,} curves in {rep['seconds']:.1f}s; wrote " + ", ".join(rep["files"].values()))
     if rep["coverage_misses"]:
-        console.error(f"coverage off by more than {require_coverage:g}: " + "; ".join(rep["coverage_misses"]))
-        raise typer.Exit(EXIT_MISCALIBRATED)
+        raise MissedRequirement(
+            f"coverage off by more than {rep['require_coverage']:g}: " + "; ".join(rep["coverage_misses"])
+        )

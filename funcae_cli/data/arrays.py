@@ -29,7 +29,8 @@ from typing import Any
 
 import numpy as np
 
-from funcae_cli.data.families import ARRAY_SUFFIXES
+from funcae_cli.config.families import ARRAY_SUFFIXES
+from funcae_cli.data.numbers import is_number
 from funcae_cli.errors import InputError
 
 NPZ_KEYS = ("X", "y", "params", "param_names")
@@ -261,15 +262,6 @@ def _params(p: np.ndarray, names: Any, n: int, where: str) -> tuple[np.ndarray, 
         if len(set(names_t)) != k:
             raise InputError(f"{where}: param_names must be distinct, got {', '.join(names_t)}")
     return p.astype(np.float64), names_t
-
-
-def is_number(s: str) -> bool:
-    """True when a CSV field parses as a float (header detection)."""
-    try:
-        float(s)
-    except ValueError:
-        return False
-    return True
 
 
 def _first_line(e: BaseException) -> str:

@@ -14,8 +14,8 @@ import torch
 from torch import Tensor
 
 from funcae_cli.config import Config
+from funcae_cli.config.families import Family
 from funcae_cli.data.arrays import LOADERS
-from funcae_cli.data.families import Family
 from funcae_cli.data.formulas import FORMULAS
 from funcae_cli.data.grids import grid_size, make_grid, sample_params
 from funcae_cli.errors import InputError

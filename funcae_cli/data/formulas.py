@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from funcae_cli.data.families import BetaOptions, RotationOptions, Scatter
+from funcae_cli.config.families import BetaOptions, RotationOptions, Scatter
 
 # (x (m,) or (n, m), params (n, p), options, in_place) -> curves (n, m); in_place: may work in buffers it made
 # (not differentiable), for generation

@@ -1,19 +1,15 @@
-"""Encoding with a trained run: curves (on the grid or observed at other points) to latent codes, and the
-codes of the run's whole data set."""
+"""Encoding target curves with a trained run: curves on the grid, or observed at other points (interpolated onto
+the grid), to latent codes: the start of every inversion."""
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 from torch import Tensor
 
 from funcae_cli.errors import InputError
-from funcae_cli.inversion.latent import codes_of
 from funcae_cli.inversion.objective import log_grid
 from funcae_cli.inversion.targets import Targets
-from funcae_cli.models import chunked
-from funcae_cli.runs.dataset import dataset_for
-from funcae_cli.runs.trained import Trained
+from funcae_cli.store.trained import Trained
 
 
 def merge_repeated(x: Tensor, y: Tensor, mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -67,30 +63,3 @@ def covers_grid(trained: Trained, targets: Targets) -> Tensor:
         first, last, g0, g1 = first.log(), last.log(), float(torch.tensor(g0).log()), float(torch.tensor(g1).log())
     span = g1 - g0
     return ((first - g0) <= 0.02 * span) & ((g1 - last) <= 0.02 * span)
-
-
-@torch.no_grad()
-def encode_dataset(trained: Trained) -> dict[str, np.ndarray]:
-    """Codes of the run's whole data set (same rows as training), with the true parameters and split labels."""
-    ds = dataset_for(trained.cfg, trained.rd)
-    x = trained.normalizer.encode(ds.curves.to(trained.device))
-    out: dict[str, np.ndarray] = {}
-    if hasattr(trained.model, "posterior"):
-        d = trained.latent_dim
-        both = chunked(lambda c: torch.cat(trained.model.posterior(c), dim=1), x).cpu().numpy()
-        out["mean"], out["logvar"] = both[:, :d], both[:, d:]
-        out["z"] = out["mean"]
-    else:
-        out["z"] = codes_of(trained.model, x).cpu().numpy()
-    split = np.zeros(x.shape[0], dtype=np.int8)  # 0 train, 1 val, 2 test
-    for k, (a, b) in enumerate(trained.data["splits"]):
-        split[a:b] = k
-    if ds.labels is not None:
-        out["labels"] = ds.labels.numpy()
-    out.update(
-        params=ds.params.numpy(),
-        param_names=np.array(ds.param_names, dtype=str),
-        split=split,
-        split_names=np.array(["train", "val", "test"], dtype=str),
-    )
-    return out

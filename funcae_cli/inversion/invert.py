@@ -9,7 +9,8 @@ keep per-target state (step sizes, curvature pairs, convergence). Methods (`METH
 - `lbfgs` (default): from the encoder's code, batched L-BFGS with a per-target backtracking line search.
 - `adam`: from the encoder's code, Adam on the batch for `max_iter` steps, keeping each target's best.
 - `nelder-mead`: scipy's Nelder-Mead, one target at a time, a numpy round trip per evaluation, as
-  notebook 000 did; for comparison (`notebook_nelder_mead` starts from z = 0 exactly as the notebook).
+  notebook 000 did; for comparison (benchmarks/baselines.py's `notebook_nelder_mead` starts from z = 0 as the
+  notebook).
 """
 
 from __future__ import annotations
@@ -22,21 +23,21 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from funcae_cli.config import InvertConfig
 from funcae_cli.errors import InputError, OptionError
 from funcae_cli.inversion.assess import Assessment, assess
 from funcae_cli.inversion.density import CodeDensity
 from funcae_cli.inversion.encode import encode_curves, targets_on_grid
 from funcae_cli.inversion.objective import Problem
 from funcae_cli.inversion.physics import Bounds, Fitter, Observations, PhysicsFit, fit_physics, natural_bounds
-from funcae_cli.inversion.posterior import POSTERIORS, Posterior, Sampling, latent_posterior, physics_posterior
+from funcae_cli.inversion.posterior import Posterior, Sampling, latent_posterior, physics_posterior
 from funcae_cli.inversion.prior import log_prior
 from funcae_cli.inversion.regressor import LatentModel
 from funcae_cli.inversion.search import adam, lbfgs
 from funcae_cli.inversion.targets import Targets
-from funcae_cli.runs.trained import Trained
+from funcae_cli.store.trained import Trained
 
 METHODS = ("encoder", "lbfgs", "adam", "nelder-mead")
-PRIORS = ("density", "none")
 CHUNK_ROWS = 8192  # optimization rows (targets x starts) per tensor problem: bounds device memory
 
 # --- random starts ------------------------------------------------------------------------------
@@ -106,16 +107,13 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _as_targets(
-    targets: Targets | Tensor | np.ndarray, x: Tensor | np.ndarray | None, yerr: Tensor | np.ndarray | None
-):
+def _as_targets(targets: Targets | Tensor | np.ndarray) -> Targets:
+    """Curves (n, m) (or one curve (m,)) in family units on the run's grid, as Targets; Targets as they are."""
     if isinstance(targets, Targets):
         return targets
     y = torch.as_tensor(np.asarray(targets) if not isinstance(targets, Tensor) else targets, dtype=torch.float32)
     y = y.reshape(-1, y.shape[-1])
-    xt = None if x is None else torch.as_tensor(x, dtype=torch.float64).expand(y.shape[0], -1).clone()
-    et = None if yerr is None else torch.as_tensor(yerr, dtype=torch.float32).expand_as(y).clone()
-    return Targets(y, xt, et, names=[f"target {i}" for i in range(y.shape[0])], source="array")
+    return Targets(y, names=[f"target {i}" for i in range(y.shape[0])], source="array")
 
 
 def _np(t: Tensor) -> np.ndarray:
@@ -125,47 +123,30 @@ def _np(t: Tensor) -> np.ndarray:
 def invert_batch(
     trained: Trained,
     targets: Targets | Tensor | np.ndarray,
-    method: str = "lbfgs",
-    starts: int = 0,
-    max_iter: int = 200,
-    lr: float = 0.05,
-    seed: int = 0,
+    options: InvertConfig | None = None,
     latent_model: LatentModel | None = None,
-    x: Tensor | np.ndarray | None = None,
-    yerr: Tensor | np.ndarray | None = None,
-    prior: str = "density",
-    physics: bool = True,
-    bounds: str = "prior",
-    physics_starts: int = 4,
-    physics_max_iter: int = 50,
-    posterior: str = "none",
-    sampling: Sampling | None = None,
 ) -> InvertResult:
-    """Invert many targets at once; usable without the CLI.
+    """Invert many targets at once.
 
-    targets: a Targets, or curves (n, m) in family units on the run's grid (or at `x`, with optional `yerr`).
-    starts: random restarts per target from the latent distribution (AE: the training codes, which
-    need `latent_model`; VAE: the prior); the best of the encoder's code and the restarts is kept.
-    latent_model: the run's latent model (latent.latent_model_for): the parameter estimates, AE restarts and,
+    targets: a Targets (observed points, errors, masks), or curves (n, m) in family units on the run's grid.
+    options: how to invert, a checked record (config.override; default: the run's `invert` section); its seed
+    None is the run's seed. `starts`: random restarts per target from the latent distribution (AE: the training
+    codes, which need `latent_model`; VAE: the prior); the best of the encoder's code and the restarts is kept.
+    `physics`: for families with a formula, refit the parameters with the formula itself (physics.py) from the
+    regressor's estimate, inside `bounds`; the reported parameters are the refit's. `posterior`: laplace or mcmc
+    (posterior.py) adds each target's posterior.
+    latent_model: the run's latent model (jobs.fitted.latent_model_for): the parameter estimates, AE restarts and,
     with prior "density", the codes' density as the latent search's prior. None: none of them.
-    physics: for families with a formula, refit the parameters with the formula itself (physics.py), from
-    the regressor's estimate, inside `bounds` ("prior" or "domain"); the reported parameters are the refit's.
-    posterior: "laplace" or "mcmc" (posterior.py) adds each target's posterior (sampling: how to sample).
     """
-    if method not in METHODS:
-        raise OptionError("method", f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
-    if prior not in PRIORS:
-        raise OptionError("prior", f"unknown latent prior {prior!r}; choose one of {', '.join(PRIORS)}")
-    if posterior not in POSTERIORS:
-        raise OptionError("posterior", f"unknown posterior {posterior!r}; choose one of {', '.join(POSTERIORS)}")
-    sampling = sampling or Sampling(seed=seed)
-    if sampling.walkers % 2 or sampling.walkers < 4:
-        raise OptionError("walkers", f"must be even and >= 4, got {sampling.walkers}")
-    targets = _as_targets(targets, x, yerr)
+    o = options or trained.cfg.invert
+    seed = trained.cfg.seed if o.seed is None else o.seed
+    method, starts, max_iter, lr, prior, posterior = o.method, o.starts, o.max_iter, o.lr, o.prior, o.posterior
+    sampling = Sampling(o.walkers, o.steps, o.burn, seed)
+    targets = _as_targets(targets)
     if targets.x is None and targets.y.shape[1] != trained.grid.shape[0]:
         raise InputError(f"targets have {targets.y.shape[1]} points but the run's grid has {trained.grid.shape[0]}")
     density = latent_model.density if latent_model is not None and prior == "density" else None
-    bounds_ = natural_bounds(trained, bounds) if physics and trained.family.has_formula else None
+    bounds_ = natural_bounds(trained, o.bounds) if o.physics and trained.family.has_formula else None
     if posterior == "mcmc" and targets.yerr is None:  # checked before any work
         raise OptionError("posterior", "mcmc needs one-sigma errors (yerr) for its likelihood; give curves with yerr")
     if posterior != "none" and bounds_ is None and density is None:
@@ -221,7 +202,7 @@ def invert_batch(
     if density is not None:
         logp = density.log_prob(z_best.double())
         out.log_density, out.density_percentile = _np(logp), _np(density.percentile(logp))
-    obs = _estimate_physics(trained, targets, out, bounds_, physics_starts, physics_max_iter, seed, dev)
+    obs = _estimate_physics(trained, targets, out, bounds_, o.physics_starts, o.physics_max_iter, seed, dev)
     _assess(trained, targets, out, density)
     if posterior != "none":
         out.posterior = _posterior(trained, targets, out, obs, problem, latent_model, posterior, sampling)
@@ -373,43 +354,4 @@ def _nelder_mead_all(problem: Problem, zs: Tensor, max_iter: int) -> tuple[Tenso
         torch.from_numpy(conv),
         torch.from_numpy(start),
         secs,
-    )
-
-
-def notebook_nelder_mead(trained: Trained, curves: Tensor | np.ndarray) -> InvertResult:
-    """The notebook-000 baseline: per target, Nelder-Mead from z = 0 with scipy's default options.
-
-    curves: (n, n_points) in family units on the run's grid.
-    """
-    y = torch.as_tensor(np.asarray(curves) if not isinstance(curves, Tensor) else curves, dtype=torch.float32)
-    targets = Targets(y.reshape(-1, y.shape[-1]), names=[], source="array")
-    problem = Problem(trained, targets)
-    n, d = targets.n, trained.model.args.latent_dim
-    t0 = time.perf_counter()
-    z_out = np.zeros((n, d))
-    it, conv, secs = np.zeros(n, np.int64), np.zeros(n, bool), np.zeros(n)
-    for i in range(n):
-        z_out[i], _, it[i], conv[i], secs[i] = nelder_mead_target(problem, i, np.zeros(d))
-    total = time.perf_counter() - t0
-    z = torch.as_tensor(z_out, dtype=torch.float32, device=trained.device)
-    m = problem.metrics(z)
-    z_enc = encode_curves(trained, targets.y)
-    m_enc = problem.metrics(z_enc)
-    return InvertResult(
-        method="nelder-mead (notebook, z0 = 0)",
-        objective_kind="l2",
-        z=z_out,
-        objective=m["objective"].cpu().double().numpy(),
-        residual_norm=m["residual_norm"].cpu().double().numpy(),
-        data_residual=m["data_residual"].cpu().double().numpy(),
-        rel_l2=m["rel_l2"].cpu().double().numpy(),
-        encoder_z=z_enc.cpu().double().numpy(),
-        encoder_objective=m_enc["objective"].cpu().double().numpy(),
-        encoder_rel_l2=m_enc["rel_l2"].cpu().double().numpy(),
-        iterations=it,
-        converged=conv,
-        start=np.zeros(n, np.int64),
-        seconds=secs,
-        fit=problem.fit(z).cpu().numpy(),
-        total_seconds=total,
     )

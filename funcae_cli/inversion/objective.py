@@ -23,7 +23,7 @@ from funcae_cli.data.normalize import TRANSFORMS
 from funcae_cli.errors import InputError
 from funcae_cli.inversion.density import CodeDensity
 from funcae_cli.inversion.targets import Targets
-from funcae_cli.runs.trained import Trained
+from funcae_cli.store.trained import Trained
 
 RSS_FLOOR = 1e-12  # relative to the target's sum of squares: log(RSS) stays finite for an exact fit
 
@@ -35,14 +35,6 @@ def _interp_coords(grid: Tensor, x: Tensor, log_x: bool) -> tuple[Tensor, Tensor
     idx = (torch.searchsorted(g, q.contiguous(), right=True) - 1).clamp(0, g.shape[0] - 2)
     w = ((q - g[idx]) / (g[idx + 1] - g[idx])).clamp(0.0, 1.0)
     return idx, w
-
-
-def interp_rows(xs: Tensor, ys: Tensor, xq: Tensor, log_x: bool = False) -> Tensor:
-    """Linear interpolation of curves (n, m) sampled at increasing xs (m,) onto xq (q,); ends held constant."""
-    idx, w = _interp_coords(xs.to(torch.float64), xq.to(torch.float64).clamp(xs[0], xs[-1]), log_x)
-    w = w.to(ys.dtype).to(ys.device)
-    idx = idx.to(ys.device)
-    return ys[..., idx] * (1 - w) + ys[..., idx + 1] * w
 
 
 def log_grid(trained: Trained) -> bool:

@@ -32,7 +32,7 @@ from torch import Tensor
 
 from funcae_cli.data.formulas import FORMULAS
 from funcae_cli.errors import OptionError
-from funcae_cli.runs.trained import Trained
+from funcae_cli.store.trained import Trained
 
 BOUNDS = ("prior", "domain")
 CANDIDATES = 32  # spread points per target where the objective is evaluated; the best become starts

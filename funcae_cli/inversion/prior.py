@@ -52,7 +52,7 @@ def log_prior(fcfg: FamilyConfig) -> Callable[[Tensor], Tensor]:
     if fam.derives_params(fcfg.options):
         first = _law(fcfg.params[fam.params[0].name], fam.params[0].log_scale)
         rest = DERIVED_LOG_PRIORS[fam.name]
-        logs = torch.tensor([p.log_scale for p in fam.params])
+        logs = torch.tensor(fam.log_scale())
 
         def derived(u: Tensor) -> Tensor:
             log10 = torch.where(logs.to(u.device), u, torch.log10(u.abs().clamp_min(1e-300)))

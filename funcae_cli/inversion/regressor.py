@@ -16,16 +16,13 @@ and for `sample`.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from funcae_cli.errors import CheckpointError
 from funcae_cli.inversion.density import CodeDensity, fit_code_density
-from funcae_cli.runs.checkpoint import load_checkpoint, save_checkpoint
 
 KIND = "knn_local_linear"
 NEIGHBOURS = (8, 16, 32, 64)  # candidate k, chosen on the validation split
@@ -216,16 +213,3 @@ def fit_latent_model(
 
 
 # --- on disk ---------------------------------------------------------------------------------
-
-
-def save_latent_model(lm: LatentModel, path: str | Path) -> None:
-    save_checkpoint(path, {"latent_model": lm.state()})
-
-
-def load_latent_model(path: str | Path) -> LatentModel:
-    """Raises CheckpointError when the file is missing, foreign, incomplete or of an older kind."""
-    ckpt = load_checkpoint(path)
-    try:
-        return LatentModel.from_state(ckpt["latent_model"])
-    except (KeyError, TypeError) as e:
-        raise CheckpointError(f"{path}: incomplete or incompatible regressor file ({e})") from None

@@ -15,9 +15,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from funcae_cli.data.families import Family
+from funcae_cli.config.families import Family
 from funcae_cli.data.formulas import FORMULAS
-from funcae_cli.inversion.observed import Observation
+from funcae_cli.data.observations import Observation
 
 
 @dataclass(frozen=True)

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import io
-from pathlib import Path
-
 import matplotlib
 
 matplotlib.use("Agg")  # headless: never needs a display
@@ -15,8 +12,7 @@ from matplotlib.collections import LineCollection  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import FuncFormatter, LogFormatter, LogLocator, NullLocator  # noqa: E402
 
-from funcae_cli.data.families import Family  # noqa: E402
-from funcae_cli.files import atomic_write_bytes  # noqa: E402
+from funcae_cli.config.families import Family  # noqa: E402
 
 plt.rcParams.update({"figure.dpi": 100, "font.size": 10, "axes.titlesize": 11, "legend.fontsize": 8})
 
@@ -40,14 +36,6 @@ def new_figure(**kwargs) -> tuple[Figure, object]:
     sub = {k: v for k, v in kwargs.items() if k in SUBPLOT_KEYS}
     axes = fig.subplots(**{"nrows": 1, "ncols": 1, **sub})
     return fig, axes
-
-
-def save_figure(fig: Figure, path: str | Path, fmt: str | None = None, dpi: int = 110) -> Path:
-    path = Path(path)
-    buf = io.BytesIO()
-    fig.savefig(buf, format=fmt or path.suffix.lstrip(".") or "png", dpi=dpi)
-    atomic_write_bytes(path, buf.getvalue())
-    return path
 
 
 def param_label(family: Family, values, digits: int = 4, names: list[str] | None = None) -> str:

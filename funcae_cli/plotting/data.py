@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from matplotlib.figure import Figure
 
+from funcae_cli.config.families import Family
 from funcae_cli.data.dataset import Dataset
-from funcae_cli.data.families import Family
 from funcae_cli.plotting.base import new_figure, param_label, setup_curve_axes
 from funcae_cli.plotting.images import image_examples_figure
 

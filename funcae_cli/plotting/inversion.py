@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
-from funcae_cli.data.families import Family
+from funcae_cli.config.families import Family
 from funcae_cli.plotting.base import new_figure, plain_log_ticks, setup_curve_axes
 
 DATA_STYLE: dict[str, Any] = {"fmt": "o", "ms": 3.5, "color": "k", "ecolor": "0.45", "elinewidth": 1.0, "capsize": 2.0}

@@ -16,7 +16,7 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Circle, Rectangle
 from matplotlib.ticker import FixedLocator, FuncFormatter, MaxNLocator, NullLocator
 
-from funcae_cli.data.families import Family
+from funcae_cli.config.families import Family
 from funcae_cli.plotting.base import (
     CMAP,
     POINT_COLOR,

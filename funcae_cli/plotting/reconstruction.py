@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 from matplotlib.figure import Figure
 
-from funcae_cli.data.families import Family
+from funcae_cli.config.families import Family
 from funcae_cli.plotting.base import (
     add_curves,
     new_figure,

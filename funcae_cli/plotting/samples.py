@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from matplotlib.figure import Figure
 
-from funcae_cli.data.families import Family
+from funcae_cli.config.families import Family
 from funcae_cli.plotting.base import add_curves, latent_label, setup_curve_axes, subsample
 
 RUG_BELOW = 100  # fewer sampled codes than this: a rug, not a histogram

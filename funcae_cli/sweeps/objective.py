@@ -22,9 +22,9 @@ import optuna
 
 from funcae_cli.errors import DivergedError, FuncaeError, Interrupted, user_message
 from funcae_cli.files import atomic_write_json, json_safe
-from funcae_cli.runs.rundir import RunDir
-from funcae_cli.runs.train import Callbacks, run_train
+from funcae_cli.jobs.train import Callbacks, run_train
 from funcae_cli.stop import StopFlag
+from funcae_cli.store.rundir import RunDir
 from funcae_cli.sweeps.spec import SweepSpec, metric_value, trial_config
 from funcae_cli.sweeps.sweepdir import SweepDir
 

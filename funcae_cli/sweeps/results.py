@@ -24,8 +24,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from funcae_cli.config import config_from_dict, dump_config
 from funcae_cli.errors import ConfigError, InputError, OptionError
-from funcae_cli.files import atomic_write_json, atomic_write_text, json_safe
-from funcae_cli.plotting.base import save_figure
+from funcae_cli.files import atomic_write_json, atomic_write_text, json_safe, save_figure
 from funcae_cli.sweeps.objective import ATTR_CONFIG, ATTR_EPOCHS, ATTR_ERROR, ATTR_VALUES
 from funcae_cli.sweeps.spec import load_sweep
 from funcae_cli.sweeps.storage import (

@@ -13,7 +13,7 @@
     heartbeat: {interval: 10, grace: 30, max_retry: 3}
 
 Each space key is checked at both ends of its range (and at every choice) against the base config with the
-config's own rules (config.py: unknown keys with a did-you-mean, types, ranges), so a bad key or value is a
+config's own rules (config/: unknown keys with a did-you-mean, types, ranges), so a bad key or value is a
 one-line error naming `space.<key>` and no trial starts. A trial's config (`trial_config`) is validated the same
 way before it trains.
 """
@@ -29,10 +29,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 from funcae_cli.config import (
+    EMPTY_CONFIG,
     NAME_RE,
     Config,
     config_from_dict,
     config_to_dict,
+    doc_field,
     load_config,
     parse_section,
     read_yaml,
@@ -61,37 +63,36 @@ DEFAULT_TRIALS = 20
 EMPTY_SWEEP = "empty sweep file: give at least `base` and `space` (see configs/sweeps/ for examples)"
 
 
-def _f(default: Any, help: str, **checks: Any) -> Any:
-    """A field with help text and the range checks config.parse_section applies (min, max, gt, lt)."""
-    return field(default=default, metadata={"help": help, **checks})
-
-
 @dataclass
 class ObjectiveSpec:
-    metric: str = _f("test.sse_mean", "the number of metrics.json to optimize (dotted path)")
-    direction: Literal["minimize", "maximize"] = _f("minimize", "whether lower or higher is better")
+    metric: str = doc_field("test.sse_mean", "the number of metrics.json to optimize (dotted path)")
+    direction: Literal["minimize", "maximize"] = doc_field("minimize", "whether lower or higher is better")
 
 
 @dataclass
 class SamplerSpec:
-    name: Literal["tpe", "random", "grid"] = _f("tpe", "Optuna sampler")
-    seed: int | None = _f(None, "seed of the sampler (worker i of a machine uses seed + i)", min=0)
-    startup_trials: int = _f(10, "tpe: random trials before the model guides sampling", min=1)
+    name: Literal["tpe", "random", "grid"] = doc_field("tpe", "Optuna sampler")
+    seed: int | None = doc_field(None, "seed of the sampler (worker i of a machine uses seed + i)", min=0)
+    startup_trials: int = doc_field(10, "tpe: random trials before the model guides sampling", min=1)
 
 
 @dataclass
 class PrunerSpec:
-    name: Literal["median", "hyperband", "none"] = _f("median", "pruner on the per-epoch validation loss")
-    startup_trials: int = _f(5, "median: finished trials before any is pruned", min=0)
-    warmup_epochs: int = _f(5, "median: epochs a trial runs before it can be pruned; hyperband: min epochs", min=0)
-    reduction_factor: int = _f(3, "hyperband: the fraction 1/factor of trials promoted at each rung", min=2)
+    name: Literal["median", "hyperband", "none"] = doc_field("median", "pruner on the per-epoch validation loss")
+    startup_trials: int = doc_field(5, "median: finished trials before any is pruned", min=0)
+    warmup_epochs: int = doc_field(
+        5, "median: epochs a trial runs before it can be pruned; hyperband: min epochs", min=0
+    )
+    reduction_factor: int = doc_field(3, "hyperband: the fraction 1/factor of trials promoted at each rung", min=2)
 
 
 @dataclass
 class HeartbeatSpec:
-    interval: int = _f(10, "seconds between a running trial's heartbeats in the storage", min=1)
-    grace: int | None = _f(None, "seconds without a heartbeat before a trial is failed and re-queued (3 x interval)")
-    max_retry: int = _f(3, "re-queues of one trial whose worker died, before it stays failed", min=0)
+    interval: int = doc_field(10, "seconds between a running trial's heartbeats in the storage", min=1)
+    grace: int | None = doc_field(
+        None, "seconds without a heartbeat before a trial is failed and re-queued (3 x interval)"
+    )
+    max_retry: int = doc_field(3, "re-queues of one trial whose worker died, before it stays failed", min=0)
 
     @property
     def grace_seconds(self) -> int:
@@ -102,15 +103,17 @@ class HeartbeatSpec:
 class SweepFile:
     """The file as written (before the space and the base config are resolved)."""
 
-    name: str | None = _f(None, "the study's name; runs/<name>/ holds the sweep (default: the file's stem)")
-    base: str = _f("", "the base config, a path relative to this file")
+    name: str | None = doc_field(None, "the study's name; runs/<name>/ holds the sweep (default: the file's stem)")
+    base: str = doc_field("", "the base config, a path relative to this file")
     overrides: dict[str, Any] = field(default_factory=dict, metadata={"help": "dotted key -> value, every trial"})
     space: dict[str, Any] = field(default_factory=dict, metadata={"help": "dotted key -> distribution"})
     objective: ObjectiveSpec = field(default_factory=ObjectiveSpec)
     sampler: SamplerSpec = field(default_factory=SamplerSpec)
     pruner: PrunerSpec = field(default_factory=PrunerSpec)
-    trials: int | None = _f(None, f"finished trials the study needs (default {DEFAULT_TRIALS}; grid: its size)", min=1)
-    plots: bool = _f(True, "draw each trial's default figures into its run directory")
+    trials: int | None = doc_field(
+        None, f"finished trials the study needs (default {DEFAULT_TRIALS}; grid: its size)", min=1
+    )
+    plots: bool = doc_field(True, "draw each trial's default figures into its run directory")
     heartbeat: HeartbeatSpec = field(default_factory=HeartbeatSpec)
 
 
@@ -247,7 +250,7 @@ def load_sweep(path: str | Path) -> SweepSpec:
     if not base_path.is_file():
         raise ConfigError([f"base: config file not found: {base_path}"], source)
     base = load_config(base_path)  # its own problems name the base file
-    base_raw = read_yaml(base_path)
+    base_raw = read_yaml(base_path, EMPTY_CONFIG)
     base_raw.setdefault("name", base.name)
     for key, value in sf.overrides.items():
         set_dotted(base_raw, str(key), value, where="overrides")

@@ -49,7 +49,6 @@ from funcae_cli.sweeps.sweepdir import SweepDir
 ATTR_FINGERPRINT = "funcae.fingerprint"
 ATTR_SWEEP = "funcae.sweep"
 ATTR_METRIC = "funcae.metric"
-ATTR_TRIALS = "funcae.trials"
 
 ORPHAN_MARGIN_S = 60  # a trial created this long past the grace period without starting: its worker died
 

@@ -6,7 +6,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from funcae_cli.runs.rundir import RUNS_ROOT, RunDir
+from funcae_cli.store.rundir import RUNS_ROOT, RunDir
 
 PARTIAL = re.compile(r"\.(\d+)\.partial")
 

@@ -13,7 +13,7 @@ from funcae_cli.inversion.assess import FLAGS
 from funcae_cli.inversion.invert import InvertResult
 from funcae_cli.inversion.posterior import ESS_MIN, QUANTILES, RHAT_MAX, Posterior
 from funcae_cli.inversion.targets import Targets
-from funcae_cli.runs.trained import Trained
+from funcae_cli.store.trained import Trained
 
 WITH_CURVES = 16  # targets whose curves the record carries (for the figures and `funcae plot --kind invert`)
 

@@ -7,8 +7,8 @@ from typing import Any
 import torch
 
 from funcae_cli.device import resolve_device
-from funcae_cli.runs.rundir import RunDir
-from funcae_cli.runs.trained import Trained, load_trained
+from funcae_cli.store.rundir import RunDir
+from funcae_cli.store.trained import Trained, load_trained
 
 
 def open_run(rd: RunDir, device: str | torch.device) -> Trained:

@@ -23,8 +23,10 @@ from matplotlib.figure import Figure
 from funcae_cli.data.dataset import Dataset
 from funcae_cli.device import resolve_device
 from funcae_cli.errors import OptionError
+from funcae_cli.files import save_figure
+from funcae_cli.jobs.results import read_inversions, read_posterior_samples, read_samples
 from funcae_cli.models import linear_layers
-from funcae_cli.plotting.base import save_figure, subsample
+from funcae_cli.plotting.base import subsample
 from funcae_cli.plotting.data import data_preview
 from funcae_cli.plotting.images import (
     filters_figure,
@@ -39,11 +41,10 @@ from funcae_cli.plotting.posterior import corner_posterior_figure
 from funcae_cli.plotting.reconstruction import pca_figure, reconstruction_figure
 from funcae_cli.plotting.samples import samples_comparison_figure
 from funcae_cli.plotting.training import loss_figure
-from funcae_cli.runs.dataset import dataset_for
-from funcae_cli.runs.results import read_inversions, read_posterior_samples, read_samples
-from funcae_cli.runs.rundir import RunDir, slugify
-from funcae_cli.runs.trained import Trained, load_trained
-from funcae_cli.training.evaluation import eval_chunks, pca_fit, pca_reconstruct, run_noise
+from funcae_cli.store.dataset import dataset_for
+from funcae_cli.store.rundir import RunDir, slugify
+from funcae_cli.store.trained import Trained, load_trained
+from funcae_cli.training.evaluation import PCA_ROWS, eval_chunks, pca_sse, run_noise
 
 __all__ = ["PLOTS", "PlotOptions", "render_plots"]
 
@@ -337,11 +338,10 @@ def _pca(r: RunPlots) -> Figure:
     on (at most 20,000) training curves as metrics.json's baseline, on the test split (else val)."""
     norm = r.trained.normalizer
     part = "test" if r.split("test").stop > r.split("test").start else "val"
-    mean, axes = pca_fit(norm.encode(r.curves("train")[:20_000].to(r.trained.device)), r.latent_dim)
     curves = r.curves(part).to(r.trained.device)
-    pca = norm.decode(pca_reconstruct(norm.encode(curves), mean, axes)).double()
+    train = norm.encode(r.curves("train")[:PCA_ROWS].to(r.trained.device))
+    sse_pca = pca_sse(norm, train, norm.encode(curves), r.latent_dim)  # metrics.json's baseline, per curve
     raw = curves.double()
-    sse_pca = (pca - raw).square().sum(dim=1).cpu().numpy()
     sse_model = ((torch.as_tensor(r.decode(r.encode(curves.cpu()))) - raw.cpu()).square().sum(dim=1)).numpy()
     label = "VAE (posterior mean)" if r.model_kind == "vae" else "autoencoder"
     return pca_figure(
@@ -366,15 +366,8 @@ def _filters(r: RunPlots) -> Figure:
     return filters_figure(w, shape, n=r.options.n_filters, seed=r.options.seed, title=r.title, layer=layer)
 
 
-def _invert_files(rd: RunDir) -> list[Path]:
-    """invert/*.json, newest first."""
-    if not rd.invert_dir.is_dir():
-        return []
-    return sorted(rd.invert_dir.glob("*.json"), key=lambda p: p.stat().st_mtime, reverse=True)
-
-
 def _invert(r: RunPlots) -> Figure:
-    found, problems = read_inversions(_invert_files(r.rd), limit=MAX_INVERSIONS + 1)
+    found, problems = read_inversions(r.rd.invert_results(), limit=MAX_INVERSIONS + 1)
     if not found:
         raise SkipPlot(f"no inversion result in {r.rd.invert_dir} holds target, fit and x arrays")
     shown = found[:MAX_INVERSIONS]
@@ -444,28 +437,21 @@ def _needs_images(t: Trained) -> str | None:
 
 
 def _needs_inversions(t: Trained) -> str | None:
-    if _invert_files(t.rd):
+    if t.rd.invert_results():
         return None
     return f"no inversion results in {t.rd.invert_dir}; run `funcae invert` first"
 
 
-def _posterior_files(rd: RunDir) -> list[Path]:
-    """invert/*_samples.npz, newest first."""
-    if not rd.invert_dir.is_dir():
-        return []
-    return sorted(rd.invert_dir.glob("*_samples.npz"), key=lambda p: p.stat().st_mtime, reverse=True)
-
-
 def _posterior(r: RunPlots) -> dict[str, Figure]:
     """Corner figures of the latest posterior draws (`funcae invert --posterior`), one per target."""
-    path = _posterior_files(r.rd)[0]
+    path = r.rd.posterior_samples()[0]
     try:
         post = read_posterior_samples(path)
     except (OSError, ValueError, KeyError) as e:
         raise SkipPlot(f"{path}: not readable as posterior samples ({e})") from None
     known = {p.name: p for p in r.family.params}
     labels = [known[n].axis_label().removeprefix("log10 ") if n in known else n for n in post.names]
-    log10 = [bool(known[n].log_scale) if n in known else False for n in post.names]
+    log10 = r.family.log_scale(post.names)
     out = {}
     for i, target in enumerate(post.ids[: r.options.n_posteriors]):
         truth = None if post.truth is None else post.truth[i]
@@ -477,7 +463,7 @@ def _posterior(r: RunPlots) -> dict[str, Figure]:
 
 
 def _needs_posterior(t: Trained) -> str | None:
-    if _posterior_files(t.rd):
+    if t.rd.posterior_samples():
         return None
     return f"no posterior draws in {t.rd.invert_dir}; run `funcae invert --posterior mcmc` (or laplace) first"
 

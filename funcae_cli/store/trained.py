@@ -9,12 +9,12 @@ import torch
 from torch import Tensor, nn
 
 from funcae_cli.config import Config, config_from_dict
-from funcae_cli.data.families import Family
+from funcae_cli.config.families import Family
 from funcae_cli.data.normalize import Normalizer
 from funcae_cli.errors import CheckpointError
 from funcae_cli.models import build_model, chunked
-from funcae_cli.runs.checkpoint import load_checkpoint
-from funcae_cli.runs.rundir import RunDir
+from funcae_cli.store.checkpoint import load_checkpoint
+from funcae_cli.store.rundir import RunDir
 
 
 @dataclass
@@ -34,12 +34,6 @@ class Trained:
     @property
     def param_names(self) -> list[str]:
         return list(self.data["param_names"])
-
-    @property
-    def param_log_scale(self) -> list[bool]:
-        """Per parameter: a positive scale parameter handled in log10 (the family's own; file parameters: no)."""
-        known = {p.name: p.log_scale for p in self.family.params}
-        return [known.get(name, False) for name in self.param_names]
 
     @property
     def latent_dim(self) -> int:

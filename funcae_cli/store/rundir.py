@@ -96,6 +96,19 @@ class RunDir:
         """The posterior draws of an inversion (--posterior laplace | mcmc)."""
         return self.invert_dir / f"{slug}_samples.npz"
 
+    def invert_results(self) -> list[Path]:
+        """Every inversion's record (invert/<slug>.json), newest first."""
+        return self._newest_first("*.json")
+
+    def posterior_samples(self) -> list[Path]:
+        """Every inversion's posterior draws (invert/<slug>_samples.npz), newest first."""
+        return self._newest_first("*_samples.npz")
+
+    def _newest_first(self, pattern: str) -> list[Path]:
+        if not self.invert_dir.is_dir():
+            return []
+        return sorted(self.invert_dir.glob(pattern), key=lambda p: p.stat().st_mtime, reverse=True)
+
     @property
     def validate_dir(self) -> Path:
         return self.root / "validate"

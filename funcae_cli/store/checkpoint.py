@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from funcae_cli import __version__
+from funcae_cli._version import __version__
 from funcae_cli.errors import CheckpointError
 from funcae_cli.files import atomic_write_bytes
 

@@ -9,10 +9,9 @@ from torch import Tensor
 
 from funcae_cli.data.dataset import curve_bytes
 from funcae_cli.errors import OptionError
-from funcae_cli.inversion.latent import latent_model_for
 from funcae_cli.inversion.regressor import LatentModel
 from funcae_cli.memory import check_fits
-from funcae_cli.runs.trained import Trained
+from funcae_cli.store.trained import Trained
 
 LATENTS = ("auto", "prior", "empirical", "gaussian")
 
@@ -46,13 +45,14 @@ def resolve_latent(trained: Trained, latent: str) -> str:
 
 
 @torch.no_grad()
-def sample_curves(trained: Trained, n: int, latent: str = "auto", seed: int = 0) -> dict[str, Any]:
-    """New curves from the model: VAE from the prior, AE from the training codes' distribution.
+def sample_curves(
+    trained: Trained, lm: LatentModel | None, n: int, latent: str = "auto", seed: int = 0
+) -> dict[str, Any]:
+    """New curves from the model: VAE from the prior, AE from the training codes' distribution (lm: the run's
+    latent model, whose training codes an AE samples from and a VAE's figure shows).
 
     Returns arrays (curves (n, n_points) family units, z (n, d), grid) and what was used.
     """
-    if n < 1:
-        raise OptionError("n", f"must be >= 1, got {n}")
     kind = resolve_latent(trained, latent)
     n_points = trained.grid.shape[0]
     check_fits(
@@ -61,7 +61,6 @@ def sample_curves(trained: Trained, n: int, latent: str = "auto", seed: int = 0)
         "lower it",
         option="n",
     )
-    lm, fitted_now = latent_model_for(trained)  # the training codes: sampled from (AE), shown beside (VAE)
     gen = torch.Generator().manual_seed(seed)
     z = sample_codes(trained, lm, n, kind, gen)
     curves = trained.decode(z)
@@ -70,6 +69,5 @@ def sample_curves(trained: Trained, n: int, latent: str = "auto", seed: int = 0)
         "z": z.numpy(),
         "grid": trained.grid.numpy(),
         "latent": kind,
-        "regressor_fitted_now": fitted_now,
         "z_real": None if lm is None else lm.codes.numpy(),
     }

@@ -8,28 +8,29 @@ from typing import Any
 import numpy as np
 import torch
 
+from funcae_cli.config import override
 from funcae_cli.data.dataset import generate
-from funcae_cli.files import atomic_write_bytes, npz_bytes
-from funcae_cli.inversion.sampling import sample_curves
-from funcae_cli.plotting.base import save_figure
+from funcae_cli.files import atomic_write_bytes, npz_bytes, save_figure
+from funcae_cli.generation.sampling import sample_curves
+from funcae_cli.jobs.common import open_run, run_info
+from funcae_cli.jobs.fitted import latent_model_for
 from funcae_cli.plotting.samples import samples_comparison_figure
-from funcae_cli.runs.common import open_run, run_info
-from funcae_cli.runs.rundir import RunDir
+from funcae_cli.store.rundir import RunDir
 
 
 def run_sample(
-    rd: RunDir,
-    n: int,
-    latent: str = "auto",
-    seed: int | None = None,
-    device: str | torch.device = "auto",
-    n_real: int = 200,
+    rd: RunDir, options: dict[str, Any] | None = None, device: str | torch.device = "auto"
 ) -> dict[str, Any]:
-    """Sample n curves, write samples.npz (curves, z, grid, real, z_real, latent) and samples.png."""
+    """Sample curves, write samples.npz (curves, z, grid, real, z_real, latent) and samples.png.
+
+    options: SampleConfig fields (n, latent, seed, real) over the run's `sample` section."""
     trained = open_run(rd, device)
-    seed = trained.cfg.seed if seed is None else seed
+    o = override(trained.cfg.sample, options or {}, "sample")
+    n, n_real = o.n, o.real
+    seed = trained.cfg.seed if o.seed is None else o.seed
     t0 = time.perf_counter()
-    s = sample_curves(trained, n, latent, seed)
+    lm, fitted_now = latent_model_for(trained)  # the training codes: sampled from (AE), shown beside (VAE)
+    s = sample_curves(trained, lm, n, o.latent, seed)
     real = generate(trained.cfg, n=n_real, seed=seed + 1).curves.numpy()  # fresh curves of the same prior
     arrays = {
         "curves": s["curves"],
@@ -54,7 +55,7 @@ def run_sample(
         n=n,
         latent=s["latent"],
         seed=seed,
-        regressor_fitted_now=s["regressor_fitted_now"],
+        regressor_fitted_now=fitted_now,
         finite_fraction=float(np.isfinite(c).all(axis=1).mean()),
         value_min=float(np.nanmin(c)),
         value_max=float(np.nanmax(c)),

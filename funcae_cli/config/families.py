@@ -131,6 +131,12 @@ class Family:
     def param_names(self) -> list[str]:
         return [p.name for p in self.params]
 
+    def log_scale(self, names: list[str] | None = None) -> list[bool]:
+        """Which of `names` (default: the family's parameters) are positive scales, regressed and shown in log10;
+        a name the family does not know (a parameter of a user's file) is linear."""
+        known = {p.name: p.log_scale for p in self.params}
+        return [known.get(n, False) for n in (self.param_names if names is None else names)]
+
     def param(self, name: str) -> Param:
         for p in self.params:
             if p.name == name:

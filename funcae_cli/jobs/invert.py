@@ -2,70 +2,47 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict
 from typing import Any
 
 import torch
 
-from funcae_cli.config import Config
-from funcae_cli.errors import InputError, OptionError
-from funcae_cli.files import atomic_write_bytes, atomic_write_json, atomic_write_text, csv_text, json_safe, npz_bytes
-from funcae_cli.inversion.inputs import TargetInputs
+from funcae_cli.config import override
+from funcae_cli.errors import InputError
+from funcae_cli.files import (
+    atomic_write_bytes,
+    atomic_write_json,
+    atomic_write_text,
+    csv_text,
+    json_safe,
+    npz_bytes,
+    save_figure,
+)
 from funcae_cli.inversion.invert import invert_batch
-from funcae_cli.inversion.latent import latent_model_for
-from funcae_cli.inversion.posterior import Sampling
-from funcae_cli.inversion.reports import figure_curves, physics_measure, result_rows, samples_arrays, summarize, table
-from funcae_cli.inversion.targets import read_targets, training_range_warnings
-from funcae_cli.plotting.base import save_figure
-from funcae_cli.runs.common import open_run, run_info
-from funcae_cli.runs.results import invert_figures
-from funcae_cli.runs.rundir import RunDir, slugify
+from funcae_cli.inversion.targets import training_range_warnings
+from funcae_cli.jobs.common import open_run, run_info
+from funcae_cli.jobs.fitted import latent_model_for
+from funcae_cli.jobs.inputs import TargetInputs
+from funcae_cli.jobs.reports import figure_curves, physics_measure, result_rows, samples_arrays, summarize, table
+from funcae_cli.jobs.results import invert_figures
+from funcae_cli.jobs.targets import read_targets
+from funcae_cli.store.rundir import RunDir, slugify
 
-RECORDED = ("method", "starts", "max_iter", "seed", "prior", "physics", "bounds", "posterior")  # options in the record
-
-
-@dataclass
-class InvertOptions:
-    """How to invert; None takes the run's `invert` config section (seed: the run's seed)."""
-
-    method: str | None = None
-    starts: int | None = None
-    max_iter: int | None = None
-    lr: float | None = None
-    seed: int | None = None
-    prior: str | None = None
-    physics: bool | None = None
-    bounds: str | None = None
-    physics_starts: int | None = None
-    physics_max_iter: int | None = None
-    posterior: str | None = None
-    walkers: int | None = None
-    steps: int | None = None
-    burn: int | None = None
-
-    def resolved(self, cfg: Config) -> InvertOptions:
-        given = {k: v for k, v in vars(self).items() if v is not None}
-        out = InvertOptions(**{**vars(cfg.invert), "seed": cfg.seed, **given})
-        for name, ok, allowed in (("starts", out.starts >= 0, ">= 0"), ("max_iter", out.max_iter >= 1, ">= 1"),
-                                  ("lr", out.lr > 0, "> 0"), ("seed", out.seed >= 0, ">= 0"),
-                                  ("physics_starts", out.physics_starts >= 1, ">= 1"),
-                                  ("physics_max_iter", out.physics_max_iter >= 1, ">= 1"),
-                                  ("walkers", out.walkers >= 4 and out.walkers % 2 == 0, "even and >= 4"),
-                                  ("steps", out.steps >= 10, ">= 10"), ("burn", out.burn >= 0, ">= 0")):  # fmt: skip
-            if not ok:
-                raise OptionError(name, f"must be {allowed}, got {getattr(out, name)}")
-        return out
+RECORDED = ("method", "starts", "max_iter", "seed", "prior", "physics", "bounds", "posterior")  # in the record
 
 
 def run_invert(
     rd: RunDir,
     inputs: TargetInputs,
-    options: InvertOptions | None = None,
+    options: dict[str, Any] | None = None,
     name: str | None = None,
     device: str | torch.device = "auto",
     plot: bool = True,
 ) -> dict[str, Any]:
     """Invert, estimate parameters, write invert/<slug>.json, .csv and figures; return the record.
+
+    options: InvertConfig fields (None: the run's) laid over the run's `invert` section and checked by its rules
+    before any work (config.override).
 
     The record (also what `invert --json` prints): the run's facts (run, run_dir, family, model, latent_dim,
     param_names, device); source, the options used; objective_kind ("l2" | "chi2"); n_targets, seconds,
@@ -77,27 +54,22 @@ def run_invert(
     decoded curve and the family's curve at the parameters; files: json, csv, png[, page, summary].
     """
     trained = open_run(rd, device)
-    o = (options or InvertOptions()).resolved(trained.cfg)
+    o = override(trained.cfg.invert, options or {}, "invert")
+    if o.seed is None:
+        o = override(o, {"seed": trained.cfg.seed})
     targets = read_targets(trained, inputs)
     if targets is None:
         raise InputError("no target to invert")
     warnings = list(targets.warnings)
     warnings += training_range_warnings(trained, targets.params) if targets.params is not None else []
     lm, fitted_now = latent_model_for(trained)
-    res = invert_batch(
-        trained, targets, o.method, o.starts, o.max_iter, o.lr, o.seed, lm, prior=o.prior, physics=o.physics,
-        bounds=o.bounds, physics_starts=o.physics_starts, physics_max_iter=o.physics_max_iter,
-        posterior=o.posterior, sampling=Sampling(o.walkers, o.steps, o.burn, o.seed),
-    )  # fmt: skip
+    res = invert_batch(trained, targets, o, lm)
     warnings += res.assessment.warnings
     slug = slugify(name or inputs.slug())
     record = run_info(trained)
     record.update(
         source=targets.source,
-        **{
-            k: getattr(o, k)
-            for k in ("method", "starts", "max_iter", "seed", "prior", "physics", "bounds", "posterior")
-        },
+        **{k: v for k, v in asdict(o).items() if k in RECORDED},
         objective_kind=res.objective_kind,
         objective_space="chi^2 in the family's units (yerr)" if res.chi2 is not None else "training space (L2 norm)",
         physics_measure=physics_measure(res) if res.physics is not None else None,

@@ -8,7 +8,7 @@ import json
 from funcae_cli.config import Config, config_to_dict
 from funcae_cli.data.dataset import Dataset, generate, load_dataset
 from funcae_cli.errors import InputError
-from funcae_cli.runs.rundir import RunDir
+from funcae_cli.store.rundir import RunDir
 
 
 def data_fingerprint(cfg: Config) -> str:

@@ -7,11 +7,10 @@ from typing import Any
 
 from funcae_cli.config import Config, dump_config
 from funcae_cli.data.dataset import Dataset, generate, save_dataset
-from funcae_cli.files import atomic_write_text
-from funcae_cli.plotting.base import save_figure
+from funcae_cli.files import atomic_write_text, save_figure
 from funcae_cli.plotting.data import data_preview
-from funcae_cli.runs.dataset import data_fingerprint
-from funcae_cli.runs.rundir import RunDir
+from funcae_cli.store.dataset import data_fingerprint
+from funcae_cli.store.rundir import RunDir
 
 
 def summarize_dataset(ds: Dataset) -> dict[str, Any]:

@@ -9,11 +9,15 @@ import numpy as np
 import torch
 
 from funcae_cli.files import atomic_write_bytes, atomic_write_json, atomic_write_text, csv_text, npz_bytes
-from funcae_cli.inversion.encode import covers_grid, encode_curves, encode_dataset, targets_on_grid
-from funcae_cli.inversion.inputs import TargetInputs
-from funcae_cli.inversion.targets import read_targets, training_range_warnings
-from funcae_cli.runs.common import open_run, run_info
-from funcae_cli.runs.rundir import RunDir, slugify
+from funcae_cli.inversion.encode import covers_grid, encode_curves, targets_on_grid
+from funcae_cli.inversion.targets import training_range_warnings
+from funcae_cli.jobs.common import open_run, run_info
+from funcae_cli.jobs.inputs import TargetInputs
+from funcae_cli.jobs.targets import read_targets
+from funcae_cli.models import chunked, codes_of
+from funcae_cli.store.dataset import dataset_for
+from funcae_cli.store.rundir import RunDir, slugify
+from funcae_cli.store.trained import Trained
 
 
 def run_encode(
@@ -76,4 +80,31 @@ def run_encode(
         out["files"]["csv"] = str(rd.encode_csv(slug))
     out["seconds"] = time.perf_counter() - t0
     atomic_write_json(rd.encode_json(slug), out)
+    return out
+
+
+@torch.no_grad()
+def encode_dataset(trained: Trained) -> dict[str, np.ndarray]:
+    """Codes of the run's whole data set (same rows as training), with the true parameters and split labels."""
+    ds = dataset_for(trained.cfg, trained.rd)
+    x = trained.normalizer.encode(ds.curves.to(trained.device))
+    out: dict[str, np.ndarray] = {}
+    if hasattr(trained.model, "posterior"):
+        d = trained.latent_dim
+        both = chunked(lambda c: torch.cat(trained.model.posterior(c), dim=1), x).cpu().numpy()
+        out["mean"], out["logvar"] = both[:, :d], both[:, d:]
+        out["z"] = out["mean"]
+    else:
+        out["z"] = codes_of(trained.model, x).cpu().numpy()
+    split = np.zeros(x.shape[0], dtype=np.int8)  # 0 train, 1 val, 2 test
+    for k, (a, b) in enumerate(trained.data["splits"]):
+        split[a:b] = k
+    if ds.labels is not None:
+        out["labels"] = ds.labels.numpy()
+    out.update(
+        params=ds.params.numpy(),
+        param_names=np.array(ds.param_names, dtype=str),
+        split=split,
+        split_names=np.array(["train", "val", "test"], dtype=str),
+    )
     return out

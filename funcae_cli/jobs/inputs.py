@@ -1,15 +1,13 @@
-"""What a user asked to encode or invert, before anything is read: built by the commands, read by targets.py.
+"""What a user asked to encode or invert, before anything is read: built by the commands, read by
+jobs/targets.py.
 
 Kept free of torch and numpy so that the commands can build and check it before the heavy modules load.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
-
-from funcae_cli.errors import InputError
 
 
 @dataclass
@@ -36,14 +34,3 @@ class TargetInputs:
             return f"{self.curve_files[0].stem}_and_{len(self.curve_files) - 1}_more"
         path = self.params_table or self.curves
         return path.stem if path is not None else ""
-
-
-def finite_number(text: str, where: str) -> float:
-    """A user's number (an option's value, a file's cell): a finite float, or InputError naming `where`."""
-    try:
-        v = float(text)
-    except ValueError:
-        raise InputError(f"{where}: expected a number, got {text!r}") from None
-    if not math.isfinite(v):
-        raise InputError(f"{where}: must be finite, got {text!r}")
-    return v

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
+from funcae_cli.data.numbers import finite_number
 from funcae_cli.errors import InputError
-from funcae_cli.inversion.inputs import finite_number
 
 COLUMNS = ("x", "y", "yerr")
 MIN_POINTS = 2

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
-from funcae_cli.data.families import Family
+from funcae_cli.config.families import Family
 from funcae_cli.plotting.inversion import Inversion, inversion_page_figure, inversion_summary_figure, inversions_figure
 
 MAX_ROWS = 4  # targets drawn from a batch in the figure `funcae invert` writes

@@ -1,5 +1,5 @@
 """The `train` job: train a config into its run directory (or resume it), then everything a trained run
-carries: metrics.json, the latent model (regressor and code density, inversion/latent.py), default figures."""
+carries: metrics.json, the latent model (regressor and code density, jobs/fitted.py), default figures."""
 
 from __future__ import annotations
 
@@ -15,12 +15,12 @@ from funcae_cli.data.dataset import Dataset, generate
 from funcae_cli.device import resolve_device
 from funcae_cli.errors import ConfigError, InputError, OptionError
 from funcae_cli.files import atomic_write_json, atomic_write_text, csv_text
-from funcae_cli.inversion.latent import latent_model_after_training
-from funcae_cli.runs.checkpoint import load_checkpoint, save_checkpoint, versions
-from funcae_cli.runs.dataset import dataset_for
-from funcae_cli.runs.plot import render_plots
-from funcae_cli.runs.rundir import RunDir, point_latest
+from funcae_cli.jobs.fitted import latent_model_after_training
+from funcae_cli.jobs.plot import render_plots
 from funcae_cli.stop import StopFlag
+from funcae_cli.store.checkpoint import load_checkpoint, save_checkpoint, versions
+from funcae_cli.store.dataset import dataset_for
+from funcae_cli.store.rundir import RunDir, point_latest
 from funcae_cli.training.evaluation import test_metrics
 from funcae_cli.training.loop import Trainer
 from funcae_cli.training.prepared import prepare
