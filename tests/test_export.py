@@ -19,6 +19,7 @@ from typer.testing import CliRunner
 from funcae_cli import __version__
 from funcae_cli.cli import app
 from funcae_cli.inversion.latent import latent_model_for
+from funcae_cli.inversion.regressor import load_latent_model, save_latent_model
 from funcae_cli.runs.dataset import dataset_for
 from funcae_cli.runs.rundir import RunDir
 from funcae_cli.runs.trained import load_trained
@@ -176,6 +177,17 @@ def test_a_run_without_a_regressor_exports_none(cli, smoke_run: Path, tmp_path: 
     d = json.loads((RunDir(run).export / "emulator.json").read_text())
     assert d["regressor"] is None
     assert not (RunDir(run).regressor).exists()  # exporting never writes into the run
+
+
+def test_a_stale_regressor_is_not_exported(cli, smoke_run: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(smoke_run, run, symlinks=True)
+    lm = load_latent_model(RunDir(run).regressor)
+    lm.signature *= 1.01  # as if fitted on other weights
+    save_latent_model(lm, RunDir(run).regressor)
+    r = cli("export", run, "--json")
+    ok(r)
+    assert json.loads(r.stdout)["regressor"] is False and "fitted on other weights" in r.stderr
 
 
 def test_export_errors_are_one_line_exit_2(cli, smoke_run: Path, tmp_path: Path, monkeypatch) -> None:
