@@ -7,7 +7,8 @@ BIN := $(VENV)/bin
 # The torch requirement. The default is the CPU build this machine has on disk; a GPU user can run
 #   make install TORCH='torch>=2.10' (or a CUDA index URL via PIP_EXTRA_INDEX_URL).
 TORCH ?= torch==2.13.0
-EXTRAS ?= dev,images
+# onnx: `funcae export --format onnx` and its test (onnx builds the graphs, onnxruntime checks them)
+EXTRAS ?= dev,images,onnx
 STAMP := $(VENV)/.installed
 
 .PHONY: install test test-fast demo lint format bench reproduce clean

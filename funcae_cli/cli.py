@@ -20,6 +20,7 @@ from funcae_cli._version import __version__
 from funcae_cli.commands import (
     config_cmd,
     encode,
+    export,
     families_cmd,
     generate,
     invert,
@@ -93,6 +94,7 @@ app.command("invert", context_settings=EXTRA_ARGS)(invert.invert)
 app.command("sample")(sample.sample)
 app.command("plot")(plot.plot)
 app.command("validate")(validate.validate)
+app.command("export")(export.export)
 config_app = typer.Typer(help="Inspect and validate configs.", no_args_is_help=True, rich_markup_mode=None)
 config_app.command("show")(config_cmd.show)
 config_app.command("check")(config_cmd.check)

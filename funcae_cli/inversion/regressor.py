@@ -30,6 +30,7 @@ MAX_CODES = 50_000  # training codes kept: the regressor's data and the AE's lat
 OUTPUT_MARGIN = 0.1  # predictions are clamped to the training range widened by this fraction of its span
 QUERY_CHUNK = 1024  # queries per batched local solve: bounds memory at (chunk, k, d + 1) arrays
 SEARCH_CHUNK = 128  # queries per distance matrix: (chunk, N) float64, 51 MB for N = 50,000
+RIDGE = 1e-8  # added to the local fit's normal equations (offsets in [-1, 1]); `funcae export` ships it
 
 
 def model_signature(model: nn.Module) -> float:
@@ -71,7 +72,7 @@ def local_linear(codes: np.ndarray, targets: np.ndarray, query: np.ndarray, k: i
         off = (codes[idx] - q[:, None, :]) / radius[:, :, None]  # (q, k, d) in [-1, 1]
         design = np.concatenate([np.ones((len(q), k, 1)), off], axis=2) * np.sqrt(w)[..., None]
         rhs = targets[idx] * np.sqrt(w)[..., None]  # (q, k, p)
-        gram = np.einsum("qki,qkj->qij", design, design) + 1e-8 * eye
+        gram = np.einsum("qki,qkj->qij", design, design) + RIDGE * eye
         coef = np.linalg.solve(gram, np.einsum("qki,qkj->qij", design, rhs))  # (q, d + 1, p)
         out[a : a + len(q)] = coef[:, 0, :]  # the intercept: the fit at the query
     return out

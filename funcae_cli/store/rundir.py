@@ -139,6 +139,11 @@ class RunDir:
     def plot(self, kind: str, fmt: str = "png") -> Path:
         return self.plots / f"{kind}.{fmt}"
 
+    @property
+    def export(self) -> Path:
+        """`funcae export`'s default folder: the emulator (emulator.json, weights.safetensors, funcae_emulator.py)."""
+        return self.root / "export"
+
     # a sweep's trial (funcae sweep: runs/<study>/trials/<number>/)
     @property
     def trial(self) -> Path:
@@ -147,7 +152,7 @@ class RunDir:
 
     def trained_folders(self) -> list[Path]:
         """What training and the later commands wrote: removed when a run is retrained over (force)."""
-        return [self.checkpoints, self.plots, self.invert_dir, self.encodings, self.validate_dir]
+        return [self.checkpoints, self.plots, self.invert_dir, self.encodings, self.validate_dir, self.export]
 
     def trained_files(self) -> list[Path]:
         return [self.metrics, self.history_csv, self.history_json, self.latents, self.samples, self.samples_png]
