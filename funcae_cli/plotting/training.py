@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from funcae_cli.plotting.base import log_scale, new_figure
 
@@ -90,6 +91,7 @@ def loss_overlay_figure(curves: dict[str, tuple[np.ndarray, np.ndarray, np.ndarr
         ax.plot(epochs, train, color=color, ls="--", lw=1, label=f"{label} (training)")
         values += [np.asarray(train, dtype=float), np.asarray(val, dtype=float)]
     log_scale(ax, np.concatenate(values))
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("epoch")
     ax.set_ylabel("loss")
     ax.grid(True, which="major", alpha=0.3)
