@@ -25,6 +25,7 @@ from funcae_cli.commands import (
     generate,
     invert,
     plot,
+    runs,
     sample,
     sweep,
     train,
@@ -119,6 +120,26 @@ sweep_app = typer.Typer(
 sweep_app.command("run")(sweep.run)
 sweep_app.command("show")(sweep.show)
 app.add_typer(sweep_app, name="sweep")
+
+
+class RunsGroup(TyperGroup):
+    """`funcae runs [DIR] [--sort ...]` is `funcae runs list [DIR] ...`; `funcae runs compare A B` compares. (A
+    callback taking DIR beside subcommands would read `compare` as DIR; this is the `sweep` group's way.)"""
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        if not args or (args[0] not in self.commands and args[0] not in ctx.help_option_names):
+            args = ["list", *args]
+        return super().parse_args(ctx, args)
+
+
+runs_app = typer.Typer(
+    cls=RunsGroup,
+    help="Run directories: `funcae runs [DIR]` lists them (status, metrics), `funcae runs compare A B` compares.",
+    rich_markup_mode=None,
+)
+runs_app.command("list")(runs.list_)
+runs_app.command("compare")(runs.compare)
+app.add_typer(runs_app, name="runs")
 
 
 def _raise_interrupted(signum: int, frame: Any) -> None:

@@ -17,6 +17,7 @@ EXPECTED_TRAIN_FILES = {
     "plots/latent.png",
     "plots/loss.png",
     "plots/reconstruction.png",
+    "status.json",
 }
 
 

@@ -13,10 +13,11 @@ import torch
 from funcae_cli.config import Config, config_from_dict, dump_config
 from funcae_cli.data.dataset import Dataset, generate
 from funcae_cli.device import resolve_device
-from funcae_cli.errors import ConfigError, InputError, OptionError
+from funcae_cli.errors import ConfigError, DivergedError, InputError, Interrupted, OptionError
 from funcae_cli.files import atomic_write_json, atomic_write_text, csv_text
 from funcae_cli.jobs.fitted import latent_model_after_training
 from funcae_cli.jobs.plot import render_plots
+from funcae_cli.store.runstatus import mark_status
 from funcae_cli.stop import StopFlag
 from funcae_cli.store.checkpoint import load_checkpoint, save_checkpoint, versions
 from funcae_cli.store.dataset import dataset_for
@@ -120,7 +121,15 @@ def run_train(
                 "warnings": warnings,
             }
         )
-    state = trainer.run()
+    mark_status(rd, "running")
+    try:
+        state = trainer.run()
+    except DivergedError as e:
+        mark_status(rd, "diverged", error=str(e))
+        raise
+    except (Interrupted, KeyboardInterrupt) as e:
+        mark_status(rd, "interrupted", error=str(e) or type(e).__name__)
+        raise
     write_history(rd, state.history)
     # Final figures from the best-validation weights.
     best = load_checkpoint(rd.best) if rd.best.exists() else trainer.payload()
@@ -147,6 +156,7 @@ def run_train(
     # latent code -> physical parameters and the codes' density, fitted on the training split
     metrics.update(latent_model_after_training(trainer.model, prep, cfg, rd))
     atomic_write_json(rd.metrics, metrics)
+    mark_status(rd, "complete")
     if latest:
         point_latest(rd)
     if plots:

@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from funcae_cli.plotting.base import log_scale, new_figure
 
@@ -73,4 +74,27 @@ def loss_figure(
         f"{title}\n{len(history)} epochs; last: training {last['train_loss']:.4g}, validation {last['val_loss']:.4g}; "
         f"best validation {min(r['val_loss'] for r in history):.4g} at epoch {best}"
     )
+    return fig
+
+
+def loss_overlay_figure(curves: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]], title: str = "") -> Figure:
+    """Several runs' losses on one axes (`funcae runs compare`): per run one colour, validation solid, training
+    dashed, log y. curves: run label -> (epochs, training loss, validation loss), arrays of one length."""
+    if not curves:
+        raise ValueError("loss_overlay_figure: no curves")
+    fig, ax = new_figure(figsize=(7.5, 4.5))
+    values = []
+    for i, (label, (epochs, train, val)) in enumerate(curves.items()):
+        color = f"C{i % 10}"
+        marker = "o" if len(epochs) <= 30 else None
+        ax.plot(epochs, val, color=color, marker=marker, ms=3, label=f"{label} (validation)")
+        ax.plot(epochs, train, color=color, ls="--", lw=1, label=f"{label} (training)")
+        values += [np.asarray(train, dtype=float), np.asarray(val, dtype=float)]
+    log_scale(ax, np.concatenate(values))
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("loss")
+    ax.grid(True, which="major", alpha=0.3)
+    ax.legend(loc="upper right")
+    ax.set_title(title or f"loss of {len(curves)} runs")
     return fig

@@ -66,6 +66,11 @@ class RunDir:
     def metrics(self) -> Path:
         return self.root / "metrics.json"
 
+    @property
+    def status(self) -> Path:
+        """status.json: how training ended (running, complete, interrupted, diverged), by whom, since when."""
+        return self.root / "status.json"
+
     # using the model
     @property
     def latents(self) -> Path:
@@ -155,7 +160,20 @@ class RunDir:
         return [self.checkpoints, self.plots, self.invert_dir, self.encodings, self.validate_dir, self.export]
 
     def trained_files(self) -> list[Path]:
-        return [self.metrics, self.history_csv, self.history_json, self.latents, self.samples, self.samples_png]
+        return [
+            self.metrics, self.history_csv, self.history_json, self.latents, self.samples, self.samples_png,
+            self.status,
+        ]  # fmt: skip
+
+    def looks_like_run(self) -> bool:
+        """Whether the folder holds anything a run writes (a damaged or partial run included)."""
+        files = (self.config, self.metrics, self.history_json, self.history_csv, self.status, self.trial)
+        return any(p.is_file() for p in files) or self.checkpoints.is_dir()
+
+    @property
+    def compare_png(self) -> Path:
+        """`funcae runs compare`'s default figure, in the first compared run: the loss curves overlaid."""
+        return self.plot("compare")
 
     # state
     def is_trained(self) -> bool:
