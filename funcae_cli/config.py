@@ -163,6 +163,28 @@ class InvertConfig:
 
 
 @dataclass
+class MlflowTrackConfig:
+    tracking_uri: str | None = _f(
+        None, "http(s)://server, sqlite:///file.db, ... (default: $MLFLOW_TRACKING_URI, else sqlite:///runs/mlflow.db)"
+    )
+    experiment: str | None = _f(None, "experiment name (default: the run's name; a sweep's study name)")
+    artifact_location: str | None = _f(
+        None, "where a new experiment keeps its artifacts (default: the server's; runs/mlartifacts with the default)"
+    )
+
+
+@dataclass
+class TrackConfig:
+    """Experiment tracking (`pip install funcae[tracking]`); `--track NAME` turns a backend on from the CLI."""
+
+    tensorboard: bool = _f(False, "TensorBoard event files in <run dir>/tensorboard (`tensorboard --logdir runs`)")
+    mlflow: bool | MlflowTrackConfig | None = _f(
+        None, "MLflow: true, or a mapping of tracking_uri, experiment, artifact_location (null: off)"
+    )
+    timeout: float = _f(30.0, "seconds the end of a run waits for tracking writes still pending", gt=0)
+
+
+@dataclass
 class Config:
     name: str = _f("run", "run name; default run directory runs/<name>")
     """Letters, digits, '.', '_' and '-' only: it names the run directory."""
@@ -173,6 +195,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     invert: InvertConfig = field(default_factory=InvertConfig)
+    track: TrackConfig = field(default_factory=TrackConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return config_to_dict(self)

@@ -126,6 +126,11 @@ class RunDir:
     def plot(self, kind: str, fmt: str = "png") -> Path:
         return self.plots / f"{kind}.{fmt}"
 
+    @property
+    def tensorboard(self) -> Path:
+        """TensorBoard event files (`train --track tensorboard`; `tensorboard --logdir runs` shows every run)."""
+        return self.root / "tensorboard"
+
     # a sweep's trial (funcae sweep: runs/<study>/trials/<number>/)
     @property
     def trial(self) -> Path:
@@ -134,7 +139,7 @@ class RunDir:
 
     def trained_folders(self) -> list[Path]:
         """What training and the later commands wrote: removed when a run is retrained over (force)."""
-        return [self.checkpoints, self.plots, self.invert_dir, self.encodings, self.validate_dir]
+        return [self.checkpoints, self.plots, self.invert_dir, self.encodings, self.validate_dir, self.tensorboard]
 
     def trained_files(self) -> list[Path]:
         return [self.metrics, self.history_csv, self.history_json, self.latents, self.samples, self.samples_png]
@@ -161,6 +166,11 @@ class RunDir:
             raise InputError(f"{self.root}: exists and is not a run directory")
         if self.root.exists():
             shutil.rmtree(self.root)
+
+
+def mlflow_store() -> tuple[Path, Path]:
+    """The default MLflow store when none is configured: (SQLite database, artifact folder), under runs/."""
+    return RUNS_ROOT / "mlflow.db", RUNS_ROOT / "mlartifacts"
 
 
 def default_run_dir(name: str) -> RunDir:
