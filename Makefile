@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 # The torch requirement. The default is the CPU build this machine has on disk; a GPU user can run
 #   make install TORCH='torch>=2.10' (or a CUDA index URL via PIP_EXTRA_INDEX_URL).
 TORCH ?= torch==2.13.0
-EXTRAS ?= dev,images
+EXTRAS ?= dev,images,tracking
 STAMP := $(VENV)/.installed
 
 .PHONY: install test test-fast demo lint format bench reproduce clean
