@@ -157,7 +157,8 @@ def test_a_sweeps_trials_are_runs_tagged_with_study_and_trial_and_the_study_logs
         assert r.data.tags["funcae.run_dir"] == str(trial_dir.resolve())
         stored = json.loads((trial_dir / "metrics.json").read_text())
         assert r.data.metrics["test_sse_mean"] == pytest.approx(stored["test"]["sse_mean"], rel=1e-12)
-        assert float(r.data.params["train.lr"]) == yaml.safe_load((trial_dir / "config.yaml").read_text())["train"]["lr"]
+        trial_cfg = yaml.safe_load((trial_dir / "config.yaml").read_text())
+        assert float(r.data.params["train.lr"]) == trial_cfg["train"]["lr"]
         assert any((trial_dir / "tensorboard").glob("events.out.tfevents.*"))  # --track tensorboard, per trial
     (study_run,) = [r for r in runs if r.data.tags.get("funcae.kind") == "study"]
     figures = {Path(a.path).name for a in client.list_artifacts(study_run.info.run_id, "figures")}
