@@ -8,7 +8,8 @@ BIN := $(VENV)/bin
 #   make install TORCH='torch>=2.10' (or a CUDA index URL via PIP_EXTRA_INDEX_URL).
 TORCH ?= torch==2.13.0
 # onnx: `funcae export --format onnx` and its test (onnx builds the graphs, onnxruntime checks them)
-EXTRAS ?= dev,images,onnx
+# tracking: `--track tensorboard|mlflow` and its tests against the real libraries
+EXTRAS ?= dev,images,onnx,tracking
 STAMP := $(VENV)/.installed
 
 .PHONY: install test test-fast demo lint format bench reproduce clean

@@ -14,6 +14,7 @@ from typing import Annotated, Optional
 import typer
 
 from funcae_cli.config import InvertConfig, SampleConfig, ValidateConfig
+from funcae_cli.tracking import TRACKERS
 
 
 def choices(cls: type, name: str) -> tuple[str, ...]:
@@ -60,6 +61,15 @@ QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Print only the fi
 ConfigSeedOpt = Annotated[Optional[int], typer.Option("--seed", help="Random seed (default: the config's `seed`).")]
 NameOpt = Annotated[
     Optional[str], typer.Option("--name", help="File name (slug) of the outputs [default: from the target].")
+]
+
+TrackOpt = Annotated[
+    Optional[list[str]],
+    typer.Option(
+        "--track",
+        help=f"Log the run to {' | '.join(TRACKERS)} (besides the config's `track` section; needs "
+        "`pip install 'funcae[tracking]'`). Repeatable.",
+    ),
 ]
 
 # --- targets of encode and invert (the family's parameters, --mu 2.4 --sigma 1.7, arrive as extra args) ----

@@ -187,7 +187,7 @@ def test_fast_commands_load_neither_torch_nor_matplotlib(argv: list[str]) -> Non
     """What keeps `funcae --help`, `families` and `config check` fast (~0.25 s against ~2.4 s when every
     command imported torch): they never import torch, matplotlib, scipy, numpy, or optuna and SQLAlchemy (only
     sweeps need them). Checked by the modules loaded, not by timing (this machine is shared)."""
-    heavy = ("torch", "matplotlib", "scipy", "numpy", "optuna", "sqlalchemy")
+    heavy = ("torch", "matplotlib", "scipy", "numpy", "optuna", "sqlalchemy", "tensorboard", "mlflow")
     code = (
         "import sys; from funcae_cli.cli import main; code = main(sys.argv[1:]); "
         f"print(sorted(m for m in {heavy!r} if m in sys.modules)); sys.exit(code)"

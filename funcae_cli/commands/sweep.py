@@ -17,6 +17,7 @@ from funcae_cli.options import (
     StudyOpt,
     SweepArg,
     TimeoutOpt,
+    TrackOpt,
     TrialsOpt,
     WorkersOpt,
 )
@@ -47,6 +48,8 @@ def report_event(event: dict[str, Any]) -> None:
         console.info(f"{tag}trial {event['trial']} {event['state']}{seconds}: {what}")
     elif kind == "error":
         console.error(f"{tag}{event['message']}")
+    elif kind == "warning":
+        console.warn(f"{tag}trial {event['trial']}: {event['message']}")
 
 
 def run(
@@ -59,6 +62,7 @@ def run(
     device: DeviceOpt = "auto",
     quiet: QuietOpt = False,
     json_: JsonOpt = False,
+    track: TrackOpt = None,
 ) -> None:
     """Run a sweep (or resume it) until its study has N finished trials; each trial is a run directory in
     runs/<study>/trials/<n>/. Then writes best.yaml, leaderboard.json and plots/ there. Exit 3 when trials
@@ -69,10 +73,12 @@ def run(
         with graceful_stop() as stop:
             result = run_sweep(
                 sweep, storage, study, trials, timeout, workers, device, stop=stop,
-                report=None if quiet or json_ else report_event,
+                report=None if quiet or json_ else report_event, track=track,
             )  # fmt: skip
     except Interrupted as e:
         raise Interrupted(f"{e}; run the same command again to resume the study", e.exit_code - 128) from None
+    for w in result.tracking_warnings:
+        console.warn(w)
     if json_:
         console.emit_json(result.to_dict())
     else:

@@ -10,7 +10,7 @@ import typer
 from funcae_cli import console
 from funcae_cli.commands.common import config_and_run_dir
 from funcae_cli.errors import InputError, Interrupted
-from funcae_cli.options import DeviceOpt, ForceOpt, JsonOpt, QuietOpt, RunDirOpt, SetOpt
+from funcae_cli.options import DeviceOpt, ForceOpt, JsonOpt, QuietOpt, RunDirOpt, SetOpt, TrackOpt
 from funcae_cli.stop import graceful_stop
 from funcae_cli.store.rundir import RunDir
 
@@ -27,6 +27,7 @@ def train(
     quiet: QuietOpt = False,
     json_: JsonOpt = False,
     no_plots: Annotated[bool, typer.Option("--no-plots", help="Skip the default figures at the end.")] = False,
+    track: TrackOpt = None,
 ) -> None:
     """Train an AE/VAE from a config; write checkpoints, history, metrics and figures to the run directory."""
     from funcae_cli.jobs.train import Callbacks, run_train  # torch: loaded only when a command runs
@@ -42,11 +43,14 @@ def train(
             metrics = run_train(
                 cfg, rd, device, force=force, resume=resume is not None, stop=stop, plots=not no_plots,
                 callbacks=Callbacks(on_start=progress.start, on_epoch=progress.epoch), source=str(config or ""),
+                track=track,
             )  # fmt: skip
     except Interrupted as e:
         raise Interrupted(f"{e}; resume with: funcae train --resume {rd.root}", e.exit_code - 128) from None
     finally:
         progress.stop()
+    for w in metrics.get("tracking", {}).get("warnings", []):
+        console.warn(w)
     if json_:
         console.emit_json(metrics)
         return

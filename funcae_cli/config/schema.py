@@ -182,6 +182,28 @@ class SampleConfig:
 
 
 @dataclass
+class MlflowTrackConfig:
+    tracking_uri: str | None = doc_field(
+        None, "http(s)://server, sqlite:///file.db, ... (default: $MLFLOW_TRACKING_URI, else sqlite:///runs/mlflow.db)"
+    )
+    experiment: str | None = doc_field(None, "experiment name (default: the run's name; a sweep's study name)")
+    artifact_location: str | None = doc_field(
+        None, "where a new experiment keeps its artifacts (default: the server's; runs/mlartifacts with the default)"
+    )
+
+
+@dataclass
+class TrackConfig:
+    """Experiment tracking (`pip install funcae[tracking]`); `--track NAME` turns a backend on from the CLI."""
+
+    tensorboard: bool = doc_field(False, "TensorBoard event files in <run dir>/tensorboard (`tensorboard --logdir runs`)")
+    mlflow: bool | MlflowTrackConfig | None = doc_field(
+        None, "MLflow: true, or a mapping of tracking_uri, experiment, artifact_location (null: off)"
+    )
+    timeout: float = doc_field(30.0, "seconds the end of a run waits for tracking writes still pending", gt=0)
+
+
+@dataclass
 class Config:
     name: str = doc_field("run", "run name; default run directory runs/<name>")
     """Letters, digits, '.', '_' and '-' only: it names the run directory."""
@@ -194,6 +216,7 @@ class Config:
     invert: InvertConfig = field(default_factory=InvertConfig)
     validate: ValidateConfig = field(default_factory=ValidateConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
+    track: TrackConfig = field(default_factory=TrackConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return config_to_dict(self)

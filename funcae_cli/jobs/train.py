@@ -3,9 +3,11 @@ carries: metrics.json, the latent model (regressor and code density, jobs/fitted
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -13,15 +15,16 @@ import torch
 from funcae_cli.config import Config, config_from_dict, dump_config
 from funcae_cli.data.dataset import Dataset, generate
 from funcae_cli.device import resolve_device
-from funcae_cli.errors import ConfigError, DivergedError, InputError, Interrupted, OptionError
+from funcae_cli.errors import ConfigError, DivergedError, FuncaeError, InputError, Interrupted, OptionError
 from funcae_cli.files import atomic_write_json, atomic_write_text, csv_text
 from funcae_cli.jobs.fitted import latent_model_after_training
 from funcae_cli.jobs.plot import render_plots
-from funcae_cli.store.runstatus import mark_status
 from funcae_cli.stop import StopFlag
 from funcae_cli.store.checkpoint import load_checkpoint, save_checkpoint, versions
 from funcae_cli.store.dataset import dataset_for
-from funcae_cli.store.rundir import RunDir, point_latest
+from funcae_cli.store.rundir import RunDir, mlflow_store, point_latest
+from funcae_cli.store.runstatus import mark_status
+from funcae_cli.tracking import FinalInfo, RunInfo, Tracking, final_metrics, open_tracking, with_tracks
 from funcae_cli.training.evaluation import test_metrics
 from funcae_cli.training.loop import Trainer
 from funcae_cli.training.prepared import prepare
@@ -74,10 +77,14 @@ def run_train(
     source: str | None = None,
     plots: bool = True,
     latest: bool = True,
+    track: list[str] | None = None,
+    track_tags: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Train `cfg` into `rd` (or resume it: cfg None, the checkpoint's config). `source` names the config file
     in error messages; `plots` draws the default figures at the end, on the same device; `latest` points
-    runs/latest at the run (a sweep's trials do not: they train in a folder renamed when they end)."""
+    runs/latest at the run (a sweep's trials do not: they train in a folder renamed when they end). `track`
+    switches trackers on over the config's `track` section (`--track`); `track_tags` tag the tracked run (a
+    trial: funcae.study, funcae.trial, funcae.run_dir); the tracking warnings come back in metrics["tracking"]."""
     dev = resolve_device(device)
     cb = callbacks or Callbacks()
     ckpt = None
@@ -89,6 +96,8 @@ def run_train(
     else:
         assert cfg is not None
         rd.refuse_overwrite(force, "a trained run", rd.is_trained())
+    cfg = dataclasses.replace(cfg, track=with_tracks(cfg.track, track))
+    tracking = open_tracking(cfg.track, mlflow_store())  # a tracker's library missing: exit 2 before any write
     ds, data_matches = _training_data(cfg, rd, force)
     prep = prepare(cfg, ds, dev)  # validates the data (e.g. log of non-positive values) before any write
     del ds
@@ -99,7 +108,7 @@ def run_train(
             write_history(rd, trainer.state.history)
 
     try:  # the trainer picks its step engine: one named that cannot train this model fails before any write
-        trainer = Trainer(cfg, prep, dev, stop=stop, on_epoch=cb.on_epoch, save=save)
+        trainer = Trainer(cfg, prep, dev, stop=stop, on_epoch=_with_tracking(tracking, cb.on_epoch), save=save)
     except ConfigError as e:
         raise ConfigError(e.problems, source or (str(rd.last) if resume else None)) from None
     warnings = trainer.load_state(ckpt) if ckpt is not None else []
@@ -121,6 +130,61 @@ def run_train(
                 "warnings": warnings,
             }
         )
+    tracking.start(_run_info(cfg, rd, trainer.state.epoch, track_tags or {}))
+    status = "FAILED"
+    try:
+        metrics = _train_and_report(cfg, rd, trainer, prep, dev, warnings, plots, latest, tracking)
+        status = "FINISHED"
+    except Exception as e:  # a diverged run FAILED; stopped by a signal or a callback: KILLED
+        status = "FAILED" if isinstance(e, FuncaeError) and not isinstance(e, Interrupted) else "KILLED"
+        raise
+    finally:
+        track_warnings = tracking.close(status)
+    if tracking:
+        metrics["tracking"] = {"trackers": tracking.names, "warnings": track_warnings}
+    return metrics
+
+
+def _with_tracking(
+    tracking: Tracking, on_epoch: Callable[[dict[str, Any]], None] | None
+) -> Callable[[dict[str, Any]], None]:
+    """Each epoch's row to the trackers first (queued: returns at once), then to the caller's callback."""
+
+    def both(row: dict[str, Any]) -> None:
+        tracking.epoch(row)
+        if on_epoch is not None:
+            on_epoch(row)
+
+    return both
+
+
+def _run_info(cfg: Config, rd: RunDir, start_epoch: int, tags: dict[str, str]) -> RunInfo:
+    run_dir = tags.get("funcae.run_dir", str(rd.root.resolve()))
+    return RunInfo(
+        name=cfg.name,
+        run_dir=Path(run_dir),
+        logdir=rd.tensorboard,
+        config=cfg.to_dict(),
+        config_text=dump_config(cfg),
+        experiment=tags.get("funcae.study", cfg.name),
+        start_epoch=start_epoch,
+        tags={**tags, "funcae.run_dir": run_dir},
+    )
+
+
+def _train_and_report(
+    cfg: Config,
+    rd: RunDir,
+    trainer: Trainer,
+    prep: Any,
+    dev: torch.device,
+    warnings: list[str],
+    plots: bool,
+    latest: bool,
+    tracking: Tracking,
+) -> dict[str, Any]:
+    """Train, then metrics.json, the latent model and the default figures; the final metrics and figures
+    go to the trackers. status.json says how training ended (runstatus.py)."""
     mark_status(rd, "running")
     try:
         state = trainer.run()
@@ -161,6 +225,10 @@ def run_train(
         point_latest(rd)
     if plots:
         metrics["plots"] = [str(p) for p in render_plots(rd, default_only=True, device=dev).written.values()]
+    figures = [Path(p) for p in metrics.get("plots", [])]
+    tracking.final(
+        FinalInfo(len(state.history), final_metrics(metrics), figures, [rd.config, rd.metrics, rd.history_csv])
+    )
     return metrics
 
 

@@ -149,6 +149,11 @@ class RunDir:
         """`funcae export`'s default folder: the emulator (emulator.json, weights.safetensors, funcae_emulator.py)."""
         return self.root / "export"
 
+    @property
+    def tensorboard(self) -> Path:
+        """TensorBoard event files (`train --track tensorboard`; `tensorboard --logdir runs` shows every run)."""
+        return self.root / "tensorboard"
+
     # a sweep's trial (funcae sweep: runs/<study>/trials/<number>/)
     @property
     def trial(self) -> Path:
@@ -157,7 +162,7 @@ class RunDir:
 
     def trained_folders(self) -> list[Path]:
         """What training and the later commands wrote: removed when a run is retrained over (force)."""
-        return [self.checkpoints, self.plots, self.invert_dir, self.encodings, self.validate_dir, self.export]
+        return [self.checkpoints, self.plots, self.invert_dir, self.encodings, self.validate_dir, self.export, self.tensorboard]
 
     def trained_files(self) -> list[Path]:
         return [
@@ -197,6 +202,11 @@ class RunDir:
             raise InputError(f"{self.root}: exists and is not a run directory")
         if self.root.exists():
             shutil.rmtree(self.root)
+
+
+def mlflow_store() -> tuple[Path, Path]:
+    """The default MLflow store when none is configured: (SQLite database, artifact folder), under runs/."""
+    return RUNS_ROOT / "mlflow.db", RUNS_ROOT / "mlartifacts"
 
 
 def default_run_dir(name: str) -> RunDir:

@@ -51,6 +51,8 @@ class TrialContext:
     device: str
     stop: StopFlag
     on_start: Callable[[int, dict[str, Any]], None] | None = None  # (trial number, config values)
+    track: list[str] | None = None  # `--track`: trackers switched on over the base config's `track` section
+    on_warning: Callable[[int, str], None] | None = None  # (trial number, a tracking warning)
 
 
 def _reporter(trial: optuna.Trial, rows: list[dict[str, Any]]) -> Callable[[dict[str, Any]], None]:
@@ -73,6 +75,11 @@ def _finish(sd: SweepDir, number: int, part: RunDir, record: dict[str, Any]) -> 
     if final.exists():  # cannot happen within one study (numbers are unique); a leftover of a deleted one
         shutil.rmtree(final)
     os.replace(part.root, final)
+
+
+def _track_tags(ctx: TrialContext, n: int) -> dict[str, str]:
+    """A trial's tracked run: tagged with its study and number, and the folder it ends in."""
+    return {"funcae.study": ctx.study, "funcae.trial": str(n), "funcae.run_dir": str(ctx.sd.trial(n).root.resolve())}
 
 
 def run_trial(trial: optuna.Trial, ctx: TrialContext) -> float:
@@ -111,8 +118,10 @@ def run_trial(trial: optuna.Trial, ctx: TrialContext) -> float:
         trial.set_user_attr(ATTR_CONFIG, cfg.to_dict())
         metrics = run_train(
             cfg, part, ctx.device, stop=ctx.stop, callbacks=Callbacks(on_epoch=_reporter(trial, rows)),
-            plots=spec.plots, latest=False,
+            plots=spec.plots, latest=False, track=ctx.track, track_tags=_track_tags(ctx, n),
         )  # fmt: skip
+        for w in metrics.get("tracking", {}).get("warnings", []) if ctx.on_warning else []:
+            ctx.on_warning(n, w)
         value = metric_value(metrics, spec.objective.metric)
         if not math.isfinite(value):
             raise DivergedError(f"objective {spec.objective.metric} is {value}")

@@ -8,6 +8,7 @@ is skipped with Optuna's reason.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import warnings
 from collections.abc import Callable
@@ -25,8 +26,9 @@ from optuna.trial import FrozenTrial, TrialState
 from funcae_cli.config import config_from_dict, dump_config
 from funcae_cli.errors import ConfigError, InputError, OptionError
 from funcae_cli.files import atomic_write_json, atomic_write_text, json_safe, save_figure
+from funcae_cli.store.rundir import mlflow_store
 from funcae_cli.sweeps.objective import ATTR_CONFIG, ATTR_EPOCHS, ATTR_ERROR, ATTR_VALUES
-from funcae_cli.sweeps.spec import load_sweep
+from funcae_cli.sweeps.spec import SweepSpec, load_sweep
 from funcae_cli.sweeps.storage import (
     display_url,
     normalize_url,
@@ -36,8 +38,9 @@ from funcae_cli.sweeps.storage import (
     sqlite_file,
     sqlite_url,
 )
-from funcae_cli.sweeps.study import ATTR_METRIC, STATE_ORDER, trial_state
+from funcae_cli.sweeps.study import ATTR_METRIC, STATE_ORDER, Census, trial_state
 from funcae_cli.sweeps.sweepdir import SweepDir, sweep_dir
+from funcae_cli.tracking import FinalInfo, RunInfo, open_tracking, with_tracks
 
 FIGURES: dict[str, Callable[[optuna.Study], Any]] = {
     "optimization_history": ovm.plot_optimization_history,
@@ -180,6 +183,30 @@ def write_results(study: optuna.Study, sd: SweepDir) -> ResultFiles:
     out.leaderboard = str(sd.leaderboard)
     out.figures, out.skipped = write_figures(study, sd)
     return out
+
+
+def track_study(
+    spec: SweepSpec, study: str, sd: SweepDir, files: ResultFiles, census: Census, track: list[str] | None
+) -> list[str]:
+    """The study's own tracked run (`<study>-study`, tagged funcae.study): the sweep's settings, the best
+    objective and the counts, and its figures, leaderboard.json and best.yaml. Returns the tracking warnings."""
+    tracking = open_tracking(with_tracks(config_from_dict(spec.base_raw).track, track), mlflow_store())
+    if not tracking:
+        return []
+    settings = {"study": study, "trials": spec.trials, "objective": dataclasses.asdict(spec.objective)}
+    settings["space"] = {k: str(v) for k, v in spec.space.items()}
+    root = str(sd.root.resolve())
+    tags = {"funcae.study": study, "funcae.kind": "study", "funcae.run_dir": root}
+    tracking.start(
+        RunInfo(f"{study}-study", Path(root), sd.tensorboard, settings, yaml.safe_dump(settings), study, 0, tags)
+    )
+    metrics = {f"trials_{k}": float(v) for k, v in dataclasses.asdict(census).items()}
+    if files.best_trial is not None:
+        metrics["best_objective"] = float(files.best_trial["objective"])
+        metrics["best_trial"] = float(files.best_trial["trial"])
+    extra = [Path(p) for p in (files.leaderboard, files.best) if p is not None]
+    tracking.final(FinalInfo(0, metrics, [Path(p) for p in files.figures.values()], extra))
+    return tracking.close()
 
 
 # --- `funcae sweep show` -----------------------------------------------------------------------------------

@@ -188,6 +188,7 @@ def _check_space(raw: dict[str, Any], space: dict[str, Dist], problems: list[str
 def _fingerprint(base: Config, space: dict[str, Dist], objective: ObjectiveSpec) -> str:
     resolved = config_to_dict(base)
     resolved.pop("name", None)
+    resolved.pop("track", None)  # where the trials are logged is not the experiment (older studies resume)
     doc = {
         "base": resolved,
         "space": {k: dataclasses.asdict(d) for k, d in sorted(space.items())},

@@ -155,6 +155,7 @@ class WorkerJob:
     threads: int | None = None  # torch threads (None: leave torch's default)
     report: Callable[[dict[str, Any]], None] | None = None  # events: start, end (module-level: picklable)
     poll_s: float = field(default=1.0)  # how often a waiting worker looks at the study again
+    track: list[str] | None = None  # `--track`: trackers each trial logs to (besides the config's)
 
 
 def _sampler_seed(job: WorkerJob) -> int | None:
@@ -256,7 +257,10 @@ def run_worker(job: WorkerJob, stop: StopFlag) -> int:
         if job.report is not None:
             report = job.report
             on_start = lambda n, values: report({"event": "start", "worker": _tag(job), "trial": n, "values": values})  # noqa: E731
-        ctx = TrialContext(spec, job.study, sd, job.device, stop, on_start)
+        on_warning = None
+        if job.report is not None:
+            on_warning = lambda n, w: report({"event": "warning", "worker": _tag(job), "trial": n, "message": w})  # noqa: E731
+        ctx = TrialContext(spec, job.study, sd, job.device, stop, on_start, track=job.track, on_warning=on_warning)
         started: list[int] = []
 
         def objective(trial: optuna.Trial) -> float:

@@ -70,6 +70,11 @@ class SweepDir:
         return self.plots / f"{kind}.png"
 
     @property
+    def tensorboard(self) -> Path:
+        """The study's figures as TensorBoard images (its trials' event files are in trials/<n>/tensorboard)."""
+        return self.root / "tensorboard"
+
+    @property
     def turn_lock(self) -> Path:
         """flock'ed by this machine's workers while one of them picks its next trial (storage.FileTurn)."""
         return self.root / ".turn.lock"

@@ -19,16 +19,18 @@ from typing import Any
 
 import torch
 
-from funcae_cli.config import NAME_RE
+from funcae_cli.config import NAME_RE, config_from_dict
 from funcae_cli.device import resolve_device
 from funcae_cli.errors import FuncaeError, Interrupted, OptionError, user_message
 from funcae_cli.files import atomic_write_text
+from funcae_cli.store.rundir import mlflow_store
 from funcae_cli.stop import StopFlag, graceful_stop
-from funcae_cli.sweeps.results import ResultFiles, write_results
+from funcae_cli.sweeps.results import ResultFiles, track_study, write_results
 from funcae_cli.sweeps.spec import load_sweep
 from funcae_cli.sweeps.storage import display_url, normalize_url, open_storage, sqlite_url
 from funcae_cli.sweeps.study import Census, WorkerJob, census, open_study, run_worker
 from funcae_cli.sweeps.sweepdir import sweep_dir
+from funcae_cli.tracking import open_tracking, with_tracks
 
 STOP_WAIT_S = 120  # after a second Ctrl-C: how long workers get to mark their trials before they are killed
 
@@ -69,6 +71,7 @@ class SweepResult:
     files: ResultFiles
     best: dict[str, Any] | None = None  # trial, value, values
     problems: list[str] = field(default_factory=list)  # why the exit code is not 0
+    tracking_warnings: list[str] = field(default_factory=list)  # the study's run on the trackers
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -159,6 +162,7 @@ def run_sweep(
     device: str = "auto",
     stop: StopFlag | None = None,
     report: Any = None,
+    track: list[str] | None = None,
 ) -> SweepResult:
     """Run (or resume) the sweep in SWEEP.yaml until its study has N finished trials, then write best.yaml,
     leaderboard.json and the figures into runs/<study>/. Everything the user gave is checked before anything
@@ -166,6 +170,8 @@ def run_sweep(
     (a module-level function: it travels to spawned workers)."""
     stop = stop or StopFlag()
     spec = load_sweep(path)
+    # a tracker's library missing is exit 2 now, not a failure of every trial
+    open_tracking(with_tracks(config_from_dict(spec.base_raw, str(path)).track, track), mlflow_store())
     name = study if study is not None else spec.name
     if not NAME_RE.fullmatch(name) or len(name) > 100:
         raise OptionError("study", f"must be 1-100 letters, digits, '.', '_' or '-', got {name!r}")
@@ -196,6 +202,7 @@ def run_sweep(
             threads=threads,
             report=report,
             poll_s=min(1.0, spec.heartbeat.interval),
+            track=track,
         )
         for i in range(workers)
     ]
@@ -212,6 +219,7 @@ def run_sweep(
     c = census(optuna_study.get_trials(deepcopy=False))
     timed_out = timeout is not None and wall >= timeout and c.finished < n
     files = write_results(optuna_study, sd)
+    tracking_warnings = track_study(spec, name, sd, files, c, track)
     return SweepResult(
         study=name,
         storage=display_url(url),
@@ -226,4 +234,5 @@ def run_sweep(
         files=files,
         best=files.best_trial,
         problems=_problems(c, n, exits, timed_out),
+        tracking_warnings=tracking_warnings,
     )
