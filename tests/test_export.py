@@ -18,8 +18,8 @@ from typer.testing import CliRunner
 
 from funcae_cli import __version__
 from funcae_cli.cli import app
-from funcae_cli.jobs.fitted import latent_model_for
 from funcae_cli.inversion.regressor import load_latent_model, save_latent_model
+from funcae_cli.jobs.fitted import latent_model_for
 from funcae_cli.store.dataset import dataset_for
 from funcae_cli.store.rundir import RunDir
 from funcae_cli.store.trained import load_trained

@@ -8,8 +8,8 @@ from typing import Annotated, Optional
 import typer
 
 from funcae_cli import console
-from funcae_cli.options import JsonOpt
 from funcae_cli.jobs.catalog import COLUMNS, STATUSES, cell, list_runs, runs_text
+from funcae_cli.options import JsonOpt
 from funcae_cli.store.rundir import RUNS_ROOT
 
 KEYS = ", ".join(COLUMNS)

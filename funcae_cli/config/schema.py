@@ -196,7 +196,9 @@ class MlflowTrackConfig:
 class TrackConfig:
     """Experiment tracking (`pip install funcae[tracking]`); `--track NAME` turns a backend on from the CLI."""
 
-    tensorboard: bool = doc_field(False, "TensorBoard event files in <run dir>/tensorboard (`tensorboard --logdir runs`)")
+    tensorboard: bool = doc_field(
+        False, "TensorBoard event files in <run dir>/tensorboard (`tensorboard --logdir runs`)"
+    )
     mlflow: bool | MlflowTrackConfig | None = doc_field(
         None, "MLflow: true, or a mapping of tracking_uri, experiment, artifact_location (null: off)"
     )

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 from torch import Tensor, nn
 
-from funcae_cli import __version__
+from funcae_cli._version import __version__
 from funcae_cli.config import config_to_dict
 from funcae_cli.errors import InputError
 from funcae_cli.export import funcae_emulator as loader

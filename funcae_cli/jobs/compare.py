@@ -11,8 +11,8 @@ import numpy as np
 
 from funcae_cli.errors import InputError, OptionError
 from funcae_cli.files import save_figure
-from funcae_cli.plotting.training import loss_overlay_figure
 from funcae_cli.jobs.catalog import RunRecord, config_differences, open_run, read_run
+from funcae_cli.plotting.training import loss_overlay_figure
 
 FORMATS = (".png", ".pdf", ".svg")
 

@@ -162,7 +162,15 @@ class RunDir:
 
     def trained_folders(self) -> list[Path]:
         """What training and the later commands wrote: removed when a run is retrained over (force)."""
-        return [self.checkpoints, self.plots, self.invert_dir, self.encodings, self.validate_dir, self.export, self.tensorboard]
+        return [
+            self.checkpoints,
+            self.plots,
+            self.invert_dir,
+            self.encodings,
+            self.validate_dir,
+            self.export,
+            self.tensorboard,
+        ]
 
     def trained_files(self) -> list[Path]:
         return [

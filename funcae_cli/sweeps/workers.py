@@ -23,8 +23,8 @@ from funcae_cli.config import NAME_RE, config_from_dict
 from funcae_cli.device import resolve_device
 from funcae_cli.errors import FuncaeError, Interrupted, OptionError, user_message
 from funcae_cli.files import atomic_write_text
-from funcae_cli.store.rundir import mlflow_store
 from funcae_cli.stop import StopFlag, graceful_stop
+from funcae_cli.store.rundir import mlflow_store
 from funcae_cli.sweeps.results import ResultFiles, track_study, write_results
 from funcae_cli.sweeps.spec import load_sweep
 from funcae_cli.sweeps.storage import display_url, normalize_url, open_storage, sqlite_url
