@@ -14,6 +14,7 @@ import pytest
 import torch
 from scipy import stats
 
+from funcae_cli.inversion.calibration import split_by_flag
 from funcae_cli.inversion.laplace_check import FLAG, KHAT_MAX, check_laplace
 from funcae_cli.inversion.psis import psis, tail_length
 
@@ -167,3 +168,28 @@ def test_invert_laplace_reports_k_hat(cli, smoke_copy: Path) -> None:
     assert rec["summary"]["flags"][FLAG] == len(flagged)
     header = (smoke_copy / "invert" / "obs.csv").read_text().splitlines()[0].split(",")
     assert "k_hat" in header
+
+
+def test_validate_splits_coverage_by_flag() -> None:
+    """split_by_flag on exact posteriors (truth and draws from the same N(m_i, 1)), except that the flagged
+    targets' draws sit 10 sd away: unflagged coverage is nominal (within 3 binomial errors), flagged 0, and every
+    flagged target is counted among the misses."""
+    rng = np.random.default_rng(3)
+    n, s = 2000, 400
+    m = rng.uniform(-5, 5, (n, 1))
+    truth = m + rng.standard_normal((n, 1))
+    draws = m[:, None, :] + rng.standard_normal((n, s, 1))
+    flagged = rng.random(n) < 0.3
+    draws[flagged] += 10
+    out = split_by_flag(truth, draws, ["x"], [False], flagged)
+    assert out["count"] == flagged.sum() and out["fraction"] == pytest.approx(flagged.mean())
+    assert out["missed_95_flagged"] == flagged.sum()
+    unflagged = (~flagged).sum()
+    assert out["missed_95"] - flagged.sum() == pytest.approx(
+        0.05 * unflagged, abs=3 * math.sqrt(0.05 * 0.95 * unflagged)
+    )
+    for level, cov in out["coverage_unflagged"]["x"].items():
+        p = float(level)
+        assert abs(cov - p) < 3 * math.sqrt(p * (1 - p) / unflagged)
+    assert all(v == 0 for v in out["coverage_flagged"]["x"].values())
+    assert split_by_flag(truth, draws, ["x"], [False], np.zeros(n, dtype=bool))["coverage_flagged"] is None

@@ -84,6 +84,7 @@ def calibrate(truth: np.ndarray, draws: np.ndarray, names: list[str], log10: lis
 
 def covered(truth: np.ndarray, draws: np.ndarray, log10: list[bool], level: float) -> np.ndarray:
     """(n, p) bool: whether each target's central `level` interval of draws (n, s, p) contains truth (n, p)."""
+    draws, truth = np.asarray(draws, dtype=np.float64), np.asarray(truth, dtype=np.float64)
     d = np.where(np.array(log10)[None, None, :], np.log10(np.clip(draws, 1e-300, None)), draws)
     t = np.where(np.array(log10)[None, :], np.log10(np.clip(truth, 1e-300, None)), truth)
     lo, hi = np.quantile(d, [(1 - level) / 2, (1 + level) / 2], axis=1)
