@@ -82,6 +82,30 @@ def calibrate(truth: np.ndarray, draws: np.ndarray, names: list[str], log10: lis
     return out
 
 
+def covered(truth: np.ndarray, draws: np.ndarray, log10: list[bool], level: float) -> np.ndarray:
+    """(n, p) bool: whether each target's central `level` interval of draws (n, s, p) contains truth (n, p)."""
+    draws, truth = np.asarray(draws, dtype=np.float64), np.asarray(truth, dtype=np.float64)
+    d = np.where(np.array(log10)[None, None, :], np.log10(np.clip(draws, 1e-300, None)), draws)
+    t = np.where(np.array(log10)[None, :], np.log10(np.clip(truth, 1e-300, None)), truth)
+    lo, hi = np.quantile(d, [(1 - level) / 2, (1 + level) / 2], axis=1)
+    return (lo <= t) & (t <= hi)
+
+
+def split_by_flag(truth: np.ndarray, draws: np.ndarray, names: list[str], log10: list[bool],
+                  flagged: np.ndarray) -> dict:  # fmt: skip
+    """Whether a posterior's flag (flagged (n,) bool) means something: the coverage of flagged and unflagged
+    targets apart, and how many of the targets whose 95% interval missed the truth (any parameter) are flagged."""
+    missed = ~covered(truth, draws, log10, 0.95).all(axis=1)
+    out: dict = {"count": int(flagged.sum()), "fraction": float(flagged.mean()),
+                 "missed_95": int(missed.sum()), "missed_95_flagged": int((missed & flagged).sum())}  # fmt: skip
+    for key, keep in (("unflagged", ~flagged), ("flagged", flagged)):
+        calib = calibrate(truth[keep], draws[keep], names, log10) if keep.any() else None
+        out[f"coverage_{key}"] = (
+            None if calib is None else {c.name: {f"{k:g}": v for k, v in c.coverage.items()} for c in calib}
+        )
+    return out
+
+
 def misses(params: list[ParamCalibration], tolerance: float) -> list[str]:
     """Coverages further than `tolerance` from nominal: 'name at 68%: 0.62'."""
     return [

@@ -28,6 +28,7 @@ from funcae_cli.errors import InputError, OptionError
 from funcae_cli.inversion.assess import Assessment, assess
 from funcae_cli.inversion.density import CodeDensity
 from funcae_cli.inversion.encode import encode_curves, targets_on_grid
+from funcae_cli.inversion.laplace_check import flag_unreliable
 from funcae_cli.inversion.objective import Problem
 from funcae_cli.inversion.physics import Bounds, Fitter, Observations, PhysicsFit, fit_physics, natural_bounds
 from funcae_cli.inversion.posterior import Posterior, Sampling, latent_posterior, physics_posterior
@@ -207,6 +208,7 @@ def invert_batch(
     if posterior != "none":
         out.posterior = _posterior(trained, targets, out, obs, problem, latent_model, posterior, sampling)
         out.assessment.warnings.extend(out.posterior.warnings)
+        flag_unreliable(out.assessment.flags, out.posterior.k_hat)
     _sync(dev)
     out.total_seconds = time.perf_counter() - t0
     out.seconds = np.full(n, out.total_seconds / max(n, 1)) if seconds is None else seconds

@@ -35,6 +35,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from funcae_cli.inversion.laplace_check import check_laplace
 from funcae_cli.inversion.physics import Fitter
 
 POSTERIORS = ("none", "laplace", "mcmc")
@@ -62,6 +63,7 @@ class Posterior:
     rhat: np.ndarray | None = None  # (n, p) mcmc only
     ess: np.ndarray | None = None  # (n, p)
     acceptance: np.ndarray | None = None  # (n,)
+    k_hat: np.ndarray | None = None  # (n,) laplace: Pareto k-hat of its importance weights (laplace_check.py)
     warnings: list[str] = field(default_factory=list)
 
 
@@ -341,9 +343,6 @@ def physics_posterior(
     cov = precision_to_cov(a + prior_hessian(log_prior_free, u_opt) + floor)
     gen = torch.Generator().manual_seed(sampling.seed)
     units = lambda u: fitter.units(u.reshape(-1, q)).reshape(u.shape[0], u.shape[1], -1)  # noqa: E731
-    if kind == "laplace":
-        return summarize("laplace", names, gaussian_draws(u_opt, cov, sampling.draws, gen), units, target_names)
-
     fast = Fitter(fitter.trained, obs, fitter.bounds, dtype=LIKELIHOOD_DTYPE)  # the samplers' likelihood
     counts = torch.bincount(obs.target, minlength=n)
     first_point = torch.cumsum(counts, 0) - counts
@@ -365,6 +364,10 @@ def physics_posterior(
         chi2 = fast.sums(fast.residual(u32, row_of_point, point), row_of_point, rows.shape[0]).double()
         return torch.where(torch.isfinite(lp), lp - 0.5 * chi2, -math.inf)
 
+    if kind == "laplace":  # checked against the posterior (with yerr) and reweighted where it can be trusted
+        check = check_laplace(u_opt, cov, _batched_log_prob(n, per_row) if obs.chi2 else None, sampling.draws, gen,
+                              target_names)  # fmt: skip
+        return check.into(summarize("laplace", names, check.draws, units, target_names))
     lo, hi = fitter.lo, fitter.hi
     lo = torch.where(torch.isfinite(lo), lo, u_opt.min(dim=0).values - 10)
     hi = torch.where(torch.isfinite(hi), hi, u_opt.max(dim=0).values + 10)
@@ -393,12 +396,13 @@ def latent_posterior(
             return z
         return predict(z.reshape(-1, d)).reshape(z.shape[0], z.shape[1], -1)
 
-    if kind == "laplace":
-        return summarize("laplace", names, gaussian_draws(mean, cov, sampling.draws, gen), units, target_names)
-
     def per_row(z: Tensor, rows: Tensor) -> Tensor:
         with torch.no_grad():
             return -0.5 * problem.loss(z.to(torch.float32).to(problem.device), rows).double().cpu()
+
+    if kind == "laplace":  # checked against the posterior and reweighted where it can be trusted
+        check = check_laplace(mean, cov, _batched_log_prob(n, per_row), sampling.draws, gen, target_names)
+        return check.into(summarize("laplace", names, check.draws, units, target_names))
 
     big = torch.full((d,), math.inf, dtype=torch.float64)
     x0 = _start_walkers(mean, cov, sampling.walkers, -big, big, gen)

@@ -126,12 +126,14 @@ def _posterior_row(post: Posterior, i: int) -> dict[str, Any]:
     out["posterior_corr"] = [[finite_or_none(v) for v in row] for row in post.corr[i]]
     if post.acceptance is not None:
         out["posterior_acceptance"] = float(post.acceptance[i])
+    if post.k_hat is not None:
+        out["k_hat"] = finite_or_none(post.k_hat[i])
     return out
 
 
 def posterior_columns(post: Posterior) -> list[str]:
     stats = list(QUANTILES) + (["rhat", "ess"] if post.rhat is not None else [])
-    return [f"{name}_{s}" for name in post.names for s in stats]
+    return [f"{name}_{s}" for name in post.names for s in stats] + (["k_hat"] if post.k_hat is not None else [])
 
 
 def posterior_cells(post: Posterior, i: int) -> list[Any]:
@@ -139,7 +141,7 @@ def posterior_cells(post: Posterior, i: int) -> list[Any]:
     for j in range(len(post.names)):
         cells += [post.quantiles[k][i, j] for k in QUANTILES]
         cells += [post.rhat[i, j], post.ess[i, j]] if post.rhat is not None else []
-    return cells
+    return cells + ([post.k_hat[i]] if post.k_hat is not None else [])
 
 
 def table(trained: Trained, targets: Targets, res: InvertResult) -> tuple[list[str], list[list[Any]]]:
@@ -214,6 +216,8 @@ def summarize(res: InvertResult, targets: Targets, names: list[str]) -> dict[str
             out["posterior"].update(rhat_max=float(np.nanmax(post.rhat)), ess_min=float(np.nanmin(post.ess)),
                                     ess_median=float(np.nanmedian(post.ess)), unconverged=int(bad.sum()),
                                     acceptance_median=float(np.median(post.acceptance)))  # fmt: skip
+        if post.k_hat is not None:
+            out["posterior"]["k_hat_median"] = _nanmedian(post.k_hat)
     if res.params_est is not None and targets.params is not None:
         true = targets.params.numpy()
         err = np.abs(res.params_est - true)

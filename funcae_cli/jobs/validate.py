@@ -16,8 +16,9 @@ from funcae_cli.config import override
 from funcae_cli.data.grids import sample_params
 from funcae_cli.errors import InputError
 from funcae_cli.files import atomic_write_json, json_safe, save_figure
-from funcae_cli.inversion.calibration import LEVELS, RANK_DRAWS, calibrate, misses
+from funcae_cli.inversion.calibration import LEVELS, RANK_DRAWS, calibrate, misses, split_by_flag
 from funcae_cli.inversion.invert import invert_batch
+from funcae_cli.inversion.laplace_check import FLAG
 from funcae_cli.inversion.simulate import NoiseModel, simulate
 from funcae_cli.inversion.targets import pad
 from funcae_cli.jobs.common import open_run, run_info
@@ -55,12 +56,14 @@ def run_validate(
     noise = NoiseModel(points=tuple(o.points), frac=(o.noise, o.noise))
     observations = simulate(fam, trained.cfg.family.options, trained.grid.numpy(), truth, noise, seed, "sim")
     lm, _ = latent_model_for(trained)
-    draws, unconverged = [], 0
+    draws, flagged, unconverged = [], [], 0
     for a in range(0, o.n, CHUNK):
         res = invert_batch(trained, pad(observations[a : a + CHUNK], "validate"), inv, lm)
         draws.append(res.posterior.samples)
+        flagged.append(np.array([FLAG in f for f in res.assessment.flags]))  # laplace's k-hat >= KHAT_MAX
         if res.posterior.rhat is not None:
-            unconverged += int(((res.posterior.rhat > 1.01) | (res.posterior.ess < 400)).any(axis=1).sum())
+            bad = ((res.posterior.rhat > 1.01) | (res.posterior.ess < 400)).any(axis=1)
+            unconverged, flagged[-1] = unconverged + int(bad.sum()), bad
         if on_chunk:
             on_chunk(min(a + CHUNK, o.n), o.n)
     log10 = fam.log_scale()
@@ -88,6 +91,7 @@ def run_validate(
             for c, lg in zip(calib, log10)
         },
         unconverged_targets=unconverged if o.posterior == "mcmc" else None,
+        flagged=split_by_flag(truth, np.concatenate(draws), trained.param_names, log10, np.concatenate(flagged)),
         require_coverage=o.require_coverage,
         coverage_misses=misses(calib, o.require_coverage) if o.require_coverage is not None else [],
         seconds=time.perf_counter() - t0,

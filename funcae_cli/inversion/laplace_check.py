@@ -1,0 +1,108 @@
+"""Laplace that says when it cannot be trusted: its Gaussian draws importance-weighted by the true posterior.
+
+Per target, S draws x_s from Laplace's Gaussian q (mean, cov) get log weights log p(x_s) - log q(x_s), p the
+unnormalized posterior (the same log density the MCMC samples: likelihood + prior, -inf outside the prior's
+support), Pareto-smoothed (psis.py). Where k-hat < KHAT_MAX the weights are reliable: the draws reported are
+resampled (with replacement, by the smoothed weights, with the generator), so they follow the posterior, its
+bounds and skew included, rather than the Gaussian. Where k-hat >= KHAT_MAX the posterior has mass the Gaussian
+misses (a banana, a second mode, a heavy tail): the Gaussian's draws are kept, the target is flagged
+`laplace_unreliable`, and a warning names it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from funcae_cli.inversion.assess import NAMED_IN_WARNING
+from funcae_cli.inversion.psis import psis
+
+KHAT_MAX = 0.7  # Vehtari et al. (2024): above it PSIS estimates are unreliable (their threshold for S >= 2000)
+FLAG = "laplace_unreliable"
+
+
+@dataclass
+class LaplaceCheck:
+    """Per target: the draws to report, k-hat and whether Laplace is flagged."""
+
+    draws: Tensor  # (n, S, q): reweighted where trusted, else the Gaussian's
+    k_hat: np.ndarray  # (n,) NaN where no posterior density was given
+    unreliable: np.ndarray  # (n,) bool: k_hat >= KHAT_MAX
+    warnings: list[str] = field(default_factory=list)
+
+    def into(self, post: Any) -> Any:
+        """Attach k-hat and the warnings to a posterior.Posterior built from self.draws; returns it."""
+        post.k_hat = self.k_hat
+        post.warnings.extend(self.warnings)
+        return post
+
+
+def gaussian_draws_with_log_q(mean: Tensor, cov: Tensor, draws: int, gen: torch.Generator) -> tuple[Tensor, Tensor]:
+    """(n, draws, q) from N(mean (n, q), cov (n, q, q)) and their log densities (n, draws). The same draws as
+    posterior.gaussian_draws with the same generator (a covariance that is not positive definite is floored)."""
+    evals, evecs = torch.linalg.eigh(cov)
+    sd = evals.clamp_min(1e-300).sqrt()
+    root = evecs * sd[:, None, :]
+    eps = torch.randn(mean.shape[0], draws, mean.shape[1], generator=gen, dtype=mean.dtype)
+    x = mean[:, None, :] + eps @ root.transpose(1, 2)
+    log_norm = -torch.log(sd).sum(dim=1) - 0.5 * mean.shape[1] * math.log(2 * math.pi)
+    return x, -0.5 * eps.square().sum(dim=2) + log_norm[:, None]
+
+
+def importance_resample(x: Tensor, log_w: Tensor, gen: torch.Generator) -> Tensor:
+    """(n, S, q) draws resampled with replacement by normalized log weights (n, S)."""
+    idx = torch.multinomial(torch.exp(log_w), x.shape[1], replacement=True, generator=gen)
+    return x.gather(1, idx[:, :, None].expand(-1, -1, x.shape[2]))
+
+
+def check_laplace(
+    mean: Tensor,
+    cov: Tensor,
+    log_post: Callable[[Tensor], Tensor] | None,
+    draws: int,
+    gen: torch.Generator,
+    target_names: list[str],
+) -> LaplaceCheck:
+    """Laplace's draws for means (n, q) and covariances (n, q, q), checked against log_post: draws (n, S, q) ->
+    unnormalized log posterior (n, S) (-inf outside its support). Without log_post (no likelihood to weigh by)
+    the Gaussian's draws are returned unchecked, k-hat NaN."""
+    x, log_q = gaussian_draws_with_log_q(mean, cov, draws, gen)
+    n = mean.shape[0]
+    if log_post is None:
+        return LaplaceCheck(x, np.full(n, np.nan), np.zeros(n, dtype=bool))
+    with torch.no_grad():
+        log_w = log_post(x).to(torch.float64).cpu() - log_q.to(torch.float64).cpu()
+    smoothed, k = psis(torch.nan_to_num(log_w, nan=-math.inf))  # k-hat never NaN: inf without a finite weight
+    k = k.numpy()
+    good = torch.as_tensor(k < KHAT_MAX)
+    out = x.clone()
+    if bool(good.any()):
+        out[good] = importance_resample(x[good], smoothed[good].to(x.dtype), gen)
+    bad = ~good.numpy()
+    return LaplaceCheck(out, k, bad, _warnings(target_names, k, bad))
+
+
+def _warnings(names: list[str], k: np.ndarray, bad: np.ndarray) -> list[str]:
+    hit = np.nonzero(bad)[0]
+    if hit.size == 0:
+        return []
+    shown = ", ".join(f"{names[i]} (k-hat {k[i]:.2g})" for i in hit[:NAMED_IN_WARNING])
+    more = f" and {hit.size - NAMED_IN_WARNING} more" if hit.size > NAMED_IN_WARNING else ""
+    return [
+        f"Laplace's Gaussian misses posterior mass for {shown}{more} (Pareto k-hat >= {KHAT_MAX}: "
+        f"{FLAG}): use --posterior mcmc for their intervals"
+    ]
+
+
+def flag_unreliable(flags: list[list[str]], k_hat: np.ndarray | None) -> None:
+    """Add FLAG to the flags (per target) of the targets whose k-hat is >= KHAT_MAX."""
+    if k_hat is None:
+        return
+    for i in np.nonzero(k_hat >= KHAT_MAX)[0]:
+        flags[i].append(FLAG)
