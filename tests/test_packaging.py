@@ -148,6 +148,7 @@ def test_wheel_in_a_fresh_venv_runs_the_readme_from_an_empty_folder(tmp_path: Pa
     interpreter's (a .pth line), since installing torch and the rest takes ~4 min here; funcae itself is the
     wheel's, which the test proves from the venv."""
     src = tmp_path / "src"
+    src.mkdir()
     for name in BUILD_INPUTS:  # a clean copy: no stale build/ folder of the checkout can leak into the wheel
         copy = shutil.copytree if (REPO / name).is_dir() else shutil.copy2
         kwargs = {"ignore": shutil.ignore_patterns("__pycache__", "*.pyc")} if (REPO / name).is_dir() else {}
