@@ -18,7 +18,7 @@ from pathlib import Path
 
 import yaml
 
-from funcae_cli.errors import InputError
+from funcae_cli.errors import InputError, OptionError
 from funcae_cli.files import atomic_write_bytes
 
 PACKAGED = "_configs"  # the folder inside funcae_cli that a wheel ships configs/ as
@@ -121,13 +121,15 @@ def init(name: str | None, dest: Path, force: bool = False) -> InitResult:
     plan = []
     for rel in with_named_files(wanted, files):
         target = dest / CONFIGS / rel
+        if target.is_dir():
+            raise InputError(f"{target} is a folder, where init writes the shipped configs/{rel}")
         data = files[rel].read_bytes()
         state = "new" if not target.exists() else "same" if target.read_bytes() == data else "replace"
         plan.append((InitFile(rel, target, state), data))
     clashes = [str(f.target) for f, _ in plan if f.state == "replace"]
     if clashes and not force:
         what = clashes[0] if len(clashes) == 1 else f"{len(clashes)} files ({', '.join(clashes)})"
-        raise InputError(f"{what} already there with other content: nothing written (--force overwrites)")
+        raise OptionError("force", f"not set, and {what} already there with other content: nothing written")
     for f, data in plan:
         if f.state != "same":
             atomic_write_bytes(f.target, data)
