@@ -23,6 +23,7 @@ from funcae_cli.commands import (
     export,
     families_cmd,
     generate,
+    init,
     invert,
     plot,
     runs,
@@ -90,6 +91,7 @@ EXTRA_ARGS = {"allow_extra_args": True, "ignore_unknown_options": True}
 app.command("generate")(generate.generate)
 app.command("train")(train.train)
 app.command("families")(families_cmd.families)
+app.command("init")(init.init)
 app.command("encode", context_settings=EXTRA_ARGS)(encode.encode)
 app.command("invert", context_settings=EXTRA_ARGS)(invert.invert)
 app.command("sample")(sample.sample)

@@ -181,7 +181,14 @@ def test_command_functions_are_thin() -> None:
 
 
 @pytest.mark.parametrize(
-    "argv", [["--help"], ["families"], ["config", "check", "configs/smoke.yaml"], ["sweep", "run", "--help"]]
+    "argv",
+    [
+        ["--help"],
+        ["families"],
+        ["config", "check", "configs/smoke.yaml"],
+        ["sweep", "run", "--help"],
+        ["init", "--list"],
+    ],
 )
 def test_fast_commands_load_neither_torch_nor_matplotlib(argv: list[str]) -> None:
     """What keeps `funcae --help`, `families` and `config check` fast (~0.25 s against ~2.4 s when every
