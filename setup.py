@@ -2,7 +2,7 @@
 
 configs/ stays at the repository root (the README, the tests and the sweeps' `base: ../normal.yaml` name it);
 setuptools maps it into the package (package_dir), so `pip install .`, `pip wheel .` and an sdist carry one
-copy of each file. An editable install or a checkout reads configs/ itself (funcae_cli/packaged.py).
+copy of each file. An editable install or a checkout reads configs/ itself (funcae_cli/jobs/packaged.py).
 A new folder under configs/ ships on its own; a new kind of file needs its pattern in CONFIG_FILES
 (tests/test_packaging.py fails until it ships).
 """

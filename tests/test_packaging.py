@@ -175,7 +175,7 @@ def test_wheel_in_a_fresh_venv_runs_the_readme_from_an_empty_folder(tmp_path: Pa
     empty = tmp_path / "empty"
     empty.mkdir()
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
-    code = "import funcae_cli, funcae_cli.packaged as p; print(funcae_cli.__file__); print(p.config_root())"
+    code = "import funcae_cli, funcae_cli.jobs.packaged as p; print(funcae_cli.__file__); print(p.config_root())"
     where = subprocess.check_output([python, "-c", code], cwd=empty, env=env, text=True).split()
     assert all(Path(w).is_relative_to(site) for w in where), where  # the wheel's code and configs, not REPO's
     for argv in readme_first_commands():

@@ -7,7 +7,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from funcae_cli import console, packaged
+from funcae_cli import console
+from funcae_cli.jobs import packaged
 from funcae_cli.options import JsonOpt
 
 

@@ -34,7 +34,7 @@ def config_root() -> Traversable:
     packaged = resources.files("funcae_cli") / PACKAGED
     if packaged.is_dir():
         return packaged
-    checkout = Path(__file__).resolve().parent.parent / CONFIGS
+    checkout = Path(__file__).resolve().parents[2] / CONFIGS  # funcae_cli/jobs/packaged.py -> the checkout
     if checkout.is_dir():
         return checkout
     raise InputError(f"no shipped configs: neither {packaged} nor {checkout} exists (a broken install?)")
