@@ -84,10 +84,24 @@ ALLOWED = {
     "inversion": {"config", "data", "models", "store"} | BASE - {"files"},
     "plotting": {"config", "data"} | BASE - {"files"},
     "generation": {"config", "data", "models", "store", "inversion"} | BASE,
-    "jobs": {"config", "data", "models", "training", "store", "inversion", "plotting", "generation"} | BASE,
-    "sweeps": {"config", "data", "models", "training", "store", "plotting", "jobs"} | BASE,
+    "export": {"config", "data", "models", "store", "inversion"} | BASE,  # a trained run as plain arrays
+    "tracking": {"config"} | BASE,  # TensorBoard / MLflow writers: records in, nothing read back
+    "jobs": {
+        "config",
+        "data",
+        "models",
+        "training",
+        "store",
+        "inversion",
+        "plotting",
+        "generation",
+        "export",
+        "tracking",
+    }
+    | BASE,  # fmt: skip
+    "sweeps": {"config", "data", "models", "training", "store", "plotting", "jobs", "tracking"} | BASE,
     "console": {"files"},
-    "options": {"config"},
+    "options": {"config", "tracking"},
     "commands": {"config", "data", "jobs", "sweeps", "store", "inversion", "console", "options"} | BASE,
     "cli": {"commands", "console", "errors", "_version"},
     "__main__": {"cli"},
