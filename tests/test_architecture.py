@@ -133,7 +133,9 @@ def test_every_package_has_a_layer():
     assert set(_package_edges()) | {_package(m) for m in _modules()} <= set(ALLOWED)
 
 
-@pytest.mark.parametrize("package", sorted(ALLOWED))
+@pytest.mark.parametrize(
+    "package", sorted(ALLOWED), ids=[f"{p} -> {' '.join(sorted(ALLOWED[p])) or 'nothing'}" for p in sorted(ALLOWED)]
+)
 def test_packages_import_only_the_layers_below(package: str):
     """The allowed edges, one line per package (pytest -v lists them)."""
     extra = {dst: where for dst, where in _package_edges().get(package, {}).items() if dst not in ALLOWED[package]}

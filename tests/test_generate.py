@@ -21,10 +21,11 @@ from funcae_cli.cli import app
 from funcae_cli.config import GridConfig, config_from_dict, load_config
 from funcae_cli.config.families import FAMILIES
 from funcae_cli.data import dataset as data_mod
-from funcae_cli.data.dataset import Dataset, evaluate, generate, load_dataset, save_dataset
+from funcae_cli.data.dataset import Dataset, evaluate, generate
 from funcae_cli.data.formulas import FORMULAS
 from funcae_cli.data.grids import make_grid, sample_params
 from funcae_cli.errors import InputError
+from funcae_cli.store.dataset import load_dataset, save_dataset
 
 RUN_FILES = {"config.yaml", "data.npz", "data_preview.png"}
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

@@ -7,7 +7,6 @@ array is made, its size is estimated against the memory there is (`memory.check_
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -19,7 +18,6 @@ from funcae_cli.data.arrays import LOADERS
 from funcae_cli.data.formulas import FORMULAS
 from funcae_cli.data.grids import grid_size, make_grid, sample_params
 from funcae_cli.errors import InputError
-from funcae_cli.files import atomic_write_bytes, npz_bytes
 from funcae_cli.memory import check_fits
 
 GEN_CHUNK = 1024  # curves per float64 chunk: cache-sized (8 MB), 2x faster than large chunks, bounded memory
@@ -116,32 +114,3 @@ def load_data(cfg: Config, n: int | None = None, seed: int | None = None) -> Dat
         grid=grid,
         labels=torch.from_numpy(arrays.labels[idx]) if arrays.labels is not None else None,
     )
-
-
-def save_dataset(ds: Dataset, path: Path, fingerprint: str) -> None:
-    arrays = {
-        "curves": ds.curves.numpy(),
-        "params": ds.params.numpy(),
-        "param_names": np.array(ds.param_names, dtype=str),
-        "grid": ds.grid.numpy(),
-        "fingerprint": np.array(fingerprint),
-    }
-    if ds.labels is not None:
-        arrays["labels"] = ds.labels.numpy()
-    atomic_write_bytes(path, npz_bytes(arrays))
-
-
-def load_dataset(path: Path) -> tuple[Dataset, str]:
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            ds = Dataset(
-                curves=torch.from_numpy(np.ascontiguousarray(z["curves"], dtype=np.float32)),
-                params=torch.from_numpy(z["params"].astype(np.float64)),
-                param_names=[str(s) for s in z["param_names"]],
-                grid=torch.from_numpy(z["grid"].astype(np.float64)),
-                labels=torch.from_numpy(z["labels"].astype(np.int64)) if "labels" in z else None,
-            )
-            fingerprint = str(z["fingerprint"]) if "fingerprint" in z else ""
-    except (OSError, ValueError, KeyError) as e:
-        raise InputError(f"{path}: not a funcae data file ({e})") from None
-    return ds, fingerprint

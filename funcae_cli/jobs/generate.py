@@ -6,10 +6,10 @@ import time
 from typing import Any
 
 from funcae_cli.config import Config, dump_config
-from funcae_cli.data.dataset import Dataset, generate, save_dataset
+from funcae_cli.data.dataset import Dataset, generate
 from funcae_cli.files import atomic_write_text, save_figure
 from funcae_cli.plotting.data import data_preview
-from funcae_cli.store.dataset import data_fingerprint
+from funcae_cli.store.dataset import data_fingerprint, save_dataset
 from funcae_cli.store.rundir import RunDir
 
 
