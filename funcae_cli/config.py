@@ -157,9 +157,13 @@ class InvertConfig:
     posterior: Literal["none", "laplace", "mcmc"] = _f(
         "none", "uncertainty: none, a Laplace (Gaussian) approximation at the optimum, or MCMC samples"
     )
-    walkers: int = _f(32, "mcmc: walkers per target (even)", min=4)
-    steps: int = _f(800, "mcmc: steps kept per walker", min=10)
+    walkers: int = _f(32, "mcmc: walkers per target (a multiple of 2 x groups)", min=4)
+    steps: int | Literal["auto"] = _f(
+        "auto", "mcmc: steps kept per walker, or auto: until >= 50 autocorrelation times and R-hat < 1.01", min=10
+    )
     burn: int = _f(200, "mcmc: steps discarded first", min=0)
+    max_steps: int = _f(5000, "mcmc, steps auto: the most steps a target runs (then flagged unconverged)", min=10)
+    groups: int = _f(4, "mcmc: independent ensembles per target (R-hat across them)", min=2)
 
 
 @dataclass

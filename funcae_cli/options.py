@@ -105,8 +105,17 @@ PosteriorOpt = Annotated[
         "samples (an ensemble sampler over all targets at once) [default: the run's invert.posterior].",
     ),
 ]
-WalkersOpt = Annotated[Optional[int], typer.Option("--walkers", min=4, help="mcmc: walkers per target (even).")]
-StepsOpt = Annotated[Optional[int], typer.Option("--steps", min=10, help="mcmc: steps kept per walker.")]
+WalkersOpt = Annotated[
+    Optional[int], typer.Option("--walkers", min=4, help="mcmc: walkers per target (a multiple of 2 x invert.groups).")
+]
+StepsOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--steps",
+        help="mcmc: steps kept per walker (>= 10), or auto: each target until >= 50 autocorrelation times and "
+        "R-hat < 1.01 across its independent ensembles, at most invert.max_steps [default: the run's invert.steps].",
+    ),
+]
 BurnOpt = Annotated[Optional[int], typer.Option("--burn", min=0, help="mcmc: steps discarded first.")]
 NoPhysicsOpt = Annotated[
     bool, typer.Option("--no-physics", help="Report the regressor's parameters; skip fitting the family's formula.")

@@ -13,7 +13,7 @@ from funcae_cli.files import atomic_write_bytes, atomic_write_json, atomic_write
 from funcae_cli.inversion.inputs import TargetInputs
 from funcae_cli.inversion.invert import invert_batch
 from funcae_cli.inversion.latent import latent_model_for
-from funcae_cli.inversion.posterior import Sampling
+from funcae_cli.inversion.posterior import Sampling, steps_value
 from funcae_cli.inversion.reports import figure_curves, physics_measure, result_rows, samples_arrays, summarize, table
 from funcae_cli.inversion.targets import read_targets, training_range_warnings
 from funcae_cli.plotting.base import save_figure
@@ -40,18 +40,22 @@ class InvertOptions:
     physics_max_iter: int | None = None
     posterior: str | None = None
     walkers: int | None = None
-    steps: int | None = None
+    steps: int | str | None = None  # an int >= 10 or "auto"
     burn: int | None = None
+    max_steps: int | None = None
+    groups: int | None = None
 
     def resolved(self, cfg: Config) -> InvertOptions:
         given = {k: v for k, v in vars(self).items() if v is not None}
         out = InvertOptions(**{**vars(cfg.invert), "seed": cfg.seed, **given})
+        out.steps = steps_value(out.steps)
         for name, ok, allowed in (("starts", out.starts >= 0, ">= 0"), ("max_iter", out.max_iter >= 1, ">= 1"),
                                   ("lr", out.lr > 0, "> 0"), ("seed", out.seed >= 0, ">= 0"),
                                   ("physics_starts", out.physics_starts >= 1, ">= 1"),
                                   ("physics_max_iter", out.physics_max_iter >= 1, ">= 1"),
-                                  ("walkers", out.walkers >= 4 and out.walkers % 2 == 0, "even and >= 4"),
-                                  ("steps", out.steps >= 10, ">= 10"), ("burn", out.burn >= 0, ">= 0")):  # fmt: skip
+                                  ("walkers", out.walkers >= 4 and out.walkers % (2 * out.groups) == 0,
+                                   f"a multiple of 2 x groups ({2 * out.groups})"),
+                                  ("burn", out.burn >= 0, ">= 0")):  # fmt: skip
             if not ok:
                 raise OptionError(name, f"must be {allowed}, got {getattr(out, name)}")
         return out
@@ -87,7 +91,8 @@ def run_invert(
     res = invert_batch(
         trained, targets, o.method, o.starts, o.max_iter, o.lr, o.seed, lm, prior=o.prior, physics=o.physics,
         bounds=o.bounds, physics_starts=o.physics_starts, physics_max_iter=o.physics_max_iter,
-        posterior=o.posterior, sampling=Sampling(o.walkers, o.steps, o.burn, o.seed),
+        posterior=o.posterior,
+        sampling=Sampling(o.walkers, o.steps, o.burn, o.seed, max_steps=o.max_steps, groups=o.groups),
     )  # fmt: skip
     warnings += res.assessment.warnings
     slug = slugify(name or inputs.slug())

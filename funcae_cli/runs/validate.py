@@ -18,7 +18,7 @@ from funcae_cli.files import atomic_write_json, json_safe
 from funcae_cli.inversion.calibration import LEVELS, RANK_DRAWS, calibrate, misses
 from funcae_cli.inversion.invert import invert_batch
 from funcae_cli.inversion.latent import latent_model_for
-from funcae_cli.inversion.posterior import Sampling
+from funcae_cli.inversion.posterior import Sampling, steps_value
 from funcae_cli.inversion.simulate import NoiseModel, simulate
 from funcae_cli.inversion.targets import pad
 from funcae_cli.plotting.base import save_figure
@@ -38,7 +38,7 @@ class ValidateOptions:
     points: tuple[int, int] = (10, 40)  # points per simulated curve, inclusive
     posterior: str = "mcmc"
     walkers: int | None = None
-    steps: int | None = None
+    steps: int | str | None = None
     burn: int | None = None
     seed: int | None = None
     require_coverage: float | None = None  # a tolerance: the report lists the coverages that miss by more
@@ -75,7 +75,13 @@ def run_validate(
         )
     ic = trained.cfg.invert
     seed = trained.cfg.seed if o.seed is None else o.seed
-    sampling = Sampling(o.walkers or ic.walkers, o.steps or ic.steps, ic.burn if o.burn is None else o.burn, seed)
+    burn = ic.burn if o.burn is None else o.burn
+    sampling = Sampling(o.walkers or ic.walkers, steps_value(o.steps or ic.steps), burn, seed, max_steps=ic.max_steps,
+                        groups=ic.groups)  # fmt: skip
+    if sampling.walkers % (2 * sampling.groups):
+        raise OptionError(
+            "walkers", f"must be a multiple of 2 x groups ({2 * sampling.groups}), got {sampling.walkers}"
+        )
     t0 = time.perf_counter()
     truth = sample_params(trained.cfg.family, o.n, torch.Generator().manual_seed(seed + 17)).numpy()
     noise = NoiseModel(points=o.points, frac=(o.noise, o.noise))
@@ -86,8 +92,8 @@ def run_validate(
         res = invert_batch(trained, pad(observations[a : a + CHUNK], "validate"), latent_model=lm,
                            posterior=o.posterior, sampling=sampling, seed=seed)  # fmt: skip
         draws.append(res.posterior.samples)
-        if res.posterior.rhat is not None:
-            unconverged += int(((res.posterior.rhat > 1.01) | (res.posterior.ess < 400)).any(axis=1).sum())
+        if res.posterior.unconverged is not None:
+            unconverged += int(res.posterior.unconverged.sum())
         if on_chunk:
             on_chunk(min(a + CHUNK, o.n), o.n)
     log10 = [p.log_scale for p in fam.params]
