@@ -45,8 +45,9 @@ def test_rank_rhat_is_arviz_rank_rhat() -> None:
 
 
 def test_integrated_time_is_emcees_and_ess_matches_known_tau_and_arviz() -> None:
-    """tau equals emcee.autocorr.integrated_time on the same walkers (floored at 1); on AR(1) chains it is (1 + phi) / (1 - phi)
-    and ESS = chains x steps / tau agrees with ArviZ's ess(method="mean") (Geyer's estimator, another window)."""
+    """tau equals emcee.autocorr.integrated_time on the same walkers (floored at 1); on AR(1) chains it is
+    (1 + phi) / (1 - phi) and ESS = chains x steps / tau agrees with ArviZ's ess(method="mean") (Geyer's
+    estimator, another window)."""
     rng = np.random.default_rng(5)
     chains, steps = 16, 4000
     for phi in (0.0, 0.5, 0.9):
