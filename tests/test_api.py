@@ -74,8 +74,8 @@ def test_padded_arrays_and_lists_give_the_same_answer(example):
 
 def test_api_errors_are_the_typed_errors(example):
     run, x, y = example["run"], example["x"], example["y"]
-    with pytest.raises(OptionError, match="walkers: must be a multiple of 2, got 5"):
-        run.invert(x=x, y=y, yerr=np.full_like(x, 0.002), walkers=5)
+    with pytest.raises(OptionError, match=r"walkers: must be a multiple of 2 x groups \(8\), got 12"):
+        run.invert(x=x, y=y, yerr=np.full_like(x, 0.002), walkers=12)
     with pytest.raises(InputError, match="outside the run's grid"):
         run.invert(x=x * 10, y=y)
     with pytest.raises(OptionError, match="not both or neither"):

@@ -16,9 +16,12 @@ from .conftest import ok, usage_error
 
 # (section, field, bad value as the CLI spells it, the YAML value, the rule's words)
 BAD = [
-    ("invert", "walkers", "5", 5, "must be a multiple of 2, got 5"),
+    ("invert", "walkers", "12", 12, "must be a multiple of 2 x groups (8), got 12"),
     ("invert", "walkers", "2", 2, "must be >= 4, got 2"),
     ("invert", "steps", "3", 3, "must be >= 10, got 3"),
+    ("invert", "steps", "many", "many", "expected an integer or one of auto, got 'many'"),
+    ("invert", "max_steps", "5", 5, "must be >= 10, got 5"),
+    ("invert", "groups", "1", 1, "must be >= 2, got 1"),
     ("invert", "burn", "-1", -1, "must be >= 0, got -1"),
     ("invert", "starts", "-2", -2, "must be >= 0, got -2"),
     ("invert", "max_iter", "0", 0, "must be >= 1, got 0"),
@@ -73,12 +76,12 @@ def test_validate_points_rule_between_fields(cli, workdir, smoke_run):
 
 def test_override_keeps_the_record_and_changes_only_the_given_fields():
     base = InvertConfig(walkers=16, steps=50)
-    out = override(base, {"walkers": 8, "steps": None, "method": "adam"})
-    assert out.walkers == 8 and out.steps == 50 and out.method == "adam"
+    out = override(base, {"walkers": 24, "steps": None, "method": "adam"})
+    assert out.walkers == 24 and out.steps == 50 and out.method == "adam"
     assert dataclasses.replace(out, walkers=16, method="lbfgs") == base
     with pytest.raises(OptionError) as e:
-        override(base, {"walkers": 7})
-    assert e.value.cli_message() == "--walkers: must be a multiple of 2, got 7"
+        override(base, {"walkers": 12})
+    assert e.value.cli_message() == "--walkers: must be a multiple of 2 x groups (8), got 12"
 
 
 def test_every_range_check_of_the_records_is_exercised_here():

@@ -14,7 +14,8 @@ from scipy import stats
 
 from funcae_cli.config import load_config
 from funcae_cli.inversion.calibration import calibrate, chi2_uniform_p
-from funcae_cli.inversion.posterior import ensemble, integrated_time, split_rhat
+from funcae_cli.inversion.diagnostics import integrated_time, split_rhat
+from funcae_cli.inversion.ensemble import ensemble
 from funcae_cli.inversion.prior import log_prior
 
 from .conftest import CONFIGS, ok, usage_error
@@ -143,8 +144,10 @@ def test_invert_with_mcmc_reports_intervals_diagnostics_and_samples(cli, smoke_c
     assert set(post) == {"mu", "sigma"}
     for name, q in post.items():
         assert q["q025"] < q["q16"] < q["median"] < q["q84"] < q["q975"]
-        assert q["ess"] > 0 and q["rhat"] > 0.9
+        assert q["ess"] > 0 and q["rhat"] > 0.9 and q["tau"] >= 1
+        assert q["ess"] == pytest.approx(32 * 150 / q["tau"], rel=1e-4)  # walkers x steps / tau
         assert q["q025"] <= row["params"][name] <= q["q975"]  # the best fit inside the posterior's 95%
+    assert row["posterior_steps"] == 150 and isinstance(row["posterior_unconverged"], bool)
     assert len(row["posterior_corr"]) == 2 and row["posterior_corr"][0][0] == pytest.approx(1.0)
     assert rec["summary"]["posterior"]["kind"] == "mcmc"
     with np.load(smoke_copy / "invert" / "obs_samples.npz") as z:
@@ -152,6 +155,7 @@ def test_invert_with_mcmc_reports_intervals_diagnostics_and_samples(cli, smoke_c
         first = z["samples"].copy()
     header = (smoke_copy / "invert" / "obs.csv").read_text().splitlines()[0]
     assert "mu_median" in header and "sigma_q975" in header and "mu_rhat" in header and "sigma_ess" in header
+    assert "sigma_tau" in header and "mcmc_steps" in header and "mcmc_unconverged" in header
     ok(cli(*args))  # seeded: the same command gives the same samples
     with np.load(smoke_copy / "invert" / "obs_samples.npz") as z:
         assert np.array_equal(z["samples"], first)
@@ -169,7 +173,9 @@ def test_laplace_posterior_and_bad_posterior_options(cli, smoke_copy: Path) -> N
     assert "rhat" not in row["posterior"]["mu"] and row["posterior"]["mu"]["q16"] < row["posterior"]["mu"]["q84"]
     usage_error(cli("invert", "--curves", "obs.csv", "--posterior", "nuts"), "--posterior", "nuts", "mcmc")
     usage_error(cli("invert", "--curves", "obs.csv", "--posterior", "mcmc", "--steps", "-5"), "--steps")
-    usage_error(cli("invert", "--curves", "obs.csv", "--posterior", "mcmc", "--walkers", "7"), "--walkers", "even")
+    usage_error(cli("invert", "--curves", "obs.csv", "--posterior", "mcmc", "--steps", "many"), "--steps", "auto")
+    # walkers split into invert.groups (4) independent ensembles of an even size each
+    usage_error(cli("invert", "--curves", "obs.csv", "--posterior", "mcmc", "--walkers", "12"), "--walkers", "multiple")
     usage_error(cli("invert", "--mu", "0", "--sigma", "1", "--posterior", "mcmc"), "--posterior", "yerr")
 
 

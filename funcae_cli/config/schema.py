@@ -143,10 +143,21 @@ class InvertConfig:
     posterior: Literal["none", "laplace", "mcmc"] = doc_field(
         "none", "uncertainty: none, a Laplace (Gaussian) approximation at the optimum, or MCMC samples"
     )
-    walkers: int = doc_field(32, "mcmc: walkers per target (even)", min=4, multiple_of=2)
-    steps: int = doc_field(800, "mcmc: steps kept per walker", min=10)
+    walkers: int = doc_field(32, "mcmc: walkers per target (a multiple of 2 x groups)", min=4)
+    steps: int | Literal["auto"] = doc_field(
+        "auto", "mcmc: steps kept per walker, or auto: until >= 50 autocorrelation times and R-hat < 1.01", min=10
+    )
     burn: int = doc_field(200, "mcmc: steps discarded first", min=0)
+    max_steps: int = doc_field(
+        5000, "mcmc, steps auto: the most steps a target runs (then flagged unconverged)", min=10
+    )
+    groups: int = doc_field(4, "mcmc: independent ensembles per target (R-hat across them)", min=2)
     seed: int | None = doc_field(None, "seed of random starts and samplers (default: the run's seed)", min=0)
+
+    def problems(self) -> list[tuple[str, str]]:
+        if self.walkers % (2 * self.groups):
+            return [("walkers", f"must be a multiple of 2 x groups ({2 * self.groups}), got {self.walkers}")]
+        return []
 
 
 @dataclass

@@ -9,19 +9,15 @@ prior (objective.py), the parameters then following each sample through the regr
   (J'J of the weighted residuals) plus the prior's Hessian (autograd). Without yerr the residuals' scale is
   estimated from the fit (RSS / (m - q)), as for any nonlinear least squares. It ignores the prior's hard bounds:
   its coverage is measured (funcae validate), not assumed.
-- `mcmc`: an affine-invariant ensemble sampler (Goodman & Weare 2010, as emcee) on one tensor of walkers
-  (targets, walkers, parameters): each step moves one half of every target's walkers given the other half,
-  alternating, by one of three well-known moves drawn step by step (SHARES): the stretch move (scale 2),
-  differential evolution (emcee's DEMove) and an independence proposal from a Gaussian kernel density of the
-  other half (emcee's KDEMove). All adapt their steps to each target's own posterior (scale, correlations,
-  curvature) through its ensemble. Seeded: the same command gives the same samples.
-  Walkers start around the optimum (Laplace's Gaussian, widened, clipped into the prior's support); the first
-  `burn` steps are discarded.
+- `mcmc`: the affine-invariant ensemble sampler of ensemble.py (stretch, differential-evolution and kernel-density
+  moves) on one tensor of walkers, each target's walkers split into `groups` independent ensembles. Walkers start
+  around the optimum (Laplace's Gaussian, widened, reflected into the prior's support); the first `burn` steps are
+  discarded. Seeded: the same command gives the same samples.
 
-Convergence per target and parameter: split R-hat over walkers (each walker a chain, halved) and the effective
-sample size walkers x steps / tau, tau the integrated autocorrelation time of the walker-averaged
-autocorrelation with Sokal's window (c = 5), as emcee estimates it. Targets with R-hat > RHAT_MAX or an ESS below
-ESS_MIN are named in a warning.
+Convergence per target and parameter (diagnostics.py): rank-normalized split R-hat across the target's independent
+ensembles, the integrated autocorrelation time tau (emcee's estimator, c = 5) and ESS = walkers x steps / tau. With
+`steps="auto"` each target runs until steps >= 50 tau and R-hat < 1.01 for every parameter, or `max_steps`; the
+targets that did not get there are `unconverged` and named in a warning.
 """
 
 from __future__ import annotations
@@ -35,13 +31,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from funcae_cli.inversion.diagnostics import RHAT_MAX, TAU_FACTOR
+from funcae_cli.inversion.ensemble import Cohort, covariance, sample
 from funcae_cli.inversion.laplace_check import check_laplace
 from funcae_cli.inversion.physics import Fitter
 
 POSTERIORS = ("none", "laplace", "mcmc")
-RHAT_MAX = 1.01
-ESS_MIN = 400
-STRETCH = 2.0  # the stretch move's scale a
 INIT_WIDEN = 1.5  # walkers start from Laplace's Gaussian with this many times its standard deviations
 # The samplers' likelihood of a formula family in float32: chi^2 to ~1e-6 relative, far below what an acceptance
 # ratio resolves, and ~1.7x faster than float64 on a CPU (the optimum and Laplace stay in float64).
@@ -60,8 +55,11 @@ class Posterior:
     samples: np.ndarray  # (n, s, p) float32 draws, in the family's units
     quantiles: dict[str, np.ndarray]  # QUANTILES keys -> (n, p)
     corr: np.ndarray  # (n, p, p) correlations of the sampled coordinates (natural: log10 for scale parameters)
-    rhat: np.ndarray | None = None  # (n, p) mcmc only
-    ess: np.ndarray | None = None  # (n, p)
+    rhat: np.ndarray | None = None  # (n, q) mcmc only, of the sampled coordinates: R-hat across the ensembles
+    ess: np.ndarray | None = None  # (n, q)
+    tau: np.ndarray | None = None  # (n, q) integrated autocorrelation time, in steps
+    steps: np.ndarray | None = None  # (n,) steps run after burn-in
+    unconverged: np.ndarray | None = None  # (n,) bool: stopped by the cap (or a fixed --steps) before converging
     acceptance: np.ndarray | None = None  # (n,)
     k_hat: np.ndarray | None = None  # (n,) laplace: Pareto k-hat of its importance weights (laplace_check.py)
     warnings: list[str] = field(default_factory=list)
@@ -73,12 +71,6 @@ def quantiles(samples: Tensor) -> dict[str, np.ndarray]:
     return {k: q[i].numpy() for i, k in enumerate(QUANTILES)}
 
 
-def covariance(points: Tensor) -> Tensor:
-    """(n, q, q) sample covariances of (n, k, q) points."""
-    x = points - points.mean(dim=1, keepdim=True)
-    return x.transpose(1, 2) @ x / max(x.shape[1] - 1, 1)
-
-
 def correlation(samples: Tensor) -> np.ndarray:
     """(n, p, p) correlation matrices of (n, s, p) samples (NaN where a coordinate does not vary)."""
     cov = covariance(samples.double())
@@ -86,155 +78,54 @@ def correlation(samples: Tensor) -> np.ndarray:
     return (cov / (sd[:, :, None] * sd[:, None, :])).numpy()
 
 
-# --- diagnostics ---------------------------------------------------------------------------------------
-
-
-def split_rhat(chains: Tensor) -> Tensor:
-    """Split R-hat (Gelman et al. 2013) of (n, chains, steps, q) -> (n, q): each chain halved."""
-    half = chains.shape[2] // 2
-    c = torch.cat([chains[:, :, :half], chains[:, :, half : 2 * half]], dim=1).double()  # (n, 2W, half, q)
-    means, variances = c.mean(dim=2), c.var(dim=2)
-    w = variances.mean(dim=1)
-    b = half * means.var(dim=1)
-    var_plus = (half - 1) / half * w + b / half
-    return torch.sqrt(var_plus / w.clamp_min(1e-300))
-
-
-def integrated_time(chains: Tensor, c: float = 5.0) -> Tensor:
-    """tau (n, q) of (n, walkers, steps, q): the walker-averaged autocorrelation, summed up to Sokal's window."""
-    x = chains.double() - chains.double().mean(dim=2, keepdim=True)
-    steps = x.shape[2]
-    size = 1 << (2 * steps - 1).bit_length()
-    f = torch.fft.rfft(x, n=size, dim=2)
-    acf = torch.fft.irfft(f * f.conj(), n=size, dim=2)[:, :, :steps]  # (n, W, steps, q)
-    acf = acf.mean(dim=1)  # averaged over walkers
-    acf = acf / acf[:, :1].clamp_min(1e-300)
-    taus = 2.0 * torch.cumsum(acf, dim=1) - 1.0  # tau(M) for every window M
-    window = torch.arange(steps, dtype=torch.float64)[None, :, None]
-    ok = window >= c * taus
-    first = torch.where(ok.any(dim=1), ok.float().argmax(dim=1), steps - 1)  # (n, q)
-    return taus.gather(1, first[:, None]).squeeze(1).clamp_min(1.0)
-
-
-# --- the ensemble sampler ---------------------------------------------------------------------------
-
-
-def _kde(other: Tensor) -> tuple[Tensor, Tensor]:
-    """Per target, a Gaussian kernel density of the other half's walkers (n, K, q): its kernel's Cholesky factor
-    (bandwidth by Scott's rule times the walkers' covariance) and the log normalizing constant."""
-    n, k, q = other.shape
-    cov = covariance(other)
-    cov = cov + 1e-12 * torch.eye(q, dtype=cov.dtype) * torch.diagonal(cov, dim1=1, dim2=2).mean(dim=1)[:, None, None]
-    h2 = k ** (-2.0 / (q + 4))
-    chol, _ = torch.linalg.cholesky_ex(h2 * cov + 1e-300 * torch.eye(q, dtype=cov.dtype))
-    log_norm = -torch.log(torch.diagonal(chol, dim1=1, dim2=2)).sum(dim=1) - 0.5 * q * math.log(2 * math.pi)
-    return chol, log_norm - math.log(k)
-
-
-def _kde_log(y: Tensor, other: Tensor, chol: Tensor, log_norm: Tensor) -> Tensor:
-    """log q(y) (n, m) of points y (n, m, q) under the kernel density of other (n, K, q)."""
-    d = y[:, :, None, :] - other[:, None, :, :]  # (n, m, K, q)
-    n, m, k, q = d.shape
-    sol = torch.linalg.solve_triangular(chol[:, None], d.reshape(n, m * k, q).transpose(1, 2)[:, None], upper=False)
-    maha = sol.squeeze(1).square().sum(dim=1).reshape(n, m, k)
-    return torch.logsumexp(-0.5 * maha, dim=2) + log_norm[:, None]
-
-
-def _stretch(xs: Tensor, other: Tensor, gen: torch.Generator) -> tuple[Tensor, Tensor]:
-    """Goodman & Weare's stretch move toward a random walker of the other half (scale STRETCH)."""
-    n, m, q = xs.shape
-    z = ((STRETCH - 1) * torch.rand(n, m, generator=gen, dtype=xs.dtype) + 1) ** 2 / STRETCH
-    partner = other.gather(1, torch.randint(other.shape[1], (n, m), generator=gen)[:, :, None].expand(-1, -1, q))
-    return partner + z[..., None] * (xs - partner), (q - 1) * torch.log(z)
-
-
-def _differential(xs: Tensor, other: Tensor, gen: torch.Generator) -> tuple[Tensor, Tensor]:
-    """Differential evolution (ter Braak 2006, emcee's DEMove): a step along the difference of two walkers of
-    the other half, scaled by 2.38 / sqrt(2 q) (times a 10% jitter): symmetric, it follows correlations."""
-    n, m, q = xs.shape
-    k = other.shape[1]
-    a = torch.randint(k, (n, m), generator=gen)
-    b = (a + torch.randint(1, k, (n, m), generator=gen)) % k  # a different walker
-    pa = other.gather(1, a[:, :, None].expand(-1, -1, q))
-    pb = other.gather(1, b[:, :, None].expand(-1, -1, q))
-    gamma = 2.38 / math.sqrt(2 * q) * (1 + 0.1 * torch.randn(n, m, 1, generator=gen, dtype=xs.dtype))
-    return xs + gamma * (pa - pb), torch.zeros(n, m, dtype=xs.dtype)
-
-
-def _kernel_density(xs: Tensor, other: Tensor, gen: torch.Generator) -> tuple[Tensor, Tensor]:
-    """An independence proposal from a Gaussian kernel density of the other half (emcee's KDEMove)."""
-    n, m, q = xs.shape
-    chol, log_norm = _kde(other)
-    pick = torch.randint(other.shape[1], (n, m), generator=gen)
-    eps = torch.randn(n, m, q, generator=gen, dtype=xs.dtype)
-    y = other.gather(1, pick[:, :, None].expand(-1, -1, q)) + (chol[:, None] @ eps[..., None])[..., 0]
-    return y, _kde_log(xs, other, chol, log_norm) - _kde_log(y, other, chol, log_norm)
-
-
-MOVES = (_stretch, _differential, _kernel_density)
-SHARES = torch.tensor([0.2, 0.4, 0.4])  # how often each move is used, step by step
-
-
-def ensemble(
-    log_prob: Callable[[Tensor], Tensor], x0: Tensor, steps: int, burn: int, gen: torch.Generator
-) -> tuple[Tensor, Tensor]:
-    """Run the batched ensemble sampler. log_prob: walkers (n, m, q) -> log density (n, m) (-inf outside the
-    support); x0 (n, W, q), W even. Returns the kept chain (n, W, steps, q) and the acceptance rate (n,)."""
-    n, w, q = x0.shape
-    half = w // 2
-    x, lp = x0.clone(), log_prob(x0)
-    chain = torch.empty(n, w, steps, q, dtype=x0.dtype)
-    accepted = torch.zeros(n, dtype=torch.float64)
-    for t in range(burn + steps):
-        move = MOVES[int(torch.multinomial(SHARES, 1, generator=gen))]
-        for first in (True, False):
-            mine = slice(0, half) if first else slice(half, w)
-            other = x[:, half:] if first else x[:, :half]
-            xs, lps = x[:, mine], lp[:, mine]
-            y, log_extra = move(xs, other, gen)
-            lp_y = log_prob(y)
-            log_u = torch.log(torch.rand(n, xs.shape[1], generator=gen, dtype=x.dtype))
-            accept = torch.isfinite(lp_y) & (log_u < lp_y - lps + log_extra)
-            x[:, mine] = torch.where(accept[..., None], y, xs)
-            lp[:, mine] = torch.where(accept, lp_y, lps)
-            if t >= burn:
-                accepted += accept.double().sum(dim=1)
-        if t >= burn:
-            chain[:, :, t - burn] = x
-    return chain, accepted / max(steps * w, 1)
-
-
 # --- a posterior from samples --------------------------------------------------------------------------------
 
 
 def summarize(
-    kind: str,
-    names: list[str],
-    natural: Tensor,
-    to_units: Callable[[Tensor], Tensor],
-    target_names: list[str],
-    chain: Tensor | None = None,
-    acceptance: Tensor | None = None,
-    keep: int = 2000,
+    kind: str, names: list[str], natural: Tensor, to_units: Callable[[Tensor], Tensor], keep: int = 2000
 ) -> Posterior:
-    """Quantiles, correlations and (for chains) convergence of draws `natural` (n, s, q) in the sampled
-    coordinates; `to_units` maps them to the reported quantities (n, s, p). At most `keep` draws are stored."""
-    n, s, _ = natural.shape
-    thin = max(1, s // keep)
-    draws = to_units(natural[:, ::thin])
-    out = Posterior(kind, names, draws.float().numpy(), quantiles(to_units(natural)), correlation(natural))
-    if chain is not None:
-        rhat, tau = split_rhat(chain), integrated_time(chain)
-        out.rhat, out.ess = rhat.numpy(), (chain.shape[1] * chain.shape[2] / tau).numpy()
-        out.acceptance = acceptance.numpy()
-        bad = (out.rhat > RHAT_MAX).any(axis=1) | (out.ess < ESS_MIN).any(axis=1)
-        hit = [target_names[i] for i in np.nonzero(bad)[0]]
-        if hit:
-            more = f" and {len(hit) - 5} more" if len(hit) > 5 else ""
-            out.warnings.append(
-                f"the MCMC chains of {', '.join(hit[:5])}{more} have not converged (R-hat > {RHAT_MAX} or effective "
-                f"sample size < {ESS_MIN} for a parameter): run longer (--steps) before trusting their intervals"
-            )
+    """Quantiles and correlations of draws `natural` (n, s, q) in the sampled coordinates; `to_units` maps them to
+    the reported quantities (n, s, p). At most `keep` draws are stored."""
+    s = natural.shape[1]
+    draws = to_units(natural[:, :: max(1, s // keep)])
+    return Posterior(kind, names, draws.float().numpy(), quantiles(to_units(natural)), correlation(natural))
+
+
+def from_chains(
+    cohorts: list[Cohort], n: int, names: list[str], to_units: Callable[[Tensor], Tensor], target_names: list[str],
+    keep: int, cap: str, limit: int | None = None,
+) -> Posterior:  # fmt: skip
+    """The posterior of n targets from the sampler's cohorts (ensemble.sample): per cohort its quantiles,
+    correlations, `keep` draws (evenly spaced; fewer if a chain is shorter) and diagnostics, scattered back to the
+    targets' rows. cap: how the user raises the cap, for the warning; limit: quantiles from at most this many draws
+    (evenly thinned) where to_units is costly."""
+    keep = min([keep] + [c.chain.shape[1] * c.chain.shape[2] for c in cohorts])
+    parts = []
+    for c in cohorts:
+        flat = c.chain.double().reshape(c.chain.shape[0], -1, c.chain.shape[3])
+        pick = torch.linspace(0, flat.shape[1] - 1, keep).round().long()
+        some = flat if limit is None else flat[:, :: max(1, flat.shape[1] // limit)]
+        parts.append((c, summarize("mcmc", names, some, to_units, keep), to_units(flat[:, pick])))
+    order = torch.cat([c.targets for c in cohorts]).argsort()
+
+    def stack(values: list[Any]) -> np.ndarray:
+        return torch.cat([torch.as_tensor(np.asarray(v)) for v in values])[order].numpy()
+
+    out = Posterior(
+        "mcmc", names, stack([d.float() for _, _, d in parts]),
+        {k: stack([p.quantiles[k] for _, p, _ in parts]) for k in QUANTILES}, stack([p.corr for _, p, _ in parts]),
+        rhat=stack([c.rhat for c, _, _ in parts]), ess=stack([c.ess for c, _, _ in parts]),
+        tau=stack([c.tau for c, _, _ in parts]), steps=stack([torch.full((len(c.targets),), c.steps) for c in cohorts]),
+        unconverged=stack([~c.converged for c in cohorts]), acceptance=stack([c.acceptance for c in cohorts]),
+    )  # fmt: skip
+    hit = [target_names[i] for i in np.nonzero(out.unconverged)[0]]
+    if hit:
+        more = f" and {len(hit) - 5} more" if len(hit) > 5 else ""
+        out.warnings.append(
+            f"the MCMC chains of {', '.join(hit[:5])}{more} stopped at {cap} before converging (R-hat >= {RHAT_MAX} "
+            f"across their independent ensembles, or fewer than {TAU_FACTOR} autocorrelation times): their intervals "
+            "may be wrong; raise the cap"
+        )
     return out
 
 
@@ -280,20 +171,8 @@ def prior_hessian(log_prior: Callable[[Tensor], Tensor], u: Tensor) -> Tensor:
 # --- posteriors of a batch of targets ------------------------------------------------------------------
 
 
-@dataclass
-class Sampling:
-    """How to sample (funcae invert --walkers/--steps/--burn)."""
-
-    walkers: int = 32  # per target, even
-    steps: int = 800  # kept per walker: enough for R-hat <= 1.01 on the normal family (8 of 2000 flagged in
-    # validate); rotation curves' 4 correlated parameters need more (1913 of 2000 flagged, though calibrated)
-    burn: int = 200  # discarded first
-    seed: int = 0
-    draws: int = 2000  # Laplace: draws per target for quantiles, figures and samples.npz
-
-
 def _batched_log_prob(n: int, per_row: Callable[[Tensor, Tensor], Tensor]) -> Callable[[Tensor], Tensor]:
-    """Walkers (n, m, q) -> (n, m) from a log density of rows (k, q) with the target of each row (k,)."""
+    """Draws (n, m, q) -> (n, m) from a log density of rows (k, q) with the target of each row (k,)."""
 
     def log_prob(x: Tensor) -> Tensor:
         m = x.shape[1]
@@ -301,6 +180,30 @@ def _batched_log_prob(n: int, per_row: Callable[[Tensor, Tensor], Tensor]) -> Ca
         return per_row(x.reshape(n * m, -1), rows).reshape(n, m)
 
     return log_prob
+
+
+@dataclass
+class Sampling:
+    """How to sample (funcae invert --walkers/--steps/--burn, invert.max_steps/groups)."""
+
+    walkers: int = 32  # per target, a multiple of 2 x groups
+    steps: int | str = "auto"  # kept per walker, or auto: until converged (diagnostics.converged) or max_steps
+    burn: int = 200  # discarded first
+    seed: int = 0
+    draws: int = 2000  # draws per target stored (samples.npz, figures); Laplace: also those of its quantiles
+    max_steps: int = 5000  # auto: the cap
+    groups: int = 4  # independent ensembles per target (R-hat across them)
+
+    def run(self, per_row: Callable[[Tensor, Tensor], Tensor], x0: Tensor, gen: torch.Generator) -> list[Cohort]:
+        auto = self.steps == "auto"
+        steps = None if auto else int(self.steps)
+        return sample(per_row, x0, self.groups, steps, self.burn, self.max_steps, gen)
+
+    @property
+    def cap(self) -> str:
+        if self.steps == "auto":
+            return f"the cap of {self.max_steps} steps (invert.max_steps)"
+        return f"the {self.steps} steps asked (--steps)"
 
 
 def _start_walkers(mean: Tensor, cov: Tensor, walkers: int, lo: Tensor, hi: Tensor, gen: torch.Generator) -> Tensor:
@@ -346,16 +249,15 @@ def physics_posterior(
     fast = Fitter(fitter.trained, obs, fitter.bounds, dtype=LIKELIHOOD_DTYPE)  # the samplers' likelihood
     counts = torch.bincount(obs.target, minlength=n)
     first_point = torch.cumsum(counts, 0) - counts
-    layout: dict[int, tuple[Tensor, Tensor]] = {}  # rows -> (row of each point, point): the same every step
+    layout: list[Tensor] = []  # [rows, row of each point, point]: the same every step until the batch shrinks
 
     def points_of(rows: Tensor) -> tuple[Tensor, Tensor]:
-        key = rows.shape[0]
-        if key not in layout:  # each row (a walker of target t) owns a copy of t's points
+        if not layout or not torch.equal(layout[0], rows):  # each row (a walker of target t) owns t's points
             reps = counts[rows]
-            row_of_point = torch.arange(key).repeat_interleave(reps)
+            row_of_point = torch.arange(rows.shape[0]).repeat_interleave(reps)
             offset = torch.arange(int(reps.sum())) - torch.repeat_interleave(torch.cumsum(reps, 0) - reps, reps)
-            layout[key] = (row_of_point, first_point[rows].repeat_interleave(reps) + offset)
-        return layout[key]
+            layout[:] = [rows, row_of_point, first_point[rows].repeat_interleave(reps) + offset]
+        return layout[1], layout[2]
 
     def per_row(u: Tensor, rows: Tensor) -> Tensor:
         lp = log_prior_free(u)
@@ -367,14 +269,13 @@ def physics_posterior(
     if kind == "laplace":  # checked against the posterior (with yerr) and reweighted where it can be trusted
         check = check_laplace(u_opt, cov, _batched_log_prob(n, per_row) if obs.chi2 else None, sampling.draws, gen,
                               target_names)  # fmt: skip
-        return check.into(summarize("laplace", names, check.draws, units, target_names))
+        return check.into(summarize("laplace", names, check.draws, units))
     lo, hi = fitter.lo, fitter.hi
     lo = torch.where(torch.isfinite(lo), lo, u_opt.min(dim=0).values - 10)
     hi = torch.where(torch.isfinite(hi), hi, u_opt.max(dim=0).values + 10)
     x0 = _start_walkers(u_opt, cov, sampling.walkers, lo, hi, gen)
-    chain, acc = ensemble(_batched_log_prob(n, per_row), x0, sampling.steps, sampling.burn, gen)
-    flat = chain.reshape(n, -1, q)
-    return summarize("mcmc", names, flat, units, target_names, chain, acc)
+    cohorts = sampling.run(per_row, x0, gen)
+    return from_chains(cohorts, n, names, units, target_names, sampling.draws, sampling.cap)
 
 
 def latent_posterior(
@@ -402,11 +303,9 @@ def latent_posterior(
 
     if kind == "laplace":  # checked against the posterior and reweighted where it can be trusted
         check = check_laplace(mean, cov, _batched_log_prob(n, per_row), sampling.draws, gen, target_names)
-        return check.into(summarize("laplace", names, check.draws, units, target_names))
+        return check.into(summarize("laplace", names, check.draws, units))
 
     big = torch.full((d,), math.inf, dtype=torch.float64)
     x0 = _start_walkers(mean, cov, sampling.walkers, -big, big, gen)
-    chain, acc = ensemble(_batched_log_prob(n, per_row), x0, sampling.steps, sampling.burn, gen)
-    flat = chain.reshape(n, -1, d)
-    thinned = flat[:, :: max(1, flat.shape[1] // sampling.draws)]
-    return summarize("mcmc", names, thinned, units, target_names, chain, acc)
+    cohorts = sampling.run(per_row, x0, gen)
+    return from_chains(cohorts, n, names, units, target_names, sampling.draws, sampling.cap, sampling.draws)

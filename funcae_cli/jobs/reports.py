@@ -11,7 +11,7 @@ from funcae_cli.data.formulas import FORMULAS
 from funcae_cli.files import finite_or_none
 from funcae_cli.inversion.assess import FLAGS
 from funcae_cli.inversion.invert import InvertResult
-from funcae_cli.inversion.posterior import ESS_MIN, QUANTILES, RHAT_MAX, Posterior
+from funcae_cli.inversion.posterior import QUANTILES, Posterior
 from funcae_cli.inversion.targets import Targets
 from funcae_cli.store.trained import Trained
 
@@ -121,26 +121,34 @@ def _posterior_row(post: Posterior, i: int) -> dict[str, Any]:
     for j, name in enumerate(post.names):
         entry = {k: finite_or_none(v[i, j]) for k, v in post.quantiles.items()}
         if post.rhat is not None:
-            entry.update(rhat=finite_or_none(post.rhat[i, j]), ess=finite_or_none(post.ess[i, j]))
+            entry.update(rhat=finite_or_none(post.rhat[i, j]), ess=finite_or_none(post.ess[i, j]),
+                         tau=finite_or_none(post.tau[i, j]))  # fmt: skip
         out["posterior"][name] = entry
     out["posterior_corr"] = [[finite_or_none(v) for v in row] for row in post.corr[i]]
     if post.acceptance is not None:
         out["posterior_acceptance"] = float(post.acceptance[i])
+        out["posterior_steps"] = int(post.steps[i])
+        out["posterior_unconverged"] = bool(post.unconverged[i])
     if post.k_hat is not None:
         out["k_hat"] = finite_or_none(post.k_hat[i])
     return out
 
 
 def posterior_columns(post: Posterior) -> list[str]:
-    stats = list(QUANTILES) + (["rhat", "ess"] if post.rhat is not None else [])
-    return [f"{name}_{s}" for name in post.names for s in stats] + (["k_hat"] if post.k_hat is not None else [])
+    stats = list(QUANTILES) + (["rhat", "ess", "tau"] if post.rhat is not None else [])
+    return (
+        [f"{name}_{s}" for name in post.names for s in stats]
+        + (["mcmc_steps", "mcmc_unconverged"] if post.rhat is not None else [])
+        + (["k_hat"] if post.k_hat is not None else [])
+    )
 
 
 def posterior_cells(post: Posterior, i: int) -> list[Any]:
     cells = []
     for j in range(len(post.names)):
         cells += [post.quantiles[k][i, j] for k in QUANTILES]
-        cells += [post.rhat[i, j], post.ess[i, j]] if post.rhat is not None else []
+        cells += [post.rhat[i, j], post.ess[i, j], post.tau[i, j]] if post.rhat is not None else []
+    cells += [int(post.steps[i]), bool(post.unconverged[i])] if post.rhat is not None else []
     return cells + ([post.k_hat[i]] if post.k_hat is not None else [])
 
 
@@ -212,9 +220,9 @@ def summarize(res: InvertResult, targets: Targets, names: list[str]) -> dict[str
     if post is not None:
         out["posterior"] = {"kind": post.kind, "draws_per_target": int(post.samples.shape[1])}
         if post.rhat is not None:
-            bad = (post.rhat > RHAT_MAX).any(axis=1) | (post.ess < ESS_MIN).any(axis=1)
             out["posterior"].update(rhat_max=float(np.nanmax(post.rhat)), ess_min=float(np.nanmin(post.ess)),
-                                    ess_median=float(np.nanmedian(post.ess)), unconverged=int(bad.sum()),
+                                    ess_median=float(np.nanmedian(post.ess)), unconverged=int(post.unconverged.sum()),
+                                    steps_median=float(np.median(post.steps)), steps_max=int(post.steps.max()),
                                     acceptance_median=float(np.median(post.acceptance)))  # fmt: skip
         if post.k_hat is not None:
             out["posterior"]["k_hat_median"] = _nanmedian(post.k_hat)

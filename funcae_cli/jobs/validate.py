@@ -61,8 +61,8 @@ def run_validate(
         res = invert_batch(trained, pad(observations[a : a + CHUNK], "validate"), inv, lm)
         draws.append(res.posterior.samples)
         flagged.append(np.array([FLAG in f for f in res.assessment.flags]))  # laplace's k-hat >= KHAT_MAX
-        if res.posterior.rhat is not None:
-            bad = ((res.posterior.rhat > 1.01) | (res.posterior.ess < 400)).any(axis=1)
+        if res.posterior.unconverged is not None:  # mcmc: stopped by its cap before converging
+            bad = res.posterior.unconverged
             unconverged, flagged[-1] = unconverged + int(bad.sum()), bad
         if on_chunk:
             on_chunk(min(a + CHUNK, o.n), o.n)

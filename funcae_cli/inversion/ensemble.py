@@ -1,0 +1,213 @@
+"""An affine-invariant ensemble sampler for many independent targets at once (torch only; nothing of funcae).
+
+One tensor of walkers (ensembles, walkers, parameters): each step moves one half of every ensemble's walkers given
+the other half of the same ensemble, alternating, by one of three well-known moves drawn step by step (SHARES): the
+stretch move (Goodman & Weare 2010, scale 2), differential evolution (ter Braak 2006, emcee's DEMove) and an
+independence proposal from a Gaussian kernel density of the other half (emcee's KDEMove). All adapt their steps to
+each ensemble's own density (scale, correlations, curvature).
+
+`sample` runs each target as `groups` independent ensembles (their walkers never meet), so that R-hat across the
+ensembles is a convergence test (diagnostics.py); R-hat across the walkers of one ensemble is not (its walkers are
+not independent chains: emcee's documentation, ArviZ issues 977 and 2156). With `steps=None` each target runs in
+batches until every parameter has steps >= 50 tau and R-hat < 1.01, or until `max_steps`; a target that is done
+leaves the batch (the tensors are compacted), so it costs nothing more.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from funcae_cli.inversion.diagnostics import converged, integrated_time, rank_rhat
+
+STRETCH = 2.0  # the stretch move's scale a
+CHECK = 100  # auto: the first convergence check after this many steps, then every max(CHECK, steps / 4)
+STORE = 2048  # recorded steps per walker kept at most: beyond, every other one is dropped (the chain thinned x2)
+
+RowLogDensity = Callable[[Tensor, Tensor], Tensor]  # (x (k, q), target of each row (k,)) -> log density (k,)
+
+
+def covariance(points: Tensor) -> Tensor:
+    """(n, q, q) sample covariances of (n, k, q) points."""
+    x = points - points.mean(dim=1, keepdim=True)
+    return x.transpose(1, 2) @ x / max(x.shape[1] - 1, 1)
+
+
+def _kde(other: Tensor) -> tuple[Tensor, Tensor]:
+    """Per target, a Gaussian kernel density of the other half's walkers (n, K, q): its kernel's Cholesky factor
+    (bandwidth by Scott's rule times the walkers' covariance) and the log normalizing constant."""
+    n, k, q = other.shape
+    cov = covariance(other)
+    cov = cov + 1e-12 * torch.eye(q, dtype=cov.dtype) * torch.diagonal(cov, dim1=1, dim2=2).mean(dim=1)[:, None, None]
+    h2 = k ** (-2.0 / (q + 4))
+    chol, _ = torch.linalg.cholesky_ex(h2 * cov + 1e-300 * torch.eye(q, dtype=cov.dtype))
+    log_norm = -torch.log(torch.diagonal(chol, dim1=1, dim2=2)).sum(dim=1) - 0.5 * q * math.log(2 * math.pi)
+    return chol, log_norm - math.log(k)
+
+
+def _kde_log(y: Tensor, other: Tensor, chol: Tensor, log_norm: Tensor) -> Tensor:
+    """log q(y) (n, m) of points y (n, m, q) under the kernel density of other (n, K, q)."""
+    d = y[:, :, None, :] - other[:, None, :, :]  # (n, m, K, q)
+    n, m, k, q = d.shape
+    sol = torch.linalg.solve_triangular(chol[:, None], d.reshape(n, m * k, q).transpose(1, 2)[:, None], upper=False)
+    maha = sol.squeeze(1).square().sum(dim=1).reshape(n, m, k)
+    return torch.logsumexp(-0.5 * maha, dim=2) + log_norm[:, None]
+
+
+def _stretch(xs: Tensor, other: Tensor, gen: torch.Generator) -> tuple[Tensor, Tensor]:
+    """Goodman & Weare's stretch move toward a random walker of the other half (scale STRETCH)."""
+    n, m, q = xs.shape
+    z = ((STRETCH - 1) * torch.rand(n, m, generator=gen, dtype=xs.dtype) + 1) ** 2 / STRETCH
+    partner = other.gather(1, torch.randint(other.shape[1], (n, m), generator=gen)[:, :, None].expand(-1, -1, q))
+    return partner + z[..., None] * (xs - partner), (q - 1) * torch.log(z)
+
+
+def _differential(xs: Tensor, other: Tensor, gen: torch.Generator) -> tuple[Tensor, Tensor]:
+    """Differential evolution (ter Braak 2006, emcee's DEMove): a step along the difference of two walkers of
+    the other half, scaled by 2.38 / sqrt(2 q) (times a 10% jitter): symmetric, it follows correlations."""
+    n, m, q = xs.shape
+    k = other.shape[1]
+    a = torch.randint(k, (n, m), generator=gen)
+    b = (a + torch.randint(1, k, (n, m), generator=gen)) % k  # a different walker
+    pa = other.gather(1, a[:, :, None].expand(-1, -1, q))
+    pb = other.gather(1, b[:, :, None].expand(-1, -1, q))
+    gamma = 2.38 / math.sqrt(2 * q) * (1 + 0.1 * torch.randn(n, m, 1, generator=gen, dtype=xs.dtype))
+    return xs + gamma * (pa - pb), torch.zeros(n, m, dtype=xs.dtype)
+
+
+def _kernel_density(xs: Tensor, other: Tensor, gen: torch.Generator) -> tuple[Tensor, Tensor]:
+    """An independence proposal from a Gaussian kernel density of the other half (emcee's KDEMove)."""
+    n, m, q = xs.shape
+    chol, log_norm = _kde(other)
+    pick = torch.randint(other.shape[1], (n, m), generator=gen)
+    eps = torch.randn(n, m, q, generator=gen, dtype=xs.dtype)
+    y = other.gather(1, pick[:, :, None].expand(-1, -1, q)) + (chol[:, None] @ eps[..., None])[..., 0]
+    return y, _kde_log(xs, other, chol, log_norm) - _kde_log(y, other, chol, log_norm)
+
+
+MOVES = (_stretch, _differential, _kernel_density)
+SHARES = torch.tensor([0.2, 0.4, 0.4])  # how often each move is used, step by step
+
+
+def advance(
+    log_prob: Callable[[Tensor], Tensor], x: Tensor, lp: Tensor, steps: int, gen: torch.Generator
+) -> tuple[Tensor, Tensor]:
+    """Move the ensembles x (b, W, q) with log densities lp (b, W) `steps` steps, in place. log_prob: walkers
+    (b, m, q) -> (b, m) (-inf outside the support). Returns the positions after each step (b, W, steps, q) and the
+    accepted moves per ensemble (b,)."""
+    b, w, q = x.shape
+    half = w // 2
+    chain = torch.empty(b, w, steps, q, dtype=x.dtype)
+    accepted = torch.zeros(b, dtype=torch.float64)
+    for t in range(steps):
+        move = MOVES[int(torch.multinomial(SHARES, 1, generator=gen))]
+        for first in (True, False):
+            mine = slice(0, half) if first else slice(half, w)
+            other = x[:, half:] if first else x[:, :half]
+            xs, lps = x[:, mine], lp[:, mine]
+            y, log_extra = move(xs, other, gen)
+            lp_y = log_prob(y)
+            log_u = torch.log(torch.rand(b, xs.shape[1], generator=gen, dtype=x.dtype))
+            accept = torch.isfinite(lp_y) & (log_u < lp_y - lps + log_extra)
+            x[:, mine] = torch.where(accept[..., None], y, xs)
+            lp[:, mine] = torch.where(accept, lp_y, lps)
+            accepted += accept.double().sum(dim=1)
+        chain[:, :, t] = x
+    return chain, accepted
+
+
+def ensemble(
+    log_prob: Callable[[Tensor], Tensor], x0: Tensor, steps: int, burn: int, gen: torch.Generator
+) -> tuple[Tensor, Tensor]:
+    """One ensemble per row of x0 (n, W, q), W even: `burn` steps discarded, then `steps` kept. Returns the kept
+    chain (n, W, steps, q) and the acceptance rate over the kept steps (n,)."""
+    x = x0.clone()
+    lp = log_prob(x)
+    advance(log_prob, x, lp, burn, gen)
+    chain, accepted = advance(log_prob, x, lp, steps, gen)
+    return chain, accepted / max(steps * x0.shape[1], 1)
+
+
+@dataclass
+class Cohort:
+    """Targets that stopped at the same step, with their chains and diagnostics."""
+
+    targets: Tensor  # (k,) their rows in the batch
+    chain: Tensor  # (k, W, s, q) float32: every `thin`-th step after burn-in, walkers group-major
+    thin: int
+    steps: int  # steps run after burn-in
+    acceptance: Tensor  # (k,)
+    tau: Tensor  # (k, q) integrated autocorrelation time, in steps
+    rhat: Tensor  # (k, q) rank-normalized split R-hat across the groups
+    ess: Tensor  # (k, q) walkers x steps / tau
+    converged: Tensor  # (k,) steps >= 50 tau and R-hat < 1.01 for every parameter
+
+
+def _grouped(chain: Tensor, groups: int) -> Tensor:
+    """(k, W, s, q) walkers of `groups` ensembles -> (k, groups, s * W / groups, q) chains, time-major (a split in
+    half splits each ensemble's run in time)."""
+    k, w, s, q = chain.shape
+    return chain.reshape(k, groups, w // groups, s, q).transpose(2, 3).reshape(k, groups, -1, q)
+
+
+def diagnose(chain: Tensor, thin: int, steps: int, groups: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """tau (in steps), R-hat across groups, ESS and convergence of chains (k, W, s, q) recorded every thin-th
+    step over `steps` steps."""
+    tau = integrated_time(chain) * thin
+    rhat = rank_rhat(_grouped(chain, groups)) if groups > 1 else torch.full_like(tau, math.nan)
+    ess = chain.shape[1] * steps / tau
+    return tau, rhat, ess, converged(steps, tau, rhat)
+
+
+def sample(
+    per_row: RowLogDensity, x0: Tensor, groups: int, steps: int | None, burn: int, max_steps: int,
+    gen: torch.Generator,
+) -> list[Cohort]:  # fmt: skip
+    """Sample n targets, each as `groups` independent ensembles of W / groups walkers (x0 (n, W, q), W / groups
+    even; walkers [g W/groups, (g+1) W/groups) form ensemble g). steps: a fixed count after `burn`, or None: until
+    converged (diagnostics.converged) or `max_steps`, checked in batches. Returns the cohorts of targets that
+    stopped together, in the order they stopped."""
+    n, w, q = x0.shape
+    wg = w // groups
+    active = torch.arange(n)
+    x = x0.reshape(n * groups, wg, q).clone()
+
+    def log_prob_of(active: Tensor) -> Callable[[Tensor], Tensor]:
+        target = active.repeat_interleave(groups)
+
+        def log_prob(y: Tensor) -> Tensor:
+            b, m, _ = y.shape
+            return per_row(y.reshape(b * m, q), target.repeat_interleave(m)).reshape(b, m)
+
+        return log_prob
+
+    log_prob = log_prob_of(active)
+    lp = log_prob(x)
+    advance(log_prob, x, lp, burn, gen)
+    cap = max_steps if steps is None else steps
+    kept = torch.empty(n, w, 0, q, dtype=torch.float32)
+    accepted = torch.zeros(n, dtype=torch.float64)
+    done, thin, out = 0, 1, []
+    while active.numel():
+        batch = min(cap, done + max(CHECK, done // 4)) - done if steps is None else cap
+        chain, acc = advance(log_prob, x, lp, batch, gen)
+        record = (done + torch.arange(1, batch + 1)) % thin == 0
+        kept = torch.cat([kept, chain[:, :, record].reshape(-1, w, int(record.sum()), q).float()], dim=2)
+        accepted += acc.reshape(-1, groups).sum(dim=1)
+        done += batch
+        while kept.shape[2] > STORE:
+            kept, thin = kept[:, :, 1::2], 2 * thin
+        tau, rhat, ess, ok = diagnose(kept, thin, done, groups)
+        stop = ok | (done >= cap)
+        if bool(stop.any()):
+            out.append(Cohort(active[stop], kept[stop], thin, done, accepted[stop] / (done * w), tau[stop],
+                              rhat[stop], ess[stop], ok[stop]))  # fmt: skip
+            go = ~stop
+            rows = go.repeat_interleave(groups)
+            active, kept, accepted, x, lp = active[go], kept[go], accepted[go], x[rows], lp[rows]
+            log_prob = log_prob_of(active)
+    return out
