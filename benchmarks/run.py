@@ -191,7 +191,7 @@ def bench_epoch(scale: float, repeats: int) -> Row:
             f"took {choice_cost:.2f} s here (once per CPU and shape; then cached), per step: "
             + ", ".join(f"{e} {1e3 * s:.2f} ms" for e, s in step_s.items()),
             f"compute limit: one epoch is {flops / 1e9:.1f} GFLOP (forward + backward, validation forward); at "
-            f"torch.mm's best rate on the epoch's wide shapes ({rate / 1e9:.0f} GFLOP/s; {peak / 1e9:.0f} GFLOP/s "
+            f"torch.mm's best rate on the epoch's wide shapes ({rate / 1e9:.1f} GFLOP/s; {peak / 1e9:.1f} GFLOP/s "
             f"on 1024^3) that is {flops / rate:.3f} s ({flops / peak:.3f} s): auto's epoch is "
             f"{t_f / (flops / rate):.1f}x the limit at the wide shapes' rate",
             f"medians of {len(runs)} rounds; the fastest round of each side: funcae {fastest_f:.3f} s, notebook "
