@@ -33,6 +33,8 @@ from funcae_cli.config import load_config
 from funcae_cli.data.dataset import generate
 from funcae_cli.data.normalize import split_sizes
 from funcae_cli.device import flush_denormals
+from funcae_cli.training.engine_choice import time_engines
+from funcae_cli.training.engines import ENGINES, candidates
 from funcae_cli.training.evaluation import test_metrics
 from funcae_cli.training.loop import Trainer
 from funcae_cli.training.native import kernels as native
@@ -103,21 +105,45 @@ def _trainer_for(cfg, ds, **callbacks):
     return Trainer(cfg, prep, torch.device("cpu"), **callbacks)
 
 
+def _epoch_flops(layers: list[tuple[int, int]], n_train: int, n_val: int) -> float:
+    """FLOPs of one epoch: per training curve 2 i o for each layer's forward, 2 i o for its weight gradient and
+    2 i o for its input gradient (none for the first layer); per validation curve the forward."""
+    fwd = sum(2 * i * o for i, o in layers)
+    return n_train * (3 * fwd - 2 * layers[0][0] * layers[0][1]) + n_val * fwd
+
+
+def _matmul_rate(shapes: list[tuple[int, int, int]], repeats: int = 200) -> float:
+    """The best float32 FLOP/s of torch.mm over `shapes` (m, k, n), each timed over `repeats` products."""
+    best = 0.0
+    for m, k, n in shapes:
+        a, b = torch.randn(m, k), torch.randn(k, n)
+        out = torch.empty(m, n)
+        for _ in range(10):
+            torch.mm(a, b, out=out)
+        t0 = time.perf_counter()
+        for _ in range(repeats):
+            torch.mm(a, b, out=out)
+        best = max(best, 2 * m * k * n * repeats / (time.perf_counter() - t0))
+    return best
+
+
 def bench_epoch(scale: float, repeats: int) -> Row:
     """Same model (hidden 16, tanh, latent 2), same data, batch 256, Adam: one epoch each."""
+
     n = max(int(100_000 * scale), 600)
     base = [f"data.n={n}", "data.normalize=none", "model.hidden=[16,16,16]", "model.activation=tanh",
             "train.batch_size=256", "train.epochs=1", "train.scheduler.name=exponential", "train.lr=1e-3"]  # fmt: skip
     cfg = _normal_cfg(base)
-    torch_only = _normal_cfg([*base, "train.engine=mlp"])  # funcae without its native kernels, for the notes
+    named = {e: _normal_cfg([*base, f"train.engine={e}"]) for e in ("native", "mlp")}
     ds = generate(cfg)
-    X = ds.curves[split_sizes(n, cfg.data.val_fraction, cfg.data.test_fraction).train].clone()
-    n_train = X.shape[0]
-    engines = {}
+    sizes = split_sizes(n, cfg.data.val_fraction, cfg.data.test_fraction)
+    X = ds.curves[sizes.train].clone()
+    n_train, n_points = X.shape
+    choices = {}
 
     def ours(c=cfg):
         tr = _trainer_for(c, generate(c))
-        engines[c.train.engine] = tr.step.name
+        choices[c.train.engine] = tr.engine_choice
         t0 = time.perf_counter()
         tr.run()
         return time.perf_counter() - t0
@@ -127,11 +153,22 @@ def bench_epoch(scale: float, repeats: int) -> Row:
         baselines.NotebookTraining(X).epoch()
         return time.perf_counter() - t0
 
-    ours(), ours(torch_only), theirs()  # warm-up, not counted: first-call initialization of kernels and allocator
-    runs = [(ours(), ours(torch_only), theirs()) for _ in range(repeats)]  # interleaved: same machine state
+    sides = [ours, *(lambda c=c: ours(c) for c in named.values()), theirs]
+    [side() for side in sides]  # warm-up, not counted: first-call initialization of kernels and allocator
+    runs = [[side() for side in sides] for _ in range(repeats)]  # interleaved: same machine state
+    t_f, t_native, t_mlp, t_b = (statistics.median(r[i] for r in runs) for i in range(len(sides)))
+    fastest_f, fastest_b = min(r[0] for r in runs), min(r[-1] for r in runs)
 
-    t_f, t_mlp, t_b = (statistics.median(r[i] for r in runs) for i in range(3))
-    fastest_f, fastest_b = min(r[0] for r in runs), min(r[2] for r in runs)
+    tr = _trainer_for(cfg, generate(cfg))
+    layers = [(m.in_features, m.out_features) for m in tr.model.modules() if isinstance(m, torch.nn.Linear)]
+    flops = _epoch_flops(layers, n_train, len(range(n)[sizes.val]))
+    wide = [(256, n_points, 16), (16, 256, n_points), (256, 16, n_points)]  # the epoch's products over the points
+    rate, peak = _matmul_rate(wide), _matmul_rate([(1024, 1024, 1024)], repeats=5)
+    names = candidates(tr.model, torch.device("cpu"))
+    t0 = time.perf_counter()
+    step_s = time_engines(names, lambda e, m, f: ENGINES[e].build(m, cfg.train, f, 256), tr.model, cfg.train, 256, X)
+    choice_cost = time.perf_counter() - t0
+    chosen = choices["auto"]
     return Row(
         "2. one training epoch (notebook 000 model)",
         f"{t_f:.3f} s",
@@ -143,8 +180,15 @@ def bench_epoch(scale: float, repeats: int) -> Row:
             f"{n_train:,} training curves x 1000 points, unnormalized as in the notebook, batch 256; funcae's "
             "epoch includes its validation pass (the notebook's has none); one warm-up round, then the sides "
             "alternate",
-            f"funcae's step engine: {engines['auto']} (train.engine=auto); with train.engine=mlp (torch ops "
-            f"only, no compiled kernels) the epoch takes {t_mlp:.3f} s: {t_b / t_mlp:.1f}x",
+            f"funcae's step engine: {chosen.engine} (train.engine=auto: {chosen.reason})",
+            f"each engine's epoch: native {t_native:.3f} s ({t_b / t_native:.1f}x the notebook), mlp {t_mlp:.3f} s "
+            f"({t_b / t_mlp:.1f}x), auto {t_f:.3f} s ({t_b / t_f:.1f}x); auto's timing of {', '.join(names)} "
+            f"took {choice_cost:.2f} s here (once per CPU and shape; then cached), per step: "
+            + ", ".join(f"{e} {1e3 * s:.2f} ms" for e, s in step_s.items()),
+            f"compute limit: one epoch is {flops / 1e9:.1f} GFLOP (forward + backward, validation forward); at "
+            f"torch.mm's best rate on the epoch's wide shapes ({rate / 1e9:.1f} GFLOP/s; {peak / 1e9:.1f} GFLOP/s "
+            f"on 1024^3) that is {flops / rate:.3f} s ({flops / peak:.3f} s): auto's epoch is "
+            f"{t_f / (flops / rate):.1f}x the limit at the wide shapes' rate",
             f"medians of {len(runs)} rounds; the fastest round of each side: funcae {fastest_f:.3f} s, notebook "
             f"{fastest_b:.3f} s ({fastest_b / fastest_f:.1f}x). Both sides slow down when a neighbour takes CPU "
             "time: with a process busy 50% of each 10 ms pinned to one core (2026-11-22), funcae's epoch grew "

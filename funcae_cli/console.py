@@ -59,6 +59,8 @@ class TrainProgress:
             f"{info_['n_train']:,} curves, "
             f"{info_['steps_per_epoch']} steps/epoch, epochs {start + 1}..{epochs}"
         )
+        if "engine_reason" in info_:
+            info(f"{info_['engine']} step: {info_['engine_reason']}")
         for w in info_.get("warnings", []):
             warn(w)
         if self.live:

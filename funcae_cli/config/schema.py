@@ -119,7 +119,8 @@ class TrainConfig:
     engine: Literal["auto", "native", "mlp", "autograd"] = doc_field(
         "auto",
         "training step: `native` (MLP AE on the CPU, narrow middle in compiled C), `mlp` (hand-written "
-        "torch step for MLP AEs), `autograd` (any model); `auto` takes the first that can train the model",
+        "torch step for MLP AEs), `autograd` (any model); `auto` times those that can train the model and "
+        "takes the fastest (cached per CPU and shape)",
     )
 
 

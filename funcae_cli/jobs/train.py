@@ -126,6 +126,7 @@ def run_train(
                 "n_train": prep.n_train,
                 "device": str(dev),
                 "engine": trainer.step.name,
+                "engine_reason": trainer.engine_choice.reason,
                 "params": sum(p.numel() for p in trainer.model.parameters()),
                 "warnings": warnings,
             }
@@ -212,6 +213,7 @@ def _train_and_report(
         "curves_per_second": prep.n_train * len(state.history) / max(state.wall_seconds, 1e-9),
         "device": str(dev),
         "engine": trainer.step.name,
+        "engine_choice": trainer.engine_choice.to_dict(),
         "torch_threads": torch.get_num_threads(),
         "seed": cfg.seed,
         "versions": versions(),

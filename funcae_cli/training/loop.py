@@ -1,7 +1,7 @@
 """The training loop: tensors on the device, seeded permutation batches, exact resume.
 
 `Trainer.run()` trains on a `Prepared` data set (prepared.py), saving checkpoints through a callback,
-and returns the state with its history. Each step is computed by the engine `engines.select_step` picks
+and returns the state with its history. Each step is computed by the engine `engines.choose_engine` picks
 (engines.py says which runs when, and why). Nothing here prints.
 """
 
@@ -21,7 +21,7 @@ from funcae_cli.device import flush_denormals
 from funcae_cli.errors import CheckpointError, DivergedError, Interrupted
 from funcae_cli.models import ModelArgs, build_model
 from funcae_cli.stop import StopFlag
-from funcae_cli.training.engines import select_step
+from funcae_cli.training.engines import build_step, choose_engine
 from funcae_cli.training.evaluation import evaluate
 from funcae_cli.training.losses import CORRUPTIONS
 from funcae_cli.training.optim import OPTIMIZERS, FlatParams
@@ -82,7 +82,9 @@ class Trainer:
         self.opt = OPTIMIZERS[t.optimizer](self.flat, t)
         self.noise_gen = torch.Generator(device=device).manual_seed(cfg.seed + TRAIN_NOISE_SEED)
         self.batch = prep.n_train if t.batch_size == "full" else min(int(t.batch_size), prep.n_train)
-        self.step = select_step(self.model, t, self.flat, self.batch)
+        # auto times the engines on a copy of the model and the run's curves; no generator of the run draws
+        self.engine_choice = choose_engine(self.model, t, self.batch, prep.x[prep.train])
+        self.step = build_step(self.engine_choice.engine, self.model, t, self.flat, self.batch)
         self.steps_per_epoch = math.ceil(prep.n_train / self.batch)
         self.total_steps = self.steps_per_epoch * t.epochs
         self.state = TrainState()
