@@ -2,9 +2,9 @@
 
 `parse_section(cls, raw, path, problems)` builds a dataclass from parsed YAML, collecting every problem with its
 dotted path: unknown keys (with a did-you-mean), wrong types, and the range checks each field declares in its
-metadata (`doc_field(default, help, min=, gt=, max=, lt=, multiple_of=)`). `check_record` applies the same checks
-to a record built in Python (a command's options laid over a config section), so a value is refused by the same
-rule, with the same words, wherever it comes from. Nothing here knows funcae's sections.
+metadata (`doc_field(default, help, min=, gt=, max=, lt=, multiple_of=)`). rules.override parses a command's options
+laid over a config section through the same function, so a value is refused by the same rule, with the same words,
+wherever it comes from. Nothing here knows funcae's sections.
 """
 
 from __future__ import annotations
@@ -45,24 +45,6 @@ def _with_rules(obj: Any, path: str, problems: list[str], fields_ok: bool) -> An
     if fields_ok and callable(rules):
         problems.extend(f"{path}.{name}: {msg}" if path else f"{name}: {msg}" for name, msg in rules())
     return obj
-
-
-def check_record(obj: Any, path: str = "") -> list[str]:
-    """Every problem of a record built in Python, by the rules that parse it from YAML: types, ranges, rules."""
-    problems: list[str] = []
-    hints = typing.get_type_hints(type(obj))
-    for f in dataclasses.fields(obj):
-        sub = f"{path}.{f.name}" if path else f.name
-        value = getattr(obj, f.name)
-        if dataclasses.is_dataclass(value) and not isinstance(value, type):
-            problems += check_record(value, sub)
-            continue
-        before = len(problems)
-        _coerce_field(hints[f.name], value, sub, problems)
-        if len(problems) == before:
-            check_range(f, value, sub, problems)
-    _with_rules(obj, path, problems, not problems)
-    return problems
 
 
 def type_name(tp: Any) -> str:

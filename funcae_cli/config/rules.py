@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from funcae_cli.config.families import FAMILIES, Family
-from funcae_cli.config.loader import apply_overrides, check_record, parse_section, read_yaml, unknown_key
-from funcae_cli.config.schema import Config, FamilyConfig, GridConfig, ParamSpec
+from funcae_cli.config.loader import apply_overrides, parse_section, read_yaml, unknown_key
+from funcae_cli.config.schema import Config, FamilyConfig, GridConfig, ParamSpec, config_to_dict
 from funcae_cli.errors import ConfigError, OptionError
 
 EMPTY_CONFIG = "empty config: give at least `name` and `family` (see configs/ for examples)"
@@ -181,19 +181,20 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
 
 
 def override(record: R, options: dict[str, Any], section: str = "") -> R:
-    """`record` with the given options (field name -> value; None: keep the record's), checked by the rules
-    that check the config file. A bad option raises OptionError naming it (the CLI shows its flag)."""
+    """`record` with the given options (field name -> value as a user gave it; None: keep the record's), parsed and
+    checked by the rules that parse the config file (types, ranges, the record's own rules). A bad option raises
+    OptionError naming it (the CLI shows its flag)."""
     given = {k: v for k, v in options.items() if v is not None}
     unknown = set(given) - {f.name for f in dataclasses.fields(record)}
     if unknown:
         raise TypeError(f"{type(record).__name__} has no field {sorted(unknown)}")
-    out = dataclasses.replace(record, **given)
-    problems = check_record(out)
+    problems: list[str] = []
+    out = parse_section(type(record), {**config_to_dict(record), **given}, "", problems)
     for problem in problems:
         name, _, message = problem.partition(": ")
         field_name = name.split(".")[0].split("[")[0]
         if field_name in given:
-            raise OptionError(field_name, message)
+            raise OptionError(field_name + name[len(field_name) :], message)
     if problems:  # the run's own section is bad: its config.yaml was edited by hand
         raise ConfigError([f"{section}.{p}" if section else p for p in problems], "the run's config")
     return out
