@@ -1,8 +1,9 @@
 """Sweep workers that start at the same instant on an empty database: real `funcae sweep` processes released
 together by a barrier, against a fresh PostgreSQL database each round (the CI's server; without it that part
 skips, saying why) and against the embedded SQLite file that does not exist yet. Every worker must exit 0 and
-the study must end with its N trials. Before the setup lock, 5 of 16 PostgreSQL workers failed at start
-(`duplicate key value violates unique constraint "pg_type_typname_nsp_index"`)."""
+the study must end with its N trials. Before the setup lock (sweeps/setup_lock.py), 6 of 8 PostgreSQL workers
+failed at start (`duplicate key value violates unique constraint "pg_type_typname_nsp_index"`), and 11 of 20
+SQLite ones (`table studies already exists`, `UNIQUE constraint failed: alembic_version.version_num`)."""
 
 from __future__ import annotations
 
@@ -68,7 +69,7 @@ def start_together(cwds: list[Path], args: list[str], tmp: Path) -> list[tuple[i
                     env=env,
                     stdout=subprocess.DEVNULL,
                     stderr=err,
-                )  # fmt: skip
+                )
             )
         readies.append(ready)
         logs.append(log)
