@@ -6,7 +6,8 @@
 #
 # Debian's `postgresql` package is installed when initdb is missing (as root). The cluster lives in a temp
 # folder owned by the `postgres` user (initdb refuses root), listens on 127.0.0.1 on a free port, with its
-# unix socket in that folder; it has one database and one user with a password.
+# unix socket in that folder; it has one database and one user with a password, who may create databases
+# (tests/test_sweep_start.py starts workers on a fresh database each round, and drops it).
 
 _funcae_pg_bin() {
   local d
@@ -46,7 +47,7 @@ funcae_postgres_start() {
     -o "-p $port -k $FUNCAE_PG_DIR -c listen_addresses=127.0.0.1 -c max_connections=100 -c fsync=off" start \
     >/dev/null || { cat "$FUNCAE_PG_DIR/server.log" >&2; return 1; }
   _funcae_pg_as_owner psql -q -h "$FUNCAE_PG_DIR" -p "$port" -U postgres -d postgres -v ON_ERROR_STOP=1 \
-    -c "CREATE USER funcae WITH PASSWORD '$pw';" -c "CREATE DATABASE funcae_test OWNER funcae;" || return 1
+    -c "CREATE USER funcae WITH PASSWORD '$pw' CREATEDB;" -c "CREATE DATABASE funcae_test OWNER funcae;" || return 1
   FUNCAE_PG_BIN=$bin
   export FUNCAE_TEST_POSTGRES_URL="postgresql+psycopg://funcae:$pw@127.0.0.1:$port/funcae_test"
   echo "postgres.sh: PostgreSQL on 127.0.0.1:$port (folder $FUNCAE_PG_DIR); FUNCAE_TEST_POSTGRES_URL exported" >&2

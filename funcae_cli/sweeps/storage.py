@@ -126,7 +126,6 @@ def open_storage(url: str, heartbeat: HeartbeatSpec | None) -> RDBStorage:
     """An RDB storage; with `heartbeat`, a trial whose worker stops beating for `grace` seconds is failed and
     re-queued (Requeue, up to `max_retry` times). OptionError (exit 2) when the URL is malformed or cannot
     connect."""
-    shown = display_url(url)
     beats: dict[str, Any] = {}
     if heartbeat is not None:
         beats = {
@@ -134,9 +133,17 @@ def open_storage(url: str, heartbeat: HeartbeatSpec | None) -> RDBStorage:
             "grace_period": heartbeat.grace_seconds,
             "heartbeat_stale_trial_callback": Requeue(heartbeat.max_retry),
         }
+    with storage_errors(url), quiet_optuna():
+        return RDBStorage(url, engine_kwargs=ENGINE_KWARGS.get(backend(url), {}), **beats)
+
+
+@contextmanager
+def storage_errors(url: str) -> Iterator[None]:
+    """SQLAlchemy's errors on opening a storage as OptionError (exit 2): malformed URL, no driver, cannot connect,
+    cannot use."""
+    shown = display_url(url)
     try:
-        with quiet_optuna():
-            return RDBStorage(url, engine_kwargs=ENGINE_KWARGS.get(backend(url), {}), **beats)
+        yield
     except sqlalchemy.exc.ArgumentError as e:
         raise OptionError("storage", f"not a database URL: {shown} ({e})") from None
     except (ImportError, sqlalchemy.exc.NoSuchModuleError) as e:

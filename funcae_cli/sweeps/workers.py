@@ -24,8 +24,13 @@ from funcae_cli.device import resolve_device
 from funcae_cli.errors import FuncaeError, Interrupted, OptionError, user_message
 from funcae_cli.files import atomic_write_text
 from funcae_cli.stop import StopFlag, graceful_stop
+<<<<<<< HEAD
 from funcae_cli.store.rundir import mlflow_store
 from funcae_cli.sweeps.results import ResultFiles, track_study, write_results
+=======
+from funcae_cli.sweeps.results import ResultFiles, write_results
+from funcae_cli.sweeps.setup_lock import setup_lock
+>>>>>>> sweeprace
 from funcae_cli.sweeps.spec import load_sweep
 from funcae_cli.sweeps.storage import display_url, normalize_url, open_storage, sqlite_url
 from funcae_cli.sweeps.study import Census, WorkerJob, census, open_study, run_worker
@@ -183,8 +188,9 @@ def run_sweep(
     url = normalize_url(storage) if storage else sqlite_url(sd.study_db)
     if not storage:
         sd.root.mkdir(parents=True, exist_ok=True)
-    rdb = open_storage(url, spec.heartbeat)
-    optuna_study = open_study(spec, rdb, name, url, sd)
+    with setup_lock(url):  # workers that start together on an empty database take turns to create it
+        rdb = open_storage(url, spec.heartbeat)
+        optuna_study = open_study(spec, rdb, name, url, sd)
     sd.trials.mkdir(parents=True, exist_ok=True)
     atomic_write_text(sd.sweep_file, Path(path).read_text())
     threads = worker_threads(workers) if workers > 1 else None
