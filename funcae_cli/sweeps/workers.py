@@ -24,13 +24,9 @@ from funcae_cli.device import resolve_device
 from funcae_cli.errors import FuncaeError, Interrupted, OptionError, user_message
 from funcae_cli.files import atomic_write_text
 from funcae_cli.stop import StopFlag, graceful_stop
-<<<<<<< HEAD
 from funcae_cli.store.rundir import mlflow_store
 from funcae_cli.sweeps.results import ResultFiles, track_study, write_results
-=======
-from funcae_cli.sweeps.results import ResultFiles, write_results
 from funcae_cli.sweeps.setup_lock import setup_lock
->>>>>>> sweeprace
 from funcae_cli.sweeps.spec import load_sweep
 from funcae_cli.sweeps.storage import display_url, normalize_url, open_storage, sqlite_url
 from funcae_cli.sweeps.study import Census, WorkerJob, census, open_study, run_worker
