@@ -73,7 +73,7 @@ def test_validate_points_rule_between_fields(cli, workdir, smoke_run):
     bad.write_text((workdir / "configs" / "smoke.yaml").read_text() + "\nvalidate:\n  points: [30, 10]\n")
     usage_error(cli("config", "check", bad), "validate.points: expected [MIN, MAX] with MIN <= MAX, got [30, 10]")
     usage_error(cli("validate", smoke_run, "--points", "30:10"), "--points: expected [MIN, MAX] with MIN <= MAX")
-    usage_error(cli("validate", smoke_run, "--points", "1:10"), "--points[0]: must be >= 2, got 1")
+    usage_error(cli("validate", smoke_run, "--points", "1:10"), "--points: must be >= 2, got 1")
 
 
 def test_override_keeps_the_record_and_changes_only_the_given_fields():
