@@ -19,7 +19,7 @@ def families(json_: JsonOpt = False) -> None:
         for name, f in FAMILIES.items()
     }
     for name in entry_point_names():  # installed packages' families, loaded when a config names them
-        rows.setdefault(name, {"description": "an installed package's (funcae.families), loaded when used", "params": {}})
+        rows.setdefault(name, {"description": "an installed package's family, loaded when used", "params": {}})
     if json_:
         console.emit_json(rows)
         return
