@@ -288,3 +288,19 @@ def test_readme_shows_the_tested_burkert_files() -> None:
     readme = (REPO / "README.md").read_text()
     assert (PKG / "halo.py").read_text().strip() in readme
     assert (PKG / "burkert.yaml").read_text().strip() in readme
+
+
+@pytest.mark.slow
+def test_a_non_differentiable_family_refits_from_derivative_free_starts(bad_module: Path, cli, monkeypatch) -> None:
+    """declared_nondiff: trains; invert keeps the best start (no Levenberg-Marquardt: not 'converged'), whose
+    objective is no worse than the decoder's estimate's; a posterior, which needs derivatives, is one line."""
+    monkeypatch.setenv(TRUST_ENV, "1")
+    cfg = bad_config(bad_module, "badfam:declared_nondiff")
+    cfg.write_text(cfg.read_text().replace("data: {n: 50}", "data: {n: 400}\ntrain: {epochs: 2}"))
+    assert cli("train", cfg, "--run-dir", "runs/nd").exit_code == 0
+    r = cli("invert", "-r", "runs/nd", "--a", "1.5", "--b", "0.5", "--json", "--no-plot")
+    assert r.exit_code == 0, r.stderr
+    t = json.loads(r.stdout)["targets"][0]
+    assert t["physics_converged"] is False
+    assert t["physics_objective"] <= t["decoder_physics_objective"]
+    usage_error(cli("invert", "-r", "runs/nd", "--a", "1.5", "--b", "0.5", "--posterior", "laplace"), "differentiable")
