@@ -169,7 +169,7 @@ def test_import_path_family_end_to_end_and_the_trust_gate(tmp_path: Path) -> Non
 
 # --- bad families: one line, exit 2, naming the family, before any data ----------------------------------
 
-BAD = '''
+BAD = """
 import torch
 from funcae_cli import Param, UserFamily
 
@@ -198,7 +198,7 @@ def rounded(x, a, b):
 not_a_function = 3
 undeclared_nondiff = UserFamily(function=detached, params=("a", "b"))
 declared_nondiff = UserFamily(function=detached, params=("a", "b"), differentiable=False)
-'''
+"""
 
 
 @pytest.fixture
