@@ -5,13 +5,15 @@
     res = run.invert(x=r, y=v, yerr=e)
 
 `train`, `load_run`, `Run` and `Inversion` are the jobs' API (jobs/api.py), loaded on first use so that importing
-funcae_cli (and `funcae --help`) stays light: torch is imported only when one of them is.
+funcae_cli (and `funcae --help`) stays light: torch is imported only when one of them is. `UserFamily` and
+`Param` declare your own formula family (README, "Your own family").
 """
 
 from funcae_cli._version import __version__
 
 API = ("train", "load_run", "Run", "Inversion")
-__all__ = ["__version__", *API]
+DECLARATIONS = ("UserFamily", "Param")  # your own formula family (config/families.py; README "Your own family")
+__all__ = ["__version__", *API, *DECLARATIONS]
 
 
 def __getattr__(name: str):
@@ -19,4 +21,8 @@ def __getattr__(name: str):
         from funcae_cli.jobs import api  # torch and the libraries load here, on first use
 
         return getattr(api, name)
+    if name in DECLARATIONS:
+        from funcae_cli.config import families  # light (no torch): a user's family module imports these
+
+        return getattr(families, name)
     raise AttributeError(f"module 'funcae_cli' has no attribute {name!r}")

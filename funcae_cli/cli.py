@@ -32,6 +32,7 @@ from funcae_cli.commands import (
     train,
     validate,
 )
+from funcae_cli.commands.common import trust_run_code_in_this_process
 from funcae_cli.errors import FuncaeError, Interrupted, user_message
 
 EXIT_OK = 0
@@ -81,8 +82,16 @@ def _version(value: bool) -> None:
 @app.callback()
 def root(
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
+    trust_run_code: bool = typer.Option(
+        False,
+        "--trust-run-code",
+        help="Import the code a run directory's own formula family names (its `family.function`): it runs that "
+        "code. Without it such a run stops with what it would import (FUNCAE_TRUST_RUN_CODE=1 does the same).",
+    ),
 ) -> None:
     """funcae: autoencoders for function families."""
+    if trust_run_code:
+        trust_run_code_in_this_process()
 
 
 # Family parameters (--mu, --md, ...) depend on the run's family: encode and invert take them as extra arguments.

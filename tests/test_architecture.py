@@ -105,7 +105,7 @@ ALLOWED = {
     "commands": {"config", "data", "jobs", "sweeps", "store", "inversion", "console", "options"} | BASE,
     "cli": {"commands", "console", "errors", "_version"},
     "__main__": {"cli"},
-    "funcae_cli": {"_version", "jobs"},
+    "funcae_cli": {"_version", "jobs", "config"},  # config: the UserFamily declaration a user's module imports
 }
 FILE_LAYERS = ("files", "store", "jobs")  # the layers that read and write files: inversion/plotting use none
 

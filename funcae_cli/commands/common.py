@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from funcae_cli.config import Config, load_config
 from funcae_cli.config.families import Family
+from funcae_cli.config.userfamilies import TRUST_ENV, run_code_trusted
 from funcae_cli.data.numbers import finite_number
 from funcae_cli.errors import InputError
 from funcae_cli.jobs.inputs import TargetInputs
@@ -39,9 +41,15 @@ def resolve_run(run: Path | None) -> RunDir:
     return rd
 
 
+def trust_run_code_in_this_process() -> None:
+    """`funcae --trust-run-code`: import-path families recorded in run directories may be imported (here and in
+    the workers this process starts, through the environment)."""
+    os.environ[TRUST_ENV] = "1"
+
+
 def run_family(rd: RunDir) -> Family:
     """The family of a trained run, from its config.yaml (no checkpoint to load)."""
-    return load_config(rd.config).family.family
+    return load_config(rd.config, trust_code=run_code_trusted()).family.family
 
 
 def _param_list(family: Family) -> str:

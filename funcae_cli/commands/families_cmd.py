@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from funcae_cli import console
 from funcae_cli.config.families import FAMILIES
+from funcae_cli.config.userfamilies import entry_point_names
 from funcae_cli.options import JsonOpt
 
 
@@ -17,6 +18,8 @@ def families(json_: JsonOpt = False) -> None:
         }
         for name, f in FAMILIES.items()
     }
+    for name in entry_point_names():  # installed packages' families, loaded when a config names them
+        rows.setdefault(name, {"description": "an installed package's family, loaded when used", "params": {}})
     if json_:
         console.emit_json(rows)
         return

@@ -6,7 +6,10 @@ that `funcae families` and `funcae config check` answer without loading torch:
 - formula families (`normal`, `beta`, `rotation_curve`): their curves are computed by
   `formulas.FORMULAS[name]`, a vectorized torch function of a float64 grid and parameters;
 - array families (`dataset`, `digits`): their rows are read by `arrays.LOADERS[name]`, their grid
-  is the feature index (`grid: {kind: index}`) and `image_shape(options)` says when rows are images.
+  is the feature index (`grid: {kind: index}`) and `image_shape(options)` says when rows are images;
+- a user's formula families: a `UserFamily` declaration the user writes (a torch function and its parameters),
+  found by an import path in the config or an installed package's entry point (`config/userfamilies.py`
+  resolves them into this registry; `formulas.FORMULAS` adapts their function).
 
 A test checks that every formula family has its formula and every array family its loader.
 """
@@ -24,12 +27,16 @@ class Param:
     """One physical parameter of a family."""
 
     name: str
-    label: str  # for plots, e.g. "μ" or "$M_d$"
+    label: str = ""  # for plots, e.g. "μ" or "$M_d$" (default: the name)
     unit: str = ""  # physical unit for axis labels ("" when dimensionless)
     low: float = -math.inf  # domain: value must be > low (exclusive) ...
     high: float = math.inf  # ... and < high
     log_scale: bool = False  # positive scale parameter: regress and plot in log10
     default: dict[str, Any] = field(default_factory=dict)  # default sampling spec
+
+    def __post_init__(self) -> None:
+        if not self.label:
+            object.__setattr__(self, "label", self.name)
 
     def axis_label(self) -> str:
         base = f"log10 {self.label}" if self.log_scale else self.label
@@ -39,6 +46,13 @@ class Param:
 @dataclass
 class NoOptions:
     """This family takes no options beyond `name` and `params`."""
+
+
+@dataclass
+class UserFormulaOptions:
+    function: str = ""
+    """The import path `module:attribute` of your family: a `funcae_cli.UserFamily` declaration or a torch
+    function f(x, p1, p2, ...); runs only for a config you wrote or a run you trust (`--trust-run-code`)."""
 
 
 @dataclass
@@ -122,6 +136,12 @@ class Family:
     image_shape: Callable[[Any], tuple[int, int] | None] = lambda options: None
     # options -> problems ("key: what is wrong"), reported by the config loader under `family.`.
     check_options: Callable[[Any], list[str]] = lambda options: []
+    # A user's family: its torch function f(x, p1, p2, ...) -> curves (formulas.FORMULAS adapts it), where it
+    # came from ("import path mod:attr" or "entry point NAME of package P"), and whether the physics refit
+    # may take its derivatives.
+    function: Callable[..., Any] | None = None
+    origin: str = ""
+    differentiable: bool = True
 
     @property
     def has_formula(self) -> bool:
@@ -142,6 +162,46 @@ class Family:
             if p.name == name:
                 return p
         raise KeyError(name)
+
+
+@dataclass(frozen=True)
+class UserFamily:
+    """A formula family from your own code: write it once in a module, then name it in a config
+    (`family: {name: formula, function: "mymodule:my_family"}`) or register it under the entry-point group
+    `funcae.families` of your package (`family: {name: my_family}`). See the README's "Your own family".
+
+    `function(x, p1, p2, ...)`: x a float tensor of points, (1, m) for a shared grid or (n, m) per row; each
+    parameter an (n, 1) column, in the order of `params`. Returns the curves (n, m), built from torch operations
+    (broadcasting, differentiable): each value depends on its own point and its own row's parameters only.
+    """
+
+    function: Callable[..., Any]
+    params: tuple[Param | str, ...]  # Param records, or bare names (no domain, no default prior)
+    grid: dict[str, Any] | None = None  # the default grid, as the config's `grid:` section
+    description: str = ""
+    x_label: str = "x"
+    y_label: str = "y"
+    x_log: bool = False  # plot x on a log axis
+    x_domain: tuple[float, float] = (-math.inf, math.inf)  # grid points must lie strictly inside
+    differentiable: bool = True  # False: the physics refit keeps to derivative-free starts
+
+    def family(self, name: str, origin: str, import_path: bool) -> Family:
+        """This declaration as a registry record named `name`."""
+        params = tuple(p if isinstance(p, Param) else Param(str(p)) for p in self.params)
+        return Family(
+            name=name,
+            description=self.description or f"your formula ({origin})",
+            params=params,
+            default_grid=dict(self.grid) if self.grid else {},
+            x_label=self.x_label,
+            y_label=self.y_label,
+            options_cls=UserFormulaOptions if import_path else NoOptions,
+            x_log=self.x_log,
+            x_domain=tuple(self.x_domain),
+            function=self.function,
+            origin=origin,
+            differentiable=self.differentiable,
+        )
 
 
 def _u(low: float, high: float) -> dict[str, Any]:

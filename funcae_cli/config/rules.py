@@ -5,6 +5,7 @@ over a section (`override`), checked by the same rules."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import re
 from pathlib import Path
@@ -13,13 +14,15 @@ from typing import Any, TypeVar
 from funcae_cli.config.families import FAMILIES, Family
 from funcae_cli.config.loader import apply_overrides, parse_section, read_yaml, unknown_key
 from funcae_cli.config.schema import Config, FamilyConfig, GridConfig, ParamSpec, config_to_dict
+from funcae_cli.config.userfamilies import resolve as resolve_user_family
 from funcae_cli.errors import ConfigError, OptionError
 
 EMPTY_CONFIG = "empty config: give at least `name` and `family` (see configs/ for examples)"
 R = TypeVar("R")
 
 
-def parse_family(raw: Any, path: str, problems: list[str]) -> FamilyConfig:
+def parse_family(raw: Any, path: str, problems: list[str], trust_code: bool = True) -> FamilyConfig:
+    """trust_code: whether an import-path family (`function:`) may be imported (userfamilies.resolve)."""
     if raw is None:
         raw = {}
     if isinstance(raw, str):
@@ -28,6 +31,10 @@ def parse_family(raw: Any, path: str, problems: list[str]) -> FamilyConfig:
         problems.append(f"{path}: expected a mapping with `name`, got {raw!r}")
         return FamilyConfig()
     name = raw.get("name", "normal")
+    before = len(problems)
+    resolve_user_family(raw, path, problems, trust_code)
+    if len(problems) > before:
+        return FamilyConfig()
     if name not in FAMILIES:
         problems.append(f"{path}.name: unknown family {name!r}; known: {', '.join(FAMILIES)}")
         return FamilyConfig()
@@ -114,6 +121,9 @@ def check_config(cfg: Config, problems: list[str]) -> None:
             f"(it names the run directory), got {cfg.name!r}"
         )
     g = cfg.grid
+    if g is None and not cfg.family.family.default_grid:
+        problems.append(f"grid: family {cfg.family.name} declares no default grid; give a `grid:` section")
+        return
     if g is not None and g.kind == "index" and cfg.family.family.has_formula:
         problems.append(f"grid.kind: index is for array families (dataset, digits), not {cfg.family.name}")
     elif g is not None and g.kind != "index":
@@ -155,15 +165,20 @@ def _check_grid_domain(cfg: Config, problems: list[str]) -> None:
 
 
 HOOKS = {FamilyConfig: parse_family}  # the family section's keys depend on the family
+UNTRUSTED_HOOKS = {FamilyConfig: functools.partial(parse_family, trust_code=False)}
 
 
-def config_from_dict(raw: dict[str, Any], source: str | None = None, default_name: str = "run") -> Config:
+def config_from_dict(
+    raw: dict[str, Any], source: str | None = None, default_name: str = "run", trust_code: bool = True
+) -> Config:
+    """trust_code: False for a config read back from a run directory, whose import-path family (your own
+    formula's `function:`) is then imported only if you trust run code (userfamilies.run_code_trusted)."""
     problems: list[str] = []
     raw = dict(raw)
     raw.setdefault("name", default_name)
     if raw.get("family") is None:
         raw["family"] = {}  # the default family, with its default priors
-    cfg = parse_section(Config, raw, "", problems, HOOKS)
+    cfg = parse_section(Config, raw, "", problems, HOOKS if trust_code else UNTRUSTED_HOOKS)
     if not problems:
         check_config(cfg, problems)
     if problems:
@@ -173,11 +188,11 @@ def config_from_dict(raw: dict[str, Any], source: str | None = None, default_nam
     return cfg
 
 
-def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
+def load_config(path: str | Path, overrides: list[str] | None = None, trust_code: bool = True) -> Config:
     path = Path(path)
     raw = apply_overrides(read_yaml(path, EMPTY_CONFIG), list(overrides or []))
     default_name = path.parent.name if path.name == "config.yaml" else path.stem
-    return config_from_dict(raw, str(path), default_name=default_name)
+    return config_from_dict(raw, str(path), default_name=default_name, trust_code=trust_code)
 
 
 def override(record: R, options: dict[str, Any], section: str = "") -> R:

@@ -17,6 +17,7 @@ from funcae_cli.config.families import Family
 from funcae_cli.data.arrays import LOADERS
 from funcae_cli.data.formulas import FORMULAS
 from funcae_cli.data.grids import grid_size, make_grid, sample_params
+from funcae_cli.data.userfamily import check_user_family
 from funcae_cli.errors import InputError
 from funcae_cli.memory import check_fits
 
@@ -68,6 +69,7 @@ def generate(cfg: Config, n: int | None = None, seed: int | None = None) -> Data
     fam = cfg.family.family
     if not fam.has_formula:
         return load_data(cfg, n, seed)
+    check_user_family(cfg)  # a user's formula: one-line errors before any data (nothing for the built-ins)
     n = cfg.data.n if n is None else n
     n_points = grid_size(cfg.grid)
     check_fits(

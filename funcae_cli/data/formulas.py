@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from funcae_cli.config.families import BetaOptions, RotationOptions, Scatter
+from funcae_cli.config.families import FAMILIES, BetaOptions, Family, RotationOptions, Scatter
 
 # (x (m,) or (n, m), params (n, p), options, in_place) -> curves (n, m); in_place: may work in buffers it made
 # (not differentiable), for generation
@@ -210,7 +210,38 @@ def scaling_relations_log_density(log10_params: Tensor, scatter: Scatter) -> Ten
     return out
 
 
-FORMULAS: dict[str, Formula] = {"normal": normal, "beta": beta, "rotation_curve": rotation_curve}
+# --- a user's family (config/userfamilies.py registers its declaration in FAMILIES) ----------------
+
+
+def user_formula(family: Family) -> Formula:
+    """The formula of a user's family: its function f(x, p1, p2, ...) called with x as (1 or n, m) and each
+    parameter as an (n, 1) column; the result is checked to be (n, m) (data/userfamily.py checks it first, on
+    the prior, with a one-line error; here a wrong shape is a bug of the function met later)."""
+    function = family.function
+
+    def formula(x: Tensor, params: Tensor, options: Any, in_place: bool = False) -> Tensor:
+        columns = params[:, :, None].unbind(dim=1)  # p columns (n, 1)
+        out = function(rows(x), *columns)
+        want = (params.shape[0], x.shape[-1])
+        if not isinstance(out, Tensor) or out.shape != want:
+            got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+            raise ValueError(f"family {family.name} ({family.origin}) returned {got}, expected {want}")
+        return out
+
+    return formula
+
+
+class Formulas(dict):
+    """name -> Formula: the built-ins, and a user's family (from FAMILIES) adapted on first use."""
+
+    def __missing__(self, name: str) -> Formula:
+        family = FAMILIES.get(name)
+        if family is None or family.function is None:
+            raise KeyError(name)
+        return user_formula(family)  # not cached: re-registering a name in one process takes the new one
+
+
+FORMULAS: dict[str, Formula] = Formulas(normal=normal, beta=beta, rotation_curve=rotation_curve)
 
 # (samples of the first parameter (n,), options, generator) -> all parameters (n, n_params)
 DERIVED_PRIORS: dict[str, Callable[[Tensor, RotationOptions, torch.Generator | None], Tensor]] = {

@@ -148,6 +148,12 @@ def invert_batch(
         raise InputError(f"targets have {targets.y.shape[1]} points but the run's grid has {trained.grid.shape[0]}")
     density = latent_model.density if latent_model is not None and prior == "density" else None
     bounds_ = natural_bounds(trained, o.bounds) if o.physics and trained.family.has_formula else None
+    if posterior != "none" and bounds_ is not None and not trained.family.differentiable:
+        raise OptionError(
+            "posterior",
+            f"{posterior} needs the formula's derivatives; family {trained.family.name} declares "
+            "differentiable=False (use none, or --no-physics for the decoder's posterior)",
+        )
     if posterior == "mcmc" and targets.yerr is None:  # checked before any work
         raise OptionError("posterior", "mcmc needs one-sigma errors (yerr) for its likelihood; give curves with yerr")
     if posterior != "none" and bounds_ is None and density is None:

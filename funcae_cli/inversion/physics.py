@@ -298,6 +298,8 @@ def fit_physics(
     point_row, point = rows_of(1 + CANDIDATES)
     f_cand = fitter.sums(fitter.residual(u_cand, point_row, point), point_row, (1 + CANDIDATES) * n).reshape(-1, n)
     f_cand = torch.where(torch.isfinite(f_cand), f_cand, math.inf)
+    if not trained.family.differentiable:  # a user's family declared without derivatives: the best start
+        return _best_start(fitter, u_cand, f_cand, bounds)
     keep = torch.cat([torch.zeros(1, n, dtype=torch.int64, device=dev),  # the estimate, and the best spread ones
                       1 + f_cand[1:].argsort(dim=0)[: starts - 1]])  # fmt: skip
     n_starts = keep.shape[0]
@@ -320,6 +322,23 @@ def fit_physics(
         converged=st.converged.cpu().numpy(),
         start=best.cpu().numpy(),
         on_bound=_on_bound(fitter, st.u).cpu().numpy(),
+        bounds=bounds,
+    )
+
+
+def _best_start(fitter: Fitter, u_cand: Tensor, f_cand: Tensor, bounds: Bounds) -> PhysicsFit:
+    """Derivative-free: each target's lowest-objective start (the estimate or a spread candidate), unrefined."""
+    n = f_cand.shape[1]
+    best = f_cand.argmin(dim=0)  # (n,) ties: the estimate
+    u = u_cand.reshape(f_cand.shape[0], n, -1)[best, torch.arange(n, device=best.device)]
+    zeros = np.zeros(n, dtype=np.int64)
+    return PhysicsFit(
+        params=fitter.units(u).cpu().numpy(),
+        objective=f_cand.gather(0, best[None])[0].cpu().numpy(),
+        iterations=zeros,
+        converged=np.zeros(n, dtype=bool),
+        start=best.cpu().numpy(),
+        on_bound=np.zeros((n, len(bounds.log_scale)), dtype=np.int8),
         bounds=bounds,
     )
 

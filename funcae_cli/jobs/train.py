@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from funcae_cli.config import Config, config_from_dict, dump_config
+from funcae_cli.config.userfamilies import run_code_trusted
 from funcae_cli.data.dataset import Dataset, generate
 from funcae_cli.device import resolve_device
 from funcae_cli.errors import ConfigError, DivergedError, FuncaeError, InputError, Interrupted, OptionError
@@ -92,7 +93,7 @@ def run_train(
         if not rd.last.exists():
             raise OptionError("resume", f"{rd.last} not found; nothing to resume")
         ckpt = load_checkpoint(rd.last)
-        cfg = config_from_dict(ckpt["config"], str(rd.last))
+        cfg = config_from_dict(ckpt["config"], str(rd.last), trust_code=run_code_trusted())
     else:
         assert cfg is not None
         rd.refuse_overwrite(force, "a trained run", rd.is_trained())

@@ -10,6 +10,7 @@ from torch import Tensor, nn
 
 from funcae_cli.config import Config, config_from_dict
 from funcae_cli.config.families import Family
+from funcae_cli.config.userfamilies import run_code_trusted
 from funcae_cli.data.normalize import Normalizer
 from funcae_cli.errors import CheckpointError
 from funcae_cli.models import build_model, chunked
@@ -52,7 +53,7 @@ def load_trained(rd: RunDir, device: torch.device, which: str = "best") -> Train
     path = rd.checkpoint() if which == "best" else rd.last
     ckpt = load_checkpoint(path)
     try:
-        cfg = config_from_dict(ckpt["config"], str(path))
+        cfg = config_from_dict(ckpt["config"], str(path), trust_code=run_code_trusted())
         model = build_model(ckpt["model_args"])
         model.load_state_dict(ckpt["model"])
         normalizer = Normalizer.from_state(ckpt["normalizer"]).to(device)
