@@ -7,6 +7,7 @@ SQLite ones (`table studies already exists`, `UNIQUE constraint failed: alembic_
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -38,54 +39,71 @@ SWEEP = {
     "plots": False,
 }
 
-# Each process imports everything the sweep needs, says it is ready, waits for the start line, then runs the
-# real command line (funcae_cli.cli.entry): the processes reach the storage within a millisecond or so.
+# WORKERS processes import everything the sweep needs once, then for each round: say they are ready, wait for the
+# round's start line, run the real command line (funcae_cli.cli.entry) in that round's folder, write its exit code.
+# So the processes reach the storage within a millisecond or so of each other, and the rounds do not pay for
+# WORKERS x ROUNDS interpreter starts (the imports were most of this test's time).
 BARRIER = """
-import sys, time
+import json, os, sys, time
 from pathlib import Path
 import funcae_cli.sweeps.workers  # torch, optuna, sqlalchemy, psycopg: loaded before the start
 from funcae_cli.cli import entry
-ready, go = Path(sys.argv[1]), Path(sys.argv[2])
-ready.touch()
-while not go.exists():
-    time.sleep(0.0005)
-sys.argv = ["funcae", *sys.argv[3:]]
-entry()
+base, me = Path(sys.argv[1]), sys.argv[2]
+for r, (cwd, args) in enumerate(json.loads(sys.argv[3])):
+    os.chdir(cwd)
+    (base / f"ready{r}.{me}").touch()
+    while not (base / f"go{r}").exists():
+        time.sleep(0.0005)
+    sys.argv = ["funcae", *args]
+    try:
+        entry()
+        code = 0
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else 1
+    print(f"--- round {r}: exit {code}", file=sys.stderr, flush=True)
+    (base / f"code{r}.{me}").write_text(str(code))
 """
 
 
-def start_together(cwds: list[Path], args: list[str], tmp: Path) -> list[tuple[int, str]]:
-    """Run `funcae *args` in each folder of `cwds`, all released at once; (exit code, stderr) of each."""
-    go = tmp / f"go-{uuid.uuid4().hex[:8]}"
+def start_together(
+    plans: list[list[tuple[Path, list[str]]]], tmp: Path, before_round=None
+) -> list[list[tuple[int, str]]]:
+    """plans[w][r]: the folder and `funcae` arguments of worker w in round r. Rounds run one after the other, the
+    workers of a round released at once (before_round(r) runs first, e.g. to create a database). Returns per round
+    the (exit code, stderr so far) of each worker."""
+    base = tmp / f"barrier-{uuid.uuid4().hex[:8]}"
+    base.mkdir()
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    procs, readies, logs = [], [], []
-    for i, cwd in enumerate(cwds):
-        ready, log = tmp / f"{go.name}.ready{i}", tmp / f"{go.name}.log{i}"
+    procs, logs = [], []
+    for w, plan in enumerate(plans):
+        log = base / f"log{w}"
         with log.open("w") as err:
-            procs.append(
-                subprocess.Popen(
-                    [sys.executable, "-c", BARRIER, str(ready), str(go), *args],
-                    cwd=cwd,
-                    env=env,
-                    stdout=subprocess.DEVNULL,
-                    stderr=err,
-                )
-            )
-        readies.append(ready)
+            rounds = json.dumps([[str(cwd), args] for cwd, args in plan])
+            procs.append(subprocess.Popen([sys.executable, "-c", BARRIER, str(base), str(w), rounds], env=env,
+                                          stdout=subprocess.DEVNULL, stderr=err))  # fmt: skip
         logs.append(log)
+    out = []
     try:
-        end = time.monotonic() + 120
-        while not all(r.exists() for r in readies):
-            assert time.monotonic() < end and all(p.poll() is None for p in procs), "a worker never got ready"
-            time.sleep(0.01)
-        go.touch()
-        codes = [p.wait(timeout=300) for p in procs]
+        for r in range(len(plans[0])):
+            if before_round is not None:
+                before_round(r)
+            end = time.monotonic() + 300
+            while not all((base / f"ready{r}.{w}").exists() for w in range(len(plans))):
+                assert time.monotonic() < end and all(p.poll() is None for p in procs), "a worker never got ready"
+                time.sleep(0.01)
+            (base / f"go{r}").touch()
+            while not all((base / f"code{r}.{w}").exists() for w in range(len(plans))):
+                assert time.monotonic() < end and all(p.poll() is None for p in procs), "a worker died in a round"
+                time.sleep(0.02)
+            out.append([(int((base / f"code{r}.{w}").read_text()), logs[w].read_text()) for w in range(len(plans))])
+        for p in procs:
+            p.wait(timeout=60)
     finally:
         for p in procs:
             if p.poll() is None:
                 p.kill()
                 p.wait()
-    return [(code, log.read_text()) for code, log in zip(codes, logs)]
+    return out
 
 
 def write_sweep(folder: Path, name: str) -> Path:
@@ -114,15 +132,16 @@ def failures(results: list[tuple[int, str]], round_: int) -> list[str]:
 
 def test_workers_started_together_on_a_new_sqlite_file(workdir):
     """One machine: WORKERS processes in one folder, the embedded storage runs/<study>/study.db not there yet."""
-    bad, shortfalls = [], []
     for r in range(ROUNDS):
+        (workdir / f"round{r}").mkdir()
+    rounds = [(workdir / f"round{r}", ["sweep", str(write_sweep(workdir, f"race{r}")), "--device", "cpu"])
+              for r in range(ROUNDS)]  # fmt: skip
+    results = start_together([rounds] * WORKERS, workdir)
+    bad, shortfalls = [], []
+    for r, res in enumerate(results):
+        bad += failures(res, r)
         cwd = workdir / f"round{r}"
-        cwd.mkdir()
-        path = write_sweep(workdir, f"race{r}")
-        results = start_together([cwd] * WORKERS, ["sweep", str(path), "--device", "cpu"], workdir)
-        bad += failures(results, r)
-        url = f"sqlite:///{cwd / 'runs' / f'race{r}' / 'study.db'}"
-        done = finished_numbers(url, f"race{r}")
+        done = finished_numbers(f"sqlite:///{cwd / 'runs' / f'race{r}' / 'study.db'}", f"race{r}")
         if len(done) != TRIALS or trial_dirs([cwd], f"race{r}") != done:
             shortfalls.append(f"round {r}: trials {done}, run directories {trial_dirs([cwd], f'race{r}')}")
     assert not bad and not shortfalls, f"{len(bad)} of {ROUNDS * WORKERS} workers failed\n" + "\n".join(
@@ -148,28 +167,32 @@ def _drop_database(engine: sqlalchemy.Engine, name: str) -> None:
 
 
 def test_workers_started_together_on_a_new_postgresql_database(workdir, postgres_url):
-    """WORKERS machines (processes each in its own folder) start on a database with no table yet."""
+    """WORKERS machines (processes each in its own folder) start on a database with no table yet, each round."""
     admin = _admin(postgres_url)
-    bad, shortfalls = [], []
-    for r in range(ROUNDS):
-        db = f"funcae_race_{uuid.uuid4().hex[:10]}"
-        url = make_url(postgres_url).set(database=db).render_as_string(hide_password=False)
-        _create_database(admin, db)
-        try:
-            cwds = []
-            for w in range(WORKERS):
-                cwd = workdir / f"round{r}" / f"machine{w}"
-                cwd.mkdir(parents=True)
-                cwds.append(cwd)
-            args = ["sweep", str(write_sweep(workdir, "race")), "--storage", url, "--device", "cpu"]
-            results = start_together(cwds, args, workdir)
-            bad += failures(results, r)
-            done = finished_numbers(url, "race")
+    dbs = [f"funcae_race_{uuid.uuid4().hex[:10]}" for _ in range(ROUNDS)]
+    urls = [make_url(postgres_url).set(database=db).render_as_string(hide_password=False) for db in dbs]
+    sweep = str(write_sweep(workdir, "race"))
+    plans = []
+    for w in range(WORKERS):
+        plan = []
+        for r in range(ROUNDS):
+            cwd = workdir / f"round{r}" / f"machine{w}"
+            cwd.mkdir(parents=True)
+            plan.append((cwd, ["sweep", sweep, "--storage", urls[r], "--device", "cpu"]))
+        plans.append(plan)
+    try:
+        results = start_together(plans, workdir, before_round=lambda r: _create_database(admin, dbs[r]))
+        bad, shortfalls = [], []
+        for r, res in enumerate(results):
+            bad += failures(res, r)
+            cwds = [plans[w][r][0] for w in range(WORKERS)]
+            done = finished_numbers(urls[r], "race")
             if len(done) != TRIALS or trial_dirs(cwds, "race") != done:
                 shortfalls.append(f"round {r}: trials {done}, run directories {trial_dirs(cwds, 'race')}")
-        finally:
+    finally:
+        for db in dbs:
             _drop_database(admin, db)
-    admin.dispose()
+        admin.dispose()
     assert not bad and not shortfalls, f"{len(bad)} of {ROUNDS * WORKERS} workers failed\n" + "\n".join(
         bad + shortfalls
     )
