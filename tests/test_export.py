@@ -18,9 +18,10 @@ from typer.testing import CliRunner
 
 from funcae_cli import __version__
 from funcae_cli.cli import app
-from funcae_cli.inversion.regressor import load_latent_model, save_latent_model
+from funcae_cli.inversion.regressor import LatentModel
 from funcae_cli.jobs.fitted import latent_model_for
 from funcae_cli.store.dataset import dataset_for
+from funcae_cli.store.fitted import load_latent_state, save_latent_state
 from funcae_cli.store.rundir import RunDir
 from funcae_cli.store.trained import load_trained
 from tests.conftest import CONFIGS, ok, usage_error
@@ -182,9 +183,9 @@ def test_a_run_without_a_regressor_exports_none(cli, smoke_run: Path, tmp_path: 
 def test_a_stale_regressor_is_not_exported(cli, smoke_run: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
     shutil.copytree(smoke_run, run, symlinks=True)
-    lm = load_latent_model(RunDir(run).regressor)
+    lm = LatentModel.from_state(load_latent_state(RunDir(run).regressor))
     lm.signature *= 1.01  # as if fitted on other weights
-    save_latent_model(lm, RunDir(run).regressor)
+    save_latent_state(RunDir(run).regressor, lm.state())
     r = cli("export", run, "--json")
     ok(r)
     assert json.loads(r.stdout)["regressor"] is False and "fitted on other weights" in r.stderr

@@ -8,19 +8,19 @@ weights (a missing or stale one is reported, not refitted: exporting never write
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
 from safetensors.numpy import save as safetensors_bytes
 
-from funcae_cli.errors import CheckpointError, InputError, OptionError
+from funcae_cli.errors import InputError, OptionError
 from funcae_cli.export import funcae_emulator as loader
 from funcae_cli.export.build import build_export
 from funcae_cli.export.onnx_model import onnx_models
 from funcae_cli.files import atomic_write_folder, json_text
-from funcae_cli.inversion.regressor import LatentModel, load_latent_model, model_signature
+from funcae_cli.inversion.regressor import LatentModel
 from funcae_cli.jobs.common import open_run, run_info
+from funcae_cli.jobs.fitted import cached_latent_model
 from funcae_cli.store.rundir import RunDir
 from funcae_cli.store.trained import Trained
 
@@ -32,16 +32,8 @@ def current_regressor(trained: Trained) -> tuple[LatentModel | None, str]:
     """The run's regressor when its file exists and was fitted on these weights; else None and why."""
     if not trained.param_names:
         return None, "the run has no parameters"
-    path = trained.rd.regressor
-    if not path.exists():
-        return None, f"{path} is missing (`funcae invert` fits it)"
-    try:
-        lm = load_latent_model(path)
-    except CheckpointError as e:
-        return None, str(e)
-    if not math.isclose(lm.signature, model_signature(trained.model), rel_tol=1e-9):
-        return None, f"{path} was fitted on other weights (`funcae invert` refits it)"
-    return lm, "exported"
+    lm, why = cached_latent_model(trained)
+    return lm, "exported" if lm is not None else why
 
 
 def _destination(out: Path, force: bool) -> Path:

@@ -20,23 +20,26 @@ from funcae_cli.store.trained import Trained
 from funcae_cli.training.prepared import Prepared
 
 
-def _cached(trained: Trained, signature: float) -> LatentModel | None:
+def cached_latent_model(trained: Trained) -> tuple[LatentModel | None, str]:
+    """The run's latent model file when it exists, reads and was fitted on these weights; else None and why."""
     path = trained.rd.regressor
     if not path.exists():
-        return None
+        return None, f"{path} is missing (`funcae invert` fits it)"
     try:
         lm = LatentModel.from_state(load_latent_state(path))
-    except (CheckpointError, KeyError, TypeError):
-        return None  # foreign, damaged or of an older kind: fitted again
-    return lm if math.isclose(lm.signature, signature, rel_tol=1e-9) else None
+    except (CheckpointError, KeyError, TypeError) as e:
+        return None, f"{path}: {e}"  # foreign, damaged or of an older kind
+    if not math.isclose(lm.signature, model_signature(trained.model), rel_tol=1e-9):
+        return None, f"{path} was fitted on other weights (`funcae invert` refits it)"
+    return lm, "current"
 
 
 def latent_model_for(trained: Trained) -> tuple[LatentModel, bool]:
     """The run's latent model file, or a fresh fit when missing or stale (saved). Returns (model, fitted_now)."""
-    sig = model_signature(trained.model)
-    lm = _cached(trained, sig)
+    lm, _ = cached_latent_model(trained)
     if lm is not None:
         return lm, False
+    sig = model_signature(trained.model)
     ds = dataset_for(trained.cfg, trained.rd)
     (a, b), (c, d) = trained.data["splits"][0], trained.data["splits"][1]
     codes = codes_of(trained.model, trained.normalizer.encode(ds.curves[a:d].to(trained.device)))
