@@ -32,6 +32,7 @@ from torch import Tensor
 
 from funcae_cli.data.formulas import FORMULAS
 from funcae_cli.errors import OptionError
+from funcae_cli.inversion import seeding
 from funcae_cli.store.trained import Trained
 
 BOUNDS = ("prior", "domain")
@@ -191,15 +192,16 @@ class Fitter:
         return self.sums(r, row_of_point, k), g, jac
 
 
-def _latin_hypercube(k: int, p: int, gen: torch.Generator) -> Tensor:
-    """k points in [0, 1]^p, one in each of k slices of every coordinate."""
-    cuts = (torch.rand(k, p, generator=gen, dtype=torch.float64) + torch.arange(k, dtype=torch.float64)[:, None]) / k
-    return torch.stack([cuts[torch.randperm(k, generator=gen), j] for j in range(p)], dim=1)
+def latin_hypercubes(seeds: Tensor, k: int, p: int) -> Tensor:
+    """(n, k, p): per target (its seed), k points in [0, 1]^p, one in each of k slices of every coordinate."""
+    cuts = (seeding.uniform(seeds, "physics", (k, p)) + torch.arange(k, dtype=torch.float64)[:, None]) / k
+    return cuts.gather(1, seeding.permutations(seeds, "physics", k, p, offset=k * p))
 
 
-def start_points(trained: Trained, bounds: Bounds, estimate: Tensor, starts: int, seed: int) -> Tensor:
+def start_points(trained: Trained, bounds: Bounds, estimate: Tensor, starts: int, seeds: Tensor) -> Tensor:
     """(starts, n, p) natural-scale starts: the estimate (clamped into the box), then spread ones (a Latin
-    hypercube over the box; an unbounded coordinate over the training range, at most SPAN_CAP wide)."""
+    hypercube over the box, target i's from its seed seeds[i]; an unbounded coordinate over the training range,
+    at most SPAN_CAP wide)."""
     n, p = estimate.shape
     lo_t = bounds.to_natural(torch.tensor(trained.data["param_min"], dtype=torch.float64))
     hi_t = bounds.to_natural(torch.tensor(trained.data["param_max"], dtype=torch.float64))
@@ -209,8 +211,7 @@ def start_points(trained: Trained, bounds: Bounds, estimate: Tensor, starts: int
     hi = torch.minimum(hi, lo + torch.where(finite, hi - lo, SPAN_CAP))
     u0 = bounds.to_natural(estimate.double())
     u0 = torch.where(torch.isfinite(u0), u0, (lo + hi) / 2).clamp(bounds.low, bounds.high)
-    gen = torch.Generator().manual_seed(seed)
-    spread = lo + (hi - lo) * _latin_hypercube(max(starts - 1, 0) * n, p, gen).reshape(-1, n, p)
+    spread = lo + (hi - lo) * latin_hypercubes(seeds, max(starts - 1, 0), p).transpose(0, 1)
     return torch.cat([u0[None], spread])
 
 
@@ -282,9 +283,13 @@ def fit_physics(
     starts: int = 4,
     max_iter: int = 50,
     seed: int = 0,
+    seeds: Tensor | None = None,
 ) -> PhysicsFit:
-    """Fit the family's formula to every target: estimate (n, p) in the family's units is the first start."""
+    """Fit the family's formula to every target: estimate (n, p) in the family's units is the first start.
+    seeds: (n,) the targets' own seeds (seeding.py; None: from `seed` and each target's points)."""
     dev = obs.x.device
+    if seeds is None:
+        seeds = seeding.seeds_of_points(seed, obs.target, obs.n, [obs.x, obs.y, obs.weight])
     fitter = Fitter(trained, obs, bounds)
     n = estimate.shape[0]
     n_points = obs.x.shape[0]
@@ -293,7 +298,7 @@ def fit_physics(
         point_row = (obs.target[None, :] + n * torch.arange(k, device=dev)[:, None]).reshape(-1)
         return point_row, torch.arange(k * n_points, device=dev) % n_points
 
-    candidates = start_points(trained, bounds, estimate.cpu(), 1 + CANDIDATES, seed).to(dev)  # (1 + C, n, p)
+    candidates = start_points(trained, bounds, estimate.cpu(), 1 + CANDIDATES, seeds).to(dev)  # (1 + C, n, p)
     u_cand = candidates[:, :, fitter.free].reshape((1 + CANDIDATES) * n, -1)  # rows start-major
     point_row, point = rows_of(1 + CANDIDATES)
     f_cand = fitter.sums(fitter.residual(u_cand, point_row, point), point_row, (1 + CANDIDATES) * n).reshape(-1, n)
