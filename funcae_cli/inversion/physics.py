@@ -43,6 +43,9 @@ XTOL = 1e-10  # ... or moves it less than this (relative to its natural coordina
 LAMBDA0, LAMBDA_MAX = 1e-3, 1e12  # initial damping; a row whose damping exceeds LAMBDA_MAX cannot progress
 ON_BOUND = 1e-6  # a fit within this fraction of the span from a bound is on it
 SPAN_CAP = 10.0  # spread starts in an unbounded coordinate: the training range, at most this wide (natural units)
+ESCAPES = 6  # plateau escapes: restarts per target whose fit ends with a parameter on a bound
+PLATEAU_GAIN = 1e-2  # a coordinate is flat when moving it 1% of its span would lower chi^2 by less than this
+LOCAL_MINIMUM_CHI2 = 4.0  # local_minimum: a plateau fit whose restarts end more than this chi^2 apart
 
 
 @dataclass
@@ -128,6 +131,8 @@ class PhysicsFit:
     start: np.ndarray  # (n,) winning start: 0 = the decoder's estimate, k = the k-th spread candidate
     on_bound: np.ndarray  # (n, p) int8: -1 at the low bound, +1 at the high one, 0 inside
     bounds: Bounds
+    escaped: np.ndarray | None = None  # (n,) bool: a plateau restart found a lower chi^2 than the starts
+    local_minimum: np.ndarray | None = None  # (n,) bool: a plateau fit whose restarts disagree (_escape_plateaus)
 
 
 class Fitter:
@@ -318,6 +323,7 @@ def fit_physics(
     if n_starts > 1:  # each target continues from its best start alone
         st = _Rows(st.u[pick].clone(), st.f[pick].clone(), st.iters[pick])
         _run(fitter, st, obs.target, max_iter - SCREEN_ITERATIONS)
+    escaped, local_minimum = _escape_plateaus(fitter, st, seeds, max_iter)
     return PhysicsFit(
         params=fitter.units(st.u).cpu().numpy(),
         objective=st.f.cpu().numpy(),
@@ -326,7 +332,72 @@ def fit_physics(
         start=best.cpu().numpy(),
         on_bound=_on_bound(fitter, st.u).cpu().numpy(),
         bounds=bounds,
+        escaped=escaped.cpu().numpy(),
+        local_minimum=local_minimum.cpu().numpy(),
     )
+
+
+def _escape_plateaus(fitter: Fitter, st: _Rows, seeds: Tensor, max_iter: int) -> tuple[Tensor, Tensor]:
+    """Restart the fits that end on a plateau, in place; returns (escaped, local_minimum), (n,) bool.
+
+    A fit is stuck when a parameter ends on a bound: there the parameters it governs may no longer matter (a
+    vanished disc leaves its scale length free), so the fit can stop where the gradient is ~0 while a massive
+    disc fits far better. Every stuck target gets ESCAPES restarts: its fit with the bound coordinates and the
+    flat ones (moving 1% of the span changes chi^2 by < PLATEAU_GAIN) re-drawn over the box (its own Latin
+    hypercube), the rest kept; each runs max_iter steps and the best end is kept. `local_minimum`: the
+    restarts and the fit end more than LOCAL_MINIMUM_CHI2 apart (chi^2; without yerr: 1% of the objective) and
+    only one of them reached the best end (within a quarter of that): the answer rests on a single start."""
+    obs = fitter.obs
+    n, q = st.u.shape
+    dev = st.u.device
+    none = torch.zeros(n, dtype=torch.bool, device=dev)
+    _, g, _ = fitter.gradient(st.u, obs.target, torch.arange(obs.x.shape[0], device=dev))
+    eps = ON_BOUND * fitter.span
+    at_bound = (st.u <= fitter.lo + eps) | (st.u >= fitter.hi - eps)
+    threshold = PLATEAU_GAIN if obs.chi2 else 1e-5 * st.f[:, None]
+    flat = g.abs() * 0.01 * fitter.span < threshold
+    stuck = torch.nonzero(at_bound.any(dim=1) & torch.isfinite(st.f)).squeeze(1)
+    if stuck.numel() == 0 or not torch.isfinite(fitter.hi - fitter.lo).all():
+        return none, none
+    redraw = (at_bound | flat)[stuck]  # (s, q)
+    box = latin_hypercubes(seeds[stuck.cpu()], ESCAPES, q).to(dev).transpose(0, 1)  # (E, s, q) in [0, 1]
+    u0 = torch.where(redraw, fitter.lo + (fitter.hi - fitter.lo) * box, st.u[stuck])  # (E, s, q)
+    s_n = stuck.shape[0]
+    sel = torch.zeros(n, dtype=torch.bool, device=dev)
+    sel[stuck] = True
+    local = torch.cumsum(sel.long(), 0) - 1  # target -> its index among the stuck
+    own = sel[obs.target]
+    point = torch.nonzero(own).squeeze(1)
+    row = local[obs.target[point]]
+    point_row = (row[None, :] + s_n * torch.arange(ESCAPES, device=dev)[:, None]).reshape(-1)
+    points = point.repeat(ESCAPES)
+    u_all = u0.reshape(-1, q)
+    f0 = fitter.sums(fitter.residual(u_all, point_row, points), point_row, ESCAPES * s_n)
+    f0 = torch.where(torch.isfinite(f0), f0, math.inf)
+    esc = _Rows(u_all.clone(), f0.clone())
+    sub = Fitter.__new__(Fitter)
+    sub.__dict__.update(fitter.__dict__)
+    sub.obs = Observations(obs.target[points], obs.x[points], obs.y[points], obs.weight[points], obs.n, obs.chi2)
+    _run(sub, esc, point_row, max_iter)
+    ends = torch.where(torch.isfinite(esc.f), esc.f, math.inf).reshape(ESCAPES, s_n)
+    best_e = ends.argmin(dim=0)
+    best_f = ends.gather(0, best_e[None])[0]
+    first = st.f[stuck].clone()
+    better = best_f < first * (1 - 1e-9)
+    take = stuck[better]
+    pick = (best_e * s_n + torch.arange(s_n, device=dev))[better]
+    st.u[take], st.f[take], st.iters[take] = esc.u[pick], esc.f[pick], esc.iters[pick]
+    st.converged[take] = esc.converged[pick]
+    escaped = none.clone()
+    escaped[take] = True
+    all_f = torch.cat([ends, first[None]])  # the restarts' ends and the fit before them
+    tol = LOCAL_MINIMUM_CHI2 if obs.chi2 else 1e-2 * st.f[stuck]
+    lowest = all_f.amin(dim=0)
+    agree = (all_f <= lowest + tol / 4).sum(dim=0)  # runs that reached the best end
+    apart = (all_f.amax(dim=0).clamp_max(1e300) - lowest) > tol
+    local_minimum = none.clone()
+    local_minimum[stuck[apart & (agree < 2)]] = True
+    return escaped, local_minimum
 
 
 def _on_bound(fitter: Fitter, u: Tensor) -> Tensor:
