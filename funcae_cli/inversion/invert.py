@@ -275,6 +275,7 @@ def _assess(trained: Trained, targets: Targets, out: InvertResult, density: Code
         trained.param_names,
         out.log_density,
         None if density is None else density.off_manifold_below,
+        None if out.physics is None else out.physics.local_minimum,
     )
     out.reduced_chi2, out.p_value = out.assessment.reduced_chi2, out.assessment.p_value
 
