@@ -24,8 +24,8 @@ import torch
 from torch import Tensor
 
 from funcae_cli.config import InvertConfig
-from funcae_cli.inversion import seeding
 from funcae_cli.errors import InputError, OptionError
+from funcae_cli.inversion import seeding
 from funcae_cli.inversion.assess import Assessment, assess
 from funcae_cli.inversion.density import CodeDensity
 from funcae_cli.inversion.encode import encode_curves, targets_on_grid
