@@ -5,6 +5,8 @@
   chance, hence both conditions). Needs yerr.
 - `on_bound`: a fitted parameter sits on a bound of the prior and the data pull it outward (physics.py): the
   prior may be too narrow for this target (`--bounds domain` lifts it).
+- `local_minimum`: the physics refit ended on a bound, its restarts from elsewhere in the prior (physics.py's
+  plateau escapes) ended more than a few chi^2 apart, and only one reached the best: another start might do better.
 - `off_manifold`: the latent code's log density under the training codes' density falls below their 0.1%
   quantile: the decoder is extrapolating, and its curve may not be one of the family's.
 """
@@ -19,7 +21,7 @@ import torch
 MISMATCH_REDUCED_CHI2 = 3.0
 MISMATCH_P = 1e-3
 # laplace_unreliable: set after the posterior by laplace_check.py (Laplace's k-hat >= 0.7), which words its warning
-FLAGS = ("model_mismatch", "on_bound", "off_manifold", "laplace_unreliable")
+FLAGS = ("model_mismatch", "on_bound", "local_minimum", "off_manifold", "laplace_unreliable")
 NAMED_IN_WARNING = 5  # targets named in one warning; the rest are counted
 
 
@@ -54,6 +56,7 @@ def assess(
     param_names: list[str],
     log_density: np.ndarray | None,
     off_manifold_below: float | None,
+    local_minimum: np.ndarray | None = None,
 ) -> Assessment:
     """Flags and warnings from the reported fit: chi2 (n,) or None, dof (n,), on_bound (n, p) -1/0/+1 or None,
     log_density (n,) of the codes or None."""
@@ -75,6 +78,9 @@ def assess(
                 for name, side in zip(param_names, on_bound[i])
                 if side
             )
+    if local_minimum is not None:
+        for i in np.nonzero(local_minimum)[0]:
+            flags[i].append("local_minimum")
     if log_density is not None and off_manifold_below is not None:
         for i in np.nonzero(log_density < off_manifold_below)[0]:
             flags[i].append("off_manifold")
@@ -88,6 +94,8 @@ def _warnings(
     what = {
         "model_mismatch": "the family cannot fit {} (reduced chi^2 > 3, p < 0.001: model mismatch)",
         "on_bound": "{} fit on a bound of the run's prior (the prior may be too narrow; --bounds domain lifts it)",
+        "local_minimum": "the physics fit of {} may be a local minimum (restarts from elsewhere in the prior "
+        "ended more than a few chi^2 apart and only one reached the best)",
         "off_manifold": f"the latent code of {{}} is off the decoder's manifold (log density below the training "
         f"codes' 0.1% quantile, {below if below is None else format(below, '.3g')})",
     }

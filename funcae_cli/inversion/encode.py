@@ -8,6 +8,7 @@ from torch import Tensor
 
 from funcae_cli.errors import InputError
 from funcae_cli.inversion.objective import log_grid
+from funcae_cli.inversion.seeding import invariant_rows
 from funcae_cli.inversion.targets import Targets
 from funcae_cli.store.trained import Trained
 
@@ -49,7 +50,7 @@ def encode_curves(trained: Trained, curves: Tensor) -> Tensor:
     """Curves in family units on the grid (n, n_points) -> codes (n, d) on the device (posterior mean for a VAE)."""
     if trained.normalizer.transform == "log" and bool((curves <= 0).any()):
         raise InputError("curve has values <= 0, but this run was trained on log curves (data.transform: log)")
-    return trained.encode(curves)
+    return invariant_rows(trained.encode, curves)  # a row's code does not depend on its batch
 
 
 def covers_grid(trained: Trained, targets: Targets) -> Tensor:

@@ -25,6 +25,7 @@ from torch import Tensor
 
 from funcae_cli.config import InvertConfig
 from funcae_cli.errors import InputError, OptionError
+from funcae_cli.inversion import seeding
 from funcae_cli.inversion.assess import Assessment, assess
 from funcae_cli.inversion.density import CodeDensity
 from funcae_cli.inversion.encode import encode_curves, targets_on_grid
@@ -44,15 +45,15 @@ CHUNK_ROWS = 8192  # optimization rows (targets x starts) per tensor problem: bo
 # --- random starts ------------------------------------------------------------------------------
 
 
-def random_starts(trained: Trained, lm: LatentModel | None, k: int, n: int, gen: torch.Generator) -> Tensor:
-    """(k, n, d) starting codes from the latent distribution: the prior N(0, I) for a VAE, training codes for an AE."""
-    d = trained.model.args.latent_dim
+def random_starts(trained: Trained, lm: LatentModel | None, k: int, seeds: Tensor) -> Tensor:
+    """(k, n, d) starting codes from the latent distribution: the prior N(0, I) for a VAE, training codes for an
+    AE; target i's from its own seed seeds[i] (seeding.py), so they do not depend on the batch."""
+    d, n = trained.model.args.latent_dim, seeds.shape[0]
     if k == 0:
         return torch.empty(0, n, d)
     if trained.model.args.kind == "vae" or lm is None:
-        return torch.randn(k, n, d, generator=gen)
-    idx = torch.randint(0, lm.codes.shape[0], (k, n), generator=gen)
-    return lm.codes[idx]
+        return seeding.normal(seeds, "latent", (k, d)).float().transpose(0, 1)
+    return lm.codes[seeding.integers(seeds, "latent", lm.codes.shape[0], (k,)).T]
 
 
 # --- inversion -------------------------------------------------------------------------------
@@ -168,8 +169,8 @@ def invert_batch(
         positive = y_grid[y_grid > 0]
         y_grid = y_grid.clamp_min(float(positive.min()) if positive.numel() else 1e-30)
     z_enc = encode_curves(trained, y_grid)  # (n, d)
-    gen = torch.Generator().manual_seed(seed)
-    zs = torch.cat([z_enc[None], random_starts(trained, latent_model, starts, n, gen).to(dev)])  # (1+K, n, d)
+    seeds = seeding.seeds_of_curves(seed, targets.y, targets.x, targets.yerr, targets.mask)  # (n,) per target
+    zs = torch.cat([z_enc[None], random_starts(trained, latent_model, starts, seeds).to(dev)])  # (1+K, n, d)
     seconds = None
     if method == "encoder":
         z_best = z_enc
@@ -209,7 +210,7 @@ def invert_batch(
     if density is not None:
         logp = density.log_prob(z_best.double())
         out.log_density, out.density_percentile = _np(logp), _np(density.percentile(logp))
-    obs = _estimate_physics(trained, targets, out, bounds_, o.physics_starts, o.physics_max_iter, seed, dev)
+    obs = _estimate_physics(trained, targets, out, bounds_, o.physics_starts, o.physics_max_iter, seeds, dev)
     _assess(trained, targets, out, density)
     if posterior != "none":
         out.posterior = _posterior(trained, targets, out, obs, problem, latent_model, posterior, sampling)
@@ -223,7 +224,7 @@ def invert_batch(
 
 def _estimate_physics(
     trained: Trained, targets: Targets, out: InvertResult, bounds: Bounds | None, starts: int, max_iter: int,
-    seed: int, dev: torch.device,
+    seeds: Tensor, dev: torch.device,
 ) -> Observations | None:  # fmt: skip
     """The family's formula fitted to every target from the regressor's estimate (when there is a formula);
     returns the observations it fitted."""
@@ -236,7 +237,7 @@ def _estimate_physics(
     if estimate is None:  # no latent model: start in the middle of the bounds
         estimate = bounds.to_units(torch.where(torch.isfinite(bounds.low + bounds.high), (bounds.low + bounds.high) / 2,
                                                0.0))[None].expand(targets.n, -1).numpy()  # fmt: skip
-    fit = fit_physics(trained, obs, torch.as_tensor(estimate), bounds, starts, max_iter, seed)
+    fit = fit_physics(trained, obs, torch.as_tensor(estimate), bounds, starts, max_iter, seeds=seeds)
     out.physics, out.params_est, out.params_source = fit, fit.params, "physics"
     out.physics_objective = fit.objective if obs.chi2 else np.sqrt(fit.objective)
     decoder = torch.as_tensor(out.fit, dtype=torch.float64)
@@ -280,6 +281,7 @@ def _assess(trained: Trained, targets: Targets, out: InvertResult, density: Code
         trained.param_names,
         out.log_density,
         None if density is None else density.off_manifold_below,
+        None if out.physics is None else out.physics.local_minimum,
     )
     out.reduced_chi2, out.p_value = out.assessment.reduced_chi2, out.assessment.p_value
 

@@ -22,6 +22,7 @@ from torch import Tensor
 from funcae_cli.data.normalize import TRANSFORMS
 from funcae_cli.errors import InputError
 from funcae_cli.inversion.density import CodeDensity
+from funcae_cli.inversion.seeding import invariant_rows, row_sumsq
 from funcae_cli.inversion.targets import Targets
 from funcae_cli.store.trained import Trained
 
@@ -74,7 +75,7 @@ class Problem:
         if self.mask is not None:
             self.t = torch.where(self.mask.bool(), self.t, 0.0)
         self.density = None if density is None else density.to(dev)
-        self.floor = RSS_FLOOR * self._masked(self.t, None).square().sum(dim=1).clamp_min(1e-30)
+        self.floor = RSS_FLOOR * row_sumsq(self._masked(self.t, None)).clamp_min(1e-30)
 
     def _rows(self, t: Tensor, rows: Tensor | None) -> Tensor:
         return t if rows is None else t[rows]
@@ -102,11 +103,11 @@ class Problem:
 
     def training_residual(self, z: Tensor, rows: Tensor | None) -> Tensor:
         """(k, m) decoded - target, in training space, padding zeroed."""
-        return self._masked(self.at_x(self.model.decode(z), rows) - self._rows(self.t, rows), rows)
+        return self._masked(self.at_x(invariant_rows(self.model.decode, z), rows) - self._rows(self.t, rows), rows)
 
     def fit(self, z: Tensor, rows: Tensor | None = None) -> Tensor:
         """Decoded curves in family units at the observation points (k, m)."""
-        return self.at_x(self.norm.decode(self.model.decode(z)), rows)
+        return self.at_x(self.norm.decode(invariant_rows(self.model.decode, z)), rows)
 
     def residual(self, z: Tensor, rows: Tensor | None = None) -> Tensor:
         """(k, m): the data term's residual (training space, or (fit - y) / yerr in family units)."""
@@ -116,7 +117,7 @@ class Problem:
 
     def data_term(self, z: Tensor, rows: Tensor | None = None) -> Tensor:
         """(k,) sum of squared residuals: chi^2, or the squared L2 norm in training space."""
-        return self.residual(z, rows).square().sum(dim=1)
+        return row_sumsq(self.residual(z, rows))
 
     def loss(self, z: Tensor, rows: Tensor | None) -> Tensor:
         """(k,) the objective minimized: -2 log posterior up to a constant (module docstring)."""
@@ -147,10 +148,10 @@ class Problem:
         norm = v.norm(dim=1, keepdim=True).clamp_min(1e-30)
         r0 = self.residual(z, rows)
         jv = (self.residual(z + probe * v / norm, rows) - r0) * (norm / probe)
-        curv = 2 * jv.square().sum(dim=1)
+        curv = 2 * row_sumsq(jv)
         if self.density is not None and not self.chi2:
             m = self._rows(self.counts, rows)
-            curv = curv * m / (r0.square().sum(dim=1) + self._rows(self.floor, rows))
+            curv = curv * m / (row_sumsq(r0) + self._rows(self.floor, rows))
         return curv
 
     @torch.no_grad()
@@ -160,12 +161,12 @@ class Problem:
         fit = self.fit(z, rows)
         y = self._rows(self.y, rows)
         res_t = self.training_residual(z, rows)
-        data_residual = self._masked(fit - y, rows).square().sum(dim=1).sqrt()
+        data_residual = row_sumsq(self._masked(fit - y, rows)).sqrt()
         out = {
             "fit": fit,
-            "residual_norm": res_t.square().sum(dim=1).sqrt(),
+            "residual_norm": row_sumsq(res_t).sqrt(),
             "data_residual": data_residual,
-            "rel_l2": data_residual / self._masked(y, rows).square().sum(dim=1).sqrt().clamp_min(1e-30),
+            "rel_l2": data_residual / row_sumsq(self._masked(y, rows)).sqrt().clamp_min(1e-30),
         }
         if self.chi2:
             out["chi2"] = self.data_term(z, rows)

@@ -32,6 +32,7 @@ from torch import Tensor
 
 from funcae_cli.data.formulas import FORMULAS
 from funcae_cli.errors import OptionError
+from funcae_cli.inversion import seeding
 from funcae_cli.store.trained import Trained
 
 BOUNDS = ("prior", "domain")
@@ -42,6 +43,9 @@ XTOL = 1e-10  # ... or moves it less than this (relative to its natural coordina
 LAMBDA0, LAMBDA_MAX = 1e-3, 1e12  # initial damping; a row whose damping exceeds LAMBDA_MAX cannot progress
 ON_BOUND = 1e-6  # a fit within this fraction of the span from a bound is on it
 SPAN_CAP = 10.0  # spread starts in an unbounded coordinate: the training range, at most this wide (natural units)
+ESCAPES = 6  # plateau escapes: restarts per target whose fit ends with a parameter on a bound
+PLATEAU_GAIN = 1e-2  # a coordinate is flat when moving it 1% of its span would lower chi^2 by less than this
+LOCAL_MINIMUM_CHI2 = 4.0  # local_minimum: a plateau fit whose restarts end more than this chi^2 apart
 
 
 @dataclass
@@ -127,6 +131,8 @@ class PhysicsFit:
     start: np.ndarray  # (n,) winning start: 0 = the decoder's estimate, k = the k-th spread candidate
     on_bound: np.ndarray  # (n, p) int8: -1 at the low bound, +1 at the high one, 0 inside
     bounds: Bounds
+    escaped: np.ndarray | None = None  # (n,) bool: a plateau restart found a lower chi^2 than the starts
+    local_minimum: np.ndarray | None = None  # (n,) bool: a plateau fit whose restarts disagree (_escape_plateaus)
 
 
 class Fitter:
@@ -191,15 +197,16 @@ class Fitter:
         return self.sums(r, row_of_point, k), g, jac
 
 
-def _latin_hypercube(k: int, p: int, gen: torch.Generator) -> Tensor:
-    """k points in [0, 1]^p, one in each of k slices of every coordinate."""
-    cuts = (torch.rand(k, p, generator=gen, dtype=torch.float64) + torch.arange(k, dtype=torch.float64)[:, None]) / k
-    return torch.stack([cuts[torch.randperm(k, generator=gen), j] for j in range(p)], dim=1)
+def latin_hypercubes(seeds: Tensor, k: int, p: int) -> Tensor:
+    """(n, k, p): per target (its seed), k points in [0, 1]^p, one in each of k slices of every coordinate."""
+    cuts = (seeding.uniform(seeds, "physics", (k, p)) + torch.arange(k, dtype=torch.float64)[:, None]) / k
+    return cuts.gather(1, seeding.permutations(seeds, "physics", k, p, offset=k * p))
 
 
-def start_points(trained: Trained, bounds: Bounds, estimate: Tensor, starts: int, seed: int) -> Tensor:
+def start_points(trained: Trained, bounds: Bounds, estimate: Tensor, starts: int, seeds: Tensor) -> Tensor:
     """(starts, n, p) natural-scale starts: the estimate (clamped into the box), then spread ones (a Latin
-    hypercube over the box; an unbounded coordinate over the training range, at most SPAN_CAP wide)."""
+    hypercube over the box, target i's from its seed seeds[i]; an unbounded coordinate over the training range,
+    at most SPAN_CAP wide)."""
     n, p = estimate.shape
     lo_t = bounds.to_natural(torch.tensor(trained.data["param_min"], dtype=torch.float64))
     hi_t = bounds.to_natural(torch.tensor(trained.data["param_max"], dtype=torch.float64))
@@ -209,8 +216,7 @@ def start_points(trained: Trained, bounds: Bounds, estimate: Tensor, starts: int
     hi = torch.minimum(hi, lo + torch.where(finite, hi - lo, SPAN_CAP))
     u0 = bounds.to_natural(estimate.double())
     u0 = torch.where(torch.isfinite(u0), u0, (lo + hi) / 2).clamp(bounds.low, bounds.high)
-    gen = torch.Generator().manual_seed(seed)
-    spread = lo + (hi - lo) * _latin_hypercube(max(starts - 1, 0) * n, p, gen).reshape(-1, n, p)
+    spread = lo + (hi - lo) * latin_hypercubes(seeds, max(starts - 1, 0), p).transpose(0, 1)
     return torch.cat([u0[None], spread])
 
 
@@ -282,9 +288,13 @@ def fit_physics(
     starts: int = 4,
     max_iter: int = 50,
     seed: int = 0,
+    seeds: Tensor | None = None,
 ) -> PhysicsFit:
-    """Fit the family's formula to every target: estimate (n, p) in the family's units is the first start."""
+    """Fit the family's formula to every target: estimate (n, p) in the family's units is the first start.
+    seeds: (n,) the targets' own seeds (seeding.py; None: from `seed` and each target's points)."""
     dev = obs.x.device
+    if seeds is None:
+        seeds = seeding.seeds_of_points(seed, obs.target, obs.n, [obs.x, obs.y, obs.weight])
     fitter = Fitter(trained, obs, bounds)
     n = estimate.shape[0]
     n_points = obs.x.shape[0]
@@ -293,7 +303,7 @@ def fit_physics(
         point_row = (obs.target[None, :] + n * torch.arange(k, device=dev)[:, None]).reshape(-1)
         return point_row, torch.arange(k * n_points, device=dev) % n_points
 
-    candidates = start_points(trained, bounds, estimate.cpu(), 1 + CANDIDATES, seed).to(dev)  # (1 + C, n, p)
+    candidates = start_points(trained, bounds, estimate.cpu(), 1 + CANDIDATES, seeds).to(dev)  # (1 + C, n, p)
     u_cand = candidates[:, :, fitter.free].reshape((1 + CANDIDATES) * n, -1)  # rows start-major
     point_row, point = rows_of(1 + CANDIDATES)
     f_cand = fitter.sums(fitter.residual(u_cand, point_row, point), point_row, (1 + CANDIDATES) * n).reshape(-1, n)
@@ -315,6 +325,7 @@ def fit_physics(
     if n_starts > 1:  # each target continues from its best start alone
         st = _Rows(st.u[pick].clone(), st.f[pick].clone(), st.iters[pick])
         _run(fitter, st, obs.target, max_iter - SCREEN_ITERATIONS)
+    escaped, local_minimum = _escape_plateaus(fitter, st, seeds, max_iter)
     return PhysicsFit(
         params=fitter.units(st.u).cpu().numpy(),
         objective=st.f.cpu().numpy(),
@@ -323,6 +334,8 @@ def fit_physics(
         start=best.cpu().numpy(),
         on_bound=_on_bound(fitter, st.u).cpu().numpy(),
         bounds=bounds,
+        escaped=escaped.cpu().numpy(),
+        local_minimum=local_minimum.cpu().numpy(),
     )
 
 
@@ -341,6 +354,69 @@ def _best_start(fitter: Fitter, u_cand: Tensor, f_cand: Tensor, bounds: Bounds) 
         on_bound=np.zeros((n, len(bounds.log_scale)), dtype=np.int8),
         bounds=bounds,
     )
+
+
+def _escape_plateaus(fitter: Fitter, st: _Rows, seeds: Tensor, max_iter: int) -> tuple[Tensor, Tensor]:
+    """Restart the fits that end on a plateau, in place; returns (escaped, local_minimum), (n,) bool.
+
+    A fit is stuck when a parameter ends on a bound: there the parameters it governs may no longer matter (a
+    vanished disc leaves its scale length free), so the fit can stop where the gradient is ~0 while a massive
+    disc fits far better. Every stuck target gets ESCAPES restarts: its fit with the bound coordinates and the
+    flat ones (moving 1% of the span changes chi^2 by < PLATEAU_GAIN) re-drawn over the box (its own Latin
+    hypercube), the rest kept; each runs max_iter steps and the best end is kept. `local_minimum`: the
+    restarts and the fit end more than LOCAL_MINIMUM_CHI2 apart (chi^2; without yerr: 1% of the objective) and
+    only one of them reached the best end (within a quarter of that): the answer rests on a single start."""
+    obs = fitter.obs
+    n, q = st.u.shape
+    dev = st.u.device
+    none = torch.zeros(n, dtype=torch.bool, device=dev)
+    _, g, _ = fitter.gradient(st.u, obs.target, torch.arange(obs.x.shape[0], device=dev))
+    eps = ON_BOUND * fitter.span
+    at_bound = (st.u <= fitter.lo + eps) | (st.u >= fitter.hi - eps)
+    threshold = PLATEAU_GAIN if obs.chi2 else 1e-5 * st.f[:, None]
+    flat = g.abs() * 0.01 * fitter.span < threshold
+    stuck = torch.nonzero(at_bound.any(dim=1) & torch.isfinite(st.f)).squeeze(1)
+    if stuck.numel() == 0 or not torch.isfinite(fitter.hi - fitter.lo).all():
+        return none, none
+    redraw = (at_bound | flat)[stuck]  # (s, q)
+    box = latin_hypercubes(seeds[stuck.cpu()], ESCAPES, q).to(dev).transpose(0, 1)  # (E, s, q) in [0, 1]
+    u0 = torch.where(redraw, fitter.lo + (fitter.hi - fitter.lo) * box, st.u[stuck])  # (E, s, q)
+    s_n = stuck.shape[0]
+    sel = torch.zeros(n, dtype=torch.bool, device=dev)
+    sel[stuck] = True
+    local = torch.cumsum(sel.long(), 0) - 1  # target -> its index among the stuck
+    own = sel[obs.target]
+    point = torch.nonzero(own).squeeze(1)
+    row = local[obs.target[point]]
+    point_row = (row[None, :] + s_n * torch.arange(ESCAPES, device=dev)[:, None]).reshape(-1)
+    points = point.repeat(ESCAPES)
+    u_all = u0.reshape(-1, q)
+    f0 = fitter.sums(fitter.residual(u_all, point_row, points), point_row, ESCAPES * s_n)
+    f0 = torch.where(torch.isfinite(f0), f0, math.inf)
+    esc = _Rows(u_all.clone(), f0.clone())
+    sub = Fitter.__new__(Fitter)
+    sub.__dict__.update(fitter.__dict__)
+    sub.obs = Observations(obs.target[points], obs.x[points], obs.y[points], obs.weight[points], obs.n, obs.chi2)
+    _run(sub, esc, point_row, max_iter)
+    ends = torch.where(torch.isfinite(esc.f), esc.f, math.inf).reshape(ESCAPES, s_n)
+    best_e = ends.argmin(dim=0)
+    best_f = ends.gather(0, best_e[None])[0]
+    first = st.f[stuck].clone()
+    better = best_f < first * (1 - 1e-9)
+    take = stuck[better]
+    pick = (best_e * s_n + torch.arange(s_n, device=dev))[better]
+    st.u[take], st.f[take], st.iters[take] = esc.u[pick], esc.f[pick], esc.iters[pick]
+    st.converged[take] = esc.converged[pick]
+    escaped = none.clone()
+    escaped[take] = True
+    all_f = torch.cat([ends, first[None]])  # the restarts' ends and the fit before them
+    tol = LOCAL_MINIMUM_CHI2 if obs.chi2 else 1e-2 * st.f[stuck]
+    lowest = all_f.amin(dim=0)
+    agree = (all_f <= lowest + tol / 4).sum(dim=0)  # runs that reached the best end
+    apart = (all_f.amax(dim=0).clamp_max(1e300) - lowest) > tol
+    local_minimum = none.clone()
+    local_minimum[stuck[apart & (agree < 2)]] = True
+    return escaped, local_minimum
 
 
 def _on_bound(fitter: Fitter, u: Tensor) -> Tensor:

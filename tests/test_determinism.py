@@ -1,0 +1,156 @@
+"""The same target, the same answer: per-target seeds (inversion/seeding.py) against a pure-Python SplitMix64 and
+scipy's distribution tests, and a target's numbers alone, in a batch of 12 and in a batch of 1000 (API and CLI)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+
+from funcae_cli.config import override
+from funcae_cli.inversion import seeding
+from funcae_cli.inversion.invert import invert_batch
+from funcae_cli.inversion.physics import natural_bounds
+from funcae_cli.inversion.targets import pad
+from funcae_cli.jobs.fitted import latent_model_for
+from funcae_cli.store.rundir import RunDir
+from funcae_cli.store.trained import load_trained
+
+from .conftest import ok
+
+M64 = 2**64
+
+
+def splitmix64_reference(x: int) -> int:
+    """SplitMix64's finalizer in Python's exact integers (Steele, Lea, Flood 2014)."""
+    x %= M64
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) % M64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) % M64
+    return x ^ (x >> 31)
+
+
+def test_mix64_is_splitmix64() -> None:
+    rng = np.random.default_rng(0)
+    xs = [0, 1, 2**63 - 1, 2**63, M64 - 1, *(int(v) for v in rng.integers(0, 2**63, 50, dtype=np.int64))]
+    as_int64 = torch.tensor([x - M64 if x >= 2**63 else x for x in xs], dtype=torch.int64)
+    assert [int(v) % M64 for v in seeding.mix64(as_int64)] == [splitmix64_reference(x) for x in xs]
+
+
+def test_draws_follow_their_laws_row_by_row() -> None:
+    seeds = seeding.mix64(torch.arange(2000))
+    u = seeding.uniform(seeds, "latent", (50,))
+    z = seeding.normal(seeds, "latent", (50,))
+    assert stats.kstest(u.flatten().numpy(), "uniform").pvalue > 1e-3
+    assert stats.kstest(z.flatten().numpy(), "norm").pvalue > 1e-3
+    assert stats.kstest(z[:, 7].numpy(), "norm").pvalue > 1e-3  # across targets, one draw each
+    lag = np.corrcoef(z[:, :-1].flatten().numpy(), z[:, 1:].flatten().numpy())[0, 1]
+    assert abs(lag) < 4 / np.sqrt(z.numel())  # consecutive draws of a row are uncorrelated
+    k = seeding.integers(seeds, "physics", 7, (50,))
+    counts = np.bincount(k.flatten().numpy(), minlength=7)
+    assert k.min() >= 0 and k.max() <= 6 and stats.chisquare(counts).pvalue > 1e-3
+    perm = seeding.permutations(seeds[:10], "physics", 9, 3)
+    assert torch.equal(perm.sort(dim=1).values, torch.arange(9)[None, :, None].expand(10, 9, 3))
+
+
+def test_a_row_is_drawn_from_its_own_seed_alone() -> None:
+    seeds = seeding.mix64(torch.arange(300))
+    for draw in (
+        lambda s: seeding.uniform(s, "latent", (4, 3)),
+        lambda s: seeding.normal(s, "physics", (5,)),
+        lambda s: seeding.integers(s, "walkers", 1000, (6,)),
+    ):
+        full = draw(seeds)
+        assert torch.equal(draw(seeds[17:18])[0], full[17])
+        assert torch.equal(draw(seeds.flip(0))[0], full[-1])
+    assert not torch.equal(seeding.uniform(seeds, "latent", (4,)), seeding.uniform(seeds, "physics", (4,)))
+
+
+def test_a_targets_seed_is_its_data_not_its_place_name_or_padding() -> None:
+    rng = np.random.default_rng(1)
+    x = torch.tensor(np.sort(rng.uniform(0.5, 20, (3, 6)), axis=1))
+    y = torch.tensor(rng.uniform(10, 200, (3, 6)), dtype=torch.float32)
+    e = torch.full((3, 6), 5.0)
+    base = seeding.seeds_of_curves(42, y, x, e, None)
+    assert len(set(base.tolist())) == 3
+    wide = lambda t, fill: torch.cat([t, torch.full((3, 4), fill, dtype=t.dtype)], dim=1)  # noqa: E731
+    mask = torch.cat([torch.ones(3, 6, dtype=torch.bool), torch.zeros(3, 4, dtype=torch.bool)], dim=1)
+    assert torch.equal(seeding.seeds_of_curves(42, wide(y, 7.0), wide(x, 99.0), wide(e, 1.0), mask), base)
+    assert torch.equal(seeding.seeds_of_curves(42, y.flip(0), x.flip(0), e.flip(0), None), base.flip(0))
+    bumped = y.clone()
+    bumped[1, 3] = torch.nextafter(bumped[1, 3], torch.tensor(1e9))
+    other = seeding.seeds_of_curves(42, bumped, x, e, None)
+    assert other[0] == base[0] and other[1] != base[1] and other[2] == base[2]
+    assert (seeding.seeds_of_curves(43, y, x, e, None) != base).all()
+
+
+@pytest.fixture(scope="module")
+def rotation(rotation_run: Path):
+    trained = load_trained(RunDir(rotation_run), torch.device("cpu"))
+    lm, _ = latent_model_for(trained)
+    return trained, lm
+
+
+def _galaxies(trained, n: int, seed: int):
+    from benchmarks.observed import galaxies
+
+    bounds = natural_bounds(trained, "prior")
+    return galaxies(n, seed, bounds.low.numpy(), bounds.high.numpy())
+
+
+REPORTED = ("z", "chi2", "params_est", "physics_objective", "reduced_chi2", "encoder_z")
+
+
+@pytest.mark.slow
+def test_the_same_target_alone_in_12_and_in_1000_gives_the_same_numbers(rotation) -> None:
+    """Latent random starts, physics spread starts: a target's numbers do not depend on its batch (bitwise on
+    this CPU; the assertion is the issue's 1e-6 relative)."""
+    trained, lm = rotation
+    items = [replace(g.obs, x=g.obs.x[:8], y=g.obs.y[:8], yerr=g.obs.yerr[:8]) for g in _galaxies(trained, 1000, 11)]
+    options = override(trained.cfg.invert, {"starts": 3, "posterior": "none"})
+    big = invert_batch(trained, pad(items, "all"), options, latent_model=lm)
+    for at in (0, 997):
+        alone = invert_batch(trained, pad([items[at]], "one"), options, latent_model=lm)
+        twelve = invert_batch(trained, pad(items[at - 5 : at + 7] if at >= 5 else items[:12], "12"), options,
+                              latent_model=lm)  # fmt: skip
+        j = min(at, 5)
+        for name in REPORTED:
+            ref = getattr(big, name)[at]
+            np.testing.assert_allclose(getattr(alone, name)[0], ref, rtol=1e-6, atol=0, err_msg=name)
+            np.testing.assert_allclose(getattr(twelve, name)[j], ref, rtol=1e-6, atol=0, err_msg=name)
+    assert len({tuple(z) for z in big.z}) > 990  # different targets, different answers
+
+
+@pytest.fixture
+def rotation_copy(rotation_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    dst = tmp_path / "runs" / "rot"
+    shutil.copytree(rotation_run, dst)
+    monkeypatch.chdir(tmp_path)
+    return dst
+
+
+@pytest.mark.slow
+def test_invert_command_gives_a_galaxy_the_same_answer_alone_and_among_others(cli, rotation_copy: Path) -> None:
+    from benchmarks.observed import write_long_csv
+
+    trained = load_trained(RunDir(rotation_copy), torch.device("cpu"))
+    items = _galaxies(trained, 12, seed=3)
+    write_long_csv(items, "twelve.csv")
+    write_long_csv(items[7:8], "one.csv")
+    run = ["invert", "--run", str(rotation_copy), "--starts", "3", "--posterior", "none", "--json"]
+    r12, r1 = cli(*run, "--curves", "twelve.csv"), cli(*run, "--curves", "one.csv")
+    ok(r12)
+    ok(r1)
+    a, b = json.loads(r12.stdout)["targets"][7], json.loads(r1.stdout)["targets"][0]
+    assert a["name"] == b["name"] == items[7].obs.name
+    assert b["params"].keys() == a["params"].keys()
+    for key in a["params"]:
+        assert b["params"][key] == pytest.approx(a["params"][key], rel=1e-6, abs=0), key
+    for key in ("physics_objective", "reduced_chi2", "chi2"):
+        assert b[key] == pytest.approx(a[key], rel=1e-6, abs=0), key
+    np.testing.assert_allclose(b["z"], a["z"], rtol=1e-6, atol=0)
