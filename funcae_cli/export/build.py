@@ -90,7 +90,7 @@ def _parameters(trained: Trained) -> dict[str, Any]:
         "names": names,
         "labels": [known[n].label if n in known else n for n in names],
         "units": [known[n].unit if n in known else "" for n in names],
-        "log10": trained.param_log_scale,  # regressed (and best read) in log10
+        "log10": trained.family.log_scale(trained.param_names),  # regressed (and best read) in log10
         "train_min": list(trained.data.get("param_min", [])),
         "train_max": list(trained.data.get("param_max", [])),
         "prior": config_to_dict(trained.cfg)["family"].get("params", {}),
