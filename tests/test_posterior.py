@@ -189,7 +189,7 @@ def test_validate_reports_calibration_and_can_require_it(cli, smoke_copy: Path) 
 
 
 def test_validate_bad_inputs_are_exit_2(cli, smoke_copy: Path) -> None:
-    usage_error(cli("validate", str(smoke_copy), "--posterior", "none"), "--posterior", "laplace or mcmc")
+    usage_error(cli("validate", str(smoke_copy), "--posterior", "none"), "--posterior", "laplace, mcmc")
     usage_error(cli("validate", str(smoke_copy), "--n", "-3"), "--n")
     usage_error(cli("validate", str(smoke_copy), "--points", "1:5"), "--points", "1:5")
     usage_error(cli("validate", str(smoke_copy), "--points", "9:3"), "--points")

@@ -227,7 +227,7 @@ def train_flow(
             nn.utils.clip_grad_norm_(net.parameters(), 5.0)
             opt.step()
             sched.step()
-            total += float(loss)
+            total += float(loss.detach())
         history.append({"epoch": epoch + 1, "loss": total / cfg.steps, "seconds": time.perf_counter() - t0})
         net.eval()
         if on_epoch:
