@@ -37,6 +37,7 @@ from torch import Tensor, nn
 from funcae_cli.config import AmortizedConfig, FamilyConfig
 from funcae_cli.data.formulas import FORMULAS
 from funcae_cli.data.grids import sample_params
+from funcae_cli.errors import InputError
 from funcae_cli.inversion.assess import NAMED_IN_WARNING
 from funcae_cli.inversion.laplace_check import KHAT_MAX, importance_resample
 from funcae_cli.inversion.physics import Bounds
@@ -106,7 +107,10 @@ class PosteriorNet(nn.Module):
 
     def __init__(self, args: FlowArgs):
         super().__init__()
-        import zuko  # the `amortized` extra: imported only where a flow is built
+        try:
+            import zuko  # the `amortized` extra: imported only where a flow is built
+        except ImportError:
+            raise InputError("the amortized posterior needs zuko: pip install 'funcae[amortized]'") from None
 
         self.args = args
         self.encoder = SetEncoder(args)
