@@ -9,7 +9,7 @@ BIN := $(VENV)/bin
 TORCH ?= torch==2.13.0
 # onnx: `funcae export --format onnx` and its test (onnx builds the graphs, onnxruntime checks them)
 # tracking: `--track tensorboard|mlflow` and its tests against the real libraries
-EXTRAS ?= dev,images,onnx,tracking
+EXTRAS ?= dev,images,onnx,tracking,amortized
 STAMP := $(VENV)/.installed
 
 .PHONY: install test test-fast demo lint format bench reproduce clean

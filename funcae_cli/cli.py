@@ -18,6 +18,7 @@ from typer.core import TyperGroup
 from funcae_cli import console
 from funcae_cli._version import __version__
 from funcae_cli.commands import (
+    amortize,
     config_cmd,
     encode,
     export,
@@ -106,6 +107,7 @@ app.command("invert", context_settings=EXTRA_ARGS)(invert.invert)
 app.command("sample")(sample.sample)
 app.command("plot")(plot.plot)
 app.command("validate")(validate.validate)
+app.command("amortize")(amortize.amortize)
 app.command("export")(export.export)
 config_app = typer.Typer(help="Inspect and validate configs.", no_args_is_help=True, rich_markup_mode=None)
 config_app.command("show")(config_cmd.show)

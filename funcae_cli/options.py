@@ -13,7 +13,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from funcae_cli.config import InvertConfig, SampleConfig, ValidateConfig
+from funcae_cli.config import AmortizedConfig, InvertConfig, SampleConfig, ValidateConfig
 from funcae_cli.tracking import TRACKERS
 
 
@@ -30,7 +30,8 @@ def help_of(cls: type, name: str) -> str:
 
 def _record_option(cls: type, name: str, flag: str, *aliases: str, typ: type = int) -> object:
     """An option overriding field `name` of a config record; no range check here: the record's rules check it."""
-    section = {InvertConfig: "invert", SampleConfig: "sample", ValidateConfig: "validate"}[cls]
+    section = {InvertConfig: "invert", SampleConfig: "sample", ValidateConfig: "validate",
+               AmortizedConfig: "amortized"}[cls]  # fmt: skip
     text = help_of(cls, name)
     lits = choices(cls, name) if typing.get_origin(typing.get_type_hints(cls)[name]) is typing.Literal else ()
     if lits:
@@ -109,6 +110,14 @@ WalkersOpt = _record_option(InvertConfig, "walkers", "--walkers")
 StepsOpt = _record_option(InvertConfig, "steps", "--steps", typ=str)  # an integer or auto
 BurnOpt = _record_option(InvertConfig, "burn", "--burn")
 SeedOpt = _record_option(InvertConfig, "seed", "--seed")
+DrawsOpt = _record_option(InvertConfig, "draws", "--draws")
+NoCheckOpt = Annotated[
+    bool,
+    typer.Option("--no-check", help="Amortized: skip the importance check (no k-hat, the flow's draws as they are)."),
+]
+AmortizeEpochsOpt = _record_option(AmortizedConfig, "epochs", "--epochs")
+AmortizeStepsOpt = _record_option(AmortizedConfig, "steps", "--steps")
+AmortizeBatchOpt = _record_option(AmortizedConfig, "batch_size", "--batch-size")
 NoPhysicsOpt = Annotated[
     bool, typer.Option("--no-physics", help="Report the regressor's parameters; skip fitting the family's formula.")
 ]

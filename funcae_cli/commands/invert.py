@@ -13,11 +13,13 @@ from funcae_cli.options import (
     CurveOpt,
     CurvesOpt,
     DeviceOpt,
+    DrawsOpt,
     JsonOpt,
     LrOpt,
     MaxIterOpt,
     MethodOpt,
     NameOpt,
+    NoCheckOpt,
     NoPhysicsOpt,
     PosteriorOpt,
     PriorOpt,
@@ -47,6 +49,8 @@ def invert(
     walkers: WalkersOpt = None,
     steps: StepsOpt = None,
     burn: BurnOpt = None,
+    draws: DrawsOpt = None,
+    no_check: NoCheckOpt = False,
     clip: ClipOpt = False,
     seed: SeedOpt = None,
     name: NameOpt = None,
@@ -70,7 +74,8 @@ def invert(
     inputs = target_inputs(rd, ctx.args, curve, targets, curves, required=True, clip=clip)
     options = {"method": method, "starts": starts, "max_iter": max_iter, "lr": lr, "seed": seed, "prior": prior,
                "physics": False if no_physics else None, "bounds": bounds, "posterior": posterior,
-               "walkers": walkers, "steps": steps, "burn": burn}  # fmt: skip
+               "walkers": walkers, "steps": steps, "burn": burn, "draws": draws,
+               "check": False if no_check else None}  # fmt: skip
     rec = run_invert(rd, inputs, options, name=name, device=device, plot=not no_plot)
     for w in rec["warnings"]:
         console.warn(w)

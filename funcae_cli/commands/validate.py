@@ -68,6 +68,8 @@ def validate(
             cov = ", ".join(f"{float(k):.0%}: {v:.3f}" for k, v in p["coverage"].items())
             console.info(f"{name}: coverage {cov}; SBC p {p['sbc']['p_value']:.3g}; median bias "
                          f"{p['median_bias']:.3g} ({p['scale']}), spread {p['median_spread']:.3g}")  # fmt: skip
+        if rep.get("k_hat_below") is not None:
+            console.info(f"importance check: Pareto k-hat < 0.7 for {rep['k_hat_below']:.1%} of the curves")
         console.info(f"{rep['n']:,} curves in {rep['seconds']:.1f}s; wrote " + ", ".join(rep["files"].values()))
     if rep["coverage_misses"]:
         raise MissedRequirement(

@@ -17,6 +17,7 @@ from funcae_cli.config.families import FAMILIES, Family, Param
 from funcae_cli.config.loader import apply_overrides, doc_field, parse_override, parse_section, read_yaml, set_dotted
 from funcae_cli.config.rules import EMPTY_CONFIG, NAME_RE, config_from_dict, load_config, override
 from funcae_cli.config.schema import (
+    AmortizedConfig,
     Config,
     DataConfig,
     FamilyConfig,
@@ -37,6 +38,7 @@ from funcae_cli.config.schema import (
 
 __all__ = [
     "EMPTY_CONFIG",
+    "AmortizedConfig",
     "FAMILIES",
     "NAME_RE",
     "Config",

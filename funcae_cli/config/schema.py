@@ -141,8 +141,10 @@ class InvertConfig:
     )
     physics_starts: int = doc_field(4, "physics refit: starts per target (the decoder's estimate + spread ones)", min=1)
     physics_max_iter: int = doc_field(50, "physics refit: Levenberg-Marquardt iterations", min=1)
-    posterior: Literal["none", "laplace", "mcmc"] = doc_field(
-        "none", "uncertainty: none, a Laplace (Gaussian) approximation at the optimum, or MCMC samples"
+    posterior: Literal["none", "laplace", "mcmc", "amortized"] = doc_field(
+        "none",
+        "uncertainty: none, a Laplace (Gaussian) approximation at the optimum, MCMC samples, or the run's trained "
+        "posterior network (`funcae amortize RUN`), importance-checked",
     )
     walkers: int = doc_field(32, "mcmc: walkers per target (a multiple of 2 x groups)", min=4)
     steps: int | Literal["auto"] = doc_field(
@@ -153,6 +155,10 @@ class InvertConfig:
         5000, "mcmc, steps auto: the most steps a target runs (then flagged unconverged)", min=10
     )
     groups: int = doc_field(4, "mcmc: independent ensembles per target (R-hat across them)", min=2)
+    draws: int = doc_field(500, "amortized: posterior draws per target", min=10)
+    check: bool = doc_field(
+        True, "amortized: weigh the draws by the likelihood and prior (PSIS k-hat per target; reweighted quantiles)"
+    )
     seed: int | None = doc_field(None, "seed of random starts and samplers (default: the run's seed)", min=0)
 
     def problems(self) -> list[tuple[str, str]]:
@@ -168,7 +174,9 @@ class ValidateConfig:
     n: int = doc_field(1000, "simulated curves", min=1)
     noise: float = doc_field(0.05, "relative one-sigma error of the simulated points", gt=0, lt=1)
     points: list[int] = doc_field([10, 40], "points per simulated curve, [min, max] inclusive", min=2)
-    posterior: Literal["laplace", "mcmc"] = doc_field("mcmc", "the posterior whose calibration is measured")
+    posterior: Literal["laplace", "mcmc", "amortized"] = doc_field(
+        "mcmc", "the posterior whose calibration is measured"
+    )
     require_coverage: float | None = doc_field(
         None, "a tolerance: exit 5 when a coverage misses its nominal level by more", gt=0, lt=1
     )
@@ -177,6 +185,33 @@ class ValidateConfig:
         if len(self.points) != 2 or self.points[0] > self.points[1]:
             return [("points", f"expected [MIN, MAX] with MIN <= MAX, got {self.points}")]
         return []
+
+
+@dataclass
+class AmortizedConfig:
+    """`funcae amortize RUN`: the posterior network (inversion/amortized.py) and the observations it is trained on,
+    drawn fresh every step from the run's prior (points per curve, the range they cover, errors all random)."""
+
+    epochs: int = doc_field(30, "epochs", min=1)
+    steps: int = doc_field(100, "steps per epoch, each on a fresh batch of simulated observations", min=1)
+    batch_size: int = doc_field(256, "simulated observations per step", min=1)
+    lr: float = doc_field(1e-3, "Adam's peak learning rate (cosine decay to 0)", gt=0)
+    hidden: list[int] = doc_field([64, 64], "hidden widths of the set encoder and of the flow's networks", min=1)
+    embed: int = doc_field(32, "size of the observation's embedding", min=1)
+    transforms: int = doc_field(3, "spline transforms of the flow", min=1)
+    points: list[int] = doc_field([5, 60], "points per simulated observation, [min, max] inclusive", min=2)
+    frac: list[float] = doc_field([0.01, 0.2], "relative one-sigma error per observation, [min, max]", gt=0, lt=1)
+    scatter: float = doc_field(0.3, "point-to-point scatter of the errors, relative", min=0, lt=1)
+    floor: float = doc_field(0.01, "absolute error floor, as a fraction of the curve's largest |value|", min=0)
+    min_span: float = doc_field(0.3, "fraction of the grid's range an observation covers at least", gt=0, max=1)
+
+    def problems(self) -> list[tuple[str, str]]:
+        out = []
+        for name in ("points", "frac"):
+            v = getattr(self, name)
+            if len(v) != 2 or v[0] > v[1]:
+                out.append((name, f"expected [MIN, MAX] with MIN <= MAX, got {v}"))
+        return out
 
 
 @dataclass
@@ -230,6 +265,7 @@ class Config:
     invert: InvertConfig = field(default_factory=InvertConfig)
     validate: ValidateConfig = field(default_factory=ValidateConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
+    amortized: AmortizedConfig = field(default_factory=AmortizedConfig)
     track: TrackConfig = field(default_factory=TrackConfig)
 
     def to_dict(self) -> dict[str, Any]:

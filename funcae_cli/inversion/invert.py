@@ -25,7 +25,7 @@ from torch import Tensor
 
 from funcae_cli.config import InvertConfig
 from funcae_cli.errors import InputError, OptionError
-from funcae_cli.inversion import seeding
+from funcae_cli.inversion import amortized, seeding
 from funcae_cli.inversion.assess import Assessment, assess
 from funcae_cli.inversion.density import CodeDensity
 from funcae_cli.inversion.encode import encode_curves, targets_on_grid
@@ -127,6 +127,7 @@ def invert_batch(
     targets: Targets | Tensor | np.ndarray,
     options: InvertConfig | None = None,
     latent_model: LatentModel | None = None,
+    flow: amortized.PosteriorNet | None = None,
 ) -> InvertResult:
     """Invert many targets at once.
 
@@ -139,6 +140,7 @@ def invert_batch(
     (posterior.py) adds each target's posterior.
     latent_model: the run's latent model (jobs.fitted.latent_model_for): the parameter estimates, AE restarts and,
     with prior "density", the codes' density as the latent search's prior. None: none of them.
+    flow: the run's posterior network (posterior "amortized"; jobs.amortize.load_flow).
     """
     o = options or trained.cfg.invert
     seed = trained.cfg.seed if o.seed is None else o.seed
@@ -155,8 +157,12 @@ def invert_batch(
             f"{posterior} needs the formula's derivatives; family {trained.family.name} declares "
             "differentiable=False (use none, or --no-physics for the decoder's posterior)",
         )
-    if posterior == "mcmc" and targets.yerr is None:  # checked before any work
-        raise OptionError("posterior", "mcmc needs one-sigma errors (yerr) for its likelihood; give curves with yerr")
+    if posterior in ("mcmc", "amortized") and targets.yerr is None:  # checked before any work
+        raise OptionError("posterior", f"{posterior} needs one-sigma errors (yerr) for its likelihood; give curves "
+                          "with yerr")  # fmt: skip
+    if posterior == "amortized" and (flow is None or not trained.family.has_formula):
+        raise OptionError("posterior", "amortized needs a family with a formula and the run's posterior network "
+                          "(train it with `funcae amortize RUN`)")  # fmt: skip
     if posterior != "none" and bounds_ is None and density is None:
         raise OptionError("posterior", "a latent posterior needs the codes' density as its prior (prior: density)")
     dev = trained.device
@@ -213,9 +219,16 @@ def invert_batch(
     obs = _estimate_physics(trained, targets, out, bounds_, o.physics_starts, o.physics_max_iter, seeds, dev)
     _assess(trained, targets, out, density)
     if posterior != "none":
-        out.posterior = _posterior(trained, targets, out, obs, problem, latent_model, posterior, sampling)
+        if posterior == "amortized":  # the flow's draws, importance-checked (inversion/amortized.py)
+            out.posterior, check = amortized.amortized_posterior(
+                flow, trained.cfg.family, natural_bounds(trained, "prior"), log_prior(trained.cfg.family), targets,
+                o.draws, o.check, seed, trained.param_names)  # fmt: skip
+            out.posterior.warnings.extend(check.warnings)
+            amortized.flag(out.assessment.flags, check)
+        else:
+            out.posterior = _posterior(trained, targets, out, obs, problem, latent_model, posterior, sampling)
+            flag_unreliable(out.assessment.flags, out.posterior.k_hat)
         out.assessment.warnings.extend(out.posterior.warnings)
-        flag_unreliable(out.assessment.flags, out.posterior.k_hat)
     _sync(dev)
     out.total_seconds = time.perf_counter() - t0
     out.seconds = np.full(n, out.total_seconds / max(n, 1)) if seconds is None else seconds

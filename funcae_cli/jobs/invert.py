@@ -20,6 +20,7 @@ from funcae_cli.files import (
 )
 from funcae_cli.inversion.invert import invert_batch
 from funcae_cli.inversion.targets import training_range_warnings
+from funcae_cli.jobs.amortize import load_flow
 from funcae_cli.jobs.common import open_run, run_info
 from funcae_cli.jobs.fitted import latent_model_for
 from funcae_cli.jobs.inputs import TargetInputs
@@ -28,7 +29,18 @@ from funcae_cli.jobs.results import invert_figures
 from funcae_cli.jobs.targets import read_targets
 from funcae_cli.store.rundir import RunDir, slugify
 
-RECORDED = ("method", "starts", "max_iter", "seed", "prior", "physics", "bounds", "posterior")  # in the record
+RECORDED = (
+    "method",
+    "starts",
+    "max_iter",
+    "seed",
+    "prior",
+    "physics",
+    "bounds",
+    "posterior",
+    "draws",
+    "check",
+)  # in the record
 
 
 def run_invert(
@@ -57,13 +69,14 @@ def run_invert(
     o = override(trained.cfg.invert, options or {}, "invert")
     if o.seed is None:
         o = override(o, {"seed": trained.cfg.seed})
+    flow = load_flow(rd) if o.posterior == "amortized" else None  # exit 2 naming `funcae amortize` when missing
     targets = read_targets(trained, inputs)
     if targets is None:
         raise InputError("no target to invert")
     warnings = list(targets.warnings)
     warnings += training_range_warnings(trained, targets.params) if targets.params is not None else []
     lm, fitted_now = latent_model_for(trained)
-    res = invert_batch(trained, targets, o, lm)
+    res = invert_batch(trained, targets, o, lm, flow)
     warnings += res.assessment.warnings
     slug = slugify(name or inputs.slug())
     record = run_info(trained)

@@ -16,11 +16,13 @@ from funcae_cli.config import override
 from funcae_cli.data.grids import sample_params
 from funcae_cli.errors import InputError
 from funcae_cli.files import atomic_write_json, json_safe, save_figure
+from funcae_cli.inversion import amortized
 from funcae_cli.inversion.calibration import LEVELS, RANK_DRAWS, calibrate, misses, split_by_flag
 from funcae_cli.inversion.invert import invert_batch
-from funcae_cli.inversion.laplace_check import FLAG
+from funcae_cli.inversion.laplace_check import FLAG, KHAT_MAX
 from funcae_cli.inversion.simulate import NoiseModel, simulate
 from funcae_cli.inversion.targets import pad
+from funcae_cli.jobs.amortize import load_flow
 from funcae_cli.jobs.common import open_run, run_info
 from funcae_cli.jobs.fitted import latent_model_for
 from funcae_cli.plotting.calibration import coverage_figure, ranks_figure
@@ -51,16 +53,19 @@ def run_validate(
         )
     seed = trained.cfg.seed if inv.seed is None else inv.seed
     inv = replace(inv, seed=seed, posterior=o.posterior)
+    flow = load_flow(rd) if o.posterior == "amortized" else None  # exit 2 naming `funcae amortize` when missing
     t0 = time.perf_counter()
     truth = sample_params(trained.cfg.family, o.n, torch.Generator().manual_seed(seed + 17)).numpy()
     noise = NoiseModel(points=tuple(o.points), frac=(o.noise, o.noise))
     observations = simulate(fam, trained.cfg.family.options, trained.grid.numpy(), truth, noise, seed, "sim")
     lm, _ = latent_model_for(trained)
-    draws, flagged, unconverged = [], [], 0
+    draws, flagged, unconverged, k_hats = [], [], 0, []
     for a in range(0, o.n, CHUNK):
-        res = invert_batch(trained, pad(observations[a : a + CHUNK], "validate"), inv, lm)
+        res = invert_batch(trained, pad(observations[a : a + CHUNK], "validate"), inv, lm, flow)
         draws.append(res.posterior.samples)
-        flagged.append(np.array([FLAG in f for f in res.assessment.flags]))  # laplace's k-hat >= KHAT_MAX
+        flag = amortized.FLAG if o.posterior == "amortized" else FLAG
+        flagged.append(np.array([flag in f for f in res.assessment.flags]))  # laplace's/amortized k-hat >= KHAT_MAX
+        k_hats.append(res.posterior.k_hat if res.posterior.k_hat is not None else np.full(res.n, np.nan))
         if res.posterior.unconverged is not None:  # mcmc: stopped by its cap before converging
             bad = res.posterior.unconverged
             unconverged, flagged[-1] = unconverged + int(bad.sum()), bad
@@ -91,6 +96,7 @@ def run_validate(
             for c, lg in zip(calib, log10)
         },
         unconverged_targets=unconverged if o.posterior == "mcmc" else None,
+        k_hat_below=_k_hat_below(np.concatenate(k_hats)),
         flagged=split_by_flag(truth, np.concatenate(draws), trained.param_names, log10, np.concatenate(flagged)),
         require_coverage=o.require_coverage,
         coverage_misses=misses(calib, o.require_coverage) if o.require_coverage is not None else [],
@@ -110,3 +116,8 @@ def run_validate(
     report = json_safe(report)
     atomic_write_json(rd.validate_json, report)
     return report
+
+
+def _k_hat_below(k: np.ndarray) -> float | None:
+    """The fraction of targets whose importance check passed (Pareto k-hat < KHAT_MAX); None without a check."""
+    return None if np.isnan(k).all() else float(np.mean(k < KHAT_MAX))

@@ -55,6 +55,11 @@ class RunDir:
         return self.checkpoints / "regressor.pt"
 
     @property
+    def amortized(self) -> Path:
+        """The posterior network (`funcae amortize`): a conditional flow q(parameters | observation)."""
+        return self.checkpoints / "amortized.pt"
+
+    @property
     def history_csv(self) -> Path:
         return self.root / "history.csv"
 

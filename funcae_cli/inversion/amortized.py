@@ -1,0 +1,371 @@
+"""Amortized posteriors: a conditional normalizing flow q(u | observation) trained once from the run's own
+simulator, then sampled for any number of observed curves in one batched pass, each checked against the family's
+likelihood and the run's prior.
+
+- u: the family's free parameters in natural coordinates (physics.py: log10 of scale parameters), standardized by
+  the prior's box (the training range where the prior is unbounded).
+- The observation as a user gives it: points (x, y, yerr) of any number, padded and masked like invert's batch
+  (targets.py). A DeepSets encoder (Zaheer et al. 2017) embeds it: per point phi(t, y / s, yerr / s), t the
+  point's place in the grid's range (log x on log grids), s the observation's mean |y|; a masked mean and max
+  over the points; rho of the pooled features, log10 s and log(number of points). Sums, means and maxima over
+  points do not depend on their order: the embedding is permutation invariant.
+- The flow: zuko's neural spline flow (NSF: Durkan et al. 2019, autoregressive rational-quadratic splines),
+  conditioned on the embedding.
+- Training (`train_flow`): every step a fresh batch of parameters from the run's prior and of observations of
+  them (`simulate_batch`: number of points, the range they cover, relative errors and their scatter, all drawn,
+  as validate's simulate.py draws them), the flow's negative log likelihood of the true u minimized (NPE).
+- The check (`amortized_posterior`): per target, S draws u_s ~ q with log q(u_s); log weights log p(u_s | data)
+  - log q(u_s), p the same unnormalized posterior mcmc and laplace sample (chi^2 with yerr, the run's prior),
+  Pareto-smoothed (psis.py). Where k-hat < KHAT_MAX the reported draws are resampled by the weights (so the
+  quantiles are the posterior's); above it the flow's draws are kept and the target flagged FLAG. Targets the
+  flow was not trained on (fewer or more points than it saw, points outside the grid's range) are flagged
+  OFF_RANGE: sampled, never silently.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from funcae_cli.config import AmortizedConfig, FamilyConfig
+from funcae_cli.data.formulas import FORMULAS
+from funcae_cli.data.grids import sample_params
+from funcae_cli.errors import InputError
+from funcae_cli.inversion.assess import NAMED_IN_WARNING
+from funcae_cli.inversion.laplace_check import KHAT_MAX, importance_resample
+from funcae_cli.inversion.physics import Bounds
+from funcae_cli.inversion.posterior import Posterior, summarize
+from funcae_cli.inversion.psis import psis
+from funcae_cli.inversion.targets import Targets
+
+FLAG = "amortized_unreliable"
+OFF_RANGE = "amortized_off_range"
+CHUNK_ELEMENTS = 1 << 22  # draws x points of one chunk's likelihood (float32: 16 MiB per tensor)
+
+
+# --- the network ------------------------------------------------------------------------------------------
+
+
+@dataclass
+class FlowArgs:
+    """Everything needed to rebuild the network (stored in its checkpoint, nanoGPT-style)."""
+
+    q: int  # free parameters
+    free: list[bool]  # per family parameter: sampled (not fixed by the prior)
+    center: list[float]  # (q,) natural coordinates' centre and scale: u_std = (u - center) / scale
+    scale: list[float]
+    x_lo: float  # the grid's range, in log x on log grids: points are placed by t = (x' - x_lo) / (x_hi - x_lo)
+    x_hi: float
+    log_x: bool
+    points: list[int]  # [min, max] points per observation seen in training
+    hidden: list[int]
+    embed: int
+    transforms: int
+
+
+def _mlp(sizes: list[int]) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for a, b in zip(sizes[:-1], sizes[1:]):
+        layers += [nn.Linear(a, b), nn.SiLU()]
+    return nn.Sequential(*layers[:-1])
+
+
+class SetEncoder(nn.Module):
+    """DeepSets over the points of padded observations (module docstring): (n, m) x, y, yerr, mask -> (n, embed)."""
+
+    def __init__(self, args: FlowArgs):
+        super().__init__()
+        self.args = args
+        self.phi = _mlp([3, *args.hidden, args.embed])
+        self.rho = _mlp([2 * args.embed + 2, *args.hidden, args.embed])
+
+    def forward(self, x: Tensor, y: Tensor, yerr: Tensor, mask: Tensor) -> Tensor:
+        a = self.args
+        w = mask.to(y.dtype)
+        count = w.sum(dim=1).clamp_min(1)
+        s = ((y.abs() * w).sum(dim=1) / count).clamp_min(1e-30)  # (n,) the observation's scale
+        xx = torch.log(x.clamp_min(1e-300)) if a.log_x else x
+        t = ((xx - a.x_lo) / (a.x_hi - a.x_lo)).to(y.dtype)
+        feats = torch.stack([2 * t - 1, y / s[:, None], yerr / s[:, None]], dim=2) * w[..., None]
+        h = self.phi(feats)  # (n, m, embed)
+        mean = (h * w[..., None]).sum(dim=1) / count[:, None]
+        top = torch.where(mask[..., None], h, -math.inf).amax(dim=1)
+        top = torch.where(torch.isfinite(top), top, 0.0)
+        glob = torch.stack([torch.log10(s), torch.log(count)], dim=1)
+        return self.rho(torch.cat([mean, top, glob], dim=1))
+
+
+class PosteriorNet(nn.Module):
+    """q(u | observation): the set encoder and a conditional neural spline flow over standardized u."""
+
+    def __init__(self, args: FlowArgs):
+        super().__init__()
+        try:
+            import zuko  # the `amortized` extra: imported only where a flow is built
+        except ImportError:
+            raise InputError("the amortized posterior needs zuko: pip install 'funcae[amortized]'") from None
+
+        self.args = args
+        self.encoder = SetEncoder(args)
+        self.flow = zuko.flows.NSF(args.q, args.embed, transforms=args.transforms, hidden_features=tuple(args.hidden))
+        self.register_buffer("center", torch.tensor(args.center, dtype=torch.float32))
+        self.register_buffer("scale", torch.tensor(args.scale, dtype=torch.float32))
+
+    def embed(self, batch: Targets) -> Tensor:
+        mask = torch.ones_like(batch.y, dtype=torch.bool) if batch.mask is None else batch.mask
+        return self.encoder(batch.x, batch.y.float(), batch.yerr.float(), mask)
+
+    def log_prob(self, u: Tensor, context: Tensor) -> Tensor:
+        """log q(u | observation) for u (n, q) natural coordinates and embeddings (n, embed)."""
+        return self.flow(context).log_prob((u - self.center) / self.scale) - torch.log(self.scale).sum()
+
+    def sample(self, context: Tensor, draws: int) -> tuple[Tensor, Tensor]:
+        """(n, draws, q) natural coordinates and their log q (n, draws)."""
+        v, lq = self.flow(context).rsample_and_log_prob((draws,))
+        u = v * self.scale + self.center
+        return u.transpose(0, 1), (lq - torch.log(self.scale).sum()).transpose(0, 1)
+
+
+def flow_args(bounds: Bounds, grid: Tensor, log_x: bool, cfg: AmortizedConfig) -> FlowArgs:
+    free = bounds.free
+    lo, hi = bounds.low[free], bounds.high[free]
+    center = torch.where(torch.isfinite(lo + hi), (lo + hi) / 2, 0.0)
+    scale = torch.where(torch.isfinite(hi - lo), (hi - lo) / 2, 1.0).clamp_min(1e-6)
+    g = torch.log(grid.double()) if log_x else grid.double()
+    return FlowArgs(int(free.sum()), free.tolist(), center.tolist(), scale.tolist(), float(g[0]), float(g[-1]),
+                    log_x, list(cfg.points), list(cfg.hidden), cfg.embed, cfg.transforms)  # fmt: skip
+
+
+def net_from_checkpoint(ckpt: dict[str, Any]) -> PosteriorNet:
+    net = PosteriorNet(FlowArgs(**ckpt["args"]))
+    net.load_state_dict(ckpt["state"])
+    return net.eval()
+
+
+# --- the simulator ------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Simulator:
+    """Fresh observations of the family's curves at parameters drawn from the run's prior (module docstring)."""
+
+    fcfg: FamilyConfig
+    bounds: Bounds
+    args: FlowArgs
+    cfg: AmortizedConfig
+
+    def __call__(self, n: int, gen: torch.Generator) -> tuple[Targets, Tensor]:
+        """A padded batch of n observations and the free natural coordinates (n, q) that made them."""
+        c, a = self.cfg, self.args
+        params = sample_params(self.fcfg, n, gen)  # (n, p) family units, float64
+        lo_pts, hi_pts = c.points
+        m = torch.randint(lo_pts, hi_pts + 1, (n,), generator=gen)
+        mask = torch.arange(hi_pts)[None, :] < m[:, None]
+        span = a.x_hi - a.x_lo
+        width = span * (c.min_span + (1 - c.min_span) * torch.rand(n, 1, generator=gen, dtype=torch.float64))
+        start = a.x_lo + (span - width) * torch.rand(n, 1, generator=gen, dtype=torch.float64)
+        t = torch.rand(n, hi_pts, generator=gen, dtype=torch.float64)
+        t = torch.sort(torch.where(mask, t, 2.0), dim=1).values  # the real points first, sorted
+        t = torch.where(mask, t, t[:, :1])
+        xx = start + width * t
+        x = (torch.exp(xx) if a.log_x else xx).clamp(math.exp(a.x_lo) if a.log_x else a.x_lo,
+                                                     math.exp(a.x_hi) if a.log_x else a.x_hi)  # fmt: skip
+        v = FORMULAS[self.fcfg.name](x, params, self.fcfg.options)  # (n, m)
+        frac = c.frac[0] + (c.frac[1] - c.frac[0]) * torch.rand(n, 1, generator=gen, dtype=torch.float64)
+        jitter = 1 + c.scatter * (2 * torch.rand(v.shape, generator=gen, dtype=torch.float64) - 1)
+        peak = torch.where(mask, v.abs(), 0.0).amax(dim=1, keepdim=True)
+        err = frac * v.abs() * jitter + c.floor * peak + 1e-12
+        y = v + err * torch.randn(v.shape, generator=gen, dtype=torch.float64)
+        batch = Targets(torch.where(mask, y, 0.0).float(), x, torch.where(mask, err, 1.0).float(), mask)
+        return batch, self.bounds.to_natural(params)[:, torch.tensor(a.free)]
+
+
+# --- training -------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class FlowTraining:
+    net: PosteriorNet
+    history: list[dict[str, float]]  # per epoch: epoch, loss (mean -log q of the true u), seconds
+    optimizer: torch.optim.Optimizer
+
+
+def train_flow(
+    simulator: Simulator,
+    cfg: AmortizedConfig,
+    seed: int,
+    state: dict[str, Any] | None = None,
+    on_epoch: Callable[[FlowTraining], None] | None = None,
+) -> FlowTraining:
+    """Train q(u | observation) by NPE on fresh simulations; resume from `state` (a checkpoint's net state,
+    optimizer state and history). Epoch e draws from its own generator (seed + e), so a resumed run draws the
+    same observations as an uninterrupted one. on_epoch: called after each epoch (checkpoint, progress)."""
+    torch.manual_seed(seed)
+    net = PosteriorNet(simulator.args)
+    opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
+    history: list[dict[str, float]] = []
+    if state is not None:
+        net.load_state_dict(state["state"])
+        opt.load_state_dict(state["optimizer"])
+        history = list(state["history"])
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg.epochs * cfg.steps, last_epoch=-1)
+    for _ in range(len(history) * cfg.steps):
+        sched.step()
+    run = FlowTraining(net, history, opt)
+    for epoch in range(len(history), cfg.epochs):
+        gen = torch.Generator().manual_seed(seed + 1000 * (epoch + 1))
+        t0, total = time.perf_counter(), 0.0
+        net.train()
+        for _ in range(cfg.steps):
+            batch, u = simulator(cfg.batch_size, gen)
+            loss = -net.log_prob(u.float(), net.embed(batch)).mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            nn.utils.clip_grad_norm_(net.parameters(), 5.0)
+            opt.step()
+            sched.step()
+            total += float(loss.detach())
+        history.append({"epoch": epoch + 1, "loss": total / cfg.steps, "seconds": time.perf_counter() - t0})
+        net.eval()
+        if on_epoch:
+            on_epoch(run)
+    return run
+
+
+def checkpoint_payload(run: FlowTraining, cfg: AmortizedConfig, done: bool) -> dict[str, Any]:
+    return {"args": asdict(run.net.args), "state": run.net.state_dict(), "optimizer": run.optimizer.state_dict(),
+            "history": run.history, "config": asdict(cfg), "done": done}  # fmt: skip
+
+
+# --- the posterior of observed targets ---------------------------------------------------------------------
+
+
+def off_range(net: PosteriorNet, targets: Targets) -> np.ndarray:
+    """(n,) bool: observations unlike those the flow was trained on (fewer or more points, points outside the
+    grid's range)."""
+    a = net.args
+    counts = targets.counts
+    mask = torch.ones_like(targets.y, dtype=torch.bool) if targets.mask is None else targets.mask
+    xx = torch.log(targets.x.clamp_min(1e-300)) if a.log_x else targets.x
+    tol = 1e-9 * (a.x_hi - a.x_lo)
+    outside = (mask & ((xx < a.x_lo - tol) | (xx > a.x_hi + tol))).any(dim=1)
+    return ((counts < a.points[0]) | (counts > a.points[1]) | outside).numpy()
+
+
+def _log_posterior(
+    fcfg: FamilyConfig, bounds: Bounds, free: Tensor, log_prior: Callable[[Tensor], Tensor], batch: Targets, u: Tensor
+) -> Tensor:
+    """The unnormalized log posterior (n, S) of draws u (n, S, q): the run's prior + -chi^2 / 2 of the family's
+    formula at each target's own points (float32 likelihood, as the samplers')."""
+    n, s, q = u.shape
+    full = bounds.low.to(u.dtype).expand(n * s, -1).clone()
+    full[:, free] = u.reshape(-1, q)
+    lp = log_prior(full.double()).reshape(n, s)
+    params = bounds.to_units(full).float()
+    x = batch.x.float().repeat_interleave(s, dim=0)
+    f = FORMULAS[fcfg.name](x, params, fcfg.options).reshape(n, s, -1)
+    w = (batch.mask if batch.mask is not None else torch.ones_like(batch.y, dtype=torch.bool)).float()
+    r = (f - batch.y[:, None, :]) / batch.yerr[:, None, :] * w[:, None, :]
+    chi2 = r.square().sum(dim=2).double()
+    return torch.where(torch.isfinite(lp) & torch.isfinite(chi2), lp - 0.5 * chi2, -math.inf)
+
+
+@dataclass
+class AmortizedCheck:
+    k_hat: np.ndarray  # (n,) NaN when the check is off
+    unreliable: np.ndarray  # (n,) bool
+    off_range: np.ndarray  # (n,) bool
+    warnings: list[str]
+
+
+def amortized_posterior(
+    net: PosteriorNet,
+    fcfg: FamilyConfig,
+    bounds: Bounds,
+    log_prior: Callable[[Tensor], Tensor],
+    targets: Targets,
+    draws: int,
+    check: bool,
+    seed: int,
+    names: list[str],
+) -> tuple[Posterior, AmortizedCheck]:
+    """Every target's posterior from the flow, in chunks that bound memory, each checked by importance weights
+    against the likelihood and the prior when `check` (module docstring). Reported in the family's units."""
+    free = bounds.free
+    m = targets.y.shape[1]
+    chunk = max(1, CHUNK_ELEMENTS // (draws * max(m, 8)))
+    gen = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)  # zuko draws from the global generator
+    parts, ks = [], []
+
+    def units(u: Tensor) -> Tensor:
+        full = bounds.low.to(u.dtype).expand(u.shape[0], u.shape[1], -1).clone()
+        full[..., free] = u
+        return bounds.to_units(full)
+
+    for a in range(0, targets.n, chunk):
+        batch = targets.subset(slice(a, a + chunk))
+        with torch.no_grad():
+            u, lq = net.sample(net.embed(batch), draws)
+            k = torch.full((batch.n,), math.nan, dtype=torch.float64)
+            if check:
+                log_w = _log_posterior(fcfg, bounds, free, log_prior, batch, u) - lq.double()
+                smoothed, k = psis(torch.nan_to_num(log_w, nan=-math.inf))
+                good = k < KHAT_MAX
+                if bool(good.any()):
+                    u[good] = importance_resample(u[good], smoothed[good].to(u.dtype), gen)
+        parts.append(summarize("amortized", names, u.double(), units, targets.names[a : a + chunk], keep=draws))
+        ks.append(k.numpy())
+    k_hat = np.concatenate(ks)
+    post = _concat(parts, names, k_hat)
+    bad = k_hat >= KHAT_MAX
+    outside = off_range(net, targets)
+    return post, AmortizedCheck(k_hat, bad, outside, _warnings(targets.names, k_hat, bad, outside))
+
+
+def _concat(parts: list[Posterior], names: list[str], k_hat: np.ndarray) -> Posterior:
+    return Posterior(
+        "amortized",
+        names,
+        np.concatenate([p.samples for p in parts]),
+        {k: np.concatenate([p.quantiles[k] for p in parts]) for k in parts[0].quantiles},
+        np.concatenate([p.corr for p in parts]),
+        k_hat=k_hat,
+    )
+
+
+def _named(names: list[str], hit: np.ndarray, note: Callable[[int], str]) -> str:
+    shown = ", ".join(f"{names[i]}{note(i)}" for i in hit[:NAMED_IN_WARNING])
+    return shown + (f" and {hit.size - NAMED_IN_WARNING} more" if hit.size > NAMED_IN_WARNING else "")
+
+
+def _warnings(names: list[str], k: np.ndarray, bad: np.ndarray, outside: np.ndarray) -> list[str]:
+    out = []
+    if bad.any():
+        hit = np.nonzero(bad)[0]
+        shown = _named(names, hit, lambda i: f" (k-hat {k[i]:.2g})")
+        out.append(f"the amortized posterior misses posterior mass for {shown} (Pareto k-hat >= {KHAT_MAX}: "
+                   f"{FLAG}): use --posterior mcmc for their intervals")  # fmt: skip
+    if outside.any():
+        hit = np.nonzero(outside)[0]
+        out.append(f"{_named(names, hit, lambda i: '')} lie outside what the amortized posterior was trained on "
+                   f"(number of points or radii: {OFF_RANGE}): trust their intervals only where k-hat < {KHAT_MAX}, "
+                   "or use --posterior mcmc")  # fmt: skip
+    return out
+
+
+def flag(flags: list[list[str]], chk: AmortizedCheck) -> None:
+    """Add FLAG and OFF_RANGE to the per-target flags (off_manifold targets, curves unlike the run's training
+    curves, are off the flow's range too)."""
+    for i in np.nonzero(chk.unreliable)[0]:
+        flags[i].append(FLAG)
+    for i, f in enumerate(flags):
+        if chk.off_range[i] or "off_manifold" in f:
+            f.append(OFF_RANGE)

@@ -1,0 +1,172 @@
+"""The amortized posterior (inversion/amortized.py): a conditional flow trained from the simulator, checked against
+the likelihood. References: an exact posterior by quadrature (float64 on a fine grid), the identity of a set's
+embedding under permutation, and the real commands."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from funcae_cli.config import AmortizedConfig, config_from_dict
+from funcae_cli.inversion.amortized import (
+    FLAG,
+    KHAT_MAX,
+    PosteriorNet,
+    SetEncoder,
+    Simulator,
+    amortized_posterior,
+    flow_args,
+    train_flow,
+)
+from funcae_cli.inversion.physics import Bounds
+from funcae_cli.inversion.prior import log_prior
+from funcae_cli.inversion.targets import Targets
+
+from .conftest import ok, usage_error
+
+SIGMA = 1.0  # the known width of the normal family's curve: only mu is sampled
+MU = (-2.0, 2.0)  # mu's uniform prior
+
+
+def _known_sigma_problem(cfg: AmortizedConfig) -> tuple:
+    fcfg = config_from_dict({"family": {"name": "normal", "params": {
+        "mu": {"dist": "uniform", "low": MU[0], "high": MU[1]}, "sigma": {"dist": "fixed", "value": SIGMA}}},
+        "grid": {"kind": "linspace", "start": -5, "stop": 5, "num": 64}}).family  # fmt: skip
+    bounds = Bounds(torch.tensor([MU[0], 0.0], dtype=torch.float64), torch.tensor([MU[1], 0.0], dtype=torch.float64),
+                    [False, True], "prior")  # fmt: skip
+    grid = torch.linspace(-5, 5, 64, dtype=torch.float64)
+    return fcfg, bounds, Simulator(fcfg, bounds, flow_args(bounds, grid, False, cfg), cfg)
+
+
+def _exact_quantiles(batch: Targets, levels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Quantiles (n, L) and sd (n,) of mu's posterior by quadrature: uniform prior times the Gaussian likelihood of
+    the points, on 20001 values of mu, in float64 numpy (independent of torch and the flow)."""
+    mu = np.linspace(*MU, 20001)
+    out, sds = [], []
+    for i in range(batch.n):
+        keep = batch.mask[i].numpy()
+        x, y, e = batch.x[i].numpy()[keep], batch.y[i].double().numpy()[keep], batch.yerr[i].double().numpy()[keep]
+        f = np.exp(-0.5 * ((x[None, :] - mu[:, None]) / SIGMA) ** 2) / (SIGMA * math.sqrt(2 * math.pi))
+        logp = -0.5 * (((f - y) / e) ** 2).sum(axis=1)
+        p = np.exp(logp - logp.max())
+        cdf = np.cumsum(p) / p.sum()
+        out.append(np.interp(levels, cdf, mu))
+        mean = (mu * p).sum() / p.sum()
+        sds.append(math.sqrt(((mu - mean) ** 2 * p).sum() / p.sum()))
+    return np.array(out), np.array(sds)
+
+
+@pytest.fixture(scope="module")
+def tiny_flow():
+    """A flow over mu trained in seconds on the normal family with known sigma."""
+    cfg = AmortizedConfig(epochs=4, steps=60, batch_size=128, lr=3e-3, hidden=[32, 32], embed=16, transforms=2,
+                          points=[5, 15], frac=[0.1, 0.3])  # fmt: skip
+    fcfg, bounds, sim = _known_sigma_problem(cfg)
+    return fcfg, bounds, sim, train_flow(sim, cfg, seed=0).net
+
+
+def test_the_set_embedding_ignores_the_order_of_points_and_the_padding() -> None:
+    torch.manual_seed(0)
+    cfg = AmortizedConfig(hidden=[16, 16], embed=8)
+    _, bounds, sim = _known_sigma_problem(cfg)
+    batch, _ = sim(6, torch.Generator().manual_seed(1))
+    enc = SetEncoder(sim.args)
+    base = enc(batch.x, batch.y, batch.yerr, batch.mask)
+    gen = torch.Generator().manual_seed(2)
+    idx = torch.stack([torch.randperm(batch.y.shape[1], generator=gen) for _ in range(batch.n)])
+    shuffled = [t.gather(1, idx) for t in (batch.x, batch.y, batch.yerr, batch.mask)]
+    torch.testing.assert_close(enc(*shuffled), base, rtol=1e-5, atol=1e-6)
+    padded = [torch.cat([t, t[:, :5]], dim=1) for t in (batch.x, batch.y, batch.yerr)]
+    mask = torch.cat([batch.mask, torch.zeros(batch.n, 5, dtype=torch.bool)], dim=1)
+    torch.testing.assert_close(enc(*padded, mask), base, rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(enc(batch.x, batch.y * 1.5, batch.yerr, batch.mask), base)  # it does see the data
+
+
+def test_the_amortized_posterior_of_a_known_case_matches_quadrature(tiny_flow) -> None:
+    """mu of the normal family's curve with sigma known: the flow alone (trained for seconds: wider than the
+    posterior) holds the exact median in its 95% interval, and with the importance check its quantiles match the
+    exact posterior's to 0.15 posterior sd."""
+    fcfg, bounds, sim, net = tiny_flow
+    batch, u_true = sim(40, torch.Generator().manual_seed(123))
+    levels = np.array([0.16, 0.5, 0.84])
+    exact, sd = _exact_quantiles(batch, levels)
+    batch, names = replace(batch, names=[f"t{i}" for i in range(batch.n)]), ["mu", "sigma"]
+    raw, _ = amortized_posterior(net, fcfg, bounds, log_prior(fcfg), batch, 2000, False, 0, names)
+    inside = (raw.quantiles["q025"][:, 0] <= exact[:, 1]) & (exact[:, 1] <= raw.quantiles["q975"][:, 0])
+    assert inside.mean() >= 0.9  # the flow alone: the exact median inside its 95% interval
+    post, chk = amortized_posterior(net, fcfg, bounds, log_prior(fcfg), batch, 2000, True, 0, names)
+    good = chk.k_hat < KHAT_MAX
+    assert good.mean() >= 0.9
+    got = np.stack([post.quantiles[k][:, 0] for k in ("q16", "median", "q84")], axis=1)
+    err = np.abs(got - exact) / sd[:, None]
+    assert np.median(err[good]) < 0.15, np.median(err[good], axis=0)
+    assert not chk.off_range.any()
+
+
+def test_the_k_hat_flag_fires_on_a_mismatched_flow(tiny_flow) -> None:
+    """The same flow shifted and narrowed (it misses most of every posterior): its draws get k-hat >= KHAT_MAX
+    and the targets are flagged; the matched flow's are not (>= 90% below, the test above)."""
+    fcfg, bounds, sim, net = tiny_flow
+    batch, _ = sim(30, torch.Generator().manual_seed(7))
+    bad = PosteriorNet(replace(net.args))
+    bad.load_state_dict(net.state_dict())
+    bad.center += 0.5  # mu shifted by 0.5 and its spread narrowed tenfold: mass of the posterior missed
+    bad.scale *= 0.1
+    batch, names = replace(batch, names=[f"t{i}" for i in range(batch.n)]), ["mu", "sigma"]
+    _, chk = amortized_posterior(bad.eval(), fcfg, bounds, log_prior(fcfg), batch, 500, True, 0, names)
+    assert chk.unreliable.mean() >= 0.9
+    assert any(FLAG in w for w in chk.warnings)
+
+
+def test_targets_unlike_the_training_observations_are_flagged(tiny_flow) -> None:
+    fcfg, bounds, sim, net = tiny_flow
+    batch, _ = sim(4, torch.Generator().manual_seed(3))
+    mask = batch.mask.clone()
+    mask[0, 3:] = False  # 3 points: fewer than the 10 it was trained on
+    x = batch.x.clone()
+    x[1, 0] = -7.0  # outside the grid [-5, 5]
+    odd = replace(batch, x=x, mask=mask, names=["a", "b", "c", "d"])
+    _, chk = amortized_posterior(net, fcfg, bounds, log_prior(fcfg), odd, 50, False, 0, ["mu", "sigma"])
+    assert chk.off_range.tolist() == [True, True, False, False]
+    assert any("a, b lie outside" in w for w in chk.warnings)
+
+
+def _normal_csv(path: Path) -> Path:
+    x = np.linspace(-3, 3, 20)
+    y = np.exp(-0.5 * ((x - 0.3) / 1.2) ** 2) / (1.2 * math.sqrt(2 * math.pi))
+    rows = [f"a,{a},{b},{0.05 * b + 1e-3}" for a, b in zip(x, y)]
+    path.write_text("id,x,y,yerr\n" + "\n".join(rows) + "\n")
+    return path
+
+
+def test_without_a_posterior_network_amortized_is_exit_2_naming_the_command(cli, smoke_copy: Path) -> None:
+    csv = _normal_csv(smoke_copy.parent / "obs.csv")
+    r = cli("invert", "--run", smoke_copy, "--curves", csv, "--posterior", "amortized")
+    usage_error(r, "no trained posterior network", f"funcae amortize {smoke_copy}")
+    usage_error(cli("validate", smoke_copy, "--posterior", "amortized"), f"funcae amortize {smoke_copy}")
+
+
+@pytest.mark.slow
+def test_amortize_then_invert_and_validate_with_it(cli, smoke_copy: Path) -> None:
+    """The real commands: train a tiny network (checkpoint written), invert observed curves with it (quantiles,
+    k-hat per target, samples file), validate it; a second amortize without --force is refused."""
+    ok(cli("amortize", smoke_copy, "--epochs", "1", "--steps", "5", "--batch-size", "32"))
+    assert (smoke_copy / "checkpoints" / "amortized.pt").is_file()
+    usage_error(cli("amortize", smoke_copy, "--epochs", "1", "--steps", "5", "--batch-size", "32"), "--force")
+    csv = _normal_csv(smoke_copy.parent / "obs.csv")
+    r = cli("invert", "--run", smoke_copy, "--curves", csv, "--posterior", "amortized", "--draws", "100",
+            "--no-plot", "--json")  # fmt: skip
+    ok(r)
+    rec = json.loads(r.stdout)
+    assert rec["posterior"] == "amortized" and rec["draws"] == 100
+    assert Path(rec["files"]["samples"]).is_file()
+    r = cli("validate", smoke_copy, "--n", "20", "--posterior", "amortized", "--json")
+    ok(r)
+    rep = json.loads(r.stdout)
+    assert rep["posterior"] == "amortized" and 0 <= rep["k_hat_below"] <= 1
