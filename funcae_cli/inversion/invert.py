@@ -213,7 +213,7 @@ def invert_batch(
     obs = _estimate_physics(trained, targets, out, bounds_, o.physics_starts, o.physics_max_iter, seeds, dev)
     _assess(trained, targets, out, density)
     if posterior != "none":
-        out.posterior = _posterior(trained, targets, out, obs, problem, latent_model, posterior, sampling)
+        out.posterior = _posterior(trained, targets, out, obs, problem, latent_model, posterior, sampling, seeds)
         out.assessment.warnings.extend(out.posterior.warnings)
         flag_unreliable(out.assessment.flags, out.posterior.k_hat)
     _sync(dev)
@@ -250,20 +250,21 @@ def _estimate_physics(
 
 def _posterior(
     trained: Trained, targets: Targets, out: InvertResult, obs: Observations | None, problem: Problem,
-    latent_model: LatentModel | None, kind: str, sampling: Sampling,
+    latent_model: LatentModel | None, kind: str, sampling: Sampling, seeds: Tensor,
 ) -> Posterior:  # fmt: skip
-    """The posterior of the formula's parameters (families with one), else of the latent codes."""
+    """The posterior of the formula's parameters (families with one), else of the latent codes; every draw of
+    target i from seeds[i] (seeding.py)."""
     if obs is not None:
         bounds = natural_bounds(trained, "prior")  # the prior's support: where the walkers start
         fitter = Fitter(trained, obs, bounds)
         u = bounds.to_natural(torch.as_tensor(out.params_est)).to(obs.x.device)[:, fitter.free]
         u = torch.maximum(torch.minimum(u, fitter.hi), fitter.lo)
         return physics_posterior(fitter, u, log_prior(trained.cfg.family), kind, sampling, trained.param_names,
-                                 targets.names)  # fmt: skip
+                                 targets.names, seeds)  # fmt: skip
     names = trained.param_names or [f"z{j + 1}" for j in range(out.z.shape[1])]
     predict = latent_model.predict if latent_model is not None and trained.param_names else None
     z = torch.as_tensor(out.z, dtype=torch.float32, device=problem.device)
-    return latent_posterior(problem, z, kind, sampling, predict, names, targets.names)
+    return latent_posterior(problem, z, kind, sampling, predict, names, targets.names, seeds)
 
 
 def _assess(trained: Trained, targets: Targets, out: InvertResult, density: CodeDensity | None) -> None:
