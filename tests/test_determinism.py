@@ -244,3 +244,27 @@ def test_the_sampler_follows_each_ensembles_seed_when_finished_targets_leave() -
         assert alone[0] == together[i][0]
         for a, b in zip(alone[1:], together[i][1:], strict=True):
             assert torch.equal(a, b)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("posterior", ["laplace", "mcmc"])
+def test_a_latent_posterior_is_the_same_alone_and_in_12(smoke_run: Path, posterior: str) -> None:
+    """The decoder's posterior (no formula: --no-physics, the codes' density as prior): the same draws per target."""
+    from funcae_cli.inversion.targets import Targets
+
+    trained = load_trained(RunDir(smoke_run), torch.device("cpu"))
+    lm, _ = latent_model_for(trained)
+    gen = torch.Generator().manual_seed(0)
+    mu = torch.rand(20, 1, generator=gen) * 2 - 1
+    y = torch.exp(-0.5 * ((trained.grid[None] - mu) / 0.6) ** 2) + 0.02 * torch.randn(20, trained.grid.shape[0],
+                                                                                      generator=gen)  # fmt: skip
+    err = torch.full_like(y, 0.02)
+
+    def targets(rows: list[int]) -> Targets:
+        return Targets(y[rows], names=[f"t{i}" for i in rows], source="array", yerr=err[rows])
+
+    options = override(trained.cfg.invert, {"starts": 1, "posterior": posterior, "physics": False, "prior": "density",
+                                            "walkers": 16, "steps": "30", "burn": 10})  # fmt: skip
+    big = invert_batch(trained, targets(list(range(20))), options, latent_model=lm).posterior
+    _same_posterior(invert_batch(trained, targets([17]), options, latent_model=lm).posterior, 0, big, 17)
+    _same_posterior(invert_batch(trained, targets(list(range(8, 20))), options, latent_model=lm).posterior, 9, big, 17)
