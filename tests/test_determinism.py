@@ -1,5 +1,6 @@
 """The same target, the same answer: per-target seeds (inversion/seeding.py) against a pure-Python SplitMix64 and
-scipy's distribution tests, and a target's numbers alone, in a batch of 12 and in a batch of 1000 (API and CLI)."""
+scipy's distribution tests, and a target's numbers alone, in a batch of 12 and in a batch of 1000 (API and CLI);
+its posteriors (mcmc fixed and auto, laplace) alone, in 12 and in larger batches."""
 
 from __future__ import annotations
 
@@ -154,3 +155,116 @@ def test_invert_command_gives_a_galaxy_the_same_answer_alone_and_among_others(cl
     for key in ("physics_objective", "reduced_chi2", "chi2"):
         assert b[key] == pytest.approx(a[key], rel=1e-6, abs=0), key
     np.testing.assert_allclose(b["z"], a["z"], rtol=1e-6, atol=0)
+
+
+# --- posteriors: every draw from the target's own seed ----------------------------------------------------
+
+
+def _same_posterior(one, j: int, ref, at: int) -> None:
+    """Target j of posterior `one` and target `at` of `ref`: the same samples and quantiles (bitwise on this CPU;
+    the assertion is the issue's 1e-6 relative)."""
+    np.testing.assert_allclose(one.samples[j], ref.samples[at], rtol=1e-6, atol=0)
+    for key in ref.quantiles:
+        np.testing.assert_allclose(one.quantiles[key][j], ref.quantiles[key][at], rtol=1e-6, atol=0, err_msg=key)
+    for key in ("rhat", "tau", "steps", "acceptance", "k_hat"):
+        if getattr(ref, key) is not None:
+            np.testing.assert_allclose(getattr(one, key)[j], getattr(ref, key)[at], rtol=1e-6, atol=0, err_msg=key)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("posterior", "steps", "n"),
+    [("mcmc", "30", 24), ("mcmc", "auto", 24), ("laplace", "auto", 200)],
+)
+def test_a_targets_posterior_is_the_same_alone_in_12_and_in_a_larger_batch(rotation, posterior, steps, n) -> None:
+    """Walker starts, moves, accept tests, Laplace's draws and its resample: all from the target's seed."""
+    trained, lm = rotation
+    items = [replace(g.obs, x=g.obs.x[:8], y=g.obs.y[:8], yerr=g.obs.yerr[:8]) for g in _galaxies(trained, n, 5)]
+    options = override(trained.cfg.invert, {"starts": 1, "posterior": posterior, "walkers": 16, "steps": steps,
+                                            "burn": 10, "max_steps": 150})  # fmt: skip
+    big = invert_batch(trained, pad(items, "all"), options, latent_model=lm).posterior
+    at = n - 3
+    alone = invert_batch(trained, pad([items[at]], "one"), options, latent_model=lm).posterior
+    twelve = invert_batch(trained, pad(items[at - 5 : at + 7], "12"), options, latent_model=lm).posterior
+    _same_posterior(alone, 0, big, at)
+    _same_posterior(twelve, 5, big, at)
+    assert not np.array_equal(big.samples[at], big.samples[at - 1])  # different targets, different draws
+
+
+@pytest.mark.slow
+def test_invert_command_gives_a_galaxy_the_same_mcmc_intervals_alone_and_among_others(cli, rotation_copy) -> None:
+    from benchmarks.observed import write_long_csv
+
+    trained = load_trained(RunDir(rotation_copy), torch.device("cpu"))
+    items = _galaxies(trained, 12, seed=4)
+    write_long_csv(items, "twelve.csv")
+    write_long_csv(items[2:3], "one.csv")
+    run = ["invert", "--run", str(rotation_copy), "--posterior", "mcmc", "--walkers", "16", "--steps", "40",
+           "--burn", "10", "--json"]  # fmt: skip
+    r12, r1 = cli(*run, "--curves", "twelve.csv"), cli(*run, "--curves", "one.csv")
+    ok(r12)
+    ok(r1)
+    a, b = json.loads(r12.stdout)["targets"][2], json.loads(r1.stdout)["targets"][0]
+    assert a["name"] == b["name"] == items[2].obs.name
+    assert a["posterior"] and b["posterior"].keys() == a["posterior"].keys()
+    assert b["posterior"] == a["posterior"]  # bitwise: every quantile, R-hat, ESS...
+
+
+@pytest.mark.slow
+def test_the_sampler_follows_each_ensembles_seed_when_finished_targets_leave() -> None:
+    """steps auto: easy Gaussians converge and leave the batch at different checks while a two-mode target runs to
+    the cap, so rows are compacted under the others; every target's chain and diagnostics equal its chain run
+    alone (the seeds follow their rows)."""
+    from funcae_cli.inversion.ensemble import sample
+
+    scale = torch.tensor([0.5, 1.0, 2.0, 3.0, 1.0], dtype=torch.float64)  # target 4: two modes at +-6
+
+    def per_row(x: torch.Tensor, target: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        gauss = -0.5 * (x / scale[target, None]).square().sum(dim=1)
+        modes = torch.logaddexp(-0.5 * (x - 6).square().sum(dim=1), -0.5 * (x + 6).square().sum(dim=1))
+        return torch.where(torch.isinf(scale[target]), modes, gauss)
+
+    n, w, groups = 5, 16, 2
+    scale[4] = torch.inf
+    x0 = torch.randn(n, w, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    x0[4, : w // 2] += 6
+    x0[4, w // 2 :] -= 6
+    seeds = seeding.mix64(torch.arange(n) + 100)
+
+    def run(rows: list[int]) -> dict[int, tuple]:
+        idx = torch.tensor(rows)
+        cohorts = sample(lambda x, t: per_row(x, t, scale[idx]), x0[idx], groups, None, 20, 1200, seeds[idx])
+        return {rows[int(t)]: (c.steps, c.chain[k], c.rhat[k], c.tau[k]) for c in cohorts for k, t in
+                enumerate(c.targets)}  # fmt: skip
+
+    together = run(list(range(n)))
+    assert len({together[i][0] for i in range(n)}) >= 3  # stopped at different checks: the batch was compacted
+    for i in range(n):
+        (alone,) = run([i]).values()
+        assert alone[0] == together[i][0]
+        for a, b in zip(alone[1:], together[i][1:], strict=True):
+            assert torch.equal(a, b)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("posterior", ["laplace", "mcmc"])
+def test_a_latent_posterior_is_the_same_alone_and_in_12(smoke_run: Path, posterior: str) -> None:
+    """The decoder's posterior (no formula: --no-physics, the codes' density as prior): the same draws per target."""
+    from funcae_cli.inversion.targets import Targets
+
+    trained = load_trained(RunDir(smoke_run), torch.device("cpu"))
+    lm, _ = latent_model_for(trained)
+    gen = torch.Generator().manual_seed(0)
+    mu = torch.rand(20, 1, generator=gen) * 2 - 1
+    y = torch.exp(-0.5 * ((trained.grid[None] - mu) / 0.6) ** 2) + 0.02 * torch.randn(20, trained.grid.shape[0],
+                                                                                      generator=gen)  # fmt: skip
+    err = torch.full_like(y, 0.02)
+
+    def targets(rows: list[int]) -> Targets:
+        return Targets(y[rows], names=[f"t{i}" for i in rows], source="array", yerr=err[rows])
+
+    options = override(trained.cfg.invert, {"starts": 1, "posterior": posterior, "physics": False, "prior": "density",
+                                            "walkers": 16, "steps": "30", "burn": 10})  # fmt: skip
+    big = invert_batch(trained, targets(list(range(20))), options, latent_model=lm).posterior
+    _same_posterior(invert_batch(trained, targets([17]), options, latent_model=lm).posterior, 0, big, 17)
+    _same_posterior(invert_batch(trained, targets(list(range(8, 20))), options, latent_model=lm).posterior, 9, big, 17)

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from funcae_cli.inversion import seeding
 from funcae_cli.inversion.diagnostics import RHAT_MAX, TAU_FACTOR, effective_size, integrated_time, rank_rhat
 from funcae_cli.inversion.ensemble import sample
 
@@ -84,14 +85,15 @@ def test_steps_auto_stops_early_on_a_gaussian_and_runs_to_the_cap_on_separated_m
     x0[0] += mean
     x0[1, : w // 2] += 10
     x0[1, w // 2 :] -= 10
-    cohorts = sample(per_row, x0, groups, None, 50, cap, gen)
+    cohorts = sample(per_row, x0, groups, None, 50, cap, seeding.mix64(torch.arange(2)))
     by_target = {int(t): (c, k) for c in cohorts for k, t in enumerate(c.targets)}
     easy, k = by_target[0]
     assert bool(easy.converged[k]) and easy.steps < cap / 2
     assert easy.steps >= TAU_FACTOR * float(easy.tau[k].max()) and float(easy.rhat[k].max()) < RHAT_MAX
     g = easy.chain[k].double().reshape(-1, 2)
     torch.testing.assert_close(g.mean(dim=0), mean, atol=0.05, rtol=0)
-    torch.testing.assert_close(torch.cov(g.T), cov, atol=0.05, rtol=0)
+    # converged: ESS >= 32 walkers x 50 = 1600, so a variance of 1 is estimated to ~sqrt(2 / 1600) = 0.035 (1 sd)
+    torch.testing.assert_close(torch.cov(g.T), cov, atol=0.1, rtol=0)
     hard, k = by_target[1]
     assert hard.steps == cap and not bool(hard.converged[k]) and float(hard.rhat[k].min()) > 1.5
 
@@ -103,5 +105,5 @@ def test_fixed_steps_run_exactly_and_flag_what_has_not_converged() -> None:
         return -0.5 * x.square().sum(dim=1)
 
     x0 = torch.randn(3, 16, 2, generator=torch.Generator().manual_seed(1), dtype=torch.float64) + 30  # far off
-    (cohort,) = sample(per_row, x0, 2, 20, 0, 10_000, torch.Generator().manual_seed(2))
+    (cohort,) = sample(per_row, x0, 2, 20, 0, 10_000, seeding.mix64(torch.arange(3)))
     assert cohort.steps == 20 and cohort.chain.shape == (3, 16, 20, 2) and not bool(cohort.converged.any())

@@ -13,6 +13,7 @@ import torch
 from scipy import stats
 
 from funcae_cli.config import load_config
+from funcae_cli.inversion import seeding
 from funcae_cli.inversion.calibration import calibrate, chi2_uniform_p
 from funcae_cli.inversion.diagnostics import integrated_time, split_rhat
 from funcae_cli.inversion.ensemble import ensemble
@@ -37,14 +38,16 @@ def test_the_ensemble_samples_a_correlated_gaussian_and_a_truncated_flat_density
     gen = torch.Generator().manual_seed(0)
     x0 = torch.stack([mean + 0.1 * torch.randn(32, 2, generator=gen, dtype=torch.float64),
                       torch.rand(32, 2, generator=gen, dtype=torch.float64) * torch.tensor([1.0, 3.0])])  # fmt: skip
-    chain, acc = ensemble(log_prob, x0, steps=1500, burn=300, gen=gen)
+    chain, acc = ensemble(log_prob, x0, steps=1500, burn=300, seeds=seeding.mix64(torch.arange(2)))
     g = chain[0].reshape(-1, 2)
     torch.testing.assert_close(g.mean(dim=0), mean, atol=0.03, rtol=0)
     torch.testing.assert_close(torch.cov(g.T), cov, atol=0.03, rtol=0)
     box = chain[1].reshape(-1, 2)
     assert bool((box >= 0).all()) and bool((box[:, 0] <= 1).all()) and bool((box[:, 1] <= 3).all())
+    # the box's quantiles vary run to run by ~0.02 (sd of the median of the long side over 40 seeds, 1000 steps):
+    # 0.06 is 3 sd, a bias of that size fails
     np.testing.assert_allclose(np.quantile(box.numpy(), [0.1, 0.5, 0.9], axis=0),
-                               [[0.1, 0.3], [0.5, 1.5], [0.9, 2.7]], atol=0.03)  # fmt: skip
+                               [[0.1, 0.3], [0.5, 1.5], [0.9, 2.7]], atol=0.06)  # fmt: skip
     assert 0.2 < float(acc.min()) and float(acc.max()) < 0.95
 
 
@@ -52,7 +55,7 @@ def test_the_same_seed_gives_the_same_chain() -> None:
     def log_prob(x):
         return -0.5 * x.square().sum(dim=2)
 
-    runs = [ensemble(log_prob, torch.ones(3, 8, 2, dtype=torch.float64), 50, 10, torch.Generator().manual_seed(4))
+    runs = [ensemble(log_prob, torch.ones(3, 8, 2, dtype=torch.float64), 50, 10, seeding.mix64(torch.arange(3)))
             for _ in range(2)]  # fmt: skip
     assert torch.equal(runs[0][0], runs[1][0])
 
@@ -197,7 +200,7 @@ def test_validate_reports_calibration_and_can_require_it(cli, smoke_copy: Path) 
 def test_validate_bad_inputs_are_exit_2(cli, smoke_copy: Path) -> None:
     usage_error(cli("validate", str(smoke_copy), "--posterior", "none"), "--posterior", "expected one of laplace, mcmc")
     usage_error(cli("validate", str(smoke_copy), "--n", "-3"), "--n")
-    usage_error(cli("validate", str(smoke_copy), "--points", "1:5"), "--points", "1:5")
+    usage_error(cli("validate", str(smoke_copy), "--points", "1:5"), "--points", "must be >= 2, got 1")
     usage_error(cli("validate", str(smoke_copy), "--points", "9:3"), "--points")
     usage_error(cli("validate", str(smoke_copy), "--points", "a:b"), "--points")
     usage_error(cli("validate", str(smoke_copy), "--noise", "2"), "--noise")

@@ -14,6 +14,7 @@ import pytest
 import torch
 from scipy import stats
 
+from funcae_cli.inversion import seeding
 from funcae_cli.inversion.calibration import split_by_flag
 from funcae_cli.inversion.laplace_check import FLAG, KHAT_MAX, check_laplace
 from funcae_cli.inversion.psis import psis, tail_length
@@ -112,7 +113,7 @@ def test_laplace_check_flags_bananas_and_reweights_gaussians_to_their_exact_quan
     cov = torch.cat([torch.diag(torch.tensor([1.0, BANANA_SD**2], dtype=torch.float64)).expand(n, 2, 2),
                      (1.4 * GAUSS_COV).expand(n, 2, 2)])  # fmt: skip
     names = [f"banana{i}" for i in range(n)] + [f"gauss{i}" for i in range(n)]
-    check = check_laplace(mean, cov, _bananas_then_gaussians, 4000, torch.Generator().manual_seed(0), names)
+    check = check_laplace(mean, cov, _bananas_then_gaussians, 4000, seeding.mix64(torch.arange(2 * n)), names)
     assert check.unreliable[:n].sum() >= 18 and np.median(check.k_hat[:n]) > KHAT_MAX
     assert not check.unreliable[n:].any() and check.k_hat[n:].max() < 0.5
     assert np.array_equal(check.unreliable, check.k_hat >= KHAT_MAX)
@@ -124,7 +125,7 @@ def test_laplace_check_flags_bananas_and_reweights_gaussians_to_their_exact_quan
     got = np.quantile(check.draws[n:].numpy(), probs, axis=1)  # (probs, targets, 2)
     np.testing.assert_allclose(np.median(got, axis=1), exact, atol=0.05)
     assert np.abs(got - exact[:, None]).max() < 0.15
-    raw = check_laplace(mean, cov, None, 4000, torch.Generator().manual_seed(0), names)
+    raw = check_laplace(mean, cov, None, 4000, seeding.mix64(torch.arange(2 * n)), names)
     assert np.isnan(raw.k_hat).all() and not raw.unreliable.any()
     raw_q = np.median(np.quantile(raw.draws[n:].numpy(), probs, axis=1), axis=1)
     assert np.abs(raw_q - exact).max() > 0.15  # the raw Gaussian's quantiles are off: the check moved them
@@ -142,7 +143,9 @@ def test_laplace_check_on_an_exact_gaussian_and_a_bounded_posterior() -> None:
         half = torch.where(x[1, :, 0] >= 0, -0.5 * (x[1, :, 0] - 0.5).square(), -math.inf)
         return torch.stack([exact, half])
 
-    check = check_laplace(mean, cov, log_post, 4000, torch.Generator().manual_seed(1), ["exact", "bounded"])
+    # 16000 draws: the 84% quantile of the resample varies by ~0.014 run to run (0.027 at 4000 draws, measured
+    # over 60 seeds), so 0.05 is > 3 sd
+    check = check_laplace(mean, cov, log_post, 16000, seeding.mix64(torch.arange(2)), ["exact", "bounded"])
     assert check.k_hat[0] < 0 and not check.unreliable.any() and check.warnings == []
     assert bool((check.draws[1] >= 0).all())
     truncated = stats.truncnorm(-0.5, np.inf, loc=0.5)

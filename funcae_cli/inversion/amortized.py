@@ -293,7 +293,7 @@ def amortized_posterior(
     targets: Targets,
     draws: int,
     check: bool,
-    seed: int,
+    seeds: Tensor,
     names: list[str],
 ) -> tuple[Posterior, AmortizedCheck]:
     """Every target's posterior from the flow, in chunks that bound memory, each checked by importance weights
@@ -301,8 +301,7 @@ def amortized_posterior(
     free = bounds.free
     m = targets.y.shape[1]
     chunk = max(1, CHUNK_ELEMENTS // (draws * max(m, 8)))
-    gen = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)  # zuko draws from the global generator
+    torch.manual_seed(int(seeds[0]) if seeds.numel() else 0)  # zuko draws from the global generator (see notes)
     parts, ks = [], []
 
     def units(u: Tensor) -> Tensor:
@@ -320,8 +319,8 @@ def amortized_posterior(
                 smoothed, k = psis(torch.nan_to_num(log_w, nan=-math.inf))
                 good = k < KHAT_MAX
                 if bool(good.any()):
-                    u[good] = importance_resample(u[good], smoothed[good].to(u.dtype), gen)
-        parts.append(summarize("amortized", names, u.double(), units, targets.names[a : a + chunk], keep=draws))
+                    u[good] = importance_resample(u[good], smoothed[good].to(u.dtype), seeds[a : a + chunk][good])
+        parts.append(summarize("amortized", names, u.double(), units, keep=draws))
         ks.append(k.numpy())
     k_hat = np.concatenate(ks)
     post = _concat(parts, names, k_hat)

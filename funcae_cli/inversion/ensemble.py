@@ -1,4 +1,4 @@
-"""An affine-invariant ensemble sampler for many independent targets at once (torch only; nothing of funcae).
+"""An affine-invariant ensemble sampler for many independent targets at once (torch and seeding.py only).
 
 One tensor of walkers (ensembles, walkers, parameters): each step moves one half of every ensemble's walkers given
 the other half of the same ensemble, alternating, by one of three well-known moves drawn step by step (SHARES): the
@@ -11,6 +11,10 @@ ensembles is a convergence test (diagnostics.py); R-hat across the walkers of on
 not independent chains: emcee's documentation, ArviZ issues 977 and 2156). With `steps=None` each target runs in
 batches until every parameter has steps >= 50 tau and R-hat < 1.01, or until `max_steps`; a target that is done
 leaves the batch (the tensors are compacted), so it costs nothing more.
+
+Randomness is per ensemble: each draws from its own seed (its target's seed and its index, seeding.child), by
+counters laid out step by step (`Draws`), and picks its own move each half-step; so a target's chain is the same
+alone or in any batch (rows grouped by move: one tensor call per move and half-step, no loop over targets).
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from funcae_cli.inversion import seeding
 from funcae_cli.inversion.diagnostics import converged, integrated_time, rank_rhat
 
 STRETCH = 2.0  # the stretch move's scale a
@@ -58,60 +63,128 @@ def _kde_log(y: Tensor, other: Tensor, chol: Tensor, log_norm: Tensor) -> Tensor
     return torch.logsumexp(-0.5 * maha, dim=2) + log_norm[:, None]
 
 
-def _stretch(xs: Tensor, other: Tensor, gen: torch.Generator) -> tuple[Tensor, Tensor]:
+CHUNK = 32  # steps whose random numbers are drawn in one call (fewer, larger hashing calls)
+
+
+@dataclass
+class Draws:
+    """The random numbers of one half-step of a batch of ensembles: counter-based (seeding.py), from each
+    ensemble's own seed, so an ensemble's draws do not depend on its batch.
+
+    Layout. Half-step k (= 2 t + h: step t counted from the first burn-in step, half h) of an ensemble with m
+    walkers moving and q parameters owns uniforms [k U, (k + 1) U) of its stream "moves", U = 1 + 3 m: [0] the
+    move, [1, 1 + m) the accept test, [1 + m, 1 + 2 m) and [1 + 2 m, 1 + 3 m) the move's first and second
+    per-walker draws; and normals [k m q, (k + 1) m q) of its stream "kernel" (seeding.paired_normal; the kernel
+    density's offsets, differential evolution's jitter takes the first m). No two draws share a counter; a move
+    that does not use a slot leaves it unused. `drawn` makes CHUNK steps' numbers at once: the same numbers."""
+
+    u: Tensor  # (b, U) float64
+    z: Tensor  # (b, m q) float64
+
+    @property
+    def m(self) -> int:
+        return (self.u.shape[1] - 1) // 3
+
+    def subset(self, rows: Tensor) -> Draws:
+        return Draws(self.u[rows], self.z[rows])
+
+    def uniform(self, slot: int, dtype: torch.dtype) -> Tensor:
+        """(b, m) uniforms of slot 1 (accept), 2 or 3 (the move's own)."""
+        m = self.m
+        return self.u[:, 1 + (slot - 1) * m : 1 + slot * m].to(dtype)
+
+    def choice(self) -> Tensor:
+        """(b,) the move of each ensemble: index into MOVES, with probabilities SHARES."""
+        return torch.searchsorted(CUMULATIVE, self.u[:, 0].contiguous(), right=True).clamp_max(len(MOVES) - 1)
+
+    def integers(self, slot: int, high: int) -> Tensor:
+        return (self.uniform(slot, torch.float64) * high).long().clamp_max(high - 1)
+
+    def normal(self, per_walker: int, dtype: torch.dtype) -> Tensor:
+        """(b, m, per_walker) normals, per_walker <= q."""
+        m = self.m
+        return self.z.reshape(-1, m, self.z.shape[1] // m)[:, :, :per_walker].to(dtype)
+
+
+def drawn(seeds: Tensor, start: int, steps: int, m: int, q: int) -> tuple[Tensor, Tensor]:
+    """The numbers of steps [start, start + steps) of ensembles with seeds (b,): uniforms (b, steps, 2, U) and
+    normals (b, steps, 2, m q), half-steps laid out as Draws says."""
+    u = 1 + 3 * m
+    uni = seeding.uniform(seeds, "moves", (steps, 2, u), 2 * start * u)
+    return uni, seeding.paired_normal(seeds, "kernel", (steps, 2, m * q), 2 * start * m * q)
+
+
+def _stretch(xs: Tensor, other: Tensor, draw: Draws) -> tuple[Tensor, Tensor]:
     """Goodman & Weare's stretch move toward a random walker of the other half (scale STRETCH)."""
-    n, m, q = xs.shape
-    z = ((STRETCH - 1) * torch.rand(n, m, generator=gen, dtype=xs.dtype) + 1) ** 2 / STRETCH
-    partner = other.gather(1, torch.randint(other.shape[1], (n, m), generator=gen)[:, :, None].expand(-1, -1, q))
+    q = xs.shape[2]
+    z = ((STRETCH - 1) * draw.uniform(2, xs.dtype) + 1) ** 2 / STRETCH
+    partner = other.gather(1, draw.integers(3, other.shape[1])[:, :, None].expand(-1, -1, q))
     return partner + z[..., None] * (xs - partner), (q - 1) * torch.log(z)
 
 
-def _differential(xs: Tensor, other: Tensor, gen: torch.Generator) -> tuple[Tensor, Tensor]:
+def _differential(xs: Tensor, other: Tensor, draw: Draws) -> tuple[Tensor, Tensor]:
     """Differential evolution (ter Braak 2006, emcee's DEMove): a step along the difference of two walkers of
     the other half, scaled by 2.38 / sqrt(2 q) (times a 10% jitter): symmetric, it follows correlations."""
     n, m, q = xs.shape
     k = other.shape[1]
-    a = torch.randint(k, (n, m), generator=gen)
-    b = (a + torch.randint(1, k, (n, m), generator=gen)) % k  # a different walker
+    a = draw.integers(2, k)
+    b = (a + 1 + draw.integers(3, max(k - 1, 1))) % k  # a different walker
     pa = other.gather(1, a[:, :, None].expand(-1, -1, q))
     pb = other.gather(1, b[:, :, None].expand(-1, -1, q))
-    gamma = 2.38 / math.sqrt(2 * q) * (1 + 0.1 * torch.randn(n, m, 1, generator=gen, dtype=xs.dtype))
+    gamma = 2.38 / math.sqrt(2 * q) * (1 + 0.1 * draw.normal(1, xs.dtype))
     return xs + gamma * (pa - pb), torch.zeros(n, m, dtype=xs.dtype)
 
 
-def _kernel_density(xs: Tensor, other: Tensor, gen: torch.Generator) -> tuple[Tensor, Tensor]:
+def _kernel_density(xs: Tensor, other: Tensor, draw: Draws) -> tuple[Tensor, Tensor]:
     """An independence proposal from a Gaussian kernel density of the other half (emcee's KDEMove)."""
-    n, m, q = xs.shape
+    q = xs.shape[2]
     chol, log_norm = _kde(other)
-    pick = torch.randint(other.shape[1], (n, m), generator=gen)
-    eps = torch.randn(n, m, q, generator=gen, dtype=xs.dtype)
+    pick = draw.integers(2, other.shape[1])
+    eps = draw.normal(q, xs.dtype)
     y = other.gather(1, pick[:, :, None].expand(-1, -1, q)) + (chol[:, None] @ eps[..., None])[..., 0]
     return y, _kde_log(xs, other, chol, log_norm) - _kde_log(y, other, chol, log_norm)
 
 
 MOVES = (_stretch, _differential, _kernel_density)
-SHARES = torch.tensor([0.2, 0.4, 0.4])  # how often each move is used, step by step
+SHARES = torch.tensor([0.2, 0.4, 0.4])  # how often each move is used: each ensemble draws one per half-step
+CUMULATIVE = torch.cumsum(SHARES.double(), 0)
+
+
+def _propose(xs: Tensor, other: Tensor, draw: Draws) -> tuple[Tensor, Tensor]:
+    """Every ensemble's proposal by its own move (rows grouped by move: one tensor call per move)."""
+    choice = draw.choice()
+    y, extra = torch.empty_like(xs), torch.zeros(xs.shape[:2], dtype=xs.dtype)
+    for j, move in enumerate(MOVES):
+        rows = torch.nonzero(choice == j).squeeze(1)
+        if rows.numel() == xs.shape[0]:
+            return move(xs, other, draw)
+        if rows.numel():
+            y[rows], extra[rows] = move(xs[rows], other[rows], draw.subset(rows))
+    return y, extra
 
 
 def advance(
-    log_prob: Callable[[Tensor], Tensor], x: Tensor, lp: Tensor, steps: int, gen: torch.Generator
+    log_prob: Callable[[Tensor], Tensor], x: Tensor, lp: Tensor, steps: int, seeds: Tensor, start: int = 0
 ) -> tuple[Tensor, Tensor]:
-    """Move the ensembles x (b, W, q) with log densities lp (b, W) `steps` steps, in place. log_prob: walkers
-    (b, m, q) -> (b, m) (-inf outside the support). Returns the positions after each step (b, W, steps, q) and the
-    accepted moves per ensemble (b,)."""
+    """Move the ensembles x (b, W, q) with log densities lp (b, W) `steps` steps, in place, steps start,
+    start + 1... of each ensemble's own random numbers (seeds (b,): Draws). log_prob: walkers (b, m, q) -> (b, m)
+    (-inf outside the support). Returns the positions after each step (b, W, steps, q) and the accepted moves
+    per ensemble (b,)."""
     b, w, q = x.shape
     half = w // 2
     chain = torch.empty(b, w, steps, q, dtype=x.dtype)
     accepted = torch.zeros(b, dtype=torch.float64)
     for t in range(steps):
-        move = MOVES[int(torch.multinomial(SHARES, 1, generator=gen))]
-        for first in (True, False):
+        if t % CHUNK == 0:
+            uni, nor = drawn(seeds, start + t, min(CHUNK, steps - t), half, q)
+        for h, first in enumerate((True, False)):
             mine = slice(0, half) if first else slice(half, w)
             other = x[:, half:] if first else x[:, :half]
             xs, lps = x[:, mine], lp[:, mine]
-            y, log_extra = move(xs, other, gen)
+            draw = Draws(uni[:, t % CHUNK, h], nor[:, t % CHUNK, h])
+            y, log_extra = _propose(xs, other, draw)
             lp_y = log_prob(y)
-            log_u = torch.log(torch.rand(b, xs.shape[1], generator=gen, dtype=x.dtype))
+            log_u = torch.log(draw.uniform(1, x.dtype))
             accept = torch.isfinite(lp_y) & (log_u < lp_y - lps + log_extra)
             x[:, mine] = torch.where(accept[..., None], y, xs)
             lp[:, mine] = torch.where(accept, lp_y, lps)
@@ -121,14 +194,14 @@ def advance(
 
 
 def ensemble(
-    log_prob: Callable[[Tensor], Tensor], x0: Tensor, steps: int, burn: int, gen: torch.Generator
+    log_prob: Callable[[Tensor], Tensor], x0: Tensor, steps: int, burn: int, seeds: Tensor
 ) -> tuple[Tensor, Tensor]:
-    """One ensemble per row of x0 (n, W, q), W even: `burn` steps discarded, then `steps` kept. Returns the kept
-    chain (n, W, steps, q) and the acceptance rate over the kept steps (n,)."""
+    """One ensemble per row of x0 (n, W, q), W even, row i drawing from seeds[i]: `burn` steps discarded, then
+    `steps` kept. Returns the kept chain (n, W, steps, q) and the acceptance rate over the kept steps (n,)."""
     x = x0.clone()
     lp = log_prob(x)
-    advance(log_prob, x, lp, burn, gen)
-    chain, accepted = advance(log_prob, x, lp, steps, gen)
+    advance(log_prob, x, lp, burn, seeds)
+    chain, accepted = advance(log_prob, x, lp, steps, seeds, start=burn)
     return chain, accepted / max(steps * x0.shape[1], 1)
 
 
@@ -165,16 +238,19 @@ def diagnose(chain: Tensor, thin: int, steps: int, groups: int) -> tuple[Tensor,
 
 def sample(
     per_row: RowLogDensity, x0: Tensor, groups: int, steps: int | None, burn: int, max_steps: int,
-    gen: torch.Generator,
+    seeds: Tensor,
 ) -> list[Cohort]:  # fmt: skip
     """Sample n targets, each as `groups` independent ensembles of W / groups walkers (x0 (n, W, q), W / groups
     even; walkers [g W/groups, (g+1) W/groups) form ensemble g). steps: a fixed count after `burn`, or None: until
-    converged (diagnostics.converged) or `max_steps`, checked in batches. Returns the cohorts of targets that
-    stopped together, in the order they stopped."""
+    converged (diagnostics.converged) or `max_steps`, checked in batches. Ensemble g of target i draws from
+    seeding.child(seeds[i], g) (seeds (n,): the targets' own), so its chain does not depend on the batch; the
+    seeds follow their rows when finished targets leave. Returns the cohorts of targets that stopped together,
+    in the order they stopped."""
     n, w, q = x0.shape
     wg = w // groups
     active = torch.arange(n)
     x = x0.reshape(n * groups, wg, q).clone()
+    row_seeds = seeding.child(seeds.repeat_interleave(groups), torch.arange(groups).repeat(n))  # (n * groups,)
 
     def log_prob_of(active: Tensor) -> Callable[[Tensor], Tensor]:
         target = active.repeat_interleave(groups)
@@ -187,14 +263,14 @@ def sample(
 
     log_prob = log_prob_of(active)
     lp = log_prob(x)
-    advance(log_prob, x, lp, burn, gen)
+    advance(log_prob, x, lp, burn, row_seeds)
     cap = max_steps if steps is None else steps
     kept = torch.empty(n, w, 0, q, dtype=torch.float32)
     accepted = torch.zeros(n, dtype=torch.float64)
     done, thin, out = 0, 1, []
     while active.numel():
         batch = min(cap, done + max(CHECK, done // 4)) - done if steps is None else cap
-        chain, acc = advance(log_prob, x, lp, batch, gen)
+        chain, acc = advance(log_prob, x, lp, batch, row_seeds, start=burn + done)
         record = (done + torch.arange(1, batch + 1)) % thin == 0
         kept = torch.cat([kept, chain[:, :, record].reshape(-1, w, int(record.sum()), q).float()], dim=2)
         accepted += acc.reshape(-1, groups).sum(dim=1)
@@ -209,5 +285,6 @@ def sample(
             go = ~stop
             rows = go.repeat_interleave(groups)
             active, kept, accepted, x, lp = active[go], kept[go], accepted[go], x[rows], lp[rows]
+            row_seeds = row_seeds[rows]
             log_prob = log_prob_of(active)
     return out

@@ -222,11 +222,11 @@ def invert_batch(
         if posterior == "amortized":  # the flow's draws, importance-checked (inversion/amortized.py)
             out.posterior, check = amortized.amortized_posterior(
                 flow, trained.cfg.family, natural_bounds(trained, "prior"), log_prior(trained.cfg.family), targets,
-                o.draws, o.check, seed, trained.param_names)  # fmt: skip
+                o.draws, o.check, seeds, trained.param_names)  # fmt: skip
             out.posterior.warnings.extend(check.warnings)
             amortized.flag(out.assessment.flags, check)
         else:
-            out.posterior = _posterior(trained, targets, out, obs, problem, latent_model, posterior, sampling)
+            out.posterior = _posterior(trained, targets, out, obs, problem, latent_model, posterior, sampling, seeds)
             flag_unreliable(out.assessment.flags, out.posterior.k_hat)
         out.assessment.warnings.extend(out.posterior.warnings)
     _sync(dev)
@@ -263,20 +263,21 @@ def _estimate_physics(
 
 def _posterior(
     trained: Trained, targets: Targets, out: InvertResult, obs: Observations | None, problem: Problem,
-    latent_model: LatentModel | None, kind: str, sampling: Sampling,
+    latent_model: LatentModel | None, kind: str, sampling: Sampling, seeds: Tensor,
 ) -> Posterior:  # fmt: skip
-    """The posterior of the formula's parameters (families with one), else of the latent codes."""
+    """The posterior of the formula's parameters (families with one), else of the latent codes; every draw of
+    target i from seeds[i] (seeding.py)."""
     if obs is not None:
         bounds = natural_bounds(trained, "prior")  # the prior's support: where the walkers start
         fitter = Fitter(trained, obs, bounds)
         u = bounds.to_natural(torch.as_tensor(out.params_est)).to(obs.x.device)[:, fitter.free]
         u = torch.maximum(torch.minimum(u, fitter.hi), fitter.lo)
         return physics_posterior(fitter, u, log_prior(trained.cfg.family), kind, sampling, trained.param_names,
-                                 targets.names)  # fmt: skip
+                                 targets.names, seeds)  # fmt: skip
     names = trained.param_names or [f"z{j + 1}" for j in range(out.z.shape[1])]
     predict = latent_model.predict if latent_model is not None and trained.param_names else None
     z = torch.as_tensor(out.z, dtype=torch.float32, device=problem.device)
-    return latent_posterior(problem, z, kind, sampling, predict, names, targets.names)
+    return latent_posterior(problem, z, kind, sampling, predict, names, targets.names, seeds)
 
 
 def _assess(trained: Trained, targets: Targets, out: InvertResult, density: CodeDensity | None) -> None:

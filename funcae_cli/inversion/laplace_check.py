@@ -3,10 +3,13 @@
 Per target, S draws x_s from Laplace's Gaussian q (mean, cov) get log weights log p(x_s) - log q(x_s), p the
 unnormalized posterior (the same log density the MCMC samples: likelihood + prior, -inf outside the prior's
 support), Pareto-smoothed (psis.py). Where k-hat < KHAT_MAX the weights are reliable: the draws reported are
-resampled (with replacement, by the smoothed weights, with the generator), so they follow the posterior, its
+resampled (with replacement, by the smoothed weights), so they follow the posterior, its
 bounds and skew included, rather than the Gaussian. Where k-hat >= KHAT_MAX the posterior has mass the Gaussian
 misses (a banana, a second mode, a heavy tail): the Gaussian's draws are kept, the target is flagged
 `laplace_unreliable`, and a warning names it.
+
+Draws are per target (seeding.py): the Gaussian's normals from stream "laplace", the resample's uniforms from
+stream "resample" of the target's seed, so a target's draws do not depend on its batch.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from funcae_cli.inversion import seeding
 from funcae_cli.inversion.assess import NAMED_IN_WARNING
 from funcae_cli.inversion.psis import psis
 
@@ -43,21 +47,27 @@ class LaplaceCheck:
         return post
 
 
-def gaussian_draws_with_log_q(mean: Tensor, cov: Tensor, draws: int, gen: torch.Generator) -> tuple[Tensor, Tensor]:
-    """(n, draws, q) from N(mean (n, q), cov (n, q, q)) and their log densities (n, draws). The same draws as
-    posterior.gaussian_draws with the same generator (a covariance that is not positive definite is floored)."""
+def gaussian_draws_with_log_q(
+    mean: Tensor, cov: Tensor, draws: int, seeds: Tensor, stream: str = "laplace"
+) -> tuple[Tensor, Tensor]:
+    """(n, draws, q) from N(mean (n, q), cov (n, q, q)) and their log densities (n, draws); row i's normals are
+    draws [0, draws q) of stream `stream` of seeds[i] (a covariance that is not positive definite is floored)."""
     evals, evecs = torch.linalg.eigh(cov)
     sd = evals.clamp_min(1e-300).sqrt()
     root = evecs * sd[:, None, :]
-    eps = torch.randn(mean.shape[0], draws, mean.shape[1], generator=gen, dtype=mean.dtype)
+    eps = seeding.normal(seeds, stream, (draws, mean.shape[1])).to(mean.dtype)
     x = mean[:, None, :] + eps @ root.transpose(1, 2)
     log_norm = -torch.log(sd).sum(dim=1) - 0.5 * mean.shape[1] * math.log(2 * math.pi)
     return x, -0.5 * eps.square().sum(dim=2) + log_norm[:, None]
 
 
-def importance_resample(x: Tensor, log_w: Tensor, gen: torch.Generator) -> Tensor:
-    """(n, S, q) draws resampled with replacement by normalized log weights (n, S)."""
-    idx = torch.multinomial(torch.exp(log_w), x.shape[1], replacement=True, generator=gen)
+def importance_resample(x: Tensor, log_w: Tensor, seeds: Tensor) -> Tensor:
+    """(n, S, q) draws resampled with replacement by normalized log weights (n, S): the inverse of each row's
+    cumulative weights at S uniforms of stream "resample" of seeds[i] (float64 sums, row by row)."""
+    w = log_w.double()
+    cdf = torch.cumsum(torch.exp(w - w.max(dim=1, keepdim=True).values), dim=1)
+    u = seeding.uniform(seeds, "resample", (x.shape[1],)) * cdf[:, -1:]
+    idx = torch.searchsorted(cdf, u, right=True).clamp_max(x.shape[1] - 1)
     return x.gather(1, idx[:, :, None].expand(-1, -1, x.shape[2]))
 
 
@@ -66,13 +76,13 @@ def check_laplace(
     cov: Tensor,
     log_post: Callable[[Tensor], Tensor] | None,
     draws: int,
-    gen: torch.Generator,
+    seeds: Tensor,
     target_names: list[str],
 ) -> LaplaceCheck:
     """Laplace's draws for means (n, q) and covariances (n, q, q), checked against log_post: draws (n, S, q) ->
-    unnormalized log posterior (n, S) (-inf outside its support). Without log_post (no likelihood to weigh by)
-    the Gaussian's draws are returned unchecked, k-hat NaN."""
-    x, log_q = gaussian_draws_with_log_q(mean, cov, draws, gen)
+    unnormalized log posterior (n, S) (-inf outside its support); seeds (n,): the targets' own (seeding.py).
+    Without log_post (no likelihood to weigh by) the Gaussian's draws are returned unchecked, k-hat NaN."""
+    x, log_q = gaussian_draws_with_log_q(mean, cov, draws, seeds)
     n = mean.shape[0]
     if log_post is None:
         return LaplaceCheck(x, np.full(n, np.nan), np.zeros(n, dtype=bool))
@@ -83,7 +93,7 @@ def check_laplace(
     good = torch.as_tensor(k < KHAT_MAX)
     out = x.clone()
     if bool(good.any()):
-        out[good] = importance_resample(x[good], smoothed[good].to(x.dtype), gen)
+        out[good] = importance_resample(x[good], smoothed[good], seeds[good])
     bad = ~good.numpy()
     return LaplaceCheck(out, k, bad, _warnings(target_names, k, bad))
 

@@ -12,7 +12,9 @@ prior (objective.py), the parameters then following each sample through the regr
 - `mcmc`: the affine-invariant ensemble sampler of ensemble.py (stretch, differential-evolution and kernel-density
   moves) on one tensor of walkers, each target's walkers split into `groups` independent ensembles. Walkers start
   around the optimum (Laplace's Gaussian, widened, reflected into the prior's support); the first `burn` steps are
-  discarded. Seeded: the same command gives the same samples.
+  discarded. Seeded per target: every draw (the walkers' starts, the moves, Laplace's draws and its resample) comes
+  from the target's own seed (seeding.py; invert.py's `seeds`), so a target's samples are the same alone or in any
+  batch.
 
 Convergence per target and parameter (diagnostics.py): rank-normalized split R-hat across the target's independent
 ensembles, the integrated autocorrelation time tau (emcee's estimator, c = 5) and ESS = walkers x steps / tau. With
@@ -31,19 +33,17 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from funcae_cli.inversion import seeding
 from funcae_cli.inversion.diagnostics import RHAT_MAX, TAU_FACTOR
-from funcae_cli.inversion.ensemble import Cohort, covariance, sample
-from funcae_cli.inversion.laplace_check import check_laplace
+from funcae_cli.inversion.ensemble import CHECK, Cohort, covariance, sample
+from funcae_cli.inversion.laplace_check import check_laplace, gaussian_draws_with_log_q
 from funcae_cli.inversion.physics import Fitter
 
-POSTERIORS = ("none", "laplace", "mcmc")
 INIT_WIDEN = 1.5  # walkers start from Laplace's Gaussian with this many times its standard deviations
 # The samplers' likelihood of a formula family in float32: chi^2 to ~1e-6 relative, far below what an acceptance
 # ratio resolves, and ~1.7x faster than float64 on a CPU (the optimum and Laplace stay in float64).
 LIKELIHOOD_DTYPE = torch.float32
 QUANTILES = {"q025": 0.025, "q16": 0.16, "median": 0.5, "q84": 0.84, "q975": 0.975}
-
-LogDensity = Callable[[Tensor, Tensor], Tensor]  # (x (k, q), target of each row (k,)) -> log density (k,)
 
 
 @dataclass
@@ -93,13 +93,15 @@ def summarize(
 
 def from_chains(
     cohorts: list[Cohort], n: int, names: list[str], to_units: Callable[[Tensor], Tensor], target_names: list[str],
-    keep: int, cap: str, limit: int | None = None,
+    keep: int, cap: str, limit: int | None = None, least: int | None = None,
 ) -> Posterior:  # fmt: skip
     """The posterior of n targets from the sampler's cohorts (ensemble.sample): per cohort its quantiles,
     correlations, `keep` draws (evenly spaced; fewer if a chain is shorter) and diagnostics, scattered back to the
     targets' rows. cap: how the user raises the cap, for the warning; limit: quantiles from at most this many draws
-    (evenly thinned) where to_units is costly."""
-    keep = min([keep] + [c.chain.shape[1] * c.chain.shape[2] for c in cohorts])
+    (evenly thinned) where to_units is costly; least: the steps every chain stores at least, whatever its batch
+    (then `keep` is bounded by it rather than by the batch's shortest chain, so a target's draws are its own)."""
+    w = cohorts[0].chain.shape[1]
+    keep = min([keep, *(c.chain.shape[2] * w for c in cohorts)] if least is None else [keep, least * w])
     parts = []
     for c in cohorts:
         flat = c.chain.double().reshape(c.chain.shape[0], -1, c.chain.shape[3])
@@ -129,12 +131,10 @@ def from_chains(
     return out
 
 
-def gaussian_draws(mean: Tensor, cov: Tensor, draws: int, gen: torch.Generator) -> Tensor:
-    """(n, draws, q) from N(mean (n, q), cov (n, q, q)); a covariance that is not positive definite is floored."""
-    evals, evecs = torch.linalg.eigh(cov)
-    root = evecs * evals.clamp_min(1e-300).sqrt()[:, None, :]
-    eps = torch.randn(mean.shape[0], draws, mean.shape[1], generator=gen, dtype=mean.dtype)
-    return mean[:, None, :] + eps @ root.transpose(1, 2)
+def gaussian_draws(mean: Tensor, cov: Tensor, draws: int, seeds: Tensor, stream: str = "laplace") -> Tensor:
+    """(n, draws, q) from N(mean (n, q), cov (n, q, q)), row i from seeds[i]'s stream `stream` (laplace_check's
+    draws); a covariance that is not positive definite is floored."""
+    return gaussian_draws_with_log_q(mean, cov, draws, seeds, stream)[0]
 
 
 def precision_to_cov(h: Tensor) -> Tensor:
@@ -189,15 +189,21 @@ class Sampling:
     walkers: int = 32  # per target, a multiple of 2 x groups
     steps: int | str = "auto"  # kept per walker, or auto: until converged (diagnostics.converged) or max_steps
     burn: int = 200  # discarded first
-    seed: int = 0
+    seed: int = 0  # the run's seed (the targets' own seeds, which every draw uses, are made from it)
     draws: int = 2000  # draws per target stored (samples.npz, figures); Laplace: also those of its quantiles
     max_steps: int = 5000  # auto: the cap
     groups: int = 4  # independent ensembles per target (R-hat across them)
 
-    def run(self, per_row: Callable[[Tensor, Tensor], Tensor], x0: Tensor, gen: torch.Generator) -> list[Cohort]:
+    def run(self, per_row: Callable[[Tensor, Tensor], Tensor], x0: Tensor, seeds: Tensor) -> list[Cohort]:
         auto = self.steps == "auto"
         steps = None if auto else int(self.steps)
-        return sample(per_row, x0, self.groups, steps, self.burn, self.max_steps, gen)
+        return sample(per_row, x0, self.groups, steps, self.burn, self.max_steps, seeds)
+
+    @property
+    def least_stored(self) -> int | None:
+        """auto: the steps every target's chain stores at least (it runs to the first check), so the draws kept
+        per target do not depend on which other targets share its batch; fixed steps: None (all alike)."""
+        return min(CHECK, self.max_steps) if self.steps == "auto" else None
 
     @property
     def cap(self) -> str:
@@ -206,26 +212,28 @@ class Sampling:
         return f"the {self.steps} steps asked (--steps)"
 
 
-def _start_walkers(mean: Tensor, cov: Tensor, walkers: int, lo: Tensor, hi: Tensor, gen: torch.Generator) -> Tensor:
+def _start_walkers(mean: Tensor, cov: Tensor, walkers: int, lo: Tensor, hi: Tensor, seeds: Tensor) -> Tensor:
     """Walkers around the optimum: Laplace's Gaussian widened by INIT_WIDEN, reflected into [lo, hi]. Never
     clipped: walkers piled on one value of a coordinate span a lower-dimensional ensemble, which the ensemble's
-    moves (affine combinations of walkers) could never leave."""
-    x = gaussian_draws(mean, INIT_WIDEN**2 * cov, walkers, gen)
+    moves (affine combinations of walkers) could never leave. Stream "walkers" of each target's seed: normals
+    (uniform counters [0, 2 W q)), then the box's uniforms (from 2 W q)."""
+    q = mean.shape[1]
+    x = gaussian_draws(mean, INIT_WIDEN**2 * cov, walkers, seeds, "walkers")
     for _ in range(2):
         x = torch.where(x < lo, 2 * lo - x, x)
         x = torch.where(x > hi, 2 * hi - x, x)
     inside = (x >= lo) & (x <= hi)
-    box = lo + (hi - lo) * torch.rand(x.shape, generator=gen, dtype=x.dtype)
+    box = lo + (hi - lo) * seeding.uniform(seeds, "walkers", (walkers, q), 2 * walkers * q).to(x.dtype)
     return torch.where(inside, x, box)
 
 
 def physics_posterior(
     fitter: Fitter, u_opt: Tensor, log_prior: Callable[[Tensor], Tensor], kind: str, sampling: Sampling,
-    names: list[str], target_names: list[str],
+    names: list[str], target_names: list[str], seeds: Tensor,
 ) -> Posterior:  # fmt: skip
     """The posterior of a formula family's free parameters (natural coordinates u, (n, q) at the optimum): the
     formula's chi^2 as -2 log likelihood (fitter: physics.Fitter), the run's prior (prior.log_prior of the full
-    natural vector). Reported in the family's units."""
+    natural vector). Reported in the family's units. seeds (n,): the targets' own (seeding.py)."""
     obs = fitter.obs
     n, q = u_opt.shape
     all_points = torch.arange(obs.x.shape[0], device=obs.x.device)
@@ -244,7 +252,6 @@ def physics_posterior(
     width = torch.where(torch.isfinite(fitter.hi - fitter.lo), (fitter.hi - fitter.lo) / 2, 10.0).double()
     floor = torch.diag_embed((1.0 / width.square()).expand(n, -1))
     cov = precision_to_cov(a + prior_hessian(log_prior_free, u_opt) + floor)
-    gen = torch.Generator().manual_seed(sampling.seed)
     units = lambda u: fitter.units(u.reshape(-1, q)).reshape(u.shape[0], u.shape[1], -1)  # noqa: E731
     fast = Fitter(fitter.trained, obs, fitter.bounds, dtype=LIKELIHOOD_DTYPE)  # the samplers' likelihood
     counts = torch.bincount(obs.target, minlength=n)
@@ -267,29 +274,30 @@ def physics_posterior(
         return torch.where(torch.isfinite(lp), lp - 0.5 * chi2, -math.inf)
 
     if kind == "laplace":  # checked against the posterior (with yerr) and reweighted where it can be trusted
-        check = check_laplace(u_opt, cov, _batched_log_prob(n, per_row) if obs.chi2 else None, sampling.draws, gen,
+        check = check_laplace(u_opt, cov, _batched_log_prob(n, per_row) if obs.chi2 else None, sampling.draws, seeds,
                               target_names)  # fmt: skip
         return check.into(summarize("laplace", names, check.draws, units))
     lo, hi = fitter.lo, fitter.hi
-    lo = torch.where(torch.isfinite(lo), lo, u_opt.min(dim=0).values - 10)
-    hi = torch.where(torch.isfinite(hi), hi, u_opt.max(dim=0).values + 10)
-    x0 = _start_walkers(u_opt, cov, sampling.walkers, lo, hi, gen)
-    cohorts = sampling.run(per_row, x0, gen)
-    return from_chains(cohorts, n, names, units, target_names, sampling.draws, sampling.cap)
+    lo = torch.where(torch.isfinite(lo), lo, u_opt - 10)[:, None]  # (n, 1, q): a target's own box
+    hi = torch.where(torch.isfinite(hi), hi, u_opt + 10)[:, None]
+    x0 = _start_walkers(u_opt, cov, sampling.walkers, lo, hi, seeds)
+    cohorts = sampling.run(per_row, x0, seeds)
+    return from_chains(cohorts, n, names, units, target_names, sampling.draws, sampling.cap,
+                       least=sampling.least_stored)  # fmt: skip
 
 
 def latent_posterior(
     problem: Any, z_opt: Tensor, kind: str, sampling: Sampling, predict: Callable[[Tensor], Tensor] | None,
-    names: list[str], target_names: list[str],
+    names: list[str], target_names: list[str], seeds: Tensor,
 ) -> Posterior:  # fmt: skip
     """The posterior of the latent codes (n, d) of a data-only family: the decoder's chi^2 as -2 log likelihood,
     the training codes' density as the prior (problem: objective.Problem with its density). The parameters
-    (names) follow each draw through `predict` (the regressor); without parameters the codes are reported."""
+    (names) follow each draw through `predict` (the regressor); without parameters the codes are reported.
+    seeds (n,): the targets' own (seeding.py)."""
     n, d = z_opt.shape
     z0 = z_opt.detach().to(torch.float32)
     h = row_hessians(lambda z: problem.loss(z, None), z0)
     cov = precision_to_cov(0.25 * (h + h.transpose(1, 2)).double().cpu())  # -log posterior = loss / 2
-    gen = torch.Generator().manual_seed(sampling.seed)
     mean = z0.double().cpu()
 
     def units(z: Tensor) -> Tensor:
@@ -302,10 +310,11 @@ def latent_posterior(
             return -0.5 * problem.loss(z.to(torch.float32).to(problem.device), rows).double().cpu()
 
     if kind == "laplace":  # checked against the posterior and reweighted where it can be trusted
-        check = check_laplace(mean, cov, _batched_log_prob(n, per_row), sampling.draws, gen, target_names)
+        check = check_laplace(mean, cov, _batched_log_prob(n, per_row), sampling.draws, seeds, target_names)
         return check.into(summarize("laplace", names, check.draws, units))
 
     big = torch.full((d,), math.inf, dtype=torch.float64)
-    x0 = _start_walkers(mean, cov, sampling.walkers, -big, big, gen)
-    cohorts = sampling.run(per_row, x0, gen)
-    return from_chains(cohorts, n, names, units, target_names, sampling.draws, sampling.cap, sampling.draws)
+    x0 = _start_walkers(mean, cov, sampling.walkers, -big, big, seeds)
+    cohorts = sampling.run(per_row, x0, seeds)
+    return from_chains(cohorts, n, names, units, target_names, sampling.draws, sampling.cap, sampling.draws,
+                       sampling.least_stored)  # fmt: skip

@@ -24,7 +24,10 @@ from torch import Tensor
 GOLDEN = -7046029254386353131  # 0x9E3779B97F4A7C15 as int64: SplitMix64's increment
 MIX1 = -4658895280553007687  # 0xBF58476D1CE4E5B9
 MIX2 = -7723592293110705685  # 0x94D049BB133111EB
-STREAMS = {"latent": 1, "physics": 2, "walkers": 3, "moves": 4}  # independent uses of a target's seed
+# Independent uses of a target's seed. The posteriors' layout: "walkers" the MCMC starts (normals, then the
+# uniforms that put a walker outside the box back in it), "moves" and "kernel" the ensemble's uniforms and normals
+# (ensemble.py documents its counters), "laplace" Laplace's Gaussian draws, "resample" the importance resample.
+STREAMS = {"latent": 1, "physics": 2, "walkers": 3, "moves": 4, "kernel": 5, "laplace": 6, "resample": 7}
 
 
 def _i64(v: int) -> int:
@@ -77,6 +80,13 @@ def seeds_of_curves(seed: int, y: Tensor, x: Tensor | None, yerr: Tensor | None,
     return seeds_of_points(seed, target, n, cols)
 
 
+def child(seeds: Tensor, index: Tensor | int) -> Tensor:
+    """Seeds of independent sub-streams of each seed (an ensemble of a target's walkers: (seed, group)):
+    mix64 of the seed and the index's own mix, so children of one seed and of neighbouring seeds are unrelated."""
+    index = torch.as_tensor(index, dtype=torch.int64)
+    return mix64(seeds.cpu() ^ mix64(index * GOLDEN + _i64(0x5851F42D4C957F2D)))
+
+
 def _counters(seeds: Tensor, stream: str, shape: tuple[int, ...], offset: int) -> Tensor:
     """(n, *shape) int64 mixed states: draw c (row-major over shape, from `offset`) of stream `stream`."""
     k = math.prod(shape)
@@ -95,6 +105,16 @@ def normal(seeds: Tensor, stream: str, shape: tuple[int, ...], offset: int = 0) 
     u = uniform(seeds, stream, (2, k), 2 * offset)
     radius = torch.sqrt(-2.0 * torch.log1p(-u[:, 0]))  # 1 - u in (0, 1]: finite
     return (radius * torch.cos(2 * math.pi * u[:, 1])).reshape(seeds.shape[0], *shape)
+
+
+def paired_normal(seeds: Tensor, stream: str, shape: tuple[int, ...], offset: int = 0) -> Tensor:
+    """(n, *shape) float64 standard normals, draw c (row-major, from `offset`) from uniforms 2c and 2c + 1 of the
+    stream (Box-Muller): unlike `normal`, a draw's counters do not depend on how many draws the call makes, so a
+    block drawn at once equals the same block drawn piece by piece."""
+    k = math.prod(shape)
+    u = uniform(seeds, stream, (k, 2), 2 * offset)
+    radius = torch.sqrt(-2.0 * torch.log1p(-u[:, :, 0]))
+    return (radius * torch.cos(2 * math.pi * u[:, :, 1])).reshape(seeds.shape[0], *shape)
 
 
 def integers(seeds: Tensor, stream: str, high: int, shape: tuple[int, ...], offset: int = 0) -> Tensor:
