@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from funcae_cli.config import AmortizedConfig, config_from_dict
+from funcae_cli.inversion import seeding
 from funcae_cli.inversion.amortized import (
     FLAG,
     KHAT_MAX,
@@ -32,6 +33,11 @@ from .conftest import ok, usage_error
 
 SIGMA = 1.0  # the known width of the normal family's curve: only mu is sampled
 MU = (-2.0, 2.0)  # mu's uniform prior
+
+
+def seeds_of(batch):
+    """Each target's seed from its own data, as invert_batch computes it."""
+    return seeding.seeds_of_curves(0, batch.y, batch.x, batch.yerr, batch.mask)
 
 
 def _known_sigma_problem(cfg: AmortizedConfig) -> tuple:
@@ -97,10 +103,10 @@ def test_the_amortized_posterior_of_a_known_case_matches_quadrature(tiny_flow) -
     levels = np.array([0.16, 0.5, 0.84])
     exact, sd = _exact_quantiles(batch, levels)
     batch, names = replace(batch, names=[f"t{i}" for i in range(batch.n)]), ["mu", "sigma"]
-    raw, _ = amortized_posterior(net, fcfg, bounds, log_prior(fcfg), batch, 2000, False, 0, names)
+    raw, _ = amortized_posterior(net, fcfg, bounds, log_prior(fcfg), batch, 2000, False, seeds_of(batch), names)
     inside = (raw.quantiles["q025"][:, 0] <= exact[:, 1]) & (exact[:, 1] <= raw.quantiles["q975"][:, 0])
     assert inside.mean() >= 0.9  # the flow alone: the exact median inside its 95% interval
-    post, chk = amortized_posterior(net, fcfg, bounds, log_prior(fcfg), batch, 2000, True, 0, names)
+    post, chk = amortized_posterior(net, fcfg, bounds, log_prior(fcfg), batch, 2000, True, seeds_of(batch), names)
     good = chk.k_hat < KHAT_MAX
     assert good.mean() >= 0.9
     got = np.stack([post.quantiles[k][:, 0] for k in ("q16", "median", "q84")], axis=1)
@@ -119,7 +125,7 @@ def test_the_k_hat_flag_fires_on_a_mismatched_flow(tiny_flow) -> None:
     bad.center += 0.5  # mu shifted by 0.5 and its spread narrowed tenfold: mass of the posterior missed
     bad.scale *= 0.1
     batch, names = replace(batch, names=[f"t{i}" for i in range(batch.n)]), ["mu", "sigma"]
-    _, chk = amortized_posterior(bad.eval(), fcfg, bounds, log_prior(fcfg), batch, 500, True, 0, names)
+    _, chk = amortized_posterior(bad.eval(), fcfg, bounds, log_prior(fcfg), batch, 500, True, seeds_of(batch), names)
     assert chk.unreliable.mean() >= 0.9
     assert any(FLAG in w for w in chk.warnings)
 
@@ -132,7 +138,7 @@ def test_targets_unlike_the_training_observations_are_flagged(tiny_flow) -> None
     x = batch.x.clone()
     x[1, 0] = -7.0  # outside the grid [-5, 5]
     odd = replace(batch, x=x, mask=mask, names=["a", "b", "c", "d"])
-    _, chk = amortized_posterior(net, fcfg, bounds, log_prior(fcfg), odd, 50, False, 0, ["mu", "sigma"])
+    _, chk = amortized_posterior(net, fcfg, bounds, log_prior(fcfg), odd, 50, False, seeds_of(odd), ["mu", "sigma"])
     assert chk.off_range.tolist() == [True, True, False, False]
     assert any("a, b lie outside" in w for w in chk.warnings)
 

@@ -89,11 +89,18 @@ def start_together(
                 before_round(r)
             end = time.monotonic() + 300
             while not all((base / f"ready{r}.{w}").exists() for w in range(len(plans))):
-                assert time.monotonic() < end and all(p.poll() is None for p in procs), "a worker never got ready"
+                dead = [w for w, p in enumerate(procs) if p.poll() is not None]
+                assert time.monotonic() < end and not dead, (
+                    f"round {r}: worker(s) {dead} never got ready: "
+                    + " | ".join(logs[w].read_text()[-800:] for w in dead)
+                )
                 time.sleep(0.01)
             (base / f"go{r}").touch()
             while not all((base / f"code{r}.{w}").exists() for w in range(len(plans))):
-                assert time.monotonic() < end and all(p.poll() is None for p in procs), "a worker died in a round"
+                dead = [w for w, p in enumerate(procs) if p.poll() is not None and not (base / f"code{r}.{w}").exists()]
+                assert time.monotonic() < end and not dead, f"round {r}: worker(s) {dead} died: " + " | ".join(
+                    logs[w].read_text()[-800:] for w in dead
+                )
                 time.sleep(0.02)
             out.append([(int((base / f"code{r}.{w}").read_text()), logs[w].read_text()) for w in range(len(plans))])
         for p in procs:
