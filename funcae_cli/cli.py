@@ -115,13 +115,24 @@ config_app.command("check")(config_cmd.check)
 app.add_typer(config_app, name="config")
 
 
-class SweepGroup(TyperGroup):
-    """`funcae sweep SWEEP.yaml ...` is `funcae sweep run SWEEP.yaml ...`; `funcae sweep show ...` reads one."""
+class DefaultGroup(TyperGroup):
+    """A group whose first argument, when it names none of its subcommands, goes to the `default` one (so also no
+    arguments at all when `bare` is). A callback taking an argument beside subcommands would read a subcommand's
+    name as that argument."""
+
+    default = ""
+    bare = False
 
     def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
-        if args and args[0] not in self.commands and args[0] not in ctx.help_option_names:
-            args = ["run", *args]
+        if (not args and self.bare) or (args and args[0] not in self.commands and args[0] not in ctx.help_option_names):
+            args = [self.default, *args]
         return super().parse_args(ctx, args)
+
+
+class SweepGroup(DefaultGroup):
+    """`funcae sweep SWEEP.yaml ...` is `funcae sweep run SWEEP.yaml ...`; `funcae sweep show ...` reads one."""
+
+    default = "run"
 
 
 sweep_app = typer.Typer(
@@ -135,14 +146,10 @@ sweep_app.command("show")(sweep.show)
 app.add_typer(sweep_app, name="sweep")
 
 
-class RunsGroup(TyperGroup):
-    """`funcae runs [DIR] [--sort ...]` is `funcae runs list [DIR] ...`; `funcae runs compare A B` compares. (A
-    callback taking DIR beside subcommands would read `compare` as DIR; this is the `sweep` group's way.)"""
+class RunsGroup(DefaultGroup):
+    """`funcae runs [DIR] [--sort ...]` is `funcae runs list [DIR] ...`; `funcae runs compare A B` compares."""
 
-    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
-        if not args or (args[0] not in self.commands and args[0] not in ctx.help_option_names):
-            args = ["list", *args]
-        return super().parse_args(ctx, args)
+    default, bare = "list", True
 
 
 runs_app = typer.Typer(

@@ -117,3 +117,12 @@ def rotation_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     finally:
         os.chdir(cwd)
     return root / "runs" / "rotation_curve_observed"
+
+
+@pytest.fixture
+def rotation_copy(rotation_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A copy of the session's rotation-curve run under tmp_path/runs/rot, the working directory tmp_path."""
+    dst = tmp_path / "runs" / "rot"
+    shutil.copytree(rotation_run, dst)
+    monkeypatch.chdir(tmp_path)
+    return dst

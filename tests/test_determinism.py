@@ -5,7 +5,6 @@ its posteriors (mcmc fixed and auto, laplace) alone, in 12 and in larger batches
 from __future__ import annotations
 
 import json
-import shutil
 from dataclasses import replace
 from pathlib import Path
 
@@ -125,14 +124,6 @@ def test_the_same_target_alone_in_12_and_in_1000_gives_the_same_numbers(rotation
             np.testing.assert_allclose(getattr(alone, name)[0], ref, rtol=1e-6, atol=0, err_msg=name)
             np.testing.assert_allclose(getattr(twelve, name)[j], ref, rtol=1e-6, atol=0, err_msg=name)
     assert len({tuple(z) for z in big.z}) > 990  # different targets, different answers
-
-
-@pytest.fixture
-def rotation_copy(rotation_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    dst = tmp_path / "runs" / "rot"
-    shutil.copytree(rotation_run, dst)
-    monkeypatch.chdir(tmp_path)
-    return dst
 
 
 @pytest.mark.slow

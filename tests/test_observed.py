@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import csv
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -206,14 +205,6 @@ def test_parameter_targets_fit_no_worse_with_the_density_prior(smoke) -> None:
 
 
 # --- the command on a rotation-curve run ---------------------------------------------------------
-
-
-@pytest.fixture
-def rotation_copy(rotation_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    dst = tmp_path / "runs" / "rot"
-    shutil.copytree(rotation_run, dst)
-    monkeypatch.chdir(tmp_path)
-    return dst
 
 
 def _galaxies(path: Path, n: int, seed: int) -> Path:

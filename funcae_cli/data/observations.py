@@ -18,6 +18,7 @@ from __future__ import annotations
 import csv
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -109,7 +110,8 @@ def _columns(path: Path, header: list[str], need: tuple[str, ...], optional: tup
     return {c: names.index(c) for c in allowed if c in names}
 
 
-def _observation(name: str, xs: list[float], ys: list[float], es: list[float] | None, where: str) -> Observation:
+def make_observation(name: str, xs: Any, ys: Any, es: Any | None, where: str) -> Observation:
+    """One object from its points (lists or arrays): at least MIN_POINTS, sorted by x (stable)."""
     if len(xs) < MIN_POINTS:
         raise InputError(f"{where}: {len(xs)} point(s); an object needs at least {MIN_POINTS}")
     x, y = np.asarray(xs), np.asarray(ys)
@@ -139,7 +141,7 @@ def read_curve_file(path: Path, grid: Grid, warnings: list[str]) -> Observation:
         ys.append(finite_number(cells[cols["y"]], f"{where}: y"))
         if es is not None:
             es.append(_positive_error(cells[cols["yerr"]], where))
-    return grid.restrict(_observation(path.stem, xs, ys, es, str(path)), str(path), warnings)
+    return grid.restrict(make_observation(path.stem, xs, ys, es, str(path)), str(path), warnings)
 
 
 def _positive_error(cell: str, where: str) -> float:
@@ -173,7 +175,7 @@ def read_long_csv(path: Path, grid: Grid, warnings: list[str]) -> list[Observati
     out = []
     for name, (xs, ys, es, first_line) in points.items():
         where = f"{path}, line {first_line}, id {name}"
-        out.append(grid.restrict(_observation(name, xs, ys, es, where), where, warnings))
+        out.append(grid.restrict(make_observation(name, xs, ys, es, where), where, warnings))
     return out
 
 

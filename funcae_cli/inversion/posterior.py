@@ -184,15 +184,15 @@ def _batched_log_prob(n: int, per_row: Callable[[Tensor, Tensor], Tensor]) -> Ca
 
 @dataclass
 class Sampling:
-    """How to sample (funcae invert --walkers/--steps/--burn, invert.max_steps/groups)."""
+    """How to sample: the invert record's fields (config.InvertConfig: walkers, steps, burn, max_steps, groups, whose
+    defaults and rules live there), plus the draws kept per target."""
 
-    walkers: int = 32  # per target, a multiple of 2 x groups
-    steps: int | str = "auto"  # kept per walker, or auto: until converged (diagnostics.converged) or max_steps
-    burn: int = 200  # discarded first
-    seed: int = 0  # the run's seed (the targets' own seeds, which every draw uses, are made from it)
+    walkers: int  # per target, a multiple of 2 x groups
+    steps: int | str  # kept per walker, or auto: until converged (diagnostics.converged) or max_steps
+    burn: int  # discarded first
+    max_steps: int  # auto: the cap
+    groups: int  # independent ensembles per target (R-hat across them)
     draws: int = 2000  # draws per target stored (samples.npz, figures); Laplace: also those of its quantiles
-    max_steps: int = 5000  # auto: the cap
-    groups: int = 4  # independent ensembles per target (R-hat across them)
 
     def run(self, per_row: Callable[[Tensor, Tensor], Tensor], x0: Tensor, seeds: Tensor) -> list[Cohort]:
         auto = self.steps == "auto"

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from funcae_cli.config import Config, load_config, override
-from funcae_cli.data.observations import MIN_POINTS, Grid, Observation
+from funcae_cli.data.observations import Grid, Observation, make_observation
 from funcae_cli.device import resolve_device
 from funcae_cli.errors import InputError, OptionError
 from funcae_cli.generation.sampling import sample_curves
@@ -213,10 +213,7 @@ def _observations(x: ArrayLike, y: ArrayLike, yerr: ArrayLike, names: list[str] 
             raise InputError(f"{name}: x and y must be finite (NaN in y marks padding)")
         if ei is not None and not (np.isfinite(ei).all() and (ei > 0).all()):
             raise InputError(f"{name}: yerr must be finite and > 0")
-        if xi.size < MIN_POINTS:
-            raise InputError(f"{name}: {xi.size} point(s); an object needs at least {MIN_POINTS}")
-        order = np.argsort(xi, kind="stable")
-        out.append(Observation(name, xi[order], yi[order], None if ei is None else ei[order]))
+        out.append(make_observation(name, xi, yi, ei, name))
     return out
 
 

@@ -26,6 +26,7 @@ from optuna.trial import FrozenTrial, TrialState
 from funcae_cli.config import config_from_dict, dump_config
 from funcae_cli.errors import ConfigError, InputError, OptionError
 from funcae_cli.files import atomic_write_json, atomic_write_text, json_safe, save_figure
+from funcae_cli.jobs.catalog import cell
 from funcae_cli.store.rundir import mlflow_store
 from funcae_cli.sweeps.objective import ATTR_CONFIG, ATTR_EPOCHS, ATTR_ERROR, ATTR_VALUES
 from funcae_cli.sweeps.spec import SweepSpec, load_sweep
@@ -261,27 +262,19 @@ def show_sweep(sweep: Path | None, storage: str | None = None, study: str | None
     return Board(summary(s), leaderboard(s), display_url(url))
 
 
-def _cell(v: Any) -> str:
-    if v is None:
-        return "-"
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    return str(v)
-
-
 def board_text(board: Board) -> str:
     """The leaderboard as an aligned text table (stdout of `funcae sweep show`)."""
     s = board.summary
     head = ["rank", "trial", s["metric"], "seconds", "state", "params", "note"]
     lines = []
     for r in board.rows:
-        params = ", ".join(f"{k}={_cell(v)}" for k, v in r["params"].items())
+        params = ", ".join(f"{k}={cell(v)}" for k, v in r["params"].items())
         lines.append(
             [
-                _cell(r["rank"]),
+                cell(r["rank"]),
                 str(r["trial"]),
-                _cell(r["objective"]),
-                _cell(r["seconds"]),
+                cell(r["objective"]),
+                cell(r["seconds"]),
                 r["state"],
                 params,
                 r["note"],
