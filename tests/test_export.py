@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from safetensors import safe_open
 from safetensors.numpy import load_file, save_file
 from typer.testing import CliRunner
 
@@ -113,6 +114,8 @@ def test_numpy_loader_reproduces_funcae(cli, run_copy: Path, tmp_path: Path) -> 
     assert sorted(p.name for p in out.iterdir()) == ["emulator.json", "funcae_emulator.py", "weights.safetensors"]
     shipped = Path(__file__).resolve().parents[1] / "funcae_cli" / "export" / "funcae_emulator.py"
     assert (out / "funcae_emulator.py").read_bytes() == shipped.read_bytes()
+    with safe_open(out / "weights.safetensors", "np") as f:  # one key, so the bytes do not depend on hash order
+        assert f.metadata() == {"format": "funcae-emulator/1"}
     ref = _reference(run_copy)
     got = _numpy_only(out, ref, tmp_path)
     assert np.array_equal(got["x"], ref["x"])

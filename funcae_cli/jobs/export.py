@@ -57,9 +57,9 @@ def run_export(rd: RunDir, out: Path | None = None, fmt: str = "safetensors", fo
     ex = build_export(trained, lm)
     files = {
         loader.DESCRIPTION: json_text(ex.description).encode(),
-        loader.WEIGHTS: safetensors_bytes(
-            ex.tensors, metadata={"format": loader.FORMAT, "schema_version": str(loader.SCHEMA_VERSION)}
-        ),
+        # one metadata key: safetensors writes its metadata map in hash order, so two keys would make
+        # two exports of the same run differ byte for byte
+        loader.WEIGHTS: safetensors_bytes(ex.tensors, metadata={"format": f"{loader.FORMAT}/{loader.SCHEMA_VERSION}"}),
         LOADER.name: LOADER.read_bytes(),
     }
     if fmt == "onnx":
