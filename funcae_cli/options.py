@@ -128,6 +128,7 @@ ValidateNOpt = _record_option(ValidateConfig, "n", "--n", "-n")
 NoiseOpt = _record_option(ValidateConfig, "noise", "--noise", typ=float)
 ValidatePosteriorOpt = _record_option(ValidateConfig, "posterior", "--posterior", typ=str)
 RequireCoverageOpt = _record_option(ValidateConfig, "require_coverage", "--require-coverage", typ=float)
+CompareMcmcOpt = _record_option(ValidateConfig, "compare_mcmc", "--compare-mcmc")
 
 # --- sweeps ------------------------------------------------------------------------------------------
 SweepArg = Annotated[Path, typer.Argument(help="Sweep YAML (e.g. configs/sweeps/normal.yaml).")]

@@ -172,7 +172,9 @@ def test_amortize_then_invert_and_validate_with_it(cli, smoke_copy: Path) -> Non
     rec = json.loads(r.stdout)
     assert rec["posterior"] == "amortized" and rec["draws"] == 100
     assert Path(rec["files"]["samples"]).is_file()
-    r = cli("validate", smoke_copy, "--n", "20", "--posterior", "amortized", "--json")
+    r = cli("validate", smoke_copy, "--n", "20", "--posterior", "amortized", "--compare-mcmc", "4", "--json")
     ok(r)
     rep = json.loads(r.stdout)
     assert rep["posterior"] == "amortized" and 0 <= rep["k_hat_below"] <= 1
+    assert rep["compare_mcmc"]["targets"] == 4 and set(rep["compare_mcmc"]["params"]) == {"mu", "sigma"}
+    assert 0 <= rep["tarp"]["max_deviation"] <= 1 and (smoke_copy / "validate" / "tarp.png").is_file()

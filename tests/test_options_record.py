@@ -43,6 +43,7 @@ BAD = [
     ("validate", "noise", "0", 0.0, "must be > 0, got 0.0"),
     ("validate", "require_coverage", "2", 2.0, "must be < 1, got 2.0"),
     ("validate", "posterior", "none", "none", "expected one of laplace, mcmc, amortized, got 'none'"),
+    ("validate", "compare_mcmc", "-1", -1, "must be >= 0, got -1"),
 ]
 RECORDS = {"invert": InvertConfig, "sample": SampleConfig, "validate": ValidateConfig}
 COMMAND = {"invert": ["invert", "--mu", "0.3", "--sigma", "1.2"], "sample": ["sample"], "validate": ["validate"]}

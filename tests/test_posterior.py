@@ -192,9 +192,14 @@ def test_validate_reports_calibration_and_can_require_it(cli, smoke_copy: Path) 
         assert set(p["coverage"]) == {"0.5", "0.68", "0.95"}
         assert sum(p["sbc"]["counts"]) == 120 and 0 <= p["sbc"]["p_value"] <= 1
     folder = smoke_copy / "validate"
-    assert {p.name for p in folder.iterdir()} == {"validate.json", "coverage.png", "ranks.png"}
+    assert {p.name for p in folder.iterdir()} == {"validate.json", "coverage.png", "ranks.png", "tarp.png"}
+    t = rep["tarp"]  # the record's fields (its numbers: tests/test_calibration.py)
+    assert t["params"] == ["mu", "sigma"] and len(t["alpha"]) == len(t["ecp"]) == 101 and t["ecp"][-1] == 1
+    assert 0 < t["band"] < 0.2 and t["max_deviation"] >= 0 and isinstance(t["within_band"], bool)
+    assert rep["compare_mcmc"] is None  # only for amortized posteriors
     r = cli("validate", str(smoke_copy), "--n", "120", "--posterior", "laplace", "--require-coverage", "0.0001")
     assert r.exit_code == 5 and "coverage off by more than" in r.stderr
+    assert "TARP (mu, sigma): max |expected coverage - credibility|" in r.stderr
 
 
 def test_validate_bad_inputs_are_exit_2(cli, smoke_copy: Path) -> None:

@@ -180,6 +180,12 @@ class ValidateConfig:
     require_coverage: float | None = doc_field(
         None, "a tolerance: exit 5 when a coverage misses its nominal level by more", gt=0, lt=1
     )
+    # 50: a median over 50 curves is known to ~0.18 of the curves' spread (1.25 / sqrt(50)), enough to see a flow that
+    # covers its levels on average but is wide or off curve by curve; mcmc on 50 curves costs ~13 s on 2 CPU cores
+    # (smoke run: 13.4 s; rotation curves: 175 in ~42 s, issue 23). 0 turns it off; issue 23's criterion uses 200
+    compare_mcmc: int = doc_field(
+        50, "amortized: also mcmc on the first N curves, compared (median shift in mcmc sigmas, width ratio)", min=0
+    )
 
     def problems(self) -> list[tuple[str, str]]:
         if len(self.points) != 2 or self.points[0] > self.points[1]:

@@ -1,6 +1,6 @@
 """The `validate` job: are a run's posteriors calibrated? Simulate observed curves from its prior, invert them
-with posteriors, and measure coverage and SBC (inversion/calibration.py); write validate/validate.json and its
-figures (coverage, ranks)."""
+with posteriors, and measure coverage, SBC and TARP (inversion/calibration.py); an amortized posterior is also
+compared with mcmc on the first curves. Write validate/validate.json and its figures (coverage, ranks, tarp)."""
 
 from __future__ import annotations
 
@@ -12,21 +12,35 @@ from typing import Any
 import numpy as np
 import torch
 
-from funcae_cli.config import override
+from funcae_cli.config import InvertConfig, override
 from funcae_cli.data.grids import sample_params
+from funcae_cli.data.observations import Observation
 from funcae_cli.errors import InputError
 from funcae_cli.files import atomic_write_json, json_safe, save_figure
 from funcae_cli.inversion import amortized
-from funcae_cli.inversion.calibration import LEVELS, RANK_DRAWS, calibrate, misses, split_by_flag
+from funcae_cli.inversion.calibration import (
+    LEVELS,
+    RANK_DRAWS,
+    TARP_BAND,
+    TARP_BOOTSTRAP,
+    Tarp,
+    agreement,
+    calibrate,
+    misses,
+    split_by_flag,
+    tarp,
+)
 from funcae_cli.inversion.invert import invert_batch
 from funcae_cli.inversion.laplace_check import FLAG, KHAT_MAX
+from funcae_cli.inversion.regressor import LatentModel
 from funcae_cli.inversion.simulate import NoiseModel, simulate
 from funcae_cli.inversion.targets import pad
 from funcae_cli.jobs.amortize import load_flow
 from funcae_cli.jobs.common import open_run, run_info
 from funcae_cli.jobs.fitted import latent_model_for
-from funcae_cli.plotting.calibration import coverage_figure, ranks_figure
+from funcae_cli.plotting.calibration import coverage_figure, ranks_figure, tarp_figure
 from funcae_cli.store.rundir import RunDir
+from funcae_cli.store.trained import Trained
 
 CHUNK = 250  # targets per batched inversion: bounds the memory of the MCMC chains
 
@@ -71,8 +85,12 @@ def run_validate(
             unconverged, flagged[-1] = unconverged + int(bad.sum()), bad
         if on_chunk:
             on_chunk(min(a + CHUNK, o.n), o.n)
-    log10 = fam.log_scale()
-    calib = calibrate(truth, np.concatenate(draws), trained.param_names, log10)
+    log10, draws = fam.log_scale(), np.concatenate(draws)
+    calib = calibrate(truth, draws, trained.param_names, log10)
+    joint = tarp(truth, draws, trained.param_names, log10, np.random.default_rng(seed + 29))
+    compared = None
+    if o.posterior == "amortized" and o.compare_mcmc > 0:
+        compared = _compare_mcmc(trained, observations[: o.compare_mcmc], draws, replace(inv, posterior="mcmc"), lm)
     report = run_info(trained)
     report.update(
         posterior=o.posterior,
@@ -97,7 +115,9 @@ def run_validate(
         },
         unconverged_targets=unconverged if o.posterior == "mcmc" else None,
         k_hat_below=_k_hat_below(np.concatenate(k_hats)),
-        flagged=split_by_flag(truth, np.concatenate(draws), trained.param_names, log10, np.concatenate(flagged)),
+        tarp=_tarp_record(joint),
+        compare_mcmc=compared,
+        flagged=split_by_flag(truth, draws, trained.param_names, log10, np.concatenate(flagged)),
         require_coverage=o.require_coverage,
         coverage_misses=misses(calib, o.require_coverage) if o.require_coverage is not None else [],
         seconds=time.perf_counter() - t0,
@@ -105,6 +125,7 @@ def run_validate(
             "json": str(rd.validate_json),
             "coverage": str(rd.validate_png("coverage")),
             "ranks": str(rd.validate_png("ranks")),
+            "tarp": str(rd.validate_png("tarp")),
         },  # fmt: skip
     )
     title = f"{trained.cfg.name}: {o.posterior} posteriors of {o.n:,} simulated curves"
@@ -113,6 +134,8 @@ def run_validate(
                 rd.validate_png("coverage"))  # fmt: skip
     save_figure(ranks_figure([c.name for c in calib], [c.ranks for c in calib], [c.sbc_p for c in calib],
                              title=f"{title}: SBC ranks"), rd.validate_png("ranks"))  # fmt: skip
+    save_figure(tarp_figure(joint.alpha, joint.ecp, joint.band, n=o.n, names=joint.names, level=TARP_BAND,
+                            title=f"{title}: TARP", note=note), rd.validate_png("tarp"))  # fmt: skip
     report = json_safe(report)
     atomic_write_json(rd.validate_json, report)
     return report
@@ -121,3 +144,39 @@ def run_validate(
 def _k_hat_below(k: np.ndarray) -> float | None:
     """The fraction of targets whose importance check passed (Pareto k-hat < KHAT_MAX); None without a check."""
     return None if np.isnan(k).all() else float(np.mean(k < KHAT_MAX))
+
+
+def _tarp_record(t: Tarp) -> dict[str, Any]:
+    """validate.json's `tarp`: the curve and its summary (inversion/calibration.py's Tarp)."""
+    return {
+        "params": t.names,
+        "references": "one per curve, uniform over the range of the true parameters (natural coordinates)",
+        "alpha": t.alpha.round(6).tolist(),
+        "ecp": t.ecp.tolist(),
+        "band": t.band,
+        "band_level": TARP_BAND,
+        "bootstrap": TARP_BOOTSTRAP,
+        "max_deviation": t.max_deviation,
+        "at_alpha": t.at_alpha,
+        "atc": t.atc,
+        "within_band": t.within,
+    }
+
+
+def _compare_mcmc(trained: Trained, observations: list[Observation], draws: np.ndarray, inv: InvertConfig,
+                  lm: LatentModel | None) -> dict[str, Any]:  # fmt: skip
+    """mcmc on the first curves (the amortized draws' first rows are theirs), and how far apart the two are."""
+    t0, m = time.perf_counter(), len(observations)
+    reference, unconverged = [], 0
+    for a in range(0, m, CHUNK):
+        post = invert_batch(trained, pad(observations[a : a + CHUNK], "validate"), inv, lm).posterior
+        reference.append(post.samples)
+        unconverged += int(post.unconverged.sum()) if post.unconverged is not None else 0
+    agree = agreement(draws[:m], np.concatenate(reference), trained.param_names, trained.family.log_scale())
+    return {
+        "targets": m,
+        "sampling": {k: getattr(inv, k) for k in ("walkers", "steps", "burn")},
+        "mcmc_unconverged": unconverged,
+        "seconds": time.perf_counter() - t0,
+        "params": {a.name: {"median_shift_sigma": a.shift, "width_ratio": a.width_ratio} for a in agree},
+    }

@@ -1,4 +1,5 @@
-"""Figures of `funcae validate`: empirical coverage against nominal, and the SBC rank histograms."""
+"""Figures of `funcae validate`: empirical coverage against nominal, the SBC rank histograms, and TARP's expected
+coverage of the joint posterior."""
 
 from __future__ import annotations
 
@@ -54,4 +55,23 @@ def ranks_figure(names: list[str], counts: list[np.ndarray], p_values: list[floa
         ax.set_xlabel("rank of the truth (binned)")
         ax.set_ylabel("targets")
     fig.suptitle(title, fontsize=10)
+    return fig
+
+
+def tarp_figure(alpha: np.ndarray, ecp: np.ndarray, band: float, *, n: int, names: list[str], level: float = 0.95,
+                title: str = "", note: str = "") -> Figure:  # fmt: skip
+    """TARP's expected coverage of the joint posterior against the credibility level, with its simultaneous
+    bootstrap band (ecp +- band): a calibrated posterior's band holds the diagonal; a curve below it at high
+    credibility is too narrow (or biased), above it too wide."""
+    fig, ax = new_figure(figsize=(6.2, 5.4))
+    ax.fill_between(alpha, np.clip(ecp - band, 0, 1), np.clip(ecp + band, 0, 1), color="0.85",
+                    label=f"{level:.0%} bootstrap band ({n:,} targets)")  # fmt: skip
+    ax.plot([0, 1], [0, 1], color="k", lw=0.8, ls=":", label="calibrated")
+    ax.plot(alpha, ecp, color="tab:blue", lw=1.6, label="TARP: " + ", ".join(names))
+    ax.set_xlabel("credibility level α")
+    ax.set_ylabel("expected coverage (truth inside the α region)")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.legend(fontsize=8, loc="upper left")
+    ax.set_title("\n".join(t for t in (title, note) if t), fontsize=9)
     return fig
