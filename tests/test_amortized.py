@@ -178,3 +178,25 @@ def test_amortize_then_invert_and_validate_with_it(cli, smoke_copy: Path) -> Non
     assert rep["posterior"] == "amortized" and 0 <= rep["k_hat_below"] <= 1
     assert rep["compare_mcmc"]["targets"] == 4 and set(rep["compare_mcmc"]["params"]) == {"mu", "sigma"}
     assert 0 <= rep["tarp"]["max_deviation"] <= 1 and (smoke_copy / "validate" / "tarp.png").is_file()
+
+    # auto: a target off the flow's training range (3 points; it saw 5-60) is sampled by mcmc, and gets exactly
+    # what mcmc gives it in the same call; a target the check passes keeps its amortized answer
+    two = smoke_copy.parent / "two.csv"
+    rows = _normal_csv(smoke_copy.parent / "a.csv").read_text().splitlines()
+    b_rows = [r.replace("a,", "b,", 1) for r in rows[1:][::7]]  # 3 points
+    two.write_text("\n".join([rows[0], *rows[1:], *b_rows]) + "\n")
+    common = ["--run", smoke_copy, "--no-plot", "--json", "--draws", "100"]
+
+    def posterior_rows(*args: str) -> dict[str, dict]:
+        r = cli("invert", *common, *args)
+        ok(r)
+        return {t["name"]: t for t in json.loads(r.stdout)["targets"]}
+
+    auto = posterior_rows("--curves", two, "--posterior", "auto")
+    assert auto["b"]["posterior_source"] == "mcmc" and "amortized_off_range" not in auto["b"]["flags"]
+    mcmc = posterior_rows("--curves", two, "--posterior", "mcmc")["b"]
+    assert auto["b"]["posterior"] == mcmc["posterior"]
+    amort = posterior_rows("--curves", two, "--posterior", "amortized")
+    for name, row in auto.items():
+        if row["posterior_source"] == "amortized":
+            assert row["posterior"] == amort[name]["posterior"] and row["k_hat"] < 0.7

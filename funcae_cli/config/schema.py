@@ -141,10 +141,11 @@ class InvertConfig:
     )
     physics_starts: int = doc_field(4, "physics refit: starts per target (the decoder's estimate + spread ones)", min=1)
     physics_max_iter: int = doc_field(50, "physics refit: Levenberg-Marquardt iterations", min=1)
-    posterior: Literal["none", "laplace", "mcmc", "amortized"] = doc_field(
+    posterior: Literal["none", "laplace", "mcmc", "amortized", "auto"] = doc_field(
         "none",
-        "uncertainty: none, a Laplace (Gaussian) approximation at the optimum, MCMC samples, or the run's trained "
-        "posterior network (`funcae amortize RUN`), importance-checked",
+        "uncertainty: none, a Laplace (Gaussian) approximation at the optimum, MCMC samples, the run's trained "
+        "posterior network (`funcae amortize RUN`), importance-checked, or auto: amortized, and mcmc for the "
+        "targets its check flags",
     )
     walkers: int = doc_field(32, "mcmc: walkers per target (a multiple of 2 x groups)", min=4)
     steps: int | Literal["auto"] = doc_field(
@@ -174,7 +175,7 @@ class ValidateConfig:
     n: int = doc_field(1000, "simulated curves", min=1)
     noise: float = doc_field(0.05, "relative one-sigma error of the simulated points", gt=0, lt=1)
     points: list[int] = doc_field([10, 40], "points per simulated curve, [min, max] inclusive", min=2)
-    posterior: Literal["laplace", "mcmc", "amortized"] = doc_field(
+    posterior: Literal["laplace", "mcmc", "amortized", "auto"] = doc_field(
         "mcmc", "the posterior whose calibration is measured"
     )
     require_coverage: float | None = doc_field(

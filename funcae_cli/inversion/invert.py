@@ -26,13 +26,13 @@ from torch import Tensor
 from funcae_cli.config import InvertConfig
 from funcae_cli.errors import InputError, OptionError
 from funcae_cli.inversion import amortized, seeding
-from funcae_cli.inversion.assess import Assessment, assess
+from funcae_cli.inversion.assess import NAMED_IN_WARNING, Assessment, assess
 from funcae_cli.inversion.density import CodeDensity
 from funcae_cli.inversion.encode import encode_curves, targets_on_grid
 from funcae_cli.inversion.laplace_check import flag_unreliable
 from funcae_cli.inversion.objective import Problem
 from funcae_cli.inversion.physics import Bounds, Fitter, Observations, PhysicsFit, fit_physics, natural_bounds
-from funcae_cli.inversion.posterior import Posterior, Sampling, latent_posterior, physics_posterior
+from funcae_cli.inversion.posterior import Posterior, Sampling, latent_posterior, physics_posterior, with_rows
 from funcae_cli.inversion.prior import log_prior
 from funcae_cli.inversion.regressor import LatentModel
 from funcae_cli.inversion.search import adam, lbfgs
@@ -157,11 +157,11 @@ def invert_batch(
             f"{posterior} needs the formula's derivatives; family {trained.family.name} declares "
             "differentiable=False (use none, or --no-physics for the decoder's posterior)",
         )
-    if posterior in ("mcmc", "amortized") and targets.yerr is None:  # checked before any work
+    if posterior in ("mcmc", "amortized", "auto") and targets.yerr is None:  # checked before any work
         raise OptionError("posterior", f"{posterior} needs one-sigma errors (yerr) for its likelihood; give curves "
                           "with yerr")  # fmt: skip
-    if posterior == "amortized" and (flow is None or not trained.family.has_formula):
-        raise OptionError("posterior", "amortized needs a family with a formula and the run's posterior network "
+    if posterior in ("amortized", "auto") and (flow is None or not trained.family.has_formula):
+        raise OptionError("posterior", f"{posterior} needs a family with a formula and the run's posterior network "
                           "(train it with `funcae amortize RUN`)")  # fmt: skip
     if posterior != "none" and bounds_ is None and density is None:
         raise OptionError("posterior", "a latent posterior needs the codes' density as its prior (prior: density)")
@@ -221,12 +221,15 @@ def invert_batch(
     obs = _estimate_physics(trained, targets, out, bounds_, o.physics_starts, o.physics_max_iter, seeds, dev)
     _assess(trained, targets, out, density)
     if posterior != "none":
-        if posterior == "amortized":  # the flow's draws, importance-checked (inversion/amortized.py)
+        if posterior in ("amortized", "auto"):  # the flow's draws, importance-checked (inversion/amortized.py)
             out.posterior, check = amortized.amortized_posterior(
                 flow, trained.cfg.family, natural_bounds(trained, "prior"), log_prior(trained.cfg.family), targets,
-                o.draws, o.check, seeds, trained.param_names)  # fmt: skip
-            out.posterior.warnings.extend(check.warnings)
+                o.draws, o.check or posterior == "auto", seeds, trained.param_names)  # fmt: skip
             amortized.flag(out.assessment.flags, check)
+            if posterior == "auto":
+                _mcmc_where_flagged(trained, targets, out, sampling, seeds, dev)
+            else:
+                out.posterior.warnings.extend(check.warnings)
         else:
             out.posterior = _posterior(trained, targets, out, obs, problem, latent_model, posterior, sampling, seeds)
             flag_unreliable(out.assessment.flags, out.posterior.k_hat)
@@ -261,6 +264,39 @@ def _estimate_physics(
     sums = torch.zeros(targets.n, dtype=torch.float64).index_add_(0, obs.target.cpu(), resid.square()).numpy()
     out.decoder_physics_objective = sums if obs.chi2 else np.sqrt(sums)
     return obs
+
+
+def _mcmc_where_flagged(
+    trained: Trained, targets: Targets, out: InvertResult, sampling: Sampling, seeds: Tensor, dev: torch.device
+) -> None:
+    """posterior auto: the targets whose amortized posterior is flagged (k-hat >= KHAT_MAX, off the flow's
+    training range, off_manifold: amortized.flag) get mcmc instead, in place of their rows; their amortized flags
+    are dropped (their intervals are mcmc's). Each target's chains come from its own seed, so a target's answer
+    is the one mcmc gives it alone."""
+    sent = {amortized.FLAG, amortized.OFF_RANGE}
+    rows = np.array([i for i, f in enumerate(out.assessment.flags) if sent & set(f)], dtype=np.int64)
+    if rows.size == 0:
+        return
+    idx = torch.as_tensor(rows)
+    sub = targets.subset(idx)
+    grid = sub.x if sub.x is not None else trained.grid
+    obs = Observations.of(grid, sub.y, sub.yerr, sub.mask, dev)
+    bounds = natural_bounds(trained, "prior")
+    fitter = Fitter(trained, obs, bounds)
+    u = bounds.to_natural(torch.as_tensor(out.params_est[rows])).to(obs.x.device)[:, fitter.free]
+    u = torch.maximum(torch.minimum(u, fitter.hi), fitter.lo)
+    mc = physics_posterior(fitter, u, log_prior(trained.cfg.family), "mcmc", sampling, trained.param_names,
+                           sub.names, seeds[idx])  # fmt: skip
+    out.posterior = with_rows(out.posterior, rows, mc, "auto")
+    for i in rows:
+        out.assessment.flags[i] = [f for f in out.assessment.flags[i] if f not in sent]
+    shown = ", ".join(targets.names[i] for i in rows[:NAMED_IN_WARNING])
+    more = f" and {rows.size - NAMED_IN_WARNING} more" if rows.size > NAMED_IN_WARNING else ""
+    out.posterior.warnings.append(
+        f"posterior auto: {rows.size} of {targets.n} targets ({shown}{more}) were sampled by mcmc: the amortized "
+        f"posterior's check flagged them (Pareto k-hat >= {amortized.KHAT_MAX}, off its training range, or "
+        "off_manifold); their rows say posterior_source mcmc"
+    )
 
 
 def _posterior(

@@ -62,6 +62,7 @@ class Posterior:
     unconverged: np.ndarray | None = None  # (n,) bool: stopped by the cap (or a fixed --steps) before converging
     acceptance: np.ndarray | None = None  # (n,)
     k_hat: np.ndarray | None = None  # (n,) laplace: Pareto k-hat of its importance weights (laplace_check.py)
+    source: np.ndarray | None = None  # (n,) str, posterior auto: which posterior each target got (with_rows)
     warnings: list[str] = field(default_factory=list)
 
 
@@ -129,6 +130,42 @@ def from_chains(
             "may be wrong; raise the cap"
         )
     return out
+
+
+def with_rows(base: Posterior, rows: np.ndarray, other: Posterior, kind: str) -> Posterior:
+    """`base` with its targets `rows` (m,) replaced by `other`'s m targets (in that order), as posterior `kind`;
+    `source` says per target which posterior it got (base.kind or other.kind). Both keep the same number of
+    draws per target, evenly thinned to the smaller; a diagnostic one of them lacks is NaN (or 0 steps, not
+    unconverged) for its targets; base's k_hat is kept for every target (it is why the rows were replaced)."""
+    n = base.samples.shape[0]
+    s = min(base.samples.shape[1], other.samples.shape[1])
+
+    def thin(x: np.ndarray) -> np.ndarray:
+        return x[:, np.linspace(0, x.shape[1] - 1, s).round().astype(np.int64)]
+
+    def merged(b: np.ndarray | None, o: np.ndarray | None, fill: Any) -> np.ndarray | None:
+        if b is None and o is None:
+            return None
+        ref = b if b is not None else o
+        out = np.full((n, *ref.shape[1:]), fill, dtype=ref.dtype) if b is None else b.copy()
+        if o is not None:
+            out[rows] = o
+        else:
+            out[rows] = fill
+        return out
+
+    samples = thin(base.samples).copy()
+    samples[rows] = thin(other.samples)
+    source = np.full(n, base.kind, dtype=object) if base.source is None else base.source.copy()
+    source[rows] = other.kind
+    return Posterior(
+        kind, base.names, samples, {k: merged(base.quantiles[k], other.quantiles[k], np.nan) for k in QUANTILES},
+        merged(base.corr, other.corr, np.nan), rhat=merged(base.rhat, other.rhat, np.nan),
+        ess=merged(base.ess, other.ess, np.nan), tau=merged(base.tau, other.tau, np.nan),
+        steps=merged(base.steps, other.steps, 0), unconverged=merged(base.unconverged, other.unconverged, False),
+        acceptance=merged(base.acceptance, other.acceptance, np.nan), k_hat=base.k_hat, source=source,
+        warnings=base.warnings + other.warnings,
+    )  # fmt: skip
 
 
 def gaussian_draws(mean: Tensor, cov: Tensor, draws: int, seeds: Tensor, stream: str = "laplace") -> Tensor:

@@ -49,12 +49,15 @@ class Targets:
             return torch.full((self.n,), self.y.shape[1], dtype=torch.int64)
         return self.mask.sum(dim=1)
 
-    def subset(self, rows: slice) -> Targets:
+    def subset(self, rows: slice | Tensor) -> Targets:
+        """The targets of a slice, or of an index tensor (in its order)."""
+
         def cut(t: Tensor | None) -> Tensor | None:
             return None if t is None else t[rows]
 
+        names = self.names[rows] if isinstance(rows, slice) else [self.names[i] for i in rows.tolist()]
         return replace(self, y=self.y[rows], x=cut(self.x), yerr=cut(self.yerr), mask=cut(self.mask),
-                       params=cut(self.params), names=self.names[rows])  # fmt: skip
+                       params=cut(self.params), names=names)  # fmt: skip
 
     def points(self, i: int) -> tuple[np.ndarray | None, np.ndarray, np.ndarray | None]:
         """Target i's own (x or None for the grid, y, yerr or None), float64 numpy."""

@@ -69,7 +69,7 @@ def run_invert(
     o = override(trained.cfg.invert, options or {}, "invert")
     if o.seed is None:
         o = override(o, {"seed": trained.cfg.seed})
-    flow = load_flow(rd) if o.posterior == "amortized" else None  # exit 2 naming `funcae amortize` when missing
+    flow = load_flow(rd) if o.posterior in ("amortized", "auto") else None  # exit 2 naming `funcae amortize`
     targets = read_targets(trained, inputs)
     if targets is None:
         raise InputError("no target to invert")

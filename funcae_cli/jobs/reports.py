@@ -118,19 +118,22 @@ def result_rows(
 def _posterior_row(post: Posterior, i: int) -> dict[str, Any]:
     """One target's posterior: per quantity its quantiles (and R-hat, ESS for MCMC), the correlations."""
     out: dict[str, Any] = {"posterior": {}}
+    sampled = post.source is None or post.source[i] == "mcmc"  # auto: the chains' fields only where mcmc ran
     for j, name in enumerate(post.names):
         entry = {k: finite_or_none(v[i, j]) for k, v in post.quantiles.items()}
-        if post.rhat is not None:
+        if post.rhat is not None and sampled:
             entry.update(rhat=finite_or_none(post.rhat[i, j]), ess=finite_or_none(post.ess[i, j]),
                          tau=finite_or_none(post.tau[i, j]))  # fmt: skip
         out["posterior"][name] = entry
     out["posterior_corr"] = [[finite_or_none(v) for v in row] for row in post.corr[i]]
-    if post.acceptance is not None:
+    if post.acceptance is not None and sampled:
         out["posterior_acceptance"] = float(post.acceptance[i])
         out["posterior_steps"] = int(post.steps[i])
         out["posterior_unconverged"] = bool(post.unconverged[i])
     if post.k_hat is not None:
         out["k_hat"] = finite_or_none(post.k_hat[i])
+    if post.source is not None:
+        out["posterior_source"] = str(post.source[i])
     return out
 
 
@@ -140,6 +143,7 @@ def posterior_columns(post: Posterior) -> list[str]:
         [f"{name}_{s}" for name in post.names for s in stats]
         + (["mcmc_steps", "mcmc_unconverged"] if post.rhat is not None else [])
         + (["k_hat"] if post.k_hat is not None else [])
+        + (["posterior_source"] if post.source is not None else [])
     )
 
 
@@ -149,7 +153,8 @@ def posterior_cells(post: Posterior, i: int) -> list[Any]:
         cells += [post.quantiles[k][i, j] for k in QUANTILES]
         cells += [post.rhat[i, j], post.ess[i, j], post.tau[i, j]] if post.rhat is not None else []
     cells += [int(post.steps[i]), bool(post.unconverged[i])] if post.rhat is not None else []
-    return cells + ([post.k_hat[i]] if post.k_hat is not None else [])
+    cells += [post.k_hat[i]] if post.k_hat is not None else []
+    return cells + ([str(post.source[i])] if post.source is not None else [])
 
 
 def table(trained: Trained, targets: Targets, res: InvertResult) -> tuple[list[str], list[list[Any]]]:
@@ -223,9 +228,11 @@ def summarize(res: InvertResult, targets: Targets, names: list[str]) -> dict[str
             out["posterior"].update(rhat_max=float(np.nanmax(post.rhat)), ess_min=float(np.nanmin(post.ess)),
                                     ess_median=float(np.nanmedian(post.ess)), unconverged=int(post.unconverged.sum()),
                                     steps_median=float(np.median(post.steps)), steps_max=int(post.steps.max()),
-                                    acceptance_median=float(np.median(post.acceptance)))  # fmt: skip
+                                    acceptance_median=float(np.nanmedian(post.acceptance)))  # fmt: skip
         if post.k_hat is not None:
             out["posterior"]["k_hat_median"] = _nanmedian(post.k_hat)
+        if post.source is not None:
+            out["posterior"]["mcmc_targets"] = int((post.source == "mcmc").sum())
     if res.params_est is not None and targets.params is not None:
         true = targets.params.numpy()
         err = np.abs(res.params_est - true)

@@ -67,19 +67,21 @@ def run_validate(
         )
     seed = trained.cfg.seed if inv.seed is None else inv.seed
     inv = replace(inv, seed=seed, posterior=o.posterior)
-    flow = load_flow(rd) if o.posterior == "amortized" else None  # exit 2 naming `funcae amortize` when missing
+    flow = load_flow(rd) if o.posterior in ("amortized", "auto") else None  # exit 2 naming `funcae amortize`
     t0 = time.perf_counter()
     truth = sample_params(trained.cfg.family, o.n, torch.Generator().manual_seed(seed + 17)).numpy()
     noise = NoiseModel(points=tuple(o.points), frac=(o.noise, o.noise))
     observations = simulate(fam, trained.cfg.family.options, trained.grid.numpy(), truth, noise, seed, "sim")
     lm, _ = latent_model_for(trained)
-    draws, flagged, unconverged, k_hats = [], [], 0, []
+    draws, flagged, unconverged, k_hats, by_mcmc = [], [], 0, [], 0
     for a in range(0, o.n, CHUNK):
         res = invert_batch(trained, pad(observations[a : a + CHUNK], "validate"), inv, lm, flow)
         draws.append(res.posterior.samples)
-        flag = amortized.FLAG if o.posterior == "amortized" else FLAG
+        flag = amortized.FLAG if o.posterior in ("amortized", "auto") else FLAG
         flagged.append(np.array([flag in f for f in res.assessment.flags]))  # laplace's/amortized k-hat >= KHAT_MAX
         k_hats.append(res.posterior.k_hat if res.posterior.k_hat is not None else np.full(res.n, np.nan))
+        if res.posterior.source is not None:  # auto: the targets sent to mcmc
+            by_mcmc += int((res.posterior.source == "mcmc").sum())
         if res.posterior.unconverged is not None:  # mcmc: stopped by its cap before converging
             bad = res.posterior.unconverged
             unconverged, flagged[-1] = unconverged + int(bad.sum()), bad
@@ -97,7 +99,9 @@ def run_validate(
         n=o.n,
         noise={"frac": o.noise, "points": list(o.points), "floor": noise.floor, "scatter": noise.scatter},
         seed=seed,
-        sampling={k: getattr(inv, k) for k in ("walkers", "steps", "burn")} if o.posterior == "mcmc" else None,
+        sampling={k: getattr(inv, k) for k in ("walkers", "steps", "burn")}
+        if o.posterior in ("mcmc", "auto")
+        else None,
         levels=list(LEVELS),
         rank_draws=RANK_DRAWS,
         params={
@@ -113,7 +117,8 @@ def run_validate(
             }
             for c, lg in zip(calib, log10)
         },
-        unconverged_targets=unconverged if o.posterior == "mcmc" else None,
+        unconverged_targets=unconverged if o.posterior in ("mcmc", "auto") else None,
+        mcmc_targets=by_mcmc if o.posterior == "auto" else None,  # auto: the targets its check sent to mcmc
         k_hat_below=_k_hat_below(np.concatenate(k_hats)),
         tarp=_tarp_record(joint),
         compare_mcmc=compared,
