@@ -32,7 +32,7 @@ from funcae_cli.inversion.encode import encode_curves, targets_on_grid
 from funcae_cli.inversion.laplace_check import flag_unreliable
 from funcae_cli.inversion.objective import Problem
 from funcae_cli.inversion.physics import Bounds, Fitter, Observations, PhysicsFit, fit_physics, natural_bounds
-from funcae_cli.inversion.posterior import Posterior, Sampling, latent_posterior, physics_posterior
+from funcae_cli.inversion.posterior import Posterior, Sampling, flag_multimodal, latent_posterior, physics_posterior
 from funcae_cli.inversion.prior import log_prior
 from funcae_cli.inversion.regressor import LatentModel
 from funcae_cli.inversion.search import adam, lbfgs
@@ -218,7 +218,8 @@ def invert_batch(
     if density is not None:
         logp = density.log_prob(z_best.double())
         out.log_density, out.density_percentile = _np(logp), _np(density.percentile(logp))
-    obs = _estimate_physics(trained, targets, out, bounds_, o.physics_starts, o.physics_max_iter, seeds, dev)
+    obs = _estimate_physics(trained, targets, out, bounds_, o.physics_starts, o.physics_max_iter, seeds, dev,
+                            alternatives=posterior == "mcmc")  # fmt: skip
     _assess(trained, targets, out, density)
     if posterior != "none":
         if posterior == "amortized":  # the flow's draws, importance-checked (inversion/amortized.py)
@@ -230,6 +231,7 @@ def invert_batch(
         else:
             out.posterior = _posterior(trained, targets, out, obs, problem, latent_model, posterior, sampling, seeds)
             flag_unreliable(out.assessment.flags, out.posterior.k_hat)
+            flag_multimodal(out.assessment.flags, out.posterior.multimodal)
         out.assessment.warnings.extend(out.posterior.warnings)
     _sync(dev)
     out.total_seconds = time.perf_counter() - t0
@@ -239,10 +241,11 @@ def invert_batch(
 
 def _estimate_physics(
     trained: Trained, targets: Targets, out: InvertResult, bounds: Bounds | None, starts: int, max_iter: int,
-    seeds: Tensor, dev: torch.device,
+    seeds: Tensor, dev: torch.device, alternatives: bool = False,
 ) -> Observations | None:  # fmt: skip
     """The family's formula fitted to every target from the regressor's estimate (when there is a formula);
-    returns the observations it fitted."""
+    returns the observations it fitted. alternatives: the refit's other starts run to their ends too (for mcmc,
+    whose ensembles start there)."""
     if bounds is None:
         return None
     obs = Observations.of(
@@ -252,7 +255,8 @@ def _estimate_physics(
     if estimate is None:  # no latent model: start in the middle of the bounds
         estimate = bounds.to_units(torch.where(torch.isfinite(bounds.low + bounds.high), (bounds.low + bounds.high) / 2,
                                                0.0))[None].expand(targets.n, -1).numpy()  # fmt: skip
-    fit = fit_physics(trained, obs, torch.as_tensor(estimate), bounds, starts, max_iter, seeds=seeds)
+    fit = fit_physics(trained, obs, torch.as_tensor(estimate), bounds, starts, max_iter, seeds=seeds,
+                      alternatives=alternatives)  # fmt: skip
     out.physics, out.params_est, out.params_source = fit, fit.params, "physics"
     out.physics_objective = fit.objective if obs.chi2 else np.sqrt(fit.objective)
     decoder = torch.as_tensor(out.fit, dtype=torch.float64)
@@ -274,8 +278,10 @@ def _posterior(
         fitter = Fitter(trained, obs, bounds)
         u = bounds.to_natural(torch.as_tensor(out.params_est)).to(obs.x.device)[:, fitter.free]
         u = torch.maximum(torch.minimum(u, fitter.hi), fitter.lo)
+        alt = out.physics.alternatives
+        alt = None if alt is None else torch.as_tensor(alt)[:, :, bounds.free].to(obs.x.device)
         return physics_posterior(fitter, u, log_prior(trained.cfg.family), kind, sampling, trained.param_names,
-                                 targets.names, seeds)  # fmt: skip
+                                 targets.names, seeds, alt)  # fmt: skip
     names = trained.param_names or [f"z{j + 1}" for j in range(out.z.shape[1])]
     predict = latent_model.predict if latent_model is not None and trained.param_names else None
     z = torch.as_tensor(out.z, dtype=torch.float32, device=problem.device)

@@ -59,7 +59,7 @@ def run_validate(
     noise = NoiseModel(points=tuple(o.points), frac=(o.noise, o.noise))
     observations = simulate(fam, trained.cfg.family.options, trained.grid.numpy(), truth, noise, seed, "sim")
     lm, _ = latent_model_for(trained)
-    draws, flagged, unconverged, k_hats = [], [], 0, []
+    draws, flagged, unconverged, multimodal, k_hats = [], [], 0, 0, []
     for a in range(0, o.n, CHUNK):
         res = invert_batch(trained, pad(observations[a : a + CHUNK], "validate"), inv, lm, flow)
         draws.append(res.posterior.samples)
@@ -69,6 +69,7 @@ def run_validate(
         if res.posterior.unconverged is not None:  # mcmc: stopped by its cap before converging
             bad = res.posterior.unconverged
             unconverged, flagged[-1] = unconverged + int(bad.sum()), bad
+            multimodal += int(res.posterior.multimodal.sum())  # two or more modes of >= 1% of the mass each
         if on_chunk:
             on_chunk(min(a + CHUNK, o.n), o.n)
     log10 = fam.log_scale()
@@ -96,6 +97,7 @@ def run_validate(
             for c, lg in zip(calib, log10)
         },
         unconverged_targets=unconverged if o.posterior == "mcmc" else None,
+        multimodal_targets=multimodal if o.posterior == "mcmc" else None,
         k_hat_below=_k_hat_below(np.concatenate(k_hats)),
         flagged=split_by_flag(truth, np.concatenate(draws), trained.param_names, log10, np.concatenate(flagged)),
         require_coverage=o.require_coverage,
