@@ -203,23 +203,25 @@ def test_invert_command_gives_a_galaxy_the_same_mcmc_intervals_alone_and_among_o
 
 @pytest.mark.slow
 def test_the_sampler_follows_each_ensembles_seed_when_finished_targets_leave() -> None:
-    """steps auto: easy Gaussians converge and leave the batch at different checks while a two-mode target runs to
-    the cap, so rows are compacted under the others; every target's chain and diagnostics equal its chain run
-    alone (the seeds follow their rows)."""
+    """steps auto: easy Gaussians converge and leave the batch at different checks while a target whose ensembles
+    straddle two narrow modes in different proportions (they never settle) runs to the cap, so rows are compacted
+    under the others; every target's chain and diagnostics equal its chain run alone (the seeds follow their
+    rows)."""
     from funcae_cli.inversion.ensemble import sample
 
     scale = torch.tensor([0.5, 1.0, 2.0, 3.0, 1.0], dtype=torch.float64)  # target 4: two modes at +-6
 
     def per_row(x: torch.Tensor, target: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
         gauss = -0.5 * (x / scale[target, None]).square().sum(dim=1)
-        modes = torch.logaddexp(-0.5 * (x - 6).square().sum(dim=1), -0.5 * (x + 6).square().sum(dim=1))
+        modes = torch.logaddexp(-0.5 * ((x - 6) / 0.01).square().sum(dim=1), -0.5 * ((x + 6) / 0.01).square().sum(1))
         return torch.where(torch.isinf(scale[target]), modes, gauss)
 
     n, w, groups = 5, 16, 2
     scale[4] = torch.inf
     x0 = torch.randn(n, w, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    x0[4, : w // 2] += 6
-    x0[4, w // 2 :] -= 6
+    x0[4] *= 0.01
+    x0[4, [0, 1, 2, 3, 4, 5, 8, 9]] += 6  # ensemble 0: 6 walkers at +6 and 2 at -6; ensemble 1: 2 and 6
+    x0[4, [6, 7, 10, 11, 12, 13, 14, 15]] -= 6
     seeds = seeding.mix64(torch.arange(n) + 100)
 
     def run(rows: list[int]) -> dict[int, tuple]:

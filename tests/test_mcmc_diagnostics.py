@@ -64,11 +64,16 @@ def test_integrated_time_is_emcees_and_ess_matches_known_tau_and_arviz() -> None
 
 
 @pytest.mark.slow
-def test_steps_auto_stops_early_on_a_gaussian_and_runs_to_the_cap_on_separated_modes() -> None:
+def test_steps_auto_stops_early_on_a_gaussian_and_on_settled_modes_and_runs_to_the_cap_where_ensembles_disagree() -> (
+    None
+):
     """Target 0: a correlated Gaussian; target 1: two narrow modes 20 sd apart with two of the four ensembles
-    started in each (no move of an ensemble ever crosses): its ensembles disagree forever. Target 0 stops once
-    steps >= 50 tau and R-hat < 1.01, well before the cap, with the right mean and covariance; target 1 runs to
-    the cap and is not converged."""
+    started in each (no move of an ensemble ever crosses): each mode is well sampled, so judged within modes it
+    converges too, its ensembles clustered in two modes; target 2: the same modes, but each ensemble's walkers
+    straddle them in its own proportion (8/0, 6/2, 4/4, 2/6; the modes far and narrow enough that no walker
+    crosses): the ensembles of the one wide mode disagree forever, and it runs to the cap unconverged. Targets 0
+    and 1 stop once steps >= 50 tau and R-hat < 1.01, well before the cap; target 0 with the right mean and
+    covariance."""
     mean = torch.tensor([1.0, -2.0], dtype=torch.float64)
     cov = torch.tensor([[1.0, 0.45], [0.45, 0.25]], dtype=torch.float64)
     prec = torch.linalg.inv(cov)
@@ -76,26 +81,39 @@ def test_steps_auto_stops_early_on_a_gaussian_and_runs_to_the_cap_on_separated_m
     def per_row(x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         d = x - mean
         gauss = -0.5 * ((d @ prec) * d).sum(dim=1)
-        modes = torch.logaddexp(-0.5 * ((x - 10) / 0.5).square().sum(dim=1), -0.5 * ((x + 10) / 0.5).square().sum(1))
+        width = torch.where(target == 1, 0.5, 0.01)[:, None]
+        modes = torch.logaddexp(
+            -0.5 * ((x - 10) / width).square().sum(dim=1), -0.5 * ((x + 10) / width).square().sum(1)
+        )
         return torch.where(target == 0, gauss, modes)
 
     gen = torch.Generator().manual_seed(0)
     w, groups, cap = 32, 4, 1500
-    x0 = torch.randn(2, w, 2, generator=gen, dtype=torch.float64) * 0.3
+    x0 = torch.randn(3, w, 2, generator=gen, dtype=torch.float64) * 0.3
     x0[0] += mean
     x0[1, : w // 2] += 10
     x0[1, w // 2 :] -= 10
-    cohorts = sample(per_row, x0, groups, None, 50, cap, seeding.mix64(torch.arange(2)))
+    x0[2] *= 0.01 / 0.3
+    side = torch.tensor(
+        [1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, -1, -1, 1, 1, 1, 1, -1, -1, -1, -1, 1, 1, -1, -1, -1, -1, -1, -1],
+        dtype=torch.float64,
+    )  # per ensemble of 8: 8/0, 6/2, 4/4, 2/6 at +10/-10
+    x0[2] += 10 * side[:, None]
+    cohorts = sample(per_row, x0, groups, None, 50, cap, seeding.mix64(torch.arange(3)))
     by_target = {int(t): (c, k) for c in cohorts for k, t in enumerate(c.targets)}
     easy, k = by_target[0]
-    assert bool(easy.converged[k]) and easy.steps < cap / 2
+    assert bool(easy.converged[k]) and easy.steps < cap / 2 and easy.labels[k].tolist() == [0, 0, 0, 0]
     assert easy.steps >= TAU_FACTOR * float(easy.tau[k].max()) and float(easy.rhat[k].max()) < RHAT_MAX
     g = easy.chain[k].double().reshape(-1, 2)
     torch.testing.assert_close(g.mean(dim=0), mean, atol=0.05, rtol=0)
     # converged: ESS >= 32 walkers x 50 = 1600, so a variance of 1 is estimated to ~sqrt(2 / 1600) = 0.035 (1 sd)
     torch.testing.assert_close(torch.cov(g.T), cov, atol=0.1, rtol=0)
-    hard, k = by_target[1]
-    assert hard.steps == cap and not bool(hard.converged[k]) and float(hard.rhat[k].min()) > 1.5
+    settled, k = by_target[1]
+    assert bool(settled.converged[k]) and settled.steps < cap / 2 and settled.labels[k].tolist() == [0, 0, 2, 2]
+    assert float(settled.rhat[k].max()) < RHAT_MAX
+    hard, k = by_target[2]
+    assert hard.steps == cap and not bool(hard.converged[k]) and float(hard.rhat[k].min()) > 1.1
+    assert hard.labels[k].tolist() == [0, 0, 0, 0]  # one wide mode whose ensembles disagree
 
 
 def test_fixed_steps_run_exactly_and_flag_what_has_not_converged() -> None:

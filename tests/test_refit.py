@@ -53,6 +53,11 @@ def test_a_zero_disc_start_escapes_its_plateau(rotation_run: Path, monkeypatch: 
     np.testing.assert_array_less(fit.objective, 1.05 * ref)
     assert (np.log10(fit.params[:, 0]) > 10.0).all()  # the massive disc was found
     assert fit.escaped.any()
-    monkeypatch.setattr(physics, "_escape_plateaus", lambda f, st, s, m: (torch.zeros(8, dtype=torch.bool),) * 2)
+
+    def no_escapes(fitter, st, seeds, max_iter):  # (escaped, local_minimum, the restarts' ends: none)
+        none = torch.zeros(8, dtype=torch.bool)
+        return none, none, torch.zeros(0, 8, 4, dtype=torch.float64), torch.zeros(0, 8, dtype=torch.float64)
+
+    monkeypatch.setattr(physics, "_escape_plateaus", no_escapes)
     stuck = fit_physics(trained, obs, estimate, bounds, starts=1, max_iter=60)
     assert (stuck.objective > 1.5 * ref).sum() >= 2  # without the escapes the zero-disc start plateaus

@@ -8,9 +8,12 @@ each ensemble's own density (scale, correlations, curvature).
 
 `sample` runs each target as `groups` independent ensembles (their walkers never meet), so that R-hat across the
 ensembles is a convergence test (diagnostics.py); R-hat across the walkers of one ensemble is not (its walkers are
-not independent chains: emcee's documentation, ArviZ issues 977 and 2156). With `steps=None` each target runs in
-batches until every parameter has steps >= 50 tau and R-hat < 1.01, or until `max_steps`; a target that is done
-leaves the batch (the tensors are compacted), so it costs nothing more.
+not independent chains: emcee's documentation, ArviZ issues 977 and 2156). R-hat is judged within modes
+(modes.py): ensembles that settled in separate modes are clustered apart, and each mode's ensembles must agree;
+so a target whose ensembles sit in two well-sampled modes converges, and one whose ensembles disagree without
+settling does not. With `steps=None` each target runs in batches until every parameter has steps >= 50 tau and
+R-hat < 1.01, or until `max_steps`; a target that is done leaves the batch (the tensors are compacted), so it
+costs nothing more.
 
 Randomness is per ensemble: each draws from its own seed (its target's seed and its index, seeding.child), by
 counters laid out step by step (`Draws`), and picks its own move each half-step; so a target's chain is the same
@@ -27,7 +30,8 @@ import torch
 from torch import Tensor
 
 from funcae_cli.inversion import seeding
-from funcae_cli.inversion.diagnostics import converged, integrated_time, rank_rhat
+from funcae_cli.inversion.diagnostics import converged, integrated_time
+from funcae_cli.inversion.modes import cluster, within_rhat
 
 STRETCH = 2.0  # the stretch move's scale a
 CHECK = 100  # auto: the first convergence check after this many steps, then every max(CHECK, steps / 4)
@@ -215,25 +219,32 @@ class Cohort:
     steps: int  # steps run after burn-in
     acceptance: Tensor  # (k,)
     tau: Tensor  # (k, q) integrated autocorrelation time, in steps
-    rhat: Tensor  # (k, q) rank-normalized split R-hat across the groups
+    rhat: Tensor  # (k, q) rank-normalized split R-hat across the groups of each mode, the worst mode's
     ess: Tensor  # (k, q) walkers x steps / tau
     converged: Tensor  # (k,) steps >= 50 tau and R-hat < 1.01 for every parameter
+    labels: Tensor  # (k, groups) the mode of each group (modes.cluster: the first group of its mode)
 
 
-def _grouped(chain: Tensor, groups: int) -> Tensor:
+def by_group(chain: Tensor, groups: int) -> Tensor:
     """(k, W, s, q) walkers of `groups` ensembles -> (k, groups, s * W / groups, q) chains, time-major (a split in
     half splits each ensemble's run in time)."""
     k, w, s, q = chain.shape
     return chain.reshape(k, groups, w // groups, s, q).transpose(2, 3).reshape(k, groups, -1, q)
 
 
-def diagnose(chain: Tensor, thin: int, steps: int, groups: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """tau (in steps), R-hat across groups, ESS and convergence of chains (k, W, s, q) recorded every thin-th
-    step over `steps` steps."""
+def diagnose(chain: Tensor, thin: int, steps: int, groups: int) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """tau (in steps), R-hat across the groups of each mode, ESS, convergence and the groups' modes (k, groups) of
+    chains (k, W, s, q) recorded every thin-th step over `steps` steps."""
     tau = integrated_time(chain) * thin
-    rhat = rank_rhat(_grouped(chain, groups)) if groups > 1 else torch.full_like(tau, math.nan)
+    labels = torch.zeros(chain.shape[0], groups, dtype=torch.int64)
+    if groups > 1:
+        grouped = by_group(chain, groups)
+        labels = cluster(grouped)
+        rhat = within_rhat(grouped, labels)
+    else:
+        rhat = torch.full_like(tau, math.nan)
     ess = chain.shape[1] * steps / tau
-    return tau, rhat, ess, converged(steps, tau, rhat)
+    return tau, rhat, ess, converged(steps, tau, rhat), labels
 
 
 def sample(
@@ -277,11 +288,11 @@ def sample(
         done += batch
         while kept.shape[2] > STORE:
             kept, thin = kept[:, :, 1::2], 2 * thin
-        tau, rhat, ess, ok = diagnose(kept, thin, done, groups)
+        tau, rhat, ess, ok, labels = diagnose(kept, thin, done, groups)
         stop = ok | (done >= cap)
         if bool(stop.any()):
             out.append(Cohort(active[stop], kept[stop], thin, done, accepted[stop] / (done * w), tau[stop],
-                              rhat[stop], ess[stop], ok[stop]))  # fmt: skip
+                              rhat[stop], ess[stop], ok[stop], labels[stop]))  # fmt: skip
             go = ~stop
             rows = go.repeat_interleave(groups)
             active, kept, accepted, x, lp = active[go], kept[go], accepted[go], x[rows], lp[rows]

@@ -32,7 +32,14 @@ from funcae_cli.inversion.encode import encode_curves, targets_on_grid
 from funcae_cli.inversion.laplace_check import flag_unreliable
 from funcae_cli.inversion.objective import Problem
 from funcae_cli.inversion.physics import Bounds, Fitter, Observations, PhysicsFit, fit_physics, natural_bounds
-from funcae_cli.inversion.posterior import Posterior, Sampling, latent_posterior, physics_posterior, with_rows
+from funcae_cli.inversion.posterior import (
+    Posterior,
+    Sampling,
+    flag_multimodal,
+    latent_posterior,
+    physics_posterior,
+    with_rows,
+)
 from funcae_cli.inversion.prior import log_prior
 from funcae_cli.inversion.regressor import LatentModel
 from funcae_cli.inversion.search import adam, lbfgs
@@ -218,7 +225,8 @@ def invert_batch(
     if density is not None:
         logp = density.log_prob(z_best.double())
         out.log_density, out.density_percentile = _np(logp), _np(density.percentile(logp))
-    obs = _estimate_physics(trained, targets, out, bounds_, o.physics_starts, o.physics_max_iter, seeds, dev)
+    obs = _estimate_physics(trained, targets, out, bounds_, o.physics_starts, o.physics_max_iter, seeds, dev,
+                            alternatives=posterior in ("mcmc", "auto"))  # fmt: skip
     _assess(trained, targets, out, density)
     if posterior != "none":
         if posterior in ("amortized", "auto"):  # the flow's draws, importance-checked (inversion/amortized.py)
@@ -228,11 +236,13 @@ def invert_batch(
             amortized.flag(out.assessment.flags, check)
             if posterior == "auto":
                 _mcmc_where_flagged(trained, targets, out, sampling, seeds, dev)
+                flag_multimodal(out.assessment.flags, out.posterior.multimodal)
             else:
                 out.posterior.warnings.extend(check.warnings)
         else:
             out.posterior = _posterior(trained, targets, out, obs, problem, latent_model, posterior, sampling, seeds)
             flag_unreliable(out.assessment.flags, out.posterior.k_hat)
+            flag_multimodal(out.assessment.flags, out.posterior.multimodal)
         out.assessment.warnings.extend(out.posterior.warnings)
     _sync(dev)
     out.total_seconds = time.perf_counter() - t0
@@ -242,10 +252,11 @@ def invert_batch(
 
 def _estimate_physics(
     trained: Trained, targets: Targets, out: InvertResult, bounds: Bounds | None, starts: int, max_iter: int,
-    seeds: Tensor, dev: torch.device,
+    seeds: Tensor, dev: torch.device, alternatives: bool = False,
 ) -> Observations | None:  # fmt: skip
     """The family's formula fitted to every target from the regressor's estimate (when there is a formula);
-    returns the observations it fitted."""
+    returns the observations it fitted. alternatives: the refit's other starts run to their ends too (for mcmc,
+    whose ensembles start there)."""
     if bounds is None:
         return None
     obs = Observations.of(
@@ -255,7 +266,8 @@ def _estimate_physics(
     if estimate is None:  # no latent model: start in the middle of the bounds
         estimate = bounds.to_units(torch.where(torch.isfinite(bounds.low + bounds.high), (bounds.low + bounds.high) / 2,
                                                0.0))[None].expand(targets.n, -1).numpy()  # fmt: skip
-    fit = fit_physics(trained, obs, torch.as_tensor(estimate), bounds, starts, max_iter, seeds=seeds)
+    fit = fit_physics(trained, obs, torch.as_tensor(estimate), bounds, starts, max_iter, seeds=seeds,
+                      alternatives=alternatives)  # fmt: skip
     out.physics, out.params_est, out.params_source = fit, fit.params, "physics"
     out.physics_objective = fit.objective if obs.chi2 else np.sqrt(fit.objective)
     decoder = torch.as_tensor(out.fit, dtype=torch.float64)
@@ -279,14 +291,10 @@ def _mcmc_where_flagged(
         return
     idx = torch.as_tensor(rows)
     sub = targets.subset(idx)
-    grid = sub.x if sub.x is not None else trained.grid
-    obs = Observations.of(grid, sub.y, sub.yerr, sub.mask, dev)
-    bounds = natural_bounds(trained, "prior")
-    fitter = Fitter(trained, obs, bounds)
-    u = bounds.to_natural(torch.as_tensor(out.params_est[rows])).to(obs.x.device)[:, fitter.free]
-    u = torch.maximum(torch.minimum(u, fitter.hi), fitter.lo)
-    mc = physics_posterior(fitter, u, log_prior(trained.cfg.family), "mcmc", sampling, trained.param_names,
-                           sub.names, seeds[idx])  # fmt: skip
+    obs = Observations.of(sub.x if sub.x is not None else trained.grid, sub.y, sub.yerr, sub.mask, dev)
+    alt = out.physics.alternatives if out.physics is not None else None
+    mc = _physics_posterior(trained, obs, out.params_est[rows], None if alt is None else alt[rows], "mcmc",
+                            sampling, sub.names, seeds[idx])  # fmt: skip
     out.posterior = with_rows(out.posterior, rows, mc, "auto")
     for i in rows:
         out.assessment.flags[i] = [f for f in out.assessment.flags[i] if f not in sent]
@@ -299,6 +307,21 @@ def _mcmc_where_flagged(
     )
 
 
+def _physics_posterior(
+    trained: Trained, obs: Observations, params: np.ndarray, alternatives: np.ndarray | None, kind: str,
+    sampling: Sampling, names: list[str], seeds: Tensor,
+) -> Posterior:  # fmt: skip
+    """The posterior of the formula's parameters of the targets of `obs`, from their fits `params` (n, p) in the
+    family's units and the refit's other optima (n, k, p) natural, or None; inside the prior's support."""
+    bounds = natural_bounds(trained, "prior")  # the prior's support: where the walkers start
+    fitter = Fitter(trained, obs, bounds)
+    u = bounds.to_natural(torch.as_tensor(params)).to(obs.x.device)[:, fitter.free]
+    u = torch.maximum(torch.minimum(u, fitter.hi), fitter.lo)
+    alt = None if alternatives is None else torch.as_tensor(alternatives)[:, :, bounds.free].to(obs.x.device)
+    return physics_posterior(fitter, u, log_prior(trained.cfg.family), kind, sampling, trained.param_names, names,
+                             seeds, alt)  # fmt: skip
+
+
 def _posterior(
     trained: Trained, targets: Targets, out: InvertResult, obs: Observations | None, problem: Problem,
     latent_model: LatentModel | None, kind: str, sampling: Sampling, seeds: Tensor,
@@ -306,12 +329,8 @@ def _posterior(
     """The posterior of the formula's parameters (families with one), else of the latent codes; every draw of
     target i from seeds[i] (seeding.py)."""
     if obs is not None:
-        bounds = natural_bounds(trained, "prior")  # the prior's support: where the walkers start
-        fitter = Fitter(trained, obs, bounds)
-        u = bounds.to_natural(torch.as_tensor(out.params_est)).to(obs.x.device)[:, fitter.free]
-        u = torch.maximum(torch.minimum(u, fitter.hi), fitter.lo)
-        return physics_posterior(fitter, u, log_prior(trained.cfg.family), kind, sampling, trained.param_names,
-                                 targets.names, seeds)  # fmt: skip
+        return _physics_posterior(trained, obs, out.params_est, out.physics.alternatives, kind, sampling,
+                                  targets.names, seeds)  # fmt: skip
     names = trained.param_names or [f"z{j + 1}" for j in range(out.z.shape[1])]
     predict = latent_model.predict if latent_model is not None and trained.param_names else None
     z = torch.as_tensor(out.z, dtype=torch.float32, device=problem.device)

@@ -16,7 +16,11 @@ fit can end on a bound, where the data want to go beyond the prior. A parameter 
 
 Starts: the decoder's estimate, and the `starts - 1` best (lowest objective) of `CANDIDATES` points spread over
 the box (a seeded Latin hypercube, evaluated in one pass); all starts run `SCREEN_ITERATIONS`, then each target
-keeps its best and continues. A parameter is reported on a bound when it ends there and the data pull it
+keeps its best and continues. With `alternatives` (for a posterior) the other starts continue too, to their own
+ends: with the plateau escapes' ends (and a plateau fit an escape replaced), the distinct ones within
+ALTERNATIVE_CHI2 of the best are the target's alternatives (`PhysicsFit.alternatives`, which may be better than
+the best when a start that lost the screen ends lower), so a posterior can start its independent ensembles in
+other good places. A parameter is reported on a bound when it ends there and the data pull it
 outward: moving 1% of the span outward would lower chi^2 by more than 1 (without yerr: the sum of squares by
 more than 0.1%); the prior may be too narrow for that target.
 """
@@ -46,6 +50,11 @@ SPAN_CAP = 10.0  # spread starts in an unbounded coordinate: the training range,
 ESCAPES = 6  # plateau escapes: restarts per target whose fit ends with a parameter on a bound
 PLATEAU_GAIN = 1e-2  # a coordinate is flat when moving it 1% of its span would lower chi^2 by less than this
 LOCAL_MINIMUM_CHI2 = 4.0  # local_minimum: a plateau fit whose restarts end more than this chi^2 apart
+ALTERNATIVES = 4  # alternative optima kept per target (the best first)
+# an alternative within this chi^2 of the best: a mode 25 worse carries ~e^-12.5 of the best's mass unless it is
+# far wider, and an ensemble started there would be spent on it
+ALTERNATIVE_CHI2 = 25.0
+DISTINCT = 1e-3  # two ends are distinct optima when some coordinate differs by more than this fraction of its span
 
 
 @dataclass
@@ -133,6 +142,11 @@ class PhysicsFit:
     bounds: Bounds
     escaped: np.ndarray | None = None  # (n,) bool: a plateau restart found a lower chi^2 than the starts
     local_minimum: np.ndarray | None = None  # (n,) bool: a plateau fit whose restarts disagree (_escape_plateaus)
+    # other optima the starts and restarts ended in, distinct from the best and from each other, within
+    # ALTERNATIVE_CHI2 of it (chi^2 only), best first: (n, ALTERNATIVES, p) all natural coordinates, NaN where a
+    # target has fewer; and their chi^2 (n, ALTERNATIVES), inf where none
+    alternatives: np.ndarray | None = None
+    alternative_objective: np.ndarray | None = None
 
 
 class Fitter:
@@ -289,9 +303,12 @@ def fit_physics(
     max_iter: int = 50,
     seed: int = 0,
     seeds: Tensor | None = None,
+    alternatives: bool = False,
 ) -> PhysicsFit:
     """Fit the family's formula to every target: estimate (n, p) in the family's units is the first start.
-    seeds: (n,) the targets' own seeds (seeding.py; None: from `seed` and each target's points)."""
+    seeds: (n,) the targets' own seeds (seeding.py; None: from `seed` and each target's points). alternatives:
+    continue the other starts to their ends too (~1.4x the refit's time), so that `PhysicsFit.alternatives` holds
+    their optima beside the plateau escapes' (which it always holds): what a posterior's ensembles start from."""
     dev = obs.x.device
     if seeds is None:
         seeds = seeding.seeds_of_points(seed, obs.target, obs.n, [obs.x, obs.y, obs.weight])
@@ -322,10 +339,19 @@ def fit_physics(
     best_row = torch.where(torch.isfinite(st.f), st.f, math.inf).reshape(n_starts, n).argmin(dim=0)  # ties: estimate
     best = keep.gather(0, best_row[None])[0]  # which start won: 0 the estimate, k the k-th spread candidate
     pick = best_row * n + torch.arange(n, device=dev)
+    ends_u, ends_f = [], []  # the other starts' ends and the escapes': candidate alternatives (k, n, q), (k, n)
+    if n_starts > 1 and alternatives:  # the other starts continue apart, to their own ends
+        j = torch.arange(n_starts - 1, device=dev)[:, None]
+        rest = ((j + (j >= best_row[None]).long()) * n + torch.arange(n, device=dev)).reshape(-1)  # start-major
+        alt = _Rows(st.u[rest].clone(), st.f[rest].clone(), st.iters[rest])
+        _run(fitter, alt, rows_of(n_starts - 1)[0], max_iter - SCREEN_ITERATIONS)
+        ends_u.append(alt.u.reshape(n_starts - 1, n, q))
+        ends_f.append(alt.f.reshape(n_starts - 1, n))
     if n_starts > 1:  # each target continues from its best start alone
         st = _Rows(st.u[pick].clone(), st.f[pick].clone(), st.iters[pick])
         _run(fitter, st, obs.target, max_iter - SCREEN_ITERATIONS)
-    escaped, local_minimum = _escape_plateaus(fitter, st, seeds, max_iter)
+    escaped, local_minimum, esc_u, esc_f = _escape_plateaus(fitter, st, seeds, max_iter)
+    alt_u, alt_f = _alternatives(fitter, st, torch.cat([*ends_u, esc_u]), torch.cat([*ends_f, esc_f]))
     return PhysicsFit(
         params=fitter.units(st.u).cpu().numpy(),
         objective=st.f.cpu().numpy(),
@@ -336,7 +362,45 @@ def fit_physics(
         bounds=bounds,
         escaped=escaped.cpu().numpy(),
         local_minimum=local_minimum.cpu().numpy(),
+        alternatives=alt_u.cpu().numpy(),
+        alternative_objective=alt_f.cpu().numpy(),
     )
+
+
+def _alternatives(fitter: Fitter, st: _Rows, u: Tensor, f: Tensor) -> tuple[Tensor, Tensor]:
+    """Per target, the candidate ends u (k, n, q) with objectives f (k, n) that are distinct optima: within
+    ALTERNATIVE_CHI2 of the best fit st (chi^2 only: without yerr none), more than DISTINCT of a span from it and
+    from every better one kept; at most ALTERNATIVES, best first. Returns (n, ALTERNATIVES, p) all natural
+    coordinates (NaN padded) and their objectives (n, ALTERNATIVES) (inf padded). Row by row: the same in any
+    batch."""
+    n, q = st.u.shape
+    out_u = torch.full((n, ALTERNATIVES, q), math.nan, dtype=st.u.dtype, device=st.u.device)
+    out_f = torch.full((n, ALTERNATIVES), math.inf, dtype=st.f.dtype, device=st.u.device)
+    if u.shape[0] == 0 or not fitter.obs.chi2:
+        return _full_natural(fitter, out_u), out_f
+    f = torch.where(torch.isfinite(f), f, math.inf)
+    order = f.argsort(dim=0, stable=True)  # (k, n) best first
+    u = u.gather(0, order[:, :, None].expand(-1, -1, q))
+    f = f.gather(0, order)
+    good = f <= st.f[None] + ALTERNATIVE_CHI2
+    kept = torch.zeros(n, dtype=torch.int64, device=st.u.device)
+    rows = torch.arange(n, device=st.u.device)
+    for c in range(u.shape[0]):  # a handful of candidates, every target at once
+        taken = torch.cat([st.u[:, None], out_u], dim=1)  # (n, 1 + A, q): the best and those kept so far
+        apart = ((u[c][:, None] - taken).abs() / fitter.span > DISTINCT).any(dim=2)  # NaN rows compare False
+        filled = torch.cat([torch.ones(n, 1, dtype=torch.bool, device=st.u.device), torch.isfinite(out_f)], dim=1)
+        new = good[c] & (apart | ~filled).all(dim=1) & (kept < ALTERNATIVES)
+        slot = kept.clamp_max(ALTERNATIVES - 1)
+        out_u[rows[new], slot[new]] = u[c][new]
+        out_f[rows[new], slot[new]] = f[c][new]
+        kept += new.long()
+    return _full_natural(fitter, out_u), out_f
+
+
+def _full_natural(fitter: Fitter, u: Tensor) -> Tensor:
+    """Free natural coordinates (n, A, q) -> all natural coordinates (n, A, p), the fixed ones at their value."""
+    n, a, _ = u.shape
+    return fitter.full(u.reshape(n * a, -1)).reshape(n, a, -1)
 
 
 def _best_start(fitter: Fitter, u_cand: Tensor, f_cand: Tensor, bounds: Bounds) -> PhysicsFit:
@@ -356,8 +420,10 @@ def _best_start(fitter: Fitter, u_cand: Tensor, f_cand: Tensor, bounds: Bounds) 
     )
 
 
-def _escape_plateaus(fitter: Fitter, st: _Rows, seeds: Tensor, max_iter: int) -> tuple[Tensor, Tensor]:
-    """Restart the fits that end on a plateau, in place; returns (escaped, local_minimum), (n,) bool.
+def _escape_plateaus(fitter: Fitter, st: _Rows, seeds: Tensor, max_iter: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Restart the fits that end on a plateau, in place; returns (escaped, local_minimum), (n,) bool, and the
+    ends other than the one kept, as candidate alternatives: u (ESCAPES + 1, n, q) and objectives (ESCAPES + 1, n)
+    (inf for targets that were not stuck; the fit before the restarts where one replaced it).
 
     A fit is stuck when a parameter ends on a bound: there the parameters it governs may no longer matter (a
     vanished disc leaves its scale length free), so the fit can stop where the gradient is ~0 while a massive
@@ -370,6 +436,8 @@ def _escape_plateaus(fitter: Fitter, st: _Rows, seeds: Tensor, max_iter: int) ->
     n, q = st.u.shape
     dev = st.u.device
     none = torch.zeros(n, dtype=torch.bool, device=dev)
+    ends_u = torch.zeros(ESCAPES + 1, n, q, dtype=st.u.dtype, device=dev)
+    ends_f = torch.full((ESCAPES + 1, n), math.inf, dtype=st.f.dtype, device=dev)
     _, g, _ = fitter.gradient(st.u, obs.target, torch.arange(obs.x.shape[0], device=dev))
     eps = ON_BOUND * fitter.span
     at_bound = (st.u <= fitter.lo + eps) | (st.u >= fitter.hi - eps)
@@ -377,7 +445,7 @@ def _escape_plateaus(fitter: Fitter, st: _Rows, seeds: Tensor, max_iter: int) ->
     flat = g.abs() * 0.01 * fitter.span < threshold
     stuck = torch.nonzero(at_bound.any(dim=1) & torch.isfinite(st.f)).squeeze(1)
     if stuck.numel() == 0 or not torch.isfinite(fitter.hi - fitter.lo).all():
-        return none, none
+        return none, none, ends_u, ends_f
     redraw = (at_bound | flat)[stuck]  # (s, q)
     box = latin_hypercubes(seeds[stuck.cpu()], ESCAPES, q).to(dev).transpose(0, 1)  # (E, s, q) in [0, 1]
     u0 = torch.where(redraw, fitter.lo + (fitter.hi - fitter.lo) * box, st.u[stuck])  # (E, s, q)
@@ -402,6 +470,8 @@ def _escape_plateaus(fitter: Fitter, st: _Rows, seeds: Tensor, max_iter: int) ->
     best_e = ends.argmin(dim=0)
     best_f = ends.gather(0, best_e[None])[0]
     first = st.f[stuck].clone()
+    ends_u[:ESCAPES, stuck], ends_f[:ESCAPES, stuck] = esc.u.reshape(ESCAPES, s_n, q), ends
+    ends_u[ESCAPES, stuck], ends_f[ESCAPES, stuck] = st.u[stuck], first  # the fit before the restarts
     better = best_f < first * (1 - 1e-9)
     take = stuck[better]
     pick = (best_e * s_n + torch.arange(s_n, device=dev))[better]
@@ -416,7 +486,7 @@ def _escape_plateaus(fitter: Fitter, st: _Rows, seeds: Tensor, max_iter: int) ->
     apart = (all_f.amax(dim=0).clamp_max(1e300) - lowest) > tol
     local_minimum = none.clone()
     local_minimum[stuck[apart & (agree < 2)]] = True
-    return escaped, local_minimum
+    return escaped, local_minimum, ends_u, ends_f
 
 
 def _on_bound(fitter: Fitter, u: Tensor) -> Tensor:

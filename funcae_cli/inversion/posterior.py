@@ -10,16 +10,26 @@ prior (objective.py), the parameters then following each sample through the regr
   estimated from the fit (RSS / (m - q)), as for any nonlinear least squares. It ignores the prior's hard bounds:
   its coverage is measured (funcae validate), not assumed.
 - `mcmc`: the affine-invariant ensemble sampler of ensemble.py (stretch, differential-evolution and kernel-density
-  moves) on one tensor of walkers, each target's walkers split into `groups` independent ensembles. Walkers start
-  around the optimum (Laplace's Gaussian, widened, reflected into the prior's support); the first `burn` steps are
-  discarded. Seeded per target: every draw (the walkers' starts, the moves, Laplace's draws and its resample) comes
-  from the target's own seed (seeding.py; invert.py's `seeds`), so a target's samples are the same alone or in any
-  batch.
+  moves) on one tensor of walkers, each target's walkers split into `groups` independent ensembles. The ensembles
+  start apart (formula families): ensemble 0 around the optimum (Laplace's Gaussian, widened, reflected into the
+  prior's support), the others around the refit's other distinct optima (physics.py's alternatives) and, where
+  there are fewer of those than ensembles, the last one from the prior's box (the best, by log posterior, of
+  BOX_POOL uniform draws per walker that are not next to the optimum), so that a mode the refit missed shows up;
+  the first `burn` steps are discarded.
+  Seeded per target: every draw (the walkers' starts, the moves, Laplace's draws and its resample, the modes'
+  importance draws) comes from the target's own seed (seeding.py; invert.py's `seeds`), so a target's samples are
+  the same alone or in any batch.
+
+Modes (modes.py): after sampling, the ensembles of a target are clustered by where they settled. Where they
+settled apart, each mode's mass is estimated by importance sampling, the modes with less than 1% of it are
+dropped, and the draws (quantiles, correlations, samples) are those of the mixture of the rest, each mode by its
+weight; a target with two or more such modes is `multimodal` (each mode's weight and medians reported, a warning
+names it). R-hat is judged within modes: separate, well-sampled modes alone do not make a target unconverged.
 
 Convergence per target and parameter (diagnostics.py): rank-normalized split R-hat across the target's independent
-ensembles, the integrated autocorrelation time tau (emcee's estimator, c = 5) and ESS = walkers x steps / tau. With
-`steps="auto"` each target runs until steps >= 50 tau and R-hat < 1.01 for every parameter, or `max_steps`; the
-targets that did not get there are `unconverged` and named in a warning.
+ensembles (of each mode: modes.py), the integrated autocorrelation time tau (emcee's estimator, c = 5) and ESS =
+walkers x steps / tau. With `steps="auto"` each target runs until steps >= 50 tau and R-hat < 1.01 for every
+parameter, or `max_steps`; the targets that did not get there are `unconverged` and named in a warning.
 """
 
 from __future__ import annotations
@@ -34,12 +44,18 @@ import torch
 from torch import Tensor
 
 from funcae_cli.inversion import seeding
+from funcae_cli.inversion.assess import NAMED_IN_WARNING
 from funcae_cli.inversion.diagnostics import RHAT_MAX, TAU_FACTOR
-from funcae_cli.inversion.ensemble import CHECK, Cohort, covariance, sample
+from funcae_cli.inversion.ensemble import CHECK, Cohort, by_group, covariance, sample
 from funcae_cli.inversion.laplace_check import check_laplace, gaussian_draws_with_log_q
+from funcae_cli.inversion.modes import KHAT_MAX as MODES_KHAT_MAX
+from funcae_cli.inversion.modes import MIN_WEIGHT, count, resample, sample_weights, weigh
 from funcae_cli.inversion.physics import Fitter
 
 INIT_WIDEN = 1.5  # walkers start from Laplace's Gaussian with this many times its standard deviations
+BOX_POOL = 8  # the prior's box ensemble starts at the best of this many uniform draws per walker in the box
+BOX_AWAY = 5.0  # ... of those more than this many of Laplace's standard deviations from the optimum
+MULTIMODAL = "multimodal"  # the flag of a target whose posterior has two or more modes of >= 1% of the mass each
 # The samplers' likelihood of a formula family in float32: chi^2 to ~1e-6 relative, far below what an acceptance
 # ratio resolves, and ~1.7x faster than float64 on a CPU (the optimum and Laplace stay in float64).
 LIKELIHOOD_DTYPE = torch.float32
@@ -55,14 +71,20 @@ class Posterior:
     samples: np.ndarray  # (n, s, p) float32 draws, in the family's units
     quantiles: dict[str, np.ndarray]  # QUANTILES keys -> (n, p)
     corr: np.ndarray  # (n, p, p) correlations of the sampled coordinates (natural: log10 for scale parameters)
-    rhat: np.ndarray | None = None  # (n, q) mcmc only, of the sampled coordinates: R-hat across the ensembles
-    ess: np.ndarray | None = None  # (n, q)
+    rhat: np.ndarray | None = None  # (n, q) mcmc only, of the sampled coordinates: R-hat across the ensembles of
+    # each mode, the worst mode's (modes.within_rhat)
+    ess: np.ndarray | None = None  # (n, q) walkers x steps / tau, times the share of the ensembles in kept modes
     tau: np.ndarray | None = None  # (n, q) integrated autocorrelation time, in steps
     steps: np.ndarray | None = None  # (n,) steps run after burn-in
     unconverged: np.ndarray | None = None  # (n,) bool: stopped by the cap (or a fixed --steps) before converging
     acceptance: np.ndarray | None = None  # (n,)
     k_hat: np.ndarray | None = None  # (n,) laplace: Pareto k-hat of its importance weights (laplace_check.py)
     source: np.ndarray | None = None  # (n,) str, posterior auto: which posterior each target got (with_rows)
+    multimodal: np.ndarray | None = None  # (n,) mcmc: two or more modes carry >= 1% of the mass each (modes.py)
+    # (n, groups) mcmc: each mode's share of the mass, modes in the order of their first ensemble, NaN where a target
+    # has fewer modes (one mode: [1, NaN...]); a mode below 1% is reported but not in the draws
+    mode_weight: np.ndarray | None = None
+    mode_median: np.ndarray | None = None  # (n, groups, p) each mode's medians in the family's units, NaN likewise
     warnings: list[str] = field(default_factory=list)
 
 
@@ -94,40 +116,126 @@ def summarize(
 
 def from_chains(
     cohorts: list[Cohort], n: int, names: list[str], to_units: Callable[[Tensor], Tensor], target_names: list[str],
-    keep: int, cap: str, limit: int | None = None, least: int | None = None,
+    keep: int, cap: str, log_density: Callable[[Tensor, Tensor], Tensor], seeds: Tensor, limit: int | None = None,
+    least: int | None = None,
 ) -> Posterior:  # fmt: skip
     """The posterior of n targets from the sampler's cohorts (ensemble.sample): per cohort its quantiles,
     correlations, `keep` draws (evenly spaced; fewer if a chain is shorter) and diagnostics, scattered back to the
-    targets' rows. cap: how the user raises the cap, for the warning; limit: quantiles from at most this many draws
-    (evenly thinned) where to_units is costly; least: the steps every chain stores at least, whatever its batch
-    (then `keep` is bounded by it rather than by the batch's shortest chain, so a target's draws are its own)."""
+    targets' rows; a target whose ensembles settled in separate modes: those of its modes' weighted mixture
+    (modes.py; log_density: the sampled log density of rows (r, q) and their targets (r,), seeds (n,) the
+    targets' own). cap: how the user raises the cap, for the warning; limit: quantiles from at most this many
+    draws (evenly thinned) where to_units is costly; least: the steps every chain stores at least, whatever its
+    batch (then `keep` is bounded by it rather than by the batch's shortest chain, so a target's draws are its
+    own)."""
     w = cohorts[0].chain.shape[1]
     keep = min([keep, *(c.chain.shape[2] * w for c in cohorts)] if least is None else [keep, least * w])
     parts = []
     for c in cohorts:
-        flat = c.chain.double().reshape(c.chain.shape[0], -1, c.chain.shape[3])
-        pick = torch.linspace(0, flat.shape[1] - 1, keep).round().long()
-        some = flat if limit is None else flat[:, :: max(1, flat.shape[1] // limit)]
-        parts.append((c, summarize("mcmc", names, some, to_units, keep), to_units(flat[:, pick])))
+        mix = _Mixture.of(c, to_units, log_density, seeds)
+        pick = torch.linspace(0, mix.draws.shape[1] - 1, keep).round().long()
+        some = mix.draws if limit is None else mix.draws[:, :: max(1, mix.draws.shape[1] // limit)]
+        parts.append((c, mix, summarize("mcmc", names, some, to_units, keep), to_units(mix.draws[:, pick])))
     order = torch.cat([c.targets for c in cohorts]).argsort()
 
     def stack(values: list[Any]) -> np.ndarray:
         return torch.cat([torch.as_tensor(np.asarray(v)) for v in values])[order].numpy()
 
     out = Posterior(
-        "mcmc", names, stack([d.float() for _, _, d in parts]),
-        {k: stack([p.quantiles[k] for _, p, _ in parts]) for k in QUANTILES}, stack([p.corr for _, p, _ in parts]),
-        rhat=stack([c.rhat for c, _, _ in parts]), ess=stack([c.ess for c, _, _ in parts]),
-        tau=stack([c.tau for c, _, _ in parts]), steps=stack([torch.full((len(c.targets),), c.steps) for c in cohorts]),
+        "mcmc", names, stack([d.float() for *_, d in parts]), {k: stack([p.quantiles[k] for _, _, p, _ in parts])
+        for k in QUANTILES}, stack([p.corr for _, _, p, _ in parts]), rhat=stack([c.rhat for c in cohorts]),
+        ess=stack([c.ess * m.share[:, None] for c, m, _, _ in parts]), tau=stack([c.tau for c in cohorts]),
+        steps=stack([torch.full((len(c.targets),), c.steps) for c in cohorts]),
         unconverged=stack([~c.converged for c in cohorts]), acceptance=stack([c.acceptance for c in cohorts]),
+        multimodal=stack([m.multimodal for _, m, _, _ in parts]), mode_weight=stack([m.weight for _, m, _, _ in parts]),
+        mode_median=stack([m.median for _, m, _, _ in parts]),
     )  # fmt: skip
     hit = [target_names[i] for i in np.nonzero(out.unconverged)[0]]
     if hit:
         more = f" and {len(hit) - 5} more" if len(hit) > 5 else ""
         out.warnings.append(
             f"the MCMC chains of {', '.join(hit[:5])}{more} stopped at {cap} before converging (R-hat >= {RHAT_MAX} "
-            f"across their independent ensembles, or fewer than {TAU_FACTOR} autocorrelation times): their intervals "
-            "may be wrong; raise the cap"
+            f"across the independent ensembles of a mode, or fewer than {TAU_FACTOR} autocorrelation times): their "
+            "intervals may be wrong; raise the cap"
+        )
+    out.warnings.extend(_mode_warnings(out, stack([m.k_hat for _, m, _, _ in parts]), target_names))
+    return out
+
+
+@dataclass
+class _Mixture:
+    """A cohort's modes (modes.py), per target."""
+
+    draws: Tensor  # (k, S, q) the chains' draws flattened walker-major; several modes: their weighted mixture's
+    multimodal: Tensor  # (k,) bool
+    weight: Tensor  # (k, groups) each mode's weight (Posterior.mode_weight)
+    median: Tensor  # (k, groups, p) each mode's medians in units
+    share: Tensor  # (k,) the share of the ensembles in kept modes (the ESS of the draws scales with it)
+    k_hat: Tensor  # (k,) Pareto k-hat of the modes' importance weights, NaN for one mode
+
+    @classmethod
+    def of(
+        cls, c: Cohort, to_units: Callable[[Tensor], Tensor], log_density: Callable[[Tensor, Tensor], Tensor],
+        seeds: Tensor,
+    ) -> _Mixture:  # fmt: skip
+        """Targets of one mode take none of this (their draws are the chains' own); the few of several modes are
+        weighed, resampled and their modes' medians taken (a per-target loop)."""
+        k, w, s, q = c.chain.shape
+        flat = c.chain.double().reshape(k, w * s, q)
+        groups = c.labels.shape[1]
+        p = to_units(flat[:1, :1]).shape[2]
+        weight = torch.full((k, groups), math.nan, dtype=torch.float64)
+        weight[:, 0] = 1.0
+        nan = torch.full((k, groups, p), math.nan, dtype=torch.float64)
+        out = cls(flat, torch.zeros(k, dtype=torch.bool), weight, nan, torch.ones(k, dtype=torch.float64),
+                  torch.full((k,), math.nan, dtype=torch.float64))  # fmt: skip
+        several = torch.nonzero(count(c.labels) > 1).squeeze(1)
+        if several.numel() == 0:
+            return out
+        grouped, labels, own = by_group(c.chain[several], groups), c.labels[several], seeds[c.targets[several]]
+        found = weigh(grouped, labels, log_density, c.targets[several], own)
+        out.weight[several], out.k_hat[several] = found.weight, found.k_hat
+        out.multimodal[several] = found.multimodal()
+        out.draws = flat.clone()
+        out.draws[several] = resample(flat[several], sample_weights(labels, found.weight, w // groups, s), own)
+        out.share[several] = found.kept().gather(1, labels).double().mean(dim=1)
+        for j, i in enumerate(several.tolist()):  # each mode's medians (natural coordinates -> units)
+            for mode in labels[j].unique().tolist():
+                draws = grouped[j, labels[j] == mode].reshape(-1, q).double()
+                out.median[i, mode] = to_units(draws.median(dim=0).values[None, None])[0, 0]
+        return out
+
+
+def flag_multimodal(flags: list[list[str]], multimodal: np.ndarray | None) -> None:
+    """Add MULTIMODAL to the flags (per target) of the multimodal targets."""
+    if multimodal is None:
+        return
+    for i in np.nonzero(multimodal)[0]:
+        flags[i].append(MULTIMODAL)
+
+
+def _mode_warnings(post: Posterior, k_hat: np.ndarray, names: list[str]) -> list[str]:
+    """A warning naming the multimodal targets (with their modes' weights); one naming those whose modes' weights
+    rest on importance weights with k-hat >= modes.KHAT_MAX."""
+    out = []
+    hit = np.nonzero(post.multimodal)[0]
+    if hit.size:
+        shown = []
+        for i in hit[:NAMED_IN_WARNING]:
+            w = post.mode_weight[i][post.mode_weight[i] >= MIN_WEIGHT]
+            shown.append(f"{names[i]} ({' / '.join(f'{v:.0%}' for v in sorted(w, reverse=True))})")
+        more = f" and {hit.size - NAMED_IN_WARNING} more" if hit.size > NAMED_IN_WARNING else ""
+        out.append(
+            f"the posteriors of {', '.join(shown)}{more} have separate modes, each with >= {MIN_WEIGHT:.0%} of the "
+            f"mass ({MULTIMODAL}): their intervals span the modes; each mode's weight and medians are in the "
+            "per-target record (posterior_modes)"
+        )
+    shaky = np.nonzero(k_hat >= MODES_KHAT_MAX)[0]
+    if shaky.size:
+        shown_k = ", ".join(f"{names[i]} (k-hat {k_hat[i]:.2g})" for i in shaky[:NAMED_IN_WARNING])
+        more = f" and {shaky.size - NAMED_IN_WARNING} more" if shaky.size > NAMED_IN_WARNING else ""
+        out.append(
+            f"the weights of the posterior modes of {shown_k}{more} are uncertain (their importance weights have "
+            f"Pareto k-hat >= {MODES_KHAT_MAX}: a mode is not Gaussian enough for its estimate)"
         )
     return out
 
@@ -164,6 +272,9 @@ def with_rows(base: Posterior, rows: np.ndarray, other: Posterior, kind: str) ->
         ess=merged(base.ess, other.ess, np.nan), tau=merged(base.tau, other.tau, np.nan),
         steps=merged(base.steps, other.steps, 0), unconverged=merged(base.unconverged, other.unconverged, False),
         acceptance=merged(base.acceptance, other.acceptance, np.nan), k_hat=base.k_hat, source=source,
+        multimodal=merged(base.multimodal, other.multimodal, False),
+        mode_weight=merged(base.mode_weight, other.mode_weight, np.nan),
+        mode_median=merged(base.mode_median, other.mode_median, np.nan),
         warnings=base.warnings + other.warnings,
     )  # fmt: skip
 
@@ -264,13 +375,58 @@ def _start_walkers(mean: Tensor, cov: Tensor, walkers: int, lo: Tensor, hi: Tens
     return torch.where(inside, x, box)
 
 
+def _reflect(x: Tensor, lo: Tensor, hi: Tensor) -> Tensor:
+    for _ in range(2):
+        x = torch.where(x < lo, 2 * lo - x, x)
+        x = torch.where(x > hi, 2 * hi - x, x)
+    return torch.where((x >= lo) & (x <= hi), x, 0.5 * (lo + hi))
+
+
+def _spread_groups(
+    x: Tensor, mean: Tensor, cov: Tensor, alternatives: Tensor | None, groups: int, lo: Tensor, hi: Tensor,
+    per_row: Callable[[Tensor, Tensor], Tensor], seeds: Tensor,
+) -> Tensor:  # fmt: skip
+    """The walkers x (n, W, q) around the optimum mean (n, q) (_start_walkers), their groups moved apart, each
+    with its offsets from the optimum (reflected into the box lo, hi (n, 1, q)) so that all its walkers start in
+    one place: group 0 stays; group j >= 1 goes to the target's j-th alternative optimum (alternatives (n, A, q),
+    NaN where a target has fewer), except that where a target has fewer than groups - 1 alternatives its last
+    group goes to the best (log posterior per_row) of BOX_POOL x W uniform draws in the box (stream "walkers"
+    from 3 W q) that lie more than BOX_AWAY of Laplace's standard deviations (cov (n, q, q)) from the optimum,
+    which group 0 covers already (the best of all where none does); the rest stay around the optimum."""
+    n, w, q = x.shape
+    wg = w // groups
+    have = torch.zeros(n, dtype=torch.int64) if alternatives is None else torch.isfinite(alternatives).all(2).sum(1)
+    short = have < groups - 1
+    centre = mean[:, None].expand(n, groups, q).clone()  # (n, groups, q) where each group starts
+    for j in range(1, groups if alternatives is not None else 1):
+        use = (have >= j) & ~(short & (j == groups - 1))
+        centre[use, j] = alternatives[use, j - 1]
+    rows = torch.nonzero(short).squeeze(1)
+    if rows.numel() and groups > 1:
+        pool = BOX_POOL * w
+        u = seeding.uniform(seeds[rows], "walkers", (pool, q), 3 * w * q).to(x.dtype)
+        cand = lo[rows] + (hi[rows] - lo[rows]) * u  # (r, pool, q)
+        lp = per_row(cand.reshape(-1, q), rows.repeat_interleave(pool)).reshape(-1, pool)
+        lp = torch.where(torch.isnan(lp), -math.inf, lp)
+        chol, _ = torch.linalg.cholesky_ex(cov[rows])
+        d = torch.linalg.solve_triangular(chol, (cand - mean[rows, None]).transpose(1, 2), upper=False)
+        far = torch.where(d.square().sum(dim=1) > BOX_AWAY**2, lp, -math.inf)
+        best = torch.where(torch.isfinite(far).any(dim=1, keepdim=True), far, lp).argmax(dim=1)  # ties: the first
+        centre[rows, groups - 1] = cand[torch.arange(rows.shape[0]), best]
+    moved = x - mean[:, None] + centre.repeat_interleave(wg, dim=1)
+    return torch.where((centre == mean[:, None]).all(dim=2).repeat_interleave(wg, dim=1)[..., None], x,
+                       _reflect(moved, lo, hi))  # fmt: skip
+
+
 def physics_posterior(
     fitter: Fitter, u_opt: Tensor, log_prior: Callable[[Tensor], Tensor], kind: str, sampling: Sampling,
-    names: list[str], target_names: list[str], seeds: Tensor,
+    names: list[str], target_names: list[str], seeds: Tensor, alternatives: Tensor | None = None,
 ) -> Posterior:  # fmt: skip
     """The posterior of a formula family's free parameters (natural coordinates u, (n, q) at the optimum): the
     formula's chi^2 as -2 log likelihood (fitter: physics.Fitter), the run's prior (prior.log_prior of the full
-    natural vector). Reported in the family's units. seeds (n,): the targets' own (seeding.py)."""
+    natural vector). Reported in the family's units. seeds (n,): the targets' own (seeding.py). alternatives
+    (n, A, q): other optima of the refit (physics.PhysicsFit.alternatives, free coordinates, NaN where none),
+    where mcmc's other ensembles start."""
     obs = fitter.obs
     n, q = u_opt.shape
     all_points = torch.arange(obs.x.shape[0], device=obs.x.device)
@@ -318,8 +474,9 @@ def physics_posterior(
     lo = torch.where(torch.isfinite(lo), lo, u_opt - 10)[:, None]  # (n, 1, q): a target's own box
     hi = torch.where(torch.isfinite(hi), hi, u_opt + 10)[:, None]
     x0 = _start_walkers(u_opt, cov, sampling.walkers, lo, hi, seeds)
+    x0 = _spread_groups(x0, u_opt, cov, alternatives, sampling.groups, lo, hi, per_row, seeds)
     cohorts = sampling.run(per_row, x0, seeds)
-    return from_chains(cohorts, n, names, units, target_names, sampling.draws, sampling.cap,
+    return from_chains(cohorts, n, names, units, target_names, sampling.draws, sampling.cap, per_row, seeds,
                        least=sampling.least_stored)  # fmt: skip
 
 
@@ -353,5 +510,5 @@ def latent_posterior(
     big = torch.full((d,), math.inf, dtype=torch.float64)
     x0 = _start_walkers(mean, cov, sampling.walkers, -big, big, seeds)
     cohorts = sampling.run(per_row, x0, seeds)
-    return from_chains(cohorts, n, names, units, target_names, sampling.draws, sampling.cap, sampling.draws,
-                       sampling.least_stored)  # fmt: skip
+    return from_chains(cohorts, n, names, units, target_names, sampling.draws, sampling.cap, per_row, seeds,
+                       sampling.draws, sampling.least_stored)  # fmt: skip

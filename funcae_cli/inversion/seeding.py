@@ -26,8 +26,9 @@ MIX1 = -4658895280553007687  # 0xBF58476D1CE4E5B9
 MIX2 = -7723592293110705685  # 0x94D049BB133111EB
 # Independent uses of a target's seed. The posteriors' layout: "walkers" the MCMC starts (normals, then the
 # uniforms that put a walker outside the box back in it), "moves" and "kernel" the ensemble's uniforms and normals
-# (ensemble.py documents its counters), "laplace" Laplace's Gaussian draws, "resample" the importance resample.
-STREAMS = {"latent": 1, "physics": 2, "walkers": 3, "moves": 4, "kernel": 5, "laplace": 6, "resample": 7}
+# (ensemble.py documents its counters), "laplace" Laplace's Gaussian draws, "resample" the importance resample,
+# "modes" the modes' importance draws and their mixture's resample (modes.py).
+STREAMS = {"latent": 1, "physics": 2, "walkers": 3, "moves": 4, "kernel": 5, "laplace": 6, "resample": 7, "modes": 8}
 
 
 def _i64(v: int) -> int:

@@ -11,6 +11,7 @@ from funcae_cli.data.formulas import FORMULAS
 from funcae_cli.files import finite_or_none
 from funcae_cli.inversion.assess import FLAGS
 from funcae_cli.inversion.invert import InvertResult
+from funcae_cli.inversion.modes import MIN_WEIGHT
 from funcae_cli.inversion.posterior import QUANTILES, Posterior
 from funcae_cli.inversion.targets import Targets
 from funcae_cli.store.trained import Trained
@@ -130,6 +131,11 @@ def _posterior_row(post: Posterior, i: int) -> dict[str, Any]:
         out["posterior_acceptance"] = float(post.acceptance[i])
         out["posterior_steps"] = int(post.steps[i])
         out["posterior_unconverged"] = bool(post.unconverged[i])
+    if post.multimodal is not None and sampled:
+        out["posterior_multimodal"] = bool(post.multimodal[i])
+        modes = _modes_row(post, i)
+        if len(modes) > 1:  # the ensembles settled in separate modes: each one's weight and medians
+            out["posterior_modes"] = modes
     if post.k_hat is not None:
         out["k_hat"] = finite_or_none(post.k_hat[i])
     if post.source is not None:
@@ -137,11 +143,23 @@ def _posterior_row(post: Posterior, i: int) -> dict[str, Any]:
     return out
 
 
+def _modes_row(post: Posterior, i: int) -> list[dict[str, Any]]:
+    """Target i's posterior modes, heaviest first: weight, whether the draws include it (>= 1% of the mass) and
+    the medians of its parameters."""
+    weight = post.mode_weight[i]
+    found = [j for j in np.argsort(-np.nan_to_num(weight, nan=-1.0), kind="stable") if np.isfinite(weight[j])]
+    return [
+        {"weight": float(weight[j]), "in_draws": bool(weight[j] >= MIN_WEIGHT),
+         "median": {name: finite_or_none(v) for name, v in zip(post.names, post.mode_median[i, j])}}
+        for j in found
+    ]  # fmt: skip
+
+
 def posterior_columns(post: Posterior) -> list[str]:
     stats = list(QUANTILES) + (["rhat", "ess", "tau"] if post.rhat is not None else [])
     return (
         [f"{name}_{s}" for name in post.names for s in stats]
-        + (["mcmc_steps", "mcmc_unconverged"] if post.rhat is not None else [])
+        + (["mcmc_steps", "mcmc_unconverged", "mcmc_modes", "mcmc_multimodal"] if post.rhat is not None else [])
         + (["k_hat"] if post.k_hat is not None else [])
         + (["posterior_source"] if post.source is not None else [])
     )
@@ -152,7 +170,9 @@ def posterior_cells(post: Posterior, i: int) -> list[Any]:
     for j in range(len(post.names)):
         cells += [post.quantiles[k][i, j] for k in QUANTILES]
         cells += [post.rhat[i, j], post.ess[i, j], post.tau[i, j]] if post.rhat is not None else []
-    cells += [int(post.steps[i]), bool(post.unconverged[i])] if post.rhat is not None else []
+    if post.rhat is not None:
+        modes = int((post.mode_weight[i] >= MIN_WEIGHT).sum()) if post.mode_weight is not None else 1
+        cells += [int(post.steps[i]), bool(post.unconverged[i]), modes, bool(post.multimodal[i])]
     cells += [post.k_hat[i]] if post.k_hat is not None else []
     return cells + ([str(post.source[i])] if post.source is not None else [])
 
@@ -227,6 +247,7 @@ def summarize(res: InvertResult, targets: Targets, names: list[str]) -> dict[str
         if post.rhat is not None:
             out["posterior"].update(rhat_max=float(np.nanmax(post.rhat)), ess_min=float(np.nanmin(post.ess)),
                                     ess_median=float(np.nanmedian(post.ess)), unconverged=int(post.unconverged.sum()),
+                                    multimodal=int(post.multimodal.sum()),
                                     steps_median=float(np.median(post.steps)), steps_max=int(post.steps.max()),
                                     acceptance_median=float(np.nanmedian(post.acceptance)))  # fmt: skip
         if post.k_hat is not None:

@@ -73,7 +73,7 @@ def run_validate(
     noise = NoiseModel(points=tuple(o.points), frac=(o.noise, o.noise))
     observations = simulate(fam, trained.cfg.family.options, trained.grid.numpy(), truth, noise, seed, "sim")
     lm, _ = latent_model_for(trained)
-    draws, flagged, unconverged, k_hats, by_mcmc = [], [], 0, [], 0
+    draws, flagged, unconverged, multimodal, k_hats, by_mcmc = [], [], 0, 0, [], 0
     for a in range(0, o.n, CHUNK):
         res = invert_batch(trained, pad(observations[a : a + CHUNK], "validate"), inv, lm, flow)
         draws.append(res.posterior.samples)
@@ -85,6 +85,7 @@ def run_validate(
         if res.posterior.unconverged is not None:  # mcmc: stopped by its cap before converging
             bad = res.posterior.unconverged
             unconverged, flagged[-1] = unconverged + int(bad.sum()), bad
+            multimodal += int(np.sum(res.posterior.multimodal))  # two or more modes of >= 1% of the mass each
         if on_chunk:
             on_chunk(min(a + CHUNK, o.n), o.n)
     log10, draws = fam.log_scale(), np.concatenate(draws)
@@ -118,6 +119,7 @@ def run_validate(
             for c, lg in zip(calib, log10)
         },
         unconverged_targets=unconverged if o.posterior in ("mcmc", "auto") else None,
+        multimodal_targets=multimodal if o.posterior in ("mcmc", "auto") else None,
         mcmc_targets=by_mcmc if o.posterior == "auto" else None,  # auto: the targets its check sent to mcmc
         k_hat_below=_k_hat_below(np.concatenate(k_hats)),
         tarp=_tarp_record(joint),
