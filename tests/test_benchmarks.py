@@ -18,7 +18,7 @@ def test_every_benchmark_row_runs_at_tiny_scale(tmp_path: Path) -> None:
     for name in ("generate", "training epoch", "notebook quality", "memory", "PCA", "sweep trials per minute"):
         assert name in text
     assert "| row | funcae | notebook-style | ratio | target |" in text
-    assert "step engine: native" in text and "native kernels:" in text
+    assert "step engine: " in text and "native kernels:" in text  # which engine wins is measured, not assumed
 
 
 def test_unknown_row_is_a_usage_error() -> None:

@@ -30,7 +30,7 @@ BAD = [
     ("invert", "method", "newton", "newton", "expected one of encoder, nelder-mead, lbfgs, adam, got 'newton'"),
     ("invert", "prior", "flat", "flat", "expected one of density, none, got 'flat'"),
     ("invert", "bounds", "box", "box", "expected one of prior, domain, got 'box'"),
-    ("invert", "posterior", "hmc", "hmc", "expected one of none, laplace, mcmc, amortized, got 'hmc'"),
+    ("invert", "posterior", "hmc", "hmc", "expected one of none, laplace, mcmc, amortized, auto, got 'hmc'"),
     ("invert", "draws", "3", 3, "must be >= 10, got 3"),
     ("invert", "physics_starts", None, 0, "must be >= 1, got 0"),
     ("invert", "physics_max_iter", None, 0, "must be >= 1, got 0"),
@@ -42,7 +42,7 @@ BAD = [
     ("validate", "noise", "1.5", 1.5, "must be < 1, got 1.5"),
     ("validate", "noise", "0", 0.0, "must be > 0, got 0.0"),
     ("validate", "require_coverage", "2", 2.0, "must be < 1, got 2.0"),
-    ("validate", "posterior", "none", "none", "expected one of laplace, mcmc, amortized, got 'none'"),
+    ("validate", "posterior", "none", "none", "expected one of laplace, mcmc, amortized, auto, got 'none'"),
     ("validate", "compare_mcmc", "-1", -1, "must be >= 0, got -1"),
 ]
 RECORDS = {"invert": InvertConfig, "sample": SampleConfig, "validate": ValidateConfig}

@@ -27,7 +27,7 @@ from .conftest import REPO
 pytestmark = pytest.mark.slow
 
 WORKERS = 4
-ROUNDS = 5
+ROUNDS = 3  # 12 starts together: the race this guards against failed 5 of 16 starts (issue 25)
 TRIALS = 4
 SWEEP = {
     "base": "../smoke.yaml",

@@ -256,7 +256,10 @@ def test_log_transform_requires_positive_data(workdir: Path, cli) -> None:
 LONG = ["--set", "train.epochs=400", "--set", "data.n=3000", "--no-plots"]
 
 
-def _uninterrupted(tmp: Path) -> Path:
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The LONG run trained without interruption, once for the module's interrupt tests (read-only)."""
+    tmp = tmp_path_factory.mktemp("uninterrupted")
     r = _run("train", str(CONFIGS / "smoke.yaml"), "--run-dir", "runs/full", "-q", *LONG, cwd=tmp)
     assert r.returncode == 0, r.stderr
     return tmp / "runs/full"
@@ -271,8 +274,8 @@ def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 60) -> None:
 
 
 @pytest.mark.slow
-def test_sigkill_then_resume_equals_uninterrupted(tmp_path: Path) -> None:
-    full = _uninterrupted(tmp_path)
+def test_sigkill_then_resume_equals_uninterrupted(tmp_path: Path, uninterrupted: Path) -> None:
+    full = uninterrupted
     p = _funcae("train", str(CONFIGS / "smoke.yaml"), "--run-dir", "runs/k", "-q", *LONG, cwd=tmp_path)
     last = tmp_path / "runs/k/checkpoints/last.pt"
     _wait_for(last, p)
@@ -290,8 +293,8 @@ def test_sigkill_then_resume_equals_uninterrupted(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("sig,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
-def test_signal_saves_exits_and_resumes_exactly(tmp_path: Path, sig: int, code: int) -> None:
-    full = _uninterrupted(tmp_path)
+def test_signal_saves_exits_and_resumes_exactly(tmp_path: Path, sig: int, code: int, uninterrupted: Path) -> None:
+    full = uninterrupted
     p = _funcae("train", str(CONFIGS / "smoke.yaml"), "--run-dir", "runs/s", *LONG, cwd=tmp_path)
     _wait_for(tmp_path / "runs/s/checkpoints/last.pt", p)
     time.sleep(0.5)
