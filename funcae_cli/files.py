@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import math
 import os
 import shutil
 import tempfile
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,13 +25,26 @@ FILE_MODE = 0o666 & ~_umask()  # what open() would give; mkstemp alone gives 060
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write to a temp file in the same folder, fsync, then os.replace: never half-written."""
+    _atomic_write(path, [data])
+
+
+def atomic_write_chunks(path: str | Path, chunks: Iterable[str]) -> None:
+    """atomic_write_text of the text pieces `chunks` yields, written as they come (joined in blocks of 16384
+    pieces: JSON comes in tiny ones): a file of any size never held in memory whole."""
+    pieces = iter(chunks)
+    blocks = iter(lambda: list(itertools.islice(pieces, 1 << 14)), [])
+    _atomic_write(path, ("".join(block).encode() for block in blocks))
+
+
+def _atomic_write(path: str | Path, blocks: Iterable[bytes]) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         os.fchmod(fd, FILE_MODE)
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            for block in blocks:
+                f.write(block)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -84,8 +99,13 @@ def json_text(obj: Any) -> str:
     return json.dumps(obj, indent=2, default=json_default) + "\n"
 
 
+def json_chunks(obj: Any) -> Iterator[str]:
+    """json_text(obj) in pieces (the same text), so that a large record is written without its text in memory."""
+    return itertools.chain(json.JSONEncoder(indent=2, default=json_default).iterencode(obj), ["\n"])
+
+
 def atomic_write_json(path: str | Path, obj: Any) -> None:
-    atomic_write_text(path, json_text(obj))
+    atomic_write_chunks(path, json_chunks(obj))
 
 
 def finite_or_none(v: float) -> float | None:
@@ -116,10 +136,15 @@ def csv_cell(v: Any, float_format: str = ".9g") -> str:
     return text
 
 
-def csv_text(header: list[str], rows: list[list[Any]], float_format: str = ".9g") -> str:
+def csv_text(header: list[str], rows: Iterable[list[Any]], float_format: str = ".9g") -> str:
     """A table as CSV text: the one writer of every CSV funcae produces."""
-    lines = [",".join(csv_cell(v, float_format) for v in row) for row in [header, *rows]]
-    return "\n".join(lines) + "\n"
+    return "".join(csv_lines(header, rows, float_format))
+
+
+def csv_lines(header: list[str], rows: Iterable[list[Any]], float_format: str = ".9g") -> Iterator[str]:
+    """csv_text line by line (each ending in a newline), for tables written as they are made."""
+    for row in itertools.chain([header], rows):
+        yield ",".join(csv_cell(v, float_format) for v in row) + "\n"
 
 
 def npz_bytes(arrays: dict[str, Any]) -> bytes:

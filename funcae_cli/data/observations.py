@@ -16,6 +16,7 @@ measurements (each enters the objective; the encoder's start sees their mean: en
 from __future__ import annotations
 
 import csv
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -70,22 +71,28 @@ class Grid:
 
 def _rows(path: Path) -> list[tuple[int, list[str]]]:
     """(line number, cells) of a comma- or whitespace-separated text file; '#' starts a comment."""
+    return list(_iter_rows(path))
+
+
+def _iter_rows(path: Path) -> Iterator[tuple[int, list[str]]]:
+    """_rows one at a time, read line by line (a large file is never in memory whole)."""
     if not path.exists():
         raise InputError(f"{path}: file not found")
     if path.is_dir():
         raise InputError(f"{path}: is a directory, expected a CSV file")
+    empty = True
     try:
-        text = path.read_text()
+        with path.open() as f:
+            for k, line in enumerate(f, start=1):
+                line = line.split("#", 1)[0].strip()
+                if line:
+                    empty = False
+                    cells = next(csv.reader([line])) if "," in line else line.split()
+                    yield k, [c.strip() for c in cells]
     except (OSError, UnicodeDecodeError) as e:
         raise InputError(f"{path}: cannot read as text ({e.__class__.__name__})") from None
-    out = []
-    for k, line in enumerate(text.splitlines(), start=1):
-        line = line.split("#", 1)[0].strip()
-        if line:
-            out.append((k, next(csv.reader([line])) if "," in line else line.split()))
-    if not out:
+    if empty:
         raise InputError(f"{path}: no data rows")
-    return [(k, [c.strip() for c in cells]) for k, cells in out]
 
 
 def _is_header(cells: list[str]) -> bool:
@@ -153,12 +160,13 @@ def _positive_error(cell: str, where: str) -> float:
 
 def read_long_csv(path: Path, grid: Grid, warnings: list[str]) -> list[Observation]:
     """Many objects from one CSV with a header naming id, x, y and optionally yerr: one row per point."""
-    rows = _rows(path)
-    if not _is_header(rows[0][1]):
-        raise InputError(f"{path}, line {rows[0][0]}: a long-format CSV needs a header naming id, x, y[, yerr]")
-    cols = _columns(path, rows[0][1], ("id", "x", "y"), ("yerr",))
+    rows = _iter_rows(path)
+    first, header = next(rows)
+    if not _is_header(header):
+        raise InputError(f"{path}, line {first}: a long-format CSV needs a header naming id, x, y[, yerr]")
+    cols = _columns(path, header, ("id", "x", "y"), ("yerr",))
     points: dict[str, tuple[list[float], list[float], list[float] | None, int]] = {}
-    for k, cells in rows[1:]:
+    for k, cells in rows:
         if len(cells) != len(cols):
             raise InputError(f"{path}, line {k}: expected {len(cols)} columns, got {len(cells)}")
         name = cells[cols["id"]]
@@ -177,6 +185,38 @@ def read_long_csv(path: Path, grid: Grid, warnings: list[str]) -> list[Observati
         where = f"{path}, line {first_line}, id {name}"
         out.append(grid.restrict(make_observation(name, xs, ys, es, where), where, warnings))
     return out
+
+
+def scan_long_csv(path: Path) -> tuple[int, int, int]:
+    """(objects, points, the most points of one object) of a long-format CSV, counted without parsing numbers
+    (cheap: to size a job before reading it). Each run of rows with one id counts as an object: exact when an
+    object's rows are together (as funcae writes them), else an upper bound on objects (at most points / 2) and a
+    lower bound on the longest. Problems of the file itself are left to read_long_csv."""
+    try:
+        with path.open() as f:
+            column = None
+            objects = points = longest = run = 0
+            last = None
+            for line in f:
+                line = line.split("#", 1)[0].strip()
+                if not line:
+                    continue
+                cells = next(csv.reader([line])) if '"' in line else line.split(",")
+                if column is None:  # the header
+                    names = [c.strip().lower() for c in cells]
+                    if "id" not in names:
+                        return 0, 0, 0
+                    column = names.index("id")
+                    continue
+                key = cells[column] if column < len(cells) else ""
+                points += 1
+                if key != last:
+                    objects, last, run = objects + 1, key, 0
+                run += 1
+                longest = max(longest, run)
+    except (OSError, UnicodeDecodeError):
+        return 0, 0, 0
+    return min(objects, points // MIN_POINTS) if points >= MIN_POINTS else objects, points, longest
 
 
 def read_curve_folder(path: Path, grid: Grid, warnings: list[str]) -> list[Observation]:

@@ -1,9 +1,12 @@
 """Use a trained decoder: encode curves, invert curves to latent codes, estimate physical parameters.
 
-Inversion finds the code z whose decoded curve best matches a target. All targets (and all their
+Inversion finds the code z whose decoded curve best matches a target. The targets of a chunk (and all their
 random restarts) are optimized together as ONE tensor problem: the objective (objective.py) is the sum
 of the per-target objectives, so each target's gradient is its own, and the optimizers (search.py)
-keep per-target state (step sizes, curvature pairs, convergence). Methods (`METHODS`):
+keep per-target state (step sizes, curvature pairs, convergence). A catalogue runs chunk by chunk
+(`chunk_targets`), so memory grows with the chunk, not the catalogue; a target's answer does not depend on its
+chunk (seeding.py; as in any two batches, values through torch's float64 transcendental functions on a chunk's
+flat arrays, the refit's formula, may differ in the last bits). Methods (`METHODS`):
 
 - `encoder`: the encoder's code, nothing else.
 - `lbfgs` (default): from the encoder's code, batched L-BFGS with a per-target backtracking line search.
@@ -17,7 +20,8 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from typing import Any
 
 import numpy as np
 import torch
@@ -48,6 +52,12 @@ from funcae_cli.store.trained import Trained
 
 METHODS = ("encoder", "lbfgs", "adam", "nelder-mead")
 CHUNK_ROWS = 8192  # optimization rows (targets x starts) per tensor problem: bounds device memory
+# The point estimates run in chunks of targets (invert_batch): at most CHUNK_TARGETS targets and CHUNK_POINTS padded
+# points per chunk, so their working memory (the physics refit's 1 + 32 candidate starts: ~12 KB per point, ~0.4 GB
+# a chunk) is bounded. Measured on two-point curves (50k, 2 CPU cores): 16384 targets a chunk ran 10% faster than
+# one batch, 4096 25% slower.
+CHUNK_TARGETS = 16384
+CHUNK_POINTS = 32768
 
 # --- random starts ------------------------------------------------------------------------------
 
@@ -135,6 +145,7 @@ def invert_batch(
     options: InvertConfig | None = None,
     latent_model: LatentModel | None = None,
     flow: amortized.PosteriorNet | None = None,
+    chunk: int | None = None,
 ) -> InvertResult:
     """Invert many targets at once.
 
@@ -148,15 +159,20 @@ def invert_batch(
     latent_model: the run's latent model (jobs.fitted.latent_model_for): the parameter estimates, AE restarts and,
     with prior "density", the codes' density as the latent search's prior. None: none of them.
     flow: the run's posterior network (posterior "amortized"; jobs.amortize.load_flow).
+    chunk: targets solved together (default: `chunk_targets`, CHUNK_POINTS padded points): the point estimates
+    (encoder, latent search, physics refit) run chunk by chunk, so their working memory grows with the chunk, not
+    the catalogue; every target's numbers are its own (seeding.py), the same in any chunking (the latent search bit
+    for bit, the regressor, density and refit to rounding: module docstring). The flags and warnings, and a
+    posterior, see every target.
     """
     o = options or trained.cfg.invert
     seed = trained.cfg.seed if o.seed is None else o.seed
-    method, starts, max_iter, lr, prior, posterior = o.method, o.starts, o.max_iter, o.lr, o.prior, o.posterior
+    posterior = o.posterior
     sampling = Sampling(o.walkers, o.steps, o.burn, o.max_steps, o.groups)
     targets = _as_targets(targets)
     if targets.x is None and targets.y.shape[1] != trained.grid.shape[0]:
         raise InputError(f"targets have {targets.y.shape[1]} points but the run's grid has {trained.grid.shape[0]}")
-    density = latent_model.density if latent_model is not None and prior == "density" else None
+    density = latent_model.density if latent_model is not None and o.prior == "density" else None
     bounds_ = natural_bounds(trained, o.bounds) if o.physics and trained.family.has_formula else None
     if posterior != "none" and bounds_ is not None and not trained.family.differentiable:
         raise OptionError(
@@ -175,27 +191,90 @@ def invert_batch(
     dev = trained.device
     _sync(dev)
     t0 = time.perf_counter()
+    n = targets.n
+    step = chunk_targets(targets.y.shape[1]) if chunk is None else max(1, int(chunk))
+    floor = _start_floor(trained, targets, step)
+    parts = [
+        _point_estimates(trained, targets.subset(slice(a, a + step)), o, seed, latent_model, density, bounds_, floor)
+        for a in range(0, n, step)
+    ]
+    out = _concat([p for p, _ in parts])
+    seeds = None if parts[0][1] is None else torch.cat([s for _, s in parts])
+    _assess(trained, targets, out, density)
+    if posterior != "none":
+        if posterior in ("amortized", "auto"):  # the flow's draws, importance-checked (inversion/amortized.py)
+            out.posterior, check = amortized.amortized_posterior(
+                flow, trained.cfg.family, natural_bounds(trained, "prior"), log_prior(trained.cfg.family), targets,
+                o.draws, o.check or posterior == "auto", seeds, trained.param_names)  # fmt: skip
+            amortized.flag(out.assessment.flags, check)
+            if posterior == "auto":
+                _mcmc_where_flagged(trained, targets, out, sampling, seeds, dev)
+                flag_multimodal(out.assessment.flags, out.posterior.multimodal)
+            else:
+                out.posterior.warnings.extend(check.warnings)
+        else:
+            out.posterior = _posterior(trained, targets, out, density, latent_model, posterior, sampling, seeds)
+            flag_unreliable(out.assessment.flags, out.posterior.k_hat)
+            flag_multimodal(out.assessment.flags, out.posterior.multimodal)
+        out.assessment.warnings.extend(out.posterior.warnings)
+    _sync(dev)
+    out.total_seconds = time.perf_counter() - t0
+    if out.method != "nelder-mead":  # nelder-mead times each target; the batched methods share the batch's time
+        out.seconds = np.full(n, out.total_seconds / max(n, 1))
+    return out
+
+
+def chunk_targets(width: int) -> int:
+    """Targets per chunk of the point estimates for targets padded to `width` points: CHUNK_POINTS padded points,
+    at most CHUNK_TARGETS targets (jobs.sizing estimates their working set)."""
+    return max(1, min(CHUNK_TARGETS, CHUNK_POINTS // max(width, 1)))
+
+
+def _start_floor(trained: Trained, targets: Targets, step: int) -> float | None:
+    """On a log run with chi^2 targets, the smallest positive value of the targets on the grid over the whole
+    batch: non-positive values there (noisy data may dip <= 0; only the encoder's start needs log) are raised to
+    it. None when nothing needs raising (every real point > 0: their interpolation on the grid is too)."""
+    if trained.normalizer.transform != "log" or targets.yerr is None:
+        return None
+    real = targets.y if targets.mask is None else targets.y[targets.mask]
+    if bool((real > 0).all()):
+        return None
+    lows = []
+    for a in range(0, targets.n, step):
+        y_grid = targets_on_grid(trained, targets.subset(slice(a, a + step)))
+        positive = y_grid[y_grid > 0]
+        lows.append(float(positive.min()) if positive.numel() else math.inf)
+    low = min(lows)
+    return low if math.isfinite(low) else 1e-30
+
+
+def _point_estimates(
+    trained: Trained, targets: Targets, o: InvertConfig, seed: int, latent_model: LatentModel | None,
+    density: CodeDensity | None, bounds: Bounds | None, floor: float | None,
+) -> tuple[InvertResult, Tensor | None]:  # fmt: skip
+    """One chunk's codes, fits and parameters (no flags, no posterior), and its targets' seeds (None when nothing
+    is drawn)."""
+    method, starts, dev = o.method, o.starts, trained.device
     problem = Problem(trained, targets, density)
     n = targets.n
     y_grid = targets_on_grid(trained, targets)
-    if trained.normalizer.transform == "log" and problem.chi2:  # noisy data may dip <= 0; only the start needs log
-        positive = y_grid[y_grid > 0]
-        y_grid = y_grid.clamp_min(float(positive.min()) if positive.numel() else 1e-30)
+    if floor is not None:
+        y_grid = y_grid.clamp_min(floor)
     z_enc = encode_curves(trained, y_grid)  # (n, d)
-    draws = starts > 0 or bounds_ is not None or posterior != "none"  # the hash costs ~0.1 ms per 1000-point target
+    draws = starts > 0 or bounds is not None or o.posterior != "none"  # the hash costs ~0.1 ms per 1000-point target
     seeds = seeding.seeds_of_curves(seed, targets.y, targets.x, targets.yerr, targets.mask) if draws else None
     starts_z = random_starts(trained, latent_model, starts, seeds) if starts else z_enc.new_empty(0, n, z_enc.shape[1])
     zs = torch.cat([z_enc[None], starts_z.to(dev)])  # (1+K, n, d); seeds: (n,) per target, from its own data
-    seconds = None
+    seconds = np.zeros(n)
     if method == "encoder":
         z_best = z_enc
         iters = torch.zeros(n, dtype=torch.int64)
         conv = torch.ones(n, dtype=torch.bool)
         start = torch.zeros(n, dtype=torch.int64)
     elif method == "nelder-mead":
-        z_best, iters, conv, start, seconds = _nelder_mead_all(problem, zs, max_iter)
+        z_best, iters, conv, start, seconds = _nelder_mead_all(problem, zs, o.max_iter)
     else:
-        z_best, iters, conv, start = _batched(problem, zs, method, max_iter, lr)
+        z_best, iters, conv, start = _batched(problem, zs, method, o.max_iter, o.lr)
     m_enc = problem.metrics(z_enc)
     m = problem.metrics(z_best)
     out = InvertResult(
@@ -212,11 +291,11 @@ def invert_batch(
         iterations=_np(iters),
         converged=_np(conv),
         start=_np(start),
-        seconds=np.zeros(n),
+        seconds=seconds,
         fit=_np(m["fit"]),
         total_seconds=0.0,
         chi2=_np(m["chi2"]).astype(np.float64) if problem.chi2 else None,
-        prior=prior if density is not None else "none",
+        prior=o.prior if density is not None else "none",
         starts=starts,
     )
     if latent_model is not None:
@@ -225,40 +304,36 @@ def invert_batch(
     if density is not None:
         logp = density.log_prob(z_best.double())
         out.log_density, out.density_percentile = _np(logp), _np(density.percentile(logp))
-    obs = _estimate_physics(trained, targets, out, bounds_, o.physics_starts, o.physics_max_iter, seeds, dev,
-                            alternatives=posterior in ("mcmc", "auto"))  # fmt: skip
-    _assess(trained, targets, out, density)
-    if posterior != "none":
-        if posterior in ("amortized", "auto"):  # the flow's draws, importance-checked (inversion/amortized.py)
-            out.posterior, check = amortized.amortized_posterior(
-                flow, trained.cfg.family, natural_bounds(trained, "prior"), log_prior(trained.cfg.family), targets,
-                o.draws, o.check or posterior == "auto", seeds, trained.param_names)  # fmt: skip
-            amortized.flag(out.assessment.flags, check)
-            if posterior == "auto":
-                _mcmc_where_flagged(trained, targets, out, sampling, seeds, dev)
-                flag_multimodal(out.assessment.flags, out.posterior.multimodal)
-            else:
-                out.posterior.warnings.extend(check.warnings)
-        else:
-            out.posterior = _posterior(trained, targets, out, obs, problem, latent_model, posterior, sampling, seeds)
-            flag_unreliable(out.assessment.flags, out.posterior.k_hat)
-            flag_multimodal(out.assessment.flags, out.posterior.multimodal)
-        out.assessment.warnings.extend(out.posterior.warnings)
-    _sync(dev)
-    out.total_seconds = time.perf_counter() - t0
-    out.seconds = np.full(n, out.total_seconds / max(n, 1)) if seconds is None else seconds
-    return out
+    _estimate_physics(trained, targets, out, bounds, o.physics_starts, o.physics_max_iter, seeds, dev,
+                      alternatives=o.posterior in ("mcmc", "auto"))  # fmt: skip
+    return out, seeds
+
+
+def _concat(parts: list[Any]) -> Any:
+    """The chunks' results (InvertResult, or their PhysicsFit) as one: arrays over targets concatenated, the rest
+    from the first chunk."""
+    first = parts[0]
+    if len(parts) == 1:
+        return first
+    merged = {}
+    for f in fields(first):
+        v = getattr(first, f.name)
+        if isinstance(v, np.ndarray):
+            v = np.concatenate([getattr(p, f.name) for p in parts])
+        elif isinstance(v, PhysicsFit):
+            v = _concat([getattr(p, f.name) for p in parts])
+        merged[f.name] = v
+    return type(first)(**merged)
 
 
 def _estimate_physics(
     trained: Trained, targets: Targets, out: InvertResult, bounds: Bounds | None, starts: int, max_iter: int,
     seeds: Tensor, dev: torch.device, alternatives: bool = False,
-) -> Observations | None:  # fmt: skip
-    """The family's formula fitted to every target from the regressor's estimate (when there is a formula);
-    returns the observations it fitted. alternatives: the refit's other starts run to their ends too (for mcmc,
-    whose ensembles start there)."""
+) -> None:  # fmt: skip
+    """The family's formula fitted to every target from the regressor's estimate (when there is a formula).
+    alternatives: the refit's other starts run to their ends too (for mcmc, whose ensembles start there)."""
     if bounds is None:
-        return None
+        return
     obs = Observations.of(
         targets.x if targets.x is not None else trained.grid, targets.y, targets.yerr, targets.mask, dev
     )
@@ -275,7 +350,6 @@ def _estimate_physics(
     resid = (decoder - targets.y.double())[keep] * obs.weight.cpu()
     sums = torch.zeros(targets.n, dtype=torch.float64).index_add_(0, obs.target.cpu(), resid.square()).numpy()
     out.decoder_physics_objective = sums if obs.chi2 else np.sqrt(sums)
-    return obs
 
 
 def _mcmc_where_flagged(
@@ -323,18 +397,22 @@ def _physics_posterior(
 
 
 def _posterior(
-    trained: Trained, targets: Targets, out: InvertResult, obs: Observations | None, problem: Problem,
+    trained: Trained, targets: Targets, out: InvertResult, density: CodeDensity | None,
     latent_model: LatentModel | None, kind: str, sampling: Sampling, seeds: Tensor,
 ) -> Posterior:  # fmt: skip
     """The posterior of the formula's parameters (families with one), else of the latent codes; every draw of
     target i from seeds[i] (seeding.py)."""
-    if obs is not None:
+    dev = trained.device
+    if out.physics is not None:
+        obs = Observations.of(targets.x if targets.x is not None else trained.grid, targets.y, targets.yerr,
+                              targets.mask, dev)  # fmt: skip
         return _physics_posterior(trained, obs, out.params_est, out.physics.alternatives, kind, sampling,
                                   targets.names, seeds)  # fmt: skip
     names = trained.param_names or [f"z{j + 1}" for j in range(out.z.shape[1])]
     predict = latent_model.predict if latent_model is not None and trained.param_names else None
-    z = torch.as_tensor(out.z, dtype=torch.float32, device=problem.device)
-    return latent_posterior(problem, z, kind, sampling, predict, names, targets.names, seeds)
+    z = torch.as_tensor(out.z, dtype=torch.float32, device=dev)
+    return latent_posterior(Problem(trained, targets, density), z, kind, sampling, predict, names, targets.names,
+                            seeds)  # fmt: skip
 
 
 def _assess(trained: Trained, targets: Targets, out: InvertResult, density: CodeDensity | None) -> None:

@@ -11,9 +11,9 @@ from funcae_cli.config import override
 from funcae_cli.errors import InputError
 from funcae_cli.files import (
     atomic_write_bytes,
+    atomic_write_chunks,
     atomic_write_json,
-    atomic_write_text,
-    csv_text,
+    csv_lines,
     json_safe,
     npz_bytes,
     save_figure,
@@ -24,8 +24,9 @@ from funcae_cli.jobs.amortize import load_flow
 from funcae_cli.jobs.common import open_run, run_info
 from funcae_cli.jobs.fitted import latent_model_for
 from funcae_cli.jobs.inputs import TargetInputs
-from funcae_cli.jobs.reports import figure_curves, physics_measure, result_rows, samples_arrays, summarize, table
+from funcae_cli.jobs.reports import figure_curves, iter_rows, physics_measure, samples_arrays, summarize, table
 from funcae_cli.jobs.results import invert_figures
+from funcae_cli.jobs.sizing import InputSize, check_invert_fits, input_size
 from funcae_cli.jobs.targets import read_targets
 from funcae_cli.store.rundir import RunDir, slugify
 
@@ -70,9 +71,16 @@ def run_invert(
     if o.seed is None:
         o = override(o, {"seed": trained.cfg.seed})
     flow = load_flow(rd) if o.posterior in ("amortized", "auto") else None  # exit 2 naming `funcae amortize`
+    size = input_size(trained, inputs)  # counted, not read: a catalogue that cannot fit is refused here
+    if size is None:
+        raise InputError("no target to invert")
+    source = inputs.slug() if inputs.params else str(inputs.curves or inputs.params_table or "the --curve files")
+    check_invert_fits(size, o, trained, source)
     targets = read_targets(trained, inputs)
     if targets is None:
         raise InputError("no target to invert")
+    read = InputSize(targets.n, int(targets.counts.sum()), targets.y.shape[1], size.text)
+    check_invert_fits(read, o, trained, source)  # the exact counts, before the inversion allocates
     warnings = list(targets.warnings)
     warnings += training_range_warnings(trained, targets.params) if targets.params is not None else []
     lm, fitted_now = latent_model_for(trained)
@@ -98,12 +106,12 @@ def run_invert(
         latent_model_file=str(rd.regressor),
         grid=trained.grid.tolist(),
         summary=summarize(res, targets, trained.param_names),
-        targets=result_rows(trained, targets, res, figure_curves(trained, targets, res)),
+        targets=[json_safe(row) for row in iter_rows(trained, targets, res, figure_curves(trained, targets, res))],
     )
     if targets.x is None:
         record["x"] = record["grid"]  # every target on the run's grid
     files = {"json": str(rd.invert_json(slug)), "csv": str(rd.invert_csv(slug))}
-    atomic_write_text(rd.invert_csv(slug), csv_text(*table(trained, targets, res)))
+    atomic_write_chunks(rd.invert_csv(slug), csv_lines(*table(trained, targets, res)))
     if res.posterior is not None:
         atomic_write_bytes(rd.invert_samples(slug), npz_bytes(samples_arrays(res, targets)))
         files["samples"] = str(rd.invert_samples(slug))
@@ -113,6 +121,6 @@ def run_invert(
             save_figure(fig, rd.invert_png(slug, kind))
             files[kind] = str(rd.invert_png(slug, kind))
     record["files"] = files
-    record = json_safe(record)
+    record = {k: v if k == "targets" else json_safe(v) for k, v in record.items()}  # the rows are already safe
     atomic_write_json(rd.invert_json(slug), record)
     return record

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -51,9 +52,15 @@ def result_rows(
 ) -> list[dict[str, Any]]:
     """One JSON-ready dict per target. curves: per-target arrays for the first rows (figure_curves), added with
     the target's own points, values and errors."""
+    return list(iter_rows(trained, targets, res, curves))
+
+
+def iter_rows(
+    trained: Trained, targets: Targets, res: InvertResult, curves: dict[str, list] | None = None
+) -> Iterator[dict[str, Any]]:
+    """result_rows one at a time."""
     names = trained.param_names
     a = res.assessment
-    rows = []
     for i in range(res.n):
         row: dict[str, Any] = {
             "index": i,
@@ -112,8 +119,7 @@ def result_rows(
             if e is not None:
                 row["yerr"] = e.tolist()
             row.update({k: v[i].tolist() for k, v in curves.items()})
-        rows.append(row)
-    return rows
+        yield row
 
 
 def _posterior_row(post: Posterior, i: int) -> dict[str, Any]:
@@ -177,20 +183,24 @@ def posterior_cells(post: Posterior, i: int) -> list[Any]:
     return cells + ([str(post.source[i])] if post.source is not None else [])
 
 
-def table(trained: Trained, targets: Targets, res: InvertResult) -> tuple[list[str], list[list[Any]]]:
-    """The per-target CSV: id, parameters, physics and decoder objectives, goodness of fit, density, flags."""
+def table(trained: Trained, targets: Targets, res: InvertResult) -> tuple[list[str], Iterator[list[Any]]]:
+    """The per-target CSV: id, parameters, physics and decoder objectives, goodness of fit, density, flags; its
+    lines made as they are read (files.csv_lines)."""
     names = trained.param_names
-    a = res.assessment
     header = ["id", *names, "params_source"]
     header += ["physics_objective", "decoder_objective"] if res.physics_objective is not None else ["objective"]
     header += ["reduced_chi2", "p_value", "dof", "log_density", "density_percentile", "flags"]
     header += [f"z{j + 1}" for j in range(res.z.shape[1])] + ["converged"]
     header += [f"true_{k}" for k in names] if targets.params is not None else []
     header += posterior_columns(res.posterior) if res.posterior is not None else []
-    lines = []
+    return header, _table_lines(targets, res, len(names))
+
+
+def _table_lines(targets: Targets, res: InvertResult, n_params: int) -> Iterator[list[Any]]:
+    a = res.assessment
     for i in range(res.n):
         line: list[Any] = [targets.names[i]]
-        line += list(res.params_est[i]) if res.params_est is not None else [""] * len(names)
+        line += list(res.params_est[i]) if res.params_est is not None else [""] * n_params
         line.append(res.params_source)
         if res.physics_objective is not None:
             line += [res.physics_objective[i], res.decoder_physics_objective[i]]
@@ -205,8 +215,7 @@ def table(trained: Trained, targets: Targets, res: InvertResult) -> tuple[list[s
         line += list(res.z[i]) + [bool(res.converged[i])]
         line += targets.params[i].tolist() if targets.params is not None else []
         line += posterior_cells(res.posterior, i) if res.posterior is not None else []
-        lines.append(line)
-    return header, lines
+        yield line
 
 
 def _nanmedian(a: np.ndarray) -> float | None:
