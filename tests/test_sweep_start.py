@@ -61,7 +61,8 @@ for r, (cwd, args) in enumerate(json.loads(sys.argv[3])):
     except SystemExit as e:
         code = e.code if isinstance(e.code, int) else 1
     print(f"--- round {r}: exit {code}", file=sys.stderr, flush=True)
-    (base / f"code{r}.{me}").write_text(str(code))
+    (base / f"code{r}.{me}.tmp").write_text(str(code))  # then renamed: the parent never reads a half-written file
+    os.replace(base / f"code{r}.{me}.tmp", base / f"code{r}.{me}")
 """
 
 
