@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from benchmarks import baselines
+from benchmarks.amortized_bench import bench_amortized
 from benchmarks.inversion_bench import bench_inversion
 from benchmarks.observed_bench import bench_observed, bench_one_call, bench_posterior
 from benchmarks.report import Row
@@ -340,6 +341,7 @@ ROWS: dict[str, Callable[[float, int], Row]] = {
     "one_call": bench_one_call_row,
     "posterior": bench_posterior,
     "sweep": bench_sweep,
+    "amortized": bench_amortized,
 }
 
 

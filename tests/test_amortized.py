@@ -1,12 +1,13 @@
 """The amortized posterior (inversion/amortized.py): a conditional flow trained from the simulator, checked against
 the likelihood. References: an exact posterior by quadrature (float64 on a fine grid), the identity of a set's
-embedding under permutation, and the real commands."""
+embedding under permutation, zuko's own inverse of the flow (flow_sampling.py's batched sampler), a target's draws
+alone and in batches of 12 and 1000, and the real commands."""
 
 from __future__ import annotations
 
 import json
 import math
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -23,8 +24,10 @@ from funcae_cli.inversion.amortized import (
     Simulator,
     amortized_posterior,
     flow_args,
+    net_from_checkpoint,
     train_flow,
 )
+from funcae_cli.inversion.flow_sampling import FlowSampler
 from funcae_cli.inversion.physics import Bounds
 from funcae_cli.inversion.prior import log_prior
 from funcae_cli.inversion.targets import Targets
@@ -33,6 +36,7 @@ from .conftest import ok, usage_error
 
 SIGMA = 1.0  # the known width of the normal family's curve: only mu is sampled
 MU = (-2.0, 2.0)  # mu's uniform prior
+ROTATION = {"md": (1e6, 5e11), "rd": (0.2, 15.0), "mh": (1e9, 5e13), "c": (2.0, 40.0)}  # rotation_curve_observed
 
 
 def seeds_of(batch):
@@ -48,6 +52,17 @@ def _known_sigma_problem(cfg: AmortizedConfig) -> tuple:
                     [False, True], "prior")  # fmt: skip
     grid = torch.linspace(-5, 5, 64, dtype=torch.float64)
     return fcfg, bounds, Simulator(fcfg, bounds, flow_args(bounds, grid, False, cfg), cfg)
+
+
+def _rotation_problem(cfg: AmortizedConfig) -> tuple:
+    """configs/rotation_curve_observed.yaml's family and priors: four free log-uniform parameters."""
+    params = {k: {"dist": "loguniform", "low": a, "high": b} for k, (a, b) in ROTATION.items()}
+    fcfg = config_from_dict({"family": {"name": "rotation_curve", "prior": "independent", "params": params},
+                             "grid": {"kind": "logspace", "start": -1, "stop": 1.9, "num": 64}}).family  # fmt: skip
+    low, high = (torch.tensor([math.log10(v[i]) for v in ROTATION.values()], dtype=torch.float64) for i in (0, 1))
+    bounds = Bounds(low, high, [True] * 4, "prior")
+    grid = torch.logspace(-1, 1.9, 64, dtype=torch.float64)
+    return fcfg, bounds, Simulator(fcfg, bounds, flow_args(bounds, grid, True, cfg), cfg)
 
 
 def _exact_quantiles(batch: Targets, levels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -200,3 +215,65 @@ def test_amortize_then_invert_and_validate_with_it(cli, smoke_copy: Path) -> Non
     for name, row in auto.items():
         if row["posterior_source"] == "amortized":
             assert row["posterior"] == amort[name]["posterior"] and row["k_hat"] < 0.7
+
+
+@pytest.mark.parametrize("q, passes", [(4, None), (4, 2), (3, None), (5, 2), (1, None)])
+def test_the_batched_sampler_is_zukos_inverse_of_the_flow(q: int, passes: int | None) -> None:
+    """flow_sampling.FlowSampler against zuko's own inverse and log density of the same flow at the same base
+    draws, in float64 (where rounding is 1e-16): fully autoregressive, coupling, and zuko's element-wise q = 1."""
+    import zuko
+
+    torch.manual_seed(0)
+    flow = zuko.flows.NSF(q, 8, transforms=3, passes=passes, hidden_features=(32, 32)).double()
+    with torch.no_grad():
+        for p in flow.parameters():
+            p += 0.3 * torch.randn_like(p)  # splines far from the identity
+    c, eps = torch.randn(5, 8, dtype=torch.float64), torch.randn(5, 50, q, dtype=torch.float64)
+    x, log_q = FlowSampler(flow, q).sample(c, eps)
+    with torch.no_grad():
+        dist = flow(c[:, None, :].expand(5, 50, 8))
+        ref = dist.transform.inv(eps)
+        torch.testing.assert_close(x, ref, rtol=0, atol=1e-10)
+        torch.testing.assert_close(log_q, dist.log_prob(ref), rtol=0, atol=1e-9)
+
+
+@pytest.mark.parametrize("passes", [None, 2], ids=["autoregressive", "coupling"])
+@pytest.mark.parametrize("check", [False, True], ids=["flow", "checked"])
+def test_a_targets_amortized_draws_are_the_same_alone_in_12_and_in_1000(passes: int | None, check: bool) -> None:
+    """Per-target determinism: a target's base normals from its own seed, its context once: its draws, quantiles
+    and k-hat bitwise the same alone (its own padding), among 12 and among 1000 (wider padding, other chunks)."""
+    cfg = AmortizedConfig(hidden=[32, 32], embed=16, points=[10, 40], frac=[0.02, 0.1], passes=passes)
+    fcfg, bounds, sim = _rotation_problem(cfg)
+    torch.manual_seed(0)
+    net = PosteriorNet(sim.args).eval()  # untrained: its draws still depend on the weights, context and seed
+    batch, _ = sim(1000, torch.Generator().manual_seed(1))
+    batch = replace(batch, names=[f"t{i}" for i in range(batch.n)])
+    seeds, names = seeds_of(batch), list(ROTATION)
+    runs = [amortized_posterior(net, fcfg, bounds, log_prior(fcfg), batch.subset(slice(0, k)), 100, check,
+                                seeds[:k], names) for k in (1, 12, 1000)]  # fmt: skip
+    (alone, chk1), (twelve, chk12), (all_, chk_all) = runs
+    for post, chk in ((twelve, chk12), (all_, chk_all)):
+        np.testing.assert_array_equal(post.samples[0], alone.samples[0])
+        np.testing.assert_array_equal(post.quantiles["median"][0], alone.quantiles["median"][0])
+        np.testing.assert_array_equal(chk.k_hat[:1], chk1.k_hat)
+    np.testing.assert_array_equal(all_.samples[:12], twelve.samples)
+    assert np.isfinite(alone.samples).all() and (np.isfinite(chk1.k_hat) == check).all()
+
+
+def test_a_checkpoint_from_before_passes_loads_as_the_fully_autoregressive_flow() -> None:
+    """Checkpoints written before FlowArgs.passes (no such key) rebuild the same network: every transform fully
+    autoregressive, the same draws."""
+    assert AmortizedConfig().passes == 2  # new networks: coupling
+    cfg = AmortizedConfig(hidden=[16, 16], embed=8, passes=None)
+    _, _, sim = _rotation_problem(cfg)
+    torch.manual_seed(0)
+    net = PosteriorNet(sim.args).eval()
+    args = asdict(net.args)
+    del args["passes"]
+    old = net_from_checkpoint({"args": args, "state": net.state_dict()})
+    assert old.args.passes is None and all(t.passes == 4 for t in old.flow.transform.transforms)
+    batch, _ = sim(6, torch.Generator().manual_seed(2))
+    eps = net.sampler().base_draws(seeds_of(batch), 20)
+    with torch.no_grad():
+        a, b = (m.sample(m.embed(batch), eps, m.sampler()) for m in (net, old))
+    torch.testing.assert_close(a, b, rtol=0, atol=0)

@@ -12,7 +12,8 @@ from benchmarks import run as bench
 # each row in its own test, so the test processes (make test: one per core) share them out
 ROW_TITLES = {"gen": "generate", "epoch": "training epoch", "quality": "notebook quality", "invert": "invert",
               "memory": "memory", "pca": "PCA", "observed": "observed", "one_call": "one `funcae invert` call",
-              "posterior": "posterior", "sweep": "sweep trials per minute"}  # fmt: skip
+              "posterior": "posterior", "sweep": "sweep trials per minute",
+              "amortized": "amortized posteriors of observed curves"}  # fmt: skip
 
 
 def test_every_row_is_tested() -> None:

@@ -206,6 +206,13 @@ class AmortizedConfig:
     hidden: list[int] = doc_field([64, 64], "hidden widths of the set encoder and of the flow's networks", min=1)
     embed: int = doc_field(32, "size of the observation's embedding", min=1)
     transforms: int = doc_field(3, "spline transforms of the flow", min=1)
+    passes: int | None = doc_field(
+        2,
+        "sequential passes of each transform's inverse (sampling): 2 = coupling (one network evaluation per draw "
+        "and transform), null = fully autoregressive (one per parameter but the first; networks trained before "
+        "this option)",
+        min=1,
+    )
     points: list[int] = doc_field([5, 60], "points per simulated observation, [min, max] inclusive", min=2)
     frac: list[float] = doc_field([0.01, 0.2], "relative one-sigma error per observation, [min, max]", gt=0, lt=1)
     scatter: float = doc_field(0.3, "point-to-point scatter of the errors, relative", min=0, lt=1)

@@ -9,12 +9,16 @@ likelihood and the run's prior.
   point's place in the grid's range (log x on log grids), s the observation's mean |y|; a masked mean and max
   over the points; rho of the pooled features, log10 s and log(number of points). Sums, means and maxima over
   points do not depend on their order: the embedding is permutation invariant.
-- The flow: zuko's neural spline flow (NSF: Durkan et al. 2019, autoregressive rational-quadratic splines),
-  conditioned on the embedding.
+- The flow: zuko's neural spline flow (NSF: Durkan et al. 2019, rational-quadratic splines), conditioned on the
+  embedding; each transform fully autoregressive (`passes` None, as checkpoints before the field) or coupling
+  (`passes` 2: its inverse one network evaluation per draw rather than q - 1).
+- Sampling (`amortized_posterior`): each target's base normals from its own seed (seeding.py, stream
+  "amortized"), pushed through the flow's inverse by flow_sampling.py (the context's share computed once per
+  target), so a target's draws are the same alone or in any batch.
 - Training (`train_flow`): every step a fresh batch of parameters from the run's prior and of observations of
   them (`simulate_batch`: number of points, the range they cover, relative errors and their scatter, all drawn,
   as validate's simulate.py draws them), the flow's negative log likelihood of the true u minimized (NPE).
-- The check (`amortized_posterior`): per target, S draws u_s ~ q with log q(u_s); log weights log p(u_s | data)
+- The check: per target, S draws u_s ~ q with log q(u_s); log weights log p(u_s | data)
   - log q(u_s), p the same unnormalized posterior mcmc and laplace sample (chi^2 with yerr, the run's prior),
   Pareto-smoothed (psis.py). Where k-hat < KHAT_MAX the reported draws are resampled by the weights (so the
   quantiles are the posterior's); above it the flow's draws are kept and the target flagged FLAG. Targets the
@@ -27,7 +31,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -38,7 +42,9 @@ from funcae_cli.config import AmortizedConfig, FamilyConfig
 from funcae_cli.data.formulas import FORMULAS
 from funcae_cli.data.grids import sample_params
 from funcae_cli.errors import InputError
+from funcae_cli.inversion import seeding
 from funcae_cli.inversion.assess import NAMED_IN_WARNING
+from funcae_cli.inversion.flow_sampling import FlowSampler
 from funcae_cli.inversion.laplace_check import KHAT_MAX, importance_resample
 from funcae_cli.inversion.physics import Bounds
 from funcae_cli.inversion.posterior import Posterior, summarize
@@ -47,7 +53,8 @@ from funcae_cli.inversion.targets import Targets
 
 FLAG = "amortized_unreliable"
 OFF_RANGE = "amortized_off_range"
-CHUNK_ELEMENTS = 1 << 22  # draws x points of one chunk's likelihood (float32: 16 MiB per tensor)
+CHUNK_ELEMENTS = 1 << 20  # draws x points of one chunk (float32: 4 MiB per likelihood tensor; the flow is fastest
+# at ~50 targets x 500 draws per chunk on a 2-core CPU, its tensors in cache)
 
 
 # --- the network ------------------------------------------------------------------------------------------
@@ -68,6 +75,7 @@ class FlowArgs:
     hidden: list[int]
     embed: int
     transforms: int
+    passes: int | None = None  # per transform: 2 = coupling; None = fully autoregressive (checkpoints before it)
 
 
 def _mlp(sizes: list[int]) -> nn.Sequential:
@@ -95,11 +103,12 @@ class SetEncoder(nn.Module):
         t = ((xx - a.x_lo) / (a.x_hi - a.x_lo)).to(y.dtype)
         feats = torch.stack([2 * t - 1, y / s[:, None], yerr / s[:, None]], dim=2) * w[..., None]
         h = self.phi(feats)  # (n, m, embed)
-        mean = (h * w[..., None]).sum(dim=1) / count[:, None]
+        mean = ((h * w[..., None]).double().sum(dim=1) / count[:, None]).to(h.dtype)  # float64: the padding's width
+        # changes the order of the sum, not its float32 rounding
         top = torch.where(mask[..., None], h, -math.inf).amax(dim=1)
         top = torch.where(torch.isfinite(top), top, 0.0)
         glob = torch.stack([torch.log10(s), torch.log(count)], dim=1)
-        return self.rho(torch.cat([mean, top, glob], dim=1))
+        return seeding.mlp_rows(self.rho, torch.cat([mean, top, glob], dim=1))  # a row alone as in a batch
 
 
 class PosteriorNet(nn.Module):
@@ -114,7 +123,8 @@ class PosteriorNet(nn.Module):
 
         self.args = args
         self.encoder = SetEncoder(args)
-        self.flow = zuko.flows.NSF(args.q, args.embed, transforms=args.transforms, hidden_features=tuple(args.hidden))
+        self.flow = zuko.flows.NSF(args.q, args.embed, transforms=args.transforms, passes=args.passes,
+                                   hidden_features=tuple(args.hidden))  # fmt: skip
         self.register_buffer("center", torch.tensor(args.center, dtype=torch.float32))
         self.register_buffer("scale", torch.tensor(args.scale, dtype=torch.float32))
 
@@ -126,11 +136,14 @@ class PosteriorNet(nn.Module):
         """log q(u | observation) for u (n, q) natural coordinates and embeddings (n, embed)."""
         return self.flow(context).log_prob((u - self.center) / self.scale) - torch.log(self.scale).sum()
 
-    def sample(self, context: Tensor, draws: int) -> tuple[Tensor, Tensor]:
-        """(n, draws, q) natural coordinates and their log q (n, draws)."""
-        v, lq = self.flow(context).rsample_and_log_prob((draws,))
-        u = v * self.scale + self.center
-        return u.transpose(0, 1), (lq - torch.log(self.scale).sum()).transpose(0, 1)
+    def sampler(self) -> FlowSampler:
+        """The flow's batched inverse (flow_sampling.py) for the weights as they are now."""
+        return FlowSampler(self.flow, self.args.q)
+
+    def sample(self, context: Tensor, eps: Tensor, sampler: FlowSampler) -> tuple[Tensor, Tensor]:
+        """(n, S, q) natural coordinates at base draws eps (n, S, q) (standard normal) and their log q (n, S)."""
+        v, lq = sampler.sample(context, eps)
+        return v * self.scale + self.center, lq - torch.log(self.scale).sum()
 
 
 def flow_args(bounds: Bounds, grid: Tensor, log_x: bool, cfg: AmortizedConfig) -> FlowArgs:
@@ -140,7 +153,7 @@ def flow_args(bounds: Bounds, grid: Tensor, log_x: bool, cfg: AmortizedConfig) -
     scale = torch.where(torch.isfinite(hi - lo), (hi - lo) / 2, 1.0).clamp_min(1e-6)
     g = torch.log(grid.double()) if log_x else grid.double()
     return FlowArgs(int(free.sum()), free.tolist(), center.tolist(), scale.tolist(), float(g[0]), float(g[-1]),
-                    log_x, list(cfg.points), list(cfg.hidden), cfg.embed, cfg.transforms)  # fmt: skip
+                    log_x, list(cfg.points), list(cfg.hidden), cfg.embed, cfg.transforms, cfg.passes)  # fmt: skip
 
 
 def net_from_checkpoint(ckpt: dict[str, Any]) -> PosteriorNet:
@@ -273,7 +286,7 @@ def _log_posterior(
     f = FORMULAS[fcfg.name](x, params, fcfg.options).reshape(n, s, -1)
     w = (batch.mask if batch.mask is not None else torch.ones_like(batch.y, dtype=torch.bool)).float()
     r = (f - batch.y[:, None, :]) / batch.yerr[:, None, :] * w[:, None, :]
-    chi2 = r.square().sum(dim=2).double()
+    chi2 = seeding.row_sumsq(r.reshape(n * s, -1)).reshape(n, s).double()  # the padding's width plays no part
     return torch.where(torch.isfinite(lp) & torch.isfinite(chi2), lp - 0.5 * chi2, -math.inf)
 
 
@@ -301,7 +314,8 @@ def amortized_posterior(
     free = bounds.free
     m = targets.y.shape[1]
     chunk = max(1, CHUNK_ELEMENTS // (draws * max(m, 8)))
-    torch.manual_seed(int(seeds[0]) if seeds.numel() else 0)  # zuko draws from the global generator (see notes)
+    sampler = net.sampler()
+    order, widths = _by_width(targets)  # chunks of alike widths: the likelihood runs over little padding
     parts, ks = [], []
 
     def units(u: Tensor) -> Tensor:
@@ -310,32 +324,56 @@ def amortized_posterior(
         return bounds.to_units(full)
 
     for a in range(0, targets.n, chunk):
-        batch = targets.subset(slice(a, a + chunk))
+        rows = order[a : a + chunk]
+        batch, own = _rows(targets, rows, int(widths[rows].max())), seeds[rows]
         with torch.no_grad():
-            u, lq = net.sample(net.embed(batch), draws)
+            eps = sampler.base_draws(own, draws)  # each target's from its own seed
+            u, lq = net.sample(net.embed(batch), eps, sampler)
             k = torch.full((batch.n,), math.nan, dtype=torch.float64)
             if check:
                 log_w = _log_posterior(fcfg, bounds, free, log_prior, batch, u) - lq.double()
                 smoothed, k = psis(torch.nan_to_num(log_w, nan=-math.inf))
                 good = k < KHAT_MAX
                 if bool(good.any()):
-                    u[good] = importance_resample(u[good], smoothed[good].to(u.dtype), seeds[a : a + chunk][good])
+                    u[good] = importance_resample(u[good], smoothed[good].to(u.dtype), own[good])
         parts.append(summarize("amortized", names, u.double(), units, keep=draws))
         ks.append(k.numpy())
-    k_hat = np.concatenate(ks)
-    post = _concat(parts, names, k_hat)
+    back = torch.argsort(order).numpy()  # the targets' own order again
+    k_hat = np.concatenate(ks)[back]
+    post = _concat(parts, names, k_hat, back)
     bad = k_hat >= KHAT_MAX
     outside = off_range(net, targets)
     return post, AmortizedCheck(k_hat, bad, outside, _warnings(targets.names, k_hat, bad, outside))
 
 
-def _concat(parts: list[Posterior], names: list[str], k_hat: np.ndarray) -> Posterior:
+def _by_width(targets: Targets) -> tuple[Tensor, Tensor]:
+    """The targets ordered by their width (1 + the place of their last real point; stable), and the widths (n,)."""
+    m = targets.y.shape[1]
+    if targets.mask is None:
+        return torch.arange(targets.n), torch.full((targets.n,), m)
+    widths = (targets.mask * torch.arange(1, m + 1)).amax(dim=1)
+    return torch.argsort(widths, stable=True), widths
+
+
+def _rows(targets: Targets, rows: Tensor, width: int) -> Targets:
+    """Targets `rows` (a tensor of indices) with their padding cut to `width` points."""
+
+    def cut(t: Tensor | None) -> Tensor | None:
+        return None if t is None else t[rows, :width]
+
+    return replace(targets, y=cut(targets.y), x=cut(targets.x), yerr=cut(targets.yerr), mask=cut(targets.mask),
+                   params=None if targets.params is None else targets.params[rows],
+                   names=[targets.names[i] for i in rows.tolist()] if targets.names else [])  # fmt: skip
+
+
+def _concat(parts: list[Posterior], names: list[str], k_hat: np.ndarray, back: np.ndarray) -> Posterior:
+    """One posterior of the chunks' (concatenated, then rows `back`)."""
     return Posterior(
         "amortized",
         names,
-        np.concatenate([p.samples for p in parts]),
-        {k: np.concatenate([p.quantiles[k] for p in parts]) for k in parts[0].quantiles},
-        np.concatenate([p.corr for p in parts]),
+        np.concatenate([p.samples for p in parts])[back],
+        {k: np.concatenate([p.quantiles[k] for p in parts])[back] for k in parts[0].quantiles},
+        np.concatenate([p.corr for p in parts])[back],
         k_hat=k_hat,
     )
 

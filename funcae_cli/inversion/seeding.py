@@ -28,7 +28,9 @@ MIX2 = -7723592293110705685  # 0x94D049BB133111EB
 # uniforms that put a walker outside the box back in it), "moves" and "kernel" the ensemble's uniforms and normals
 # (ensemble.py documents its counters), "laplace" Laplace's Gaussian draws, "resample" the importance resample,
 # "modes" the modes' importance draws and their mixture's resample (modes.py).
-STREAMS = {"latent": 1, "physics": 2, "walkers": 3, "moves": 4, "kernel": 5, "laplace": 6, "resample": 7, "modes": 8}
+# "amortized" the base normals of the amortized posterior's flow (flow_sampling.py).
+STREAMS = {"latent": 1, "physics": 2, "walkers": 3, "moves": 4, "kernel": 5, "laplace": 6, "resample": 7, "modes": 8,
+           "amortized": 9}  # fmt: skip
 
 
 def _i64(v: int) -> int:
@@ -146,3 +148,24 @@ def row_sumsq(r: Tensor) -> Tensor:
     """(k,) sum of squares of each row of r (k, m), accumulated in float64 (squares of float32 are exact there):
     the padding's width changes the summation order of a vectorized float32 sum, not this one's rounded result."""
     return r.double().square().sum(dim=1).to(r.dtype)
+
+
+def linear_rows(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    """x (..., i) @ weight (o, i).T + bias in float64, rounded to x's dtype: BLAS picks its kernel (and so its
+    summation order) by the number of rows, even past MIN_ROWS (a float32 product of 4 rows and of 12 differ in
+    the last bit), while float64's differences (~1e-16) vanish in the rounding to float32 (but for a value within
+    1e-16 of a rounding boundary: ~1e-9 of them). For the small per-target products of a batched sampler."""
+    out = x.double() @ weight.double().T
+    return (out if bias is None else out + bias.double()).to(x.dtype)
+
+
+def mlp_rows(net: torch.nn.Sequential, x: Tensor) -> Tensor:
+    """A sequential network of linear layers (masked ones included: weight * mask) and element-wise activations
+    on x (..., i), each linear layer by `linear_rows`."""
+    for m in net:
+        if isinstance(m, torch.nn.Linear):
+            w = m.weight * m.mask if hasattr(m, "mask") else m.weight
+            x = linear_rows(x, w, m.bias)
+        else:
+            x = m(x)
+    return x

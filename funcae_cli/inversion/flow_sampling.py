@@ -1,0 +1,233 @@
+"""Draws from a conditional zuko neural spline flow (NSF: masked autoregressive or coupling transforms with
+rational-quadratic splines) for many targets at once: each target's base normals from its own seed, its context
+used once, every draw through the flow's inverse with only the arithmetic that depends on the draw.
+
+zuko samples a flow by inverting each transform in turn: `passes` evaluations of the transform's hyper network on
+[x, context] (one per feature when fully autoregressive), each building every feature's spline on every draw, then
+one more evaluation for the log-determinant; the context is repeated on every draw. Here, per transform (last to
+first), with the same weights and the same splines:
+- per target, once: the hyper network at x = 0. Its units that do not depend on x (MADE's masks say which) have
+  their values there, and the features of the first pass (order group 0) depend on the context alone: their
+  splines are built once per target;
+- group g >= 1, per draw: only the units that depend on x and reach group g's outputs, the other units' share of
+  each layer added as a per-target constant; then group g's splines;
+- the log-determinant from the same splines at the solved points (no extra pass).
+A fully autoregressive transform over q features so costs q - 1 thinned evaluations per draw, a coupling one
+(passes=2) one. The numbers are zuko's (`transform.inv`, `log_prob`) to float32 rounding; in float64 to 1e-12
+(tests/test_amortized.py).
+
+Layout: every per-draw tensor is (quantity, target, draw), contiguous, so that each of the spline's element-wise
+operations runs over long contiguous rows (torch's vectorized loops) rather than over a trailing dimension of 2 to
+9 (its strided ones, ~5x slower); per-target values are (quantity, target, 1) and broadcast over the draws.
+
+Batch invariance: the per-target products run in float64 rounded to float32 (seeding.linear_rows) and the per-draw
+ones on whole targets' draws (hundreds of columns), so a target's draws do not depend on the batch it is sampled in.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from funcae_cli.inversion import seeding
+
+# --- rational-quadratic splines (zuko.transforms.MonotonicRQSTransform, written for the inverse) -----------
+
+
+def _squash(v: Tensor, scale: float) -> Tensor:
+    """exp(v / (1 + |v| scale)): zuko's bounded unconstrained parameters, exponentiated (|.| < 1 / scale before
+    exp, so the softmax needs no max subtraction)."""
+    return (v / torch.abs(v).mul_(scale).add_(1)).exp_()
+
+
+@dataclass
+class Splines:
+    """zuko's monotonic RQS with K bins on [-bound, bound] (identity outside), from raw parameters phi
+    (3K - 1, ...): widths, heights (softmax, cumulated) and knot derivatives. The cumulative sums are kept
+    unnormalized (their totals last), so that the inverse normalizes only the bin it reads."""
+
+    cum: Tensor  # (2, K + 1, ...): 0, then the cumulative exp-widths (row 0) and exp-heights (row 1)
+    deriv: Tensor  # (K + 1, ...): the raw derivative parameters, 0 at both ends (a derivative of exp(0) = 1)
+    bound: float
+    scale: float  # 1 / |log slope|
+
+    @classmethod
+    def of(cls, phi: Tensor, bound: float, slope: float) -> Splines:
+        bins = (phi.shape[0] + 1) // 3
+        scale = -1.0 / math.log(slope)
+        wh = _squash(phi[: 2 * bins], 2 * scale).unflatten(0, (2, bins))
+        zero = phi.new_zeros(1, *phi.shape[1:])
+        cum = torch.cat([zero.expand(2, 1, *phi.shape[1:]), wh.cumsum(1)], dim=1)
+        return cls(cum, torch.cat([zero, phi[2 * bins :], zero]), bound, scale)
+
+    def inverse(self, y: Tensor) -> tuple[Tensor, Tensor]:
+        """x = f^-1(y) and log f'(x) (the forward's log-derivative at the solution), for y (...) and splines whose
+        trailing dimensions broadcast to y's."""
+        b, shape = self.bound, y.shape
+        total = self.cum[:, -1]  # (2, ...)
+        level = (y + b).mul_((0.5 / b) * total[1])  # y's place on the unnormalized cumulative heights
+        k = (self.cum[1, 1:-1] < level).sum(0)  # its bin, 0 .. K - 1
+        idx = torch.stack([k, k + 1])  # (2, ...)
+        edges = self.cum.expand(*self.cum.shape[:2], *shape).gather(1, idx.expand(2, 2, *shape))  # (2, 2, ...)
+        (x0, x1), (y0, y1) = (2 * b) * (edges / total.expand(2, *shape)[:, None]) - b
+        d0, d1 = _squash(self.deriv.expand(-1, *shape).gather(0, idx), self.scale)
+        dx, dy = x1 - x0, y1 - y0
+        s = dy / dx
+        yy = y - y0
+        t = d0 + d1 - 2 * s
+        qa = dy * (s - d0) + yy * t
+        qb = dy * d0 - yy * t
+        qc = -s * yy
+        z = 2 * qc / (-qb - (qb * qb - 4 * qa * qc).sqrt())  # the root in [0, 1] (Durkan et al. 2019, eq. 29)
+        x = x0 + z * dx
+        zz = z * (1 - z)
+        jac = s * s * (2 * s * zz + d0 * (1 - z) ** 2 + d1 * z * z) / (s + t * zz) ** 2
+        inside = y.abs() < b
+        return torch.where(inside, x, y), torch.where(inside, jac.log(), 0.0)
+
+
+# --- the plan of one transform's inverse -------------------------------------------------------------------
+
+
+@dataclass
+class _Layer:
+    """One linear layer of a pass: the units it evaluates per draw (rows) from the units it reads per draw (cols);
+    its weights on the units that do not depend on x, with the bias, make a per-target constant."""
+
+    weight: Tensor  # (rows, cols)
+    cols: Tensor  # (cols,) their indices in the previous layer (the first layer: in x)
+    rest: Tensor  # (rows, others)
+    others: Tensor  # (others,) indices of those units in the previous layer (the first layer: of [x, context])
+    bias: Tensor  # (rows,)
+
+
+@dataclass
+class _Group:
+    features: Tensor  # (k,) the features this pass solves
+    layers: list[_Layer]  # first (reads x) to output; the output's rows parameter-major: (total, k)
+
+
+@dataclass
+class _Plan:
+    hyper: nn.Sequential
+    activations: list[nn.Module]
+    total: int  # raw spline parameters per feature
+    group0: Tensor  # (k0,) features solved from the context alone
+    rows0: Tensor  # (total k0,) their parameters' rows of the hyper network's output, parameter-major
+    groups: list[_Group]  # the later passes, in order
+    autoregressive: bool  # False: zuko's element-wise transform (q = 1), its hyper network on the context alone
+
+
+def _weights(hyper: nn.Sequential) -> tuple[list[tuple[Tensor, Tensor]], list[nn.Module]]:
+    """The hyper network's effective (masked) weights and biases, and its activations, in order."""
+    layers, acts = [], []
+    for m in hyper:
+        if isinstance(m, nn.Linear):
+            w = m.weight * m.mask if hasattr(m, "mask") else m.weight
+            layers.append((w.detach(), m.bias.detach()))
+        else:
+            acts.append(m)
+    if len(acts) != len(layers) - 1:
+        raise ValueError(f"expected a hyper network of linear layers and activations, got {hyper}")
+    return layers, acts
+
+
+def _rows(features: Tensor, total: int) -> Tensor:
+    """The output rows of `features`' spline parameters, parameter-major (parameter j of feature i at j k + i)."""
+    return (torch.arange(total)[:, None] + features[None, :] * total).flatten()
+
+
+def _group(layers: list[tuple[Tensor, Tensor]], q: int, rows: Tensor, features: Tensor) -> _Group:
+    """The pass that solves `features` (output rows `rows`): per layer, the units that depend on x (a path from an
+    x input) and reach those rows; the rest of each layer's input is a per-target constant."""
+    depends = [torch.arange(layers[0][0].shape[1]) < q]  # layer 0's inputs: [x, context]
+    for w, _ in layers[:-1]:
+        depends.append((w[:, depends[-1]] != 0).any(dim=1))
+    need, out = rows, []
+    for i in range(len(layers) - 1, -1, -1):
+        w, b = layers[i]
+        cols = torch.nonzero((w[need] != 0).any(dim=0) & depends[i]).flatten()
+        others = torch.nonzero(~depends[i]).flatten()
+        out.append(_Layer(w[need][:, cols], cols, w[need][:, others], others, b[need]))
+        need = cols
+    return _Group(features, out[::-1])
+
+
+def _plan(t: nn.Module, q: int) -> _Plan:
+    uni = t.univariate
+    if getattr(getattr(uni, "func", None), "__name__", "") != "MonotonicRQSTransform":
+        raise ValueError(f"flow_sampling samples rational-quadratic spline flows (zuko NSF), not {uni}")
+    if not hasattr(t, "order"):  # zuko's ElementWiseTransform (q = 1)
+        every = torch.arange(q)
+        return _Plan(t.hyper, [], t.total, every, _rows(every, t.total), [], False)
+    layers, acts = _weights(t.hyper)
+    levels = sorted(set(t.order.tolist()))
+    groups = []
+    for g in levels[1:]:
+        features = torch.nonzero(t.order == g).flatten()
+        groups.append(_group(layers, q, _rows(features, t.total), features))
+    first = torch.nonzero(t.order == levels[0]).flatten()
+    return _Plan(t.hyper, acts, t.total, first, _rows(first, t.total), groups, True)
+
+
+class FlowSampler:
+    """Draws of a zuko NSF `flow` over q features given contexts, each target's from its own seed."""
+
+    def __init__(self, flow: nn.Module, q: int):
+        self.flow = flow
+        self.q = q
+        self.plans = [_plan(t, q) for t in flow.transform.transforms]
+        uni = flow.transform.transforms[0].univariate
+        self.bound, self.slope = uni.keywords.get("bound", 5.0), uni.keywords.get("slope", 1e-3)
+
+    def base_draws(self, seeds: Tensor, draws: int) -> Tensor:
+        """(n, draws, q) float32 standard normals, row i from stream "amortized" of seeds[i] (draw c from its own
+        counters: the first d of any number of draws are the same)."""
+        return seeding.paired_normal(seeds, "amortized", (draws, self.q)).float()
+
+    @torch.no_grad()
+    def sample(self, context: Tensor, eps: Tensor) -> tuple[Tensor, Tensor]:
+        """x (n, S, q): the flow's inverse at base draws eps (n, S, q) (standard normal) given contexts (n, C),
+        and log q(x) (n, S)."""
+        eps = eps.to(context.dtype)
+        log_q = self.flow.base().log_prob(eps)  # (n, S): the base's log density
+        x = eps.permute(2, 0, 1).contiguous()  # (q, n, S)
+        for plan in reversed(self.plans):
+            x, ladj = self._inverse(plan, context, x)
+            log_q += ladj  # log q(x) = log N(z) + sum over transforms of log |dy/dx|
+        return x.permute(1, 2, 0), log_q
+
+    def _per_target(self, plan: _Plan, c: Tensor) -> list[Tensor]:
+        """The hyper network at x = 0 for each target (n rows): its input, every activation, its output last."""
+        if not plan.autoregressive:
+            return [seeding.mlp_rows(plan.hyper, c)]
+        acts = [torch.cat([c.new_zeros(c.shape[0], self.q), c], dim=1)]
+        h = acts[0]
+        for i, m in enumerate(plan.hyper):
+            h = seeding.mlp_rows(nn.Sequential(m), h)
+            if not isinstance(m, nn.Linear) or i == len(plan.hyper) - 1:
+                acts.append(h)
+        return acts
+
+    def _inverse(self, plan: _Plan, c: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        """One transform's inverse: x (q, n, S) from y (q, n, S), and the sum over features of log |dy/dx| (n, S)."""
+        q, n, s = y.shape
+        acts = self._per_target(plan, c)
+        phi0 = acts[-1][:, plan.rows0].T.reshape(plan.total, len(plan.group0), n, 1)  # from the context alone
+        x = torch.empty_like(y)
+        x[plan.group0], ladj = Splines.of(phi0, self.bound, self.slope).inverse(y[plan.group0])
+        ladj = ladj.sum(0)
+        for grp in plan.groups:
+            h = x[grp.layers[0].cols].reshape(-1, n * s)
+            for i, layer in enumerate(grp.layers):
+                const = seeding.linear_rows(acts[i][:, layer.others], layer.rest, layer.bias)  # (n, rows)
+                if i > 0:
+                    h = plan.activations[i - 1](h)
+                h = (layer.weight @ h).view(-1, n, s).add_(const.T[:, :, None]).view(-1, n * s)
+            phi = h.view(plan.total, len(grp.features), n, s)
+            x[grp.features], part = Splines.of(phi, self.bound, self.slope).inverse(y[grp.features])
+            ladj += part.sum(0)
+        return x, ladj
