@@ -257,7 +257,8 @@ def test_a_targets_amortized_draws_are_the_same_alone_in_12_and_in_1000(passes: 
         np.testing.assert_array_equal(post.quantiles["median"][0], alone.quantiles["median"][0])
         np.testing.assert_array_equal(chk.k_hat[:1], chk1.k_hat)
     np.testing.assert_array_equal(all_.samples[:12], twelve.samples)
-    assert np.isfinite(alone.samples).all() and (np.isfinite(chk1.k_hat) == check).all()
+    # the check ran (k-hat a number; inf where an untrained flow's draws all miss the prior), or did not (NaN)
+    assert np.isfinite(alone.samples).all() and (np.isnan(chk1.k_hat) != check).all()
 
 
 def test_a_checkpoint_from_before_passes_loads_as_the_fully_autoregressive_flow() -> None:
