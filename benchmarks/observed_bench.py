@@ -27,6 +27,7 @@ from funcae_cli.config import InvertConfig, load_config
 from funcae_cli.inversion.assess import FLAGS, MISMATCH_P, MISMATCH_REDUCED_CHI2, chi2_p_value
 from funcae_cli.inversion.invert import invert_batch
 from funcae_cli.inversion.physics import natural_bounds
+from funcae_cli.inversion.posterior import Sampling
 from funcae_cli.inversion.targets import pad
 from funcae_cli.jobs.fitted import latent_model_for
 from funcae_cli.jobs.train import run_train
@@ -171,7 +172,8 @@ def bench_posterior(scale: float, repeats: int):
     n = max(int(200 * scale), 4)
     n_emcee = max(int(40 * scale), 2)  # emcee runs one target at a time: a subset, per-target rates compared
     steps, burn = (800, 200) if scale >= 1 else (60, 20)
-    sampling = InvertConfig(posterior="mcmc", walkers=32, steps=steps, burn=burn, seed=1)
+    sampling = InvertConfig(posterior="mcmc", steps=steps, burn=burn, seed=1)  # walkers: funcae's default (auto)
+    n_walkers = Sampling(sampling.walkers, steps, burn, steps, sampling.groups).walkers_for(4)  # emcee: as many
     with tempfile.TemporaryDirectory() as tmp:
         trained = load_trained(trained_observed_run(scale, Path(tmp)), torch.device("cpu"))
         lm, _ = latent_model_for(trained)
@@ -189,7 +191,7 @@ def bench_posterior(scale: float, repeats: int):
     ess_ours = post.ess.min(axis=1)  # per target, its worst parameter
     rng = np.random.default_rng(0)
     starts = np.log10(base.params_est[:n_emcee])
-    walkers = [np.clip(s + 0.05 * rng.standard_normal((sampling.walkers, 4)), low, high) for s in starts]
+    walkers = [np.clip(s + 0.05 * rng.standard_normal((n_walkers, 4)), low, high) for s in starts]
     runs = {}
     for label, moves in (("default (stretch)", None),
                          ("our moves", [(emcee.moves.StretchMove(), 0.2), (emcee.moves.DEMove(), 0.4),
@@ -198,7 +200,7 @@ def bench_posterior(scale: float, repeats: int):
         ess = np.array([_emcee_target(items[i].obs, low, high, walkers[i], sampling.steps, sampling.burn, moves).min()
                         for i in range(n_emcee)])  # fmt: skip
         runs[label] = (time.perf_counter() - t0, ess)
-    evaluations = sampling.walkers * (sampling.steps + sampling.burn)
+    evaluations = n_walkers * (sampling.steps + sampling.burn)
     ours_rate = float(np.sum(ess_ours)) / t_ours  # effective samples per second (worst parameter of each target)
     lines, ratios = [], {}
     for label, (t, ess) in runs.items():
@@ -209,7 +211,8 @@ def bench_posterior(scale: float, repeats: int):
             f"{np.median(ess):.0f} -> {rate:,.0f} effective samples/s; funcae/emcee {ratios[label]:.1f}x"
         )
     notes = [
-        f"{n} observed rotation curves inside the prior (benchmarks/observed.py), {sampling.walkers} walkers x "
+        f"{n} observed rotation curves inside the prior (benchmarks/observed.py), {n_walkers} walkers (funcae: "
+        f"{sampling.groups} ensembles of {n_walkers // sampling.groups}; emcee: one) x "
         f"({sampling.burn} burn + {sampling.steps}) steps = {evaluations:,} likelihood evaluations per target on both "
         "sides; ESS per target = its worst parameter's (emcee: emcee.autocorr.integrated_time; funcae: the same "
         "estimator, walker-averaged autocorrelation with Sokal's window)",

@@ -106,7 +106,7 @@ LrOpt = _record_option(InvertConfig, "lr", "--lr", typ=float)
 PriorOpt = _record_option(InvertConfig, "prior", "--prior", typ=str)
 BoundsOpt = _record_option(InvertConfig, "bounds", "--bounds", typ=str)
 PosteriorOpt = _record_option(InvertConfig, "posterior", "--posterior", typ=str)
-WalkersOpt = _record_option(InvertConfig, "walkers", "--walkers")
+WalkersOpt = _record_option(InvertConfig, "walkers", "--walkers", typ=str)  # an integer or auto
 StepsOpt = _record_option(InvertConfig, "steps", "--steps", typ=str)  # an integer or auto
 BurnOpt = _record_option(InvertConfig, "burn", "--burn")
 SeedOpt = _record_option(InvertConfig, "seed", "--seed")

@@ -18,6 +18,7 @@ from .conftest import ok, usage_error
 BAD = [
     ("invert", "walkers", "12", 12, "must be a multiple of 2 x groups (8), got 12"),
     ("invert", "walkers", "2", 2, "must be >= 4, got 2"),
+    ("invert", "walkers", "lots", "lots", "expected an integer or one of auto, got 'lots'"),
     ("invert", "steps", "3", 3, "must be >= 10, got 3"),
     ("invert", "steps", "many", "many", "expected an integer or one of auto, got 'many'"),
     ("invert", "max_steps", None, 5, "must be >= 10, got 5"),  # config only: no command-line option
@@ -90,6 +91,17 @@ def test_override_keeps_the_record_and_changes_only_the_given_fields():
     with pytest.raises(OptionError) as e:
         override(base, {"walkers": 12})
     assert e.value.cli_message() == "--walkers: must be a multiple of 2 x groups (8), got 12"
+
+
+def test_walkers_auto_gives_each_ensemble_four_walkers_per_parameter_and_at_least_eight():
+    from funcae_cli.inversion.posterior import Sampling
+
+    auto = Sampling("auto", "auto", 200, 5000, 4)
+    assert [auto.walkers_for(q) for q in (1, 2, 3, 4, 5, 7)] == [32, 32, 48, 64, 80, 112]
+    assert all(auto.walkers_for(q) % (2 * 4) == 0 for q in range(1, 12))  # even ensembles, as the rule asks
+    assert Sampling("auto", "auto", 200, 5000, 2).walkers_for(4) == 32
+    assert Sampling(24, "auto", 200, 5000, 4).walkers_for(4) == 24  # asked for: as given
+    assert InvertConfig().walkers == "auto" and InvertConfig(walkers="auto").problems() == []
 
 
 def test_every_range_check_of_the_records_is_exercised_here():

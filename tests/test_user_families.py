@@ -131,6 +131,34 @@ def test_entry_point_family_end_to_end(tmp_path: Path) -> None:
     assert 0.3 < fitted[0] < 3 and -100 < fitted[1] < 100 and 20 < fitted[2] < 80  # the prior
     assert np.allclose(fitted, truth, rtol=0.1, atol=3.0)  # 2% noise on 50 points: within a few km/s
 
+    # mcmc with the user's formula as the likelihood: near-Gaussian here (50 points, 2% errors), so its medians
+    # and standard deviations match scipy's weighted least squares (the fit, and sqrt diag (J'J)^-1 in natural
+    # coordinates: log10 of amplitude and width) to a fraction of a sigma
+    r = done(funcae(elsewhere, "invert", "-r", str(run), "--curve", str(tmp_path / "obs.csv"), "--posterior", "mcmc",
+                    "--steps", "400", "--burn", "150", "--json", "--no-plot", pkg=True))  # fmt: skip
+    post = json.loads(r.stdout)["targets"][0]["posterior"]
+    u_ref = np.array([np.log10(ref[0]), ref[1], np.log10(ref[2])])
+    jac = least_squares(lambda u: (line_np(x, 10 ** u[0], u[1], 10 ** u[2]) - y) / yerr, u_ref).jac
+    sd_ref = np.sqrt(np.diag(np.linalg.inv(jac.T @ jac)))
+    for j, (name, log) in enumerate(zip(("amplitude", "centre", "width"), (True, False, True))):
+        q = {k: (np.log10(v) if log else v) for k, v in post[name].items() if k in ("median", "q16", "q84")}
+        assert abs(q["median"] - u_ref[j]) < 0.25 * sd_ref[j], (name, q, u_ref[j], sd_ref[j])
+        assert 0.8 < (q["q84"] - q["q16"]) / (2 * sd_ref[j]) < 1.25, (name, q, sd_ref[j])
+
+    # a sweep over the user's family: two trials of the same config with their own learning rates, both complete
+    sweep = tmp_path / "line_sweep.yaml"
+    sweep.write_text(yaml.safe_dump({
+        "name": "line_sweep", "base": "line.yaml", "space": {"train.lr": {"log_uniform": [1.0e-3, 1.0e-2]}},
+        "objective": {"metric": "test.sse_mean"}, "sampler": {"name": "random", "seed": 0}, "trials": 2,
+    }))  # fmt: skip
+    done(funcae(tmp_path, "sweep", str(sweep), pkg=True))
+    board = json.loads(done(funcae(tmp_path, "sweep", "show", "runs/line_sweep", "--json", pkg=True)).stdout)
+    trials = board["trials"]
+    assert len(trials) == 2 and all(t["state"] == "complete" and np.isfinite(t["objective"]) for t in trials), trials
+    assert len({t["params"]["train.lr"] for t in trials}) == 2
+    best = yaml.safe_load((tmp_path / "runs" / "line_sweep" / "best.yaml").read_text())
+    assert best["family"]["name"] == "line_profile"
+
 
 @pytest.mark.slow
 def test_import_path_family_end_to_end_and_the_trust_gate(tmp_path: Path) -> None:

@@ -147,7 +147,12 @@ class InvertConfig:
         "posterior network (`funcae amortize RUN`), importance-checked, or auto: amortized, and mcmc for the "
         "targets its check flags",
     )
-    walkers: int = doc_field(32, "mcmc: walkers per target (a multiple of 2 x groups)", min=4)
+    walkers: int | Literal["auto"] = doc_field(
+        "auto",
+        "mcmc: walkers per target (a multiple of 2 x groups), or auto: groups x max(8, 4 x parameters), rounded up "
+        "to an even count per ensemble",
+        min=4,
+    )
     steps: int | Literal["auto"] = doc_field(
         "auto", "mcmc: steps kept per walker, or auto: until >= 50 autocorrelation times and R-hat < 1.01", min=10
     )
@@ -163,7 +168,7 @@ class InvertConfig:
     seed: int | None = doc_field(None, "seed of random starts and samplers (default: the run's seed)", min=0)
 
     def problems(self) -> list[tuple[str, str]]:
-        if self.walkers % (2 * self.groups):
+        if self.walkers != "auto" and self.walkers % (2 * self.groups):
             return [("walkers", f"must be a multiple of 2 x groups ({2 * self.groups}), got {self.walkers}")]
         return []
 

@@ -30,7 +30,7 @@ import torch
 from torch import Tensor
 
 from funcae_cli.inversion import seeding
-from funcae_cli.inversion.diagnostics import converged, integrated_time
+from funcae_cli.inversion.diagnostics import TAU_FACTOR, converged, integrated_time
 from funcae_cli.inversion.modes import cluster, within_rhat
 
 STRETCH = 2.0  # the stretch move's scale a
@@ -232,17 +232,24 @@ def by_group(chain: Tensor, groups: int) -> Tensor:
     return chain.reshape(k, groups, w // groups, s, q).transpose(2, 3).reshape(k, groups, -1, q)
 
 
-def diagnose(chain: Tensor, thin: int, steps: int, groups: int) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+def diagnose(
+    chain: Tensor, thin: int, steps: int, groups: int, everyone: bool = True
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """tau (in steps), R-hat across the groups of each mode, ESS, convergence and the groups' modes (k, groups) of
-    chains (k, W, s, q) recorded every thin-th step over `steps` steps."""
+    chains (k, W, s, q) recorded every thin-th step over `steps` steps. everyone False: R-hat and the modes only
+    for the targets whose chains are long enough already (steps >= 50 tau for every parameter), the others get NaN
+    and mode 0 (they cannot have converged; R-hat's rank normalization sorts every draw and was half of mcmc's
+    time when computed at every check)."""
     tau = integrated_time(chain) * thin
-    labels = torch.zeros(chain.shape[0], groups, dtype=torch.int64)
+    k = chain.shape[0]
+    labels = torch.zeros(k, groups, dtype=torch.int64)
+    rhat = torch.full_like(tau, math.nan)
     if groups > 1:
-        grouped = by_group(chain, groups)
-        labels = cluster(grouped)
-        rhat = within_rhat(grouped, labels)
-    else:
-        rhat = torch.full_like(tau, math.nan)
+        rows = torch.arange(k) if everyone else torch.nonzero((steps >= TAU_FACTOR * tau).all(dim=1)).squeeze(1)
+        if rows.numel():
+            grouped = by_group(chain if rows.numel() == k else chain[rows], groups)
+            labels[rows] = cluster(grouped)
+            rhat[rows] = within_rhat(grouped, labels[rows])
     ess = chain.shape[1] * steps / tau
     return tau, rhat, ess, converged(steps, tau, rhat), labels
 
@@ -288,7 +295,7 @@ def sample(
         done += batch
         while kept.shape[2] > STORE:
             kept, thin = kept[:, :, 1::2], 2 * thin
-        tau, rhat, ess, ok, labels = diagnose(kept, thin, done, groups)
+        tau, rhat, ess, ok, labels = diagnose(kept, thin, done, groups, everyone=done >= cap)
         stop = ok | (done >= cap)
         if bool(stop.any()):
             out.append(Cohort(active[stop], kept[stop], thin, done, accepted[stop] / (done * w), tau[stop],
