@@ -135,7 +135,7 @@ def test_entry_point_family_end_to_end(tmp_path: Path) -> None:
     # and standard deviations match scipy's weighted least squares (the fit, and sqrt diag (J'J)^-1 in natural
     # coordinates: log10 of amplitude and width) to a fraction of a sigma
     r = done(funcae(elsewhere, "invert", "-r", str(run), "--curve", str(tmp_path / "obs.csv"), "--posterior", "mcmc",
-                    "--steps", "400", "--burn", "150", "--json", "--no-plot", pkg=True))  # fmt: skip
+                    "--steps", "250", "--burn", "100", "--json", "--no-plot", pkg=True))  # fmt: skip
     post = json.loads(r.stdout)["targets"][0]["posterior"]
     u_ref = np.array([np.log10(ref[0]), ref[1], np.log10(ref[2])])
     jac = least_squares(lambda u: (line_np(x, 10 ** u[0], u[1], 10 ** u[2]) - y) / yerr, u_ref).jac
@@ -145,17 +145,16 @@ def test_entry_point_family_end_to_end(tmp_path: Path) -> None:
         assert abs(q["median"] - u_ref[j]) < 0.25 * sd_ref[j], (name, q, u_ref[j], sd_ref[j])
         assert 0.8 < (q["q84"] - q["q16"]) / (2 * sd_ref[j]) < 1.25, (name, q, sd_ref[j])
 
-    # a sweep over the user's family: two trials of the same config with their own learning rates, both complete
+    # a sweep over the user's family: a trial of the config with a learning rate of the sweep's space, complete
     sweep = tmp_path / "line_sweep.yaml"
     sweep.write_text(yaml.safe_dump({
         "name": "line_sweep", "base": "line.yaml", "space": {"train.lr": {"log_uniform": [1.0e-3, 1.0e-2]}},
-        "objective": {"metric": "test.sse_mean"}, "sampler": {"name": "random", "seed": 0}, "trials": 2,
+        "objective": {"metric": "test.sse_mean"}, "sampler": {"name": "random", "seed": 0}, "trials": 1,
     }))  # fmt: skip
     done(funcae(tmp_path, "sweep", str(sweep), pkg=True))
-    board = json.loads(done(funcae(tmp_path, "sweep", "show", "runs/line_sweep", "--json", pkg=True)).stdout)
-    trials = board["trials"]
-    assert len(trials) == 2 and all(t["state"] == "complete" and np.isfinite(t["objective"]) for t in trials), trials
-    assert len({t["params"]["train.lr"] for t in trials}) == 2
+    trials = json.loads((tmp_path / "runs" / "line_sweep" / "leaderboard.json").read_text())["trials"]
+    assert len(trials) == 1 and trials[0]["state"] == "complete" and np.isfinite(trials[0]["objective"]), trials
+    assert 1.0e-3 <= trials[0]["params"]["train.lr"] <= 1.0e-2
     best = yaml.safe_load((tmp_path / "runs" / "line_sweep" / "best.yaml").read_text())
     assert best["family"]["name"] == "line_profile"
 
