@@ -89,6 +89,11 @@ def effective_size(chains: Tensor, tau: Tensor | None = None) -> Tensor:
     return chains.shape[1] * chains.shape[2] / tau
 
 
+def long_enough(steps: int, tau: Tensor) -> Tensor:
+    """(n,) True where every parameter has steps >= TAU_FACTOR tau (tau (n, q))."""
+    return (steps >= TAU_FACTOR * tau).all(dim=1)
+
+
 def converged(steps: int, tau: Tensor, rhat: Tensor) -> Tensor:
     """(n,) True where every parameter has steps >= TAU_FACTOR tau and R-hat < RHAT_MAX (NaN counts as not)."""
-    return ((steps >= TAU_FACTOR * tau) & (rhat < RHAT_MAX)).all(dim=1)
+    return long_enough(steps, tau) & (rhat < RHAT_MAX).all(dim=1)

@@ -30,7 +30,7 @@ import torch
 from torch import Tensor
 
 from funcae_cli.inversion import seeding
-from funcae_cli.inversion.diagnostics import TAU_FACTOR, converged, integrated_time
+from funcae_cli.inversion.diagnostics import converged, integrated_time, long_enough
 from funcae_cli.inversion.modes import cluster, within_rhat
 
 STRETCH = 2.0  # the stretch move's scale a
@@ -245,7 +245,7 @@ def diagnose(
     labels = torch.zeros(k, groups, dtype=torch.int64)
     rhat = torch.full_like(tau, math.nan)
     if groups > 1:
-        rows = torch.arange(k) if everyone else torch.nonzero((steps >= TAU_FACTOR * tau).all(dim=1)).squeeze(1)
+        rows = torch.arange(k) if everyone else torch.nonzero(long_enough(steps, tau)).squeeze(1)
         if rows.numel():
             grouped = by_group(chain if rows.numel() == k else chain[rows], groups)
             labels[rows] = cluster(grouped)

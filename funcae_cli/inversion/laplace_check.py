@@ -61,16 +61,21 @@ def gaussian_draws(mean: Tensor, cov: Tensor, draws: int, seeds: Tensor, stream:
     return gaussian_draws_with_log_q(mean, cov, draws, seeds, stream)[0]
 
 
+def _gaussian(mean: Tensor, cov: Tensor, draws: int, seeds: Tensor, stream: str) -> tuple[Tensor, Tensor, Tensor]:
+    """Draws x (n, draws, q) from N(mean (n, q), cov (n, q, q)), their standard normals eps (n, draws, q) (draws
+    [0, draws q) of stream `stream` of each row's seed) and the covariance's root standard deviations sd (n, q)
+    (a covariance that is not positive definite is floored)."""
+    evals, evecs = torch.linalg.eigh(cov)
+    sd = evals.clamp_min(1e-300).sqrt()
+    eps = seeding.normal(seeds, stream, (draws, mean.shape[1])).to(mean.dtype)
+    return mean[:, None, :] + eps @ (evecs * sd[:, None, :]).transpose(1, 2), eps, sd
+
+
 def gaussian_draws_with_log_q(
     mean: Tensor, cov: Tensor, draws: int, seeds: Tensor, stream: str = "laplace"
 ) -> tuple[Tensor, Tensor]:
-    """(n, draws, q) from N(mean (n, q), cov (n, q, q)) and their log densities (n, draws); row i's normals are
-    draws [0, draws q) of stream `stream` of seeds[i] (a covariance that is not positive definite is floored)."""
-    evals, evecs = torch.linalg.eigh(cov)
-    sd = evals.clamp_min(1e-300).sqrt()
-    root = evecs * sd[:, None, :]
-    eps = seeding.normal(seeds, stream, (draws, mean.shape[1])).to(mean.dtype)
-    x = mean[:, None, :] + eps @ root.transpose(1, 2)
+    """(n, draws, q) from N(mean (n, q), cov (n, q, q)) and their log densities (n, draws) (_gaussian's draws)."""
+    x, eps, sd = _gaussian(mean, cov, draws, seeds, stream)
     log_norm = -torch.log(sd).sum(dim=1) - 0.5 * mean.shape[1] * math.log(2 * math.pi)
     return x, -0.5 * eps.square().sum(dim=2) + log_norm[:, None]
 
@@ -82,11 +87,8 @@ def student_draws_with_log_q(
     multivariate Student t with df degrees of freedom, location mean and scale matrix cov (each Gaussian draw's
     offset stretched by sqrt(df / chi2), chi2 the sum of df squares of normals [draws q, draws (q + df)) of the
     stream) with their log densities (n, draws)."""
-    n, q = mean.shape
-    evals, evecs = torch.linalg.eigh(cov)
-    sd = evals.clamp_min(1e-300).sqrt()
-    eps = seeding.normal(seeds, stream, (draws, q)).to(mean.dtype)
-    x = mean[:, None, :] + eps @ (evecs * sd[:, None, :]).transpose(1, 2)
+    q = mean.shape[1]
+    x, eps, sd = _gaussian(mean, cov, draws, seeds, stream)
     chi2 = seeding.normal(seeds, stream, (draws, df), draws * q).to(mean.dtype).square().sum(dim=2)
     stretch = torch.sqrt(df / chi2)  # (n, draws)
     t = mean[:, None, :] + stretch[..., None] * (x - mean[:, None, :])
