@@ -126,6 +126,23 @@ def test_the_same_target_alone_in_12_and_in_1000_gives_the_same_numbers(rotation
     assert len({tuple(z) for z in big.z}) > 990  # different targets, different answers
 
 
+def test_a_curve_that_dips_below_zero_starts_from_its_own_data_not_its_batchs(rotation) -> None:
+    """A noisy point <= 0 on a log run is raised before the encoder's start to the target's own smallest positive
+    value (it was the batch's: a galaxy beside one with a lower curve started, and ended, elsewhere)."""
+    trained, lm = rotation
+    items = [replace(g.obs, x=g.obs.x[:8], y=g.obs.y[:8], yerr=g.obs.yerr[:8]) for g in _galaxies(trained, 2, 5)]
+    dip = items[0].y.copy()
+    dip[0] = -abs(dip[0])
+    items[0] = replace(items[0], y=dip)
+    items[1] = replace(items[1], y=items[1].y * 1e-3)  # its positive values far below the dipping galaxy's
+    options = override(trained.cfg.invert, {"starts": 0, "posterior": "none"})
+    both = invert_batch(trained, pad(items, "two"), options, latent_model=lm)
+    alone = invert_batch(trained, pad(items[:1], "one"), options, latent_model=lm)
+    assert np.isfinite(alone.encoder_z).all()
+    for name in REPORTED:
+        np.testing.assert_allclose(getattr(alone, name)[0], getattr(both, name)[0], rtol=1e-6, atol=0, err_msg=name)
+
+
 @pytest.mark.slow
 def test_invert_command_gives_a_galaxy_the_same_answer_alone_and_among_others(cli, rotation_copy: Path) -> None:
     from benchmarks.observed import write_long_csv

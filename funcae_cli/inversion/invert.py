@@ -193,9 +193,8 @@ def invert_batch(
     t0 = time.perf_counter()
     n = targets.n
     step = chunk_targets(targets.y.shape[1]) if chunk is None else max(1, int(chunk))
-    floor = _start_floor(trained, targets, step)
     parts = [
-        _point_estimates(trained, targets.subset(slice(a, a + step)), o, seed, latent_model, density, bounds_, floor)
+        _point_estimates(trained, targets.subset(slice(a, a + step)), o, seed, latent_model, density, bounds_)
         for a in range(0, n, step)
     ]
     out = _concat([p for p, _ in parts])
@@ -230,36 +229,30 @@ def chunk_targets(width: int) -> int:
     return max(1, min(CHUNK_TARGETS, CHUNK_POINTS // max(width, 1)))
 
 
-def _start_floor(trained: Trained, targets: Targets, step: int) -> float | None:
-    """On a log run with chi^2 targets, the smallest positive value of the targets on the grid over the whole
-    batch: non-positive values there (noisy data may dip <= 0; only the encoder's start needs log) are raised to
-    it. None when nothing needs raising (every real point > 0: their interpolation on the grid is too)."""
+def _raise_nonpositive(trained: Trained, targets: Targets, y_grid: Tensor) -> Tensor:
+    """On a log run with chi^2 targets, each target's values on the grid that are <= 0 (noisy data may dip there;
+    only the encoder's start needs log) raised to that target's own smallest positive value on the grid (1e-30
+    where it has none): a target's start never depends on the other targets of its batch."""
     if trained.normalizer.transform != "log" or targets.yerr is None:
-        return None
-    real = targets.y if targets.mask is None else targets.y[targets.mask]
-    if bool((real > 0).all()):
-        return None
-    lows = []
-    for a in range(0, targets.n, step):
-        y_grid = targets_on_grid(trained, targets.subset(slice(a, a + step)))
-        positive = y_grid[y_grid > 0]
-        lows.append(float(positive.min()) if positive.numel() else math.inf)
-    low = min(lows)
-    return low if math.isfinite(low) else 1e-30
+        return y_grid
+    positive = y_grid > 0
+    if bool(positive.all()):
+        return y_grid
+    low = torch.where(positive, y_grid, torch.full_like(y_grid, math.inf)).amin(dim=1, keepdim=True)
+    low = torch.where(torch.isfinite(low), low, torch.full_like(low, 1e-30))
+    return torch.where(positive, y_grid, low)
 
 
 def _point_estimates(
     trained: Trained, targets: Targets, o: InvertConfig, seed: int, latent_model: LatentModel | None,
-    density: CodeDensity | None, bounds: Bounds | None, floor: float | None,
+    density: CodeDensity | None, bounds: Bounds | None,
 ) -> tuple[InvertResult, Tensor | None]:  # fmt: skip
     """One chunk's codes, fits and parameters (no flags, no posterior), and its targets' seeds (None when nothing
     is drawn)."""
     method, starts, dev = o.method, o.starts, trained.device
     problem = Problem(trained, targets, density)
     n = targets.n
-    y_grid = targets_on_grid(trained, targets)
-    if floor is not None:
-        y_grid = y_grid.clamp_min(floor)
+    y_grid = _raise_nonpositive(trained, targets, targets_on_grid(trained, targets))
     z_enc = encode_curves(trained, y_grid)  # (n, d)
     draws = starts > 0 or bounds is not None or o.posterior != "none"  # the hash costs ~0.1 ms per 1000-point target
     seeds = seeding.seeds_of_curves(seed, targets.y, targets.x, targets.yerr, targets.mask) if draws else None
