@@ -177,7 +177,10 @@ def test_without_a_posterior_network_amortized_is_exit_2_naming_the_command(cli,
 def test_amortize_then_invert_and_validate_with_it(cli, smoke_copy: Path) -> None:
     """The real commands: train a tiny network (checkpoint written), invert observed curves with it (quantiles,
     k-hat per target, samples file), validate it; a second amortize without --force is refused."""
-    ok(cli("amortize", smoke_copy, "--epochs", "1", "--steps", "5", "--batch-size", "32"))
+    r = cli("amortize", smoke_copy, "--epochs", "2", "--steps", "5", "--batch-size", "32", "--quiet")
+    ok(r)
+    assert "epoch" not in r.stderr + r.stdout and "trained the posterior network" in r.stderr + r.stdout  # --quiet
+    ok(cli("amortize", smoke_copy, "--epochs", "1", "--steps", "5", "--batch-size", "32", "--force"))
     assert (smoke_copy / "checkpoints" / "amortized.pt").is_file()
     usage_error(cli("amortize", smoke_copy, "--epochs", "1", "--steps", "5", "--batch-size", "32"), "--force")
     csv = _normal_csv(smoke_copy.parent / "obs.csv")

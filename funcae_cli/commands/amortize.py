@@ -9,7 +9,7 @@ import typer
 
 from funcae_cli import console
 from funcae_cli.commands.common import resolve_run
-from funcae_cli.options import AmortizeBatchOpt, AmortizeEpochsOpt, AmortizeStepsOpt, JsonOpt
+from funcae_cli.options import AmortizeBatchOpt, AmortizeEpochsOpt, AmortizeStepsOpt, JsonOpt, QuietOpt
 
 
 def amortize(
@@ -19,6 +19,7 @@ def amortize(
     batch_size: AmortizeBatchOpt = None,
     force: Annotated[bool, typer.Option("--force", help="Train again over a finished network.")] = False,
     json_: JsonOpt = False,
+    quiet: QuietOpt = False,
 ) -> None:
     """Train the run's amortized posterior: a conditional normalizing flow q(parameters | observed points) on
     observations simulated fresh each step from the run's prior and its `amortized` section's observation model
@@ -30,7 +31,7 @@ def amortize(
         console.info(f"epoch {h['epoch']}: loss {h['loss']:.4g} ({h['seconds']:.1f}s)")
 
     options = {"epochs": epochs, "steps": steps, "batch_size": batch_size}
-    rec = run_amortize(resolve_run(run), options, force, on_epoch=None if json_ else progress)
+    rec = run_amortize(resolve_run(run), options, force, on_epoch=None if json_ or quiet else progress)
     if json_:
         console.emit_json(rec)
     else:

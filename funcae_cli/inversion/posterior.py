@@ -157,7 +157,8 @@ def from_chains(
         out.warnings.append(
             f"the MCMC chains of {', '.join(hit[:5])}{more} stopped at {cap} before converging (R-hat >= {RHAT_MAX} "
             f"across the independent ensembles of a mode, or fewer than {TAU_FACTOR} autocorrelation times): their "
-            "intervals may be wrong; raise the cap"
+            "intervals may be wrong; raise the cap, or the walkers (--walkers: each ensemble's moves propose from its "
+            "other walkers, and more of them cross curved or L-shaped posteriors sooner)"
         )
     out.warnings.extend(_mode_warnings(out, stack([m.k_hat for _, m, _, _ in parts]), target_names))
     return out
