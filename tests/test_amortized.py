@@ -145,6 +145,39 @@ def test_the_k_hat_flag_fires_on_a_mismatched_flow(tiny_flow) -> None:
     assert any(FLAG in w for w in chk.warnings)
 
 
+def test_a_flow_that_misses_gets_a_second_look_from_laplaces_t(tiny_flow) -> None:
+    """The mismatched flow above, given each target's Gaussian at its exact posterior (quadrature's median and
+    sd, widened 1.5x: an approximate Laplace): the pool of the flow's and the t's draws, weighed under their
+    mixture, passes the check where the flow alone failed, and its quantiles are the exact posterior's to 0.15
+    sd. A Laplace far off (10 sd away and 100x narrow) leaves the targets flagged with the flow's own draws."""
+    fcfg, bounds, sim, net = tiny_flow
+    batch, _ = sim(30, torch.Generator().manual_seed(7))
+    levels = np.array([0.16, 0.5, 0.84])
+    exact, sd = _exact_quantiles(batch, levels)
+    bad = PosteriorNet(replace(net.args))
+    bad.load_state_dict(net.state_dict())
+    bad.center += 0.5
+    bad.scale *= 0.1
+    batch, names = replace(batch, names=[f"t{i}" for i in range(batch.n)]), ["mu", "sigma"]
+    args = (bad.eval(), fcfg, bounds, log_prior(fcfg), batch, 1000, True, seeds_of(batch), names)
+    flow_only, chk0 = amortized_posterior(*args)
+    assert chk0.unreliable.mean() >= 0.9
+
+    def laplace(rows: torch.Tensor, shift: float = 0.0, widen: float = 1.5):
+        mean = torch.as_tensor(exact[rows.numpy(), 1] + shift * sd[rows.numpy()])[:, None]
+        return mean, torch.as_tensor((widen * sd[rows.numpy()]) ** 2)[:, None, None]
+
+    post, chk = amortized_posterior(*args, laplace)
+    assert (chk.k_hat < KHAT_MAX).mean() >= 0.9 and not chk.unreliable[~chk0.unreliable].any()
+    good = chk.k_hat < KHAT_MAX
+    got = np.stack([post.quantiles[k][:, 0] for k in ("q16", "median", "q84")], axis=1)
+    err = np.abs(got - exact) / sd[:, None]
+    assert np.median(err[good]) < 0.15, np.median(err[good], axis=0)
+    far, chk_far = amortized_posterior(*args, lambda rows: laplace(rows, shift=10.0, widen=0.01))
+    assert chk_far.unreliable.mean() >= 0.9
+    np.testing.assert_array_equal(far.samples[chk_far.unreliable], flow_only.samples[chk_far.unreliable])
+
+
 def test_targets_unlike_the_training_observations_are_flagged(tiny_flow) -> None:
     fcfg, bounds, sim, net = tiny_flow
     batch, _ = sim(4, torch.Generator().manual_seed(3))
@@ -241,19 +274,28 @@ def test_the_batched_sampler_is_zukos_inverse_of_the_flow(q: int, passes: int | 
 
 
 @pytest.mark.parametrize("passes", [None, 2], ids=["autoregressive", "coupling"])
-@pytest.mark.parametrize("check", [False, True], ids=["flow", "checked"])
-def test_a_targets_amortized_draws_are_the_same_alone_in_12_and_in_1000(passes: int | None, check: bool) -> None:
+@pytest.mark.parametrize("check", [False, True, "laplace"], ids=["flow", "checked", "second-look"])
+def test_a_targets_amortized_draws_are_the_same_alone_in_12_and_in_1000(passes: int | None, check) -> None:
     """Per-target determinism: a target's base normals from its own seed, its context once: its draws, quantiles
-    and k-hat bitwise the same alone (its own padding), among 12 and among 1000 (wider padding, other chunks)."""
+    and k-hat bitwise the same alone (its own padding), among 12 and among 1000 (wider padding, other chunks);
+    also where the check's second look (a t at each target's own Gaussian) weighs them again."""
     cfg = AmortizedConfig(hidden=[32, 32], embed=16, points=[10, 40], frac=[0.02, 0.1], passes=passes)
     fcfg, bounds, sim = _rotation_problem(cfg)
     torch.manual_seed(0)
     net = PosteriorNet(sim.args).eval()  # untrained: its draws still depend on the weights, context and seed
-    batch, _ = sim(1000, torch.Generator().manual_seed(1))
+    batch, u_true = sim(1000, torch.Generator().manual_seed(1))
     batch = replace(batch, names=[f"t{i}" for i in range(batch.n)])
     seeds, names = seeds_of(batch), list(ROTATION)
-    runs = [amortized_posterior(net, fcfg, bounds, log_prior(fcfg), batch.subset(slice(0, k)), 100, check,
-                                seeds[:k], names) for k in (1, 12, 1000)]  # fmt: skip
+
+    looked: list[int] = []
+
+    def laplace(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        looked.extend(rows.tolist())
+        return u_true[rows].double(), torch.eye(4, dtype=torch.float64).expand(rows.shape[0], 4, 4) * 0.01
+
+    second = laplace if check == "laplace" else None
+    runs = [amortized_posterior(net, fcfg, bounds, log_prior(fcfg), batch.subset(slice(0, k)), 100, bool(check),
+                                seeds[:k], names, second) for k in (1, 12, 1000)]  # fmt: skip
     (alone, chk1), (twelve, chk12), (all_, chk_all) = runs
     for post, chk in ((twelve, chk12), (all_, chk_all)):
         np.testing.assert_array_equal(post.samples[0], alone.samples[0])
@@ -261,7 +303,9 @@ def test_a_targets_amortized_draws_are_the_same_alone_in_12_and_in_1000(passes: 
         np.testing.assert_array_equal(chk.k_hat[:1], chk1.k_hat)
     np.testing.assert_array_equal(all_.samples[:12], twelve.samples)
     # the check ran (k-hat a number; inf where an untrained flow's draws all miss the prior), or did not (NaN)
-    assert np.isfinite(alone.samples).all() and (np.isnan(chk1.k_hat) != check).all()
+    assert np.isfinite(alone.samples).all() and (np.isnan(chk1.k_hat) != bool(check)).all()
+    if check == "laplace":  # the second look ran, on every target the untrained flow failed (nearly all)
+        assert len(looked) >= 0.9 * (1 + 12 + 1000)
 
 
 def test_a_checkpoint_from_before_passes_loads_as_the_fully_autoregressive_flow() -> None:

@@ -16,7 +16,13 @@ from scipy import stats
 
 from funcae_cli.inversion import seeding
 from funcae_cli.inversion.calibration import split_by_flag
-from funcae_cli.inversion.laplace_check import FLAG, KHAT_MAX, check_laplace
+from funcae_cli.inversion.laplace_check import (
+    FLAG,
+    KHAT_MAX,
+    check_laplace,
+    student_draws_with_log_q,
+    student_log_density,
+)
 from funcae_cli.inversion.psis import psis, tail_length
 
 from .conftest import ok
@@ -174,6 +180,23 @@ def test_laplace_check_recovers_a_heavy_tailed_posterior_through_its_student_pro
     np.testing.assert_allclose(got, stats.t.ppf(probs, 3), atol=0.12)
     gaussian = stats.norm.ppf(0.975, scale=math.sqrt(0.75))
     assert stats.t.ppf(0.975, 3) - gaussian > 1.4  # what the raw Gaussian would have reported
+
+
+def test_student_log_density_is_scipys_multivariate_t_and_its_draws_own() -> None:
+    """The t density the amortized check weighs by (laplace_check.student_log_density) against scipy's
+    multivariate_t at random points, and at the t's own draws equal to the log q those draws come with."""
+    gen = np.random.default_rng(3)
+    n, q, df = 3, 4, 5
+    a = gen.normal(size=(n, q, q))
+    cov = torch.as_tensor(a @ a.transpose(0, 2, 1) + 0.1 * np.eye(q))
+    mean = torch.as_tensor(gen.normal(size=(n, q)))
+    x = torch.as_tensor(gen.normal(size=(n, 7, q)) * 3)
+    got = student_log_density(x, mean, cov, df).numpy()
+    for i in range(n):
+        ref = stats.multivariate_t(mean[i].numpy(), cov[i].numpy(), df=df).logpdf(x[i].numpy())
+        np.testing.assert_allclose(got[i], ref, rtol=1e-10)
+    _, t, log_q = student_draws_with_log_q(mean, cov, 50, seeding.mix64(torch.arange(n)), df)
+    np.testing.assert_allclose(student_log_density(t, mean, cov, df).numpy(), log_q.numpy(), rtol=1e-10)
 
 
 def test_invert_laplace_reports_k_hat(cli, smoke_copy: Path) -> None:

@@ -40,6 +40,7 @@ from funcae_cli.inversion.posterior import (
     Posterior,
     Sampling,
     flag_multimodal,
+    laplace_covariance,
     latent_posterior,
     physics_posterior,
     with_rows,
@@ -202,9 +203,10 @@ def invert_batch(
     _assess(trained, targets, out, density)
     if posterior != "none":
         if posterior in ("amortized", "auto"):  # the flow's draws, importance-checked (inversion/amortized.py)
+            laplace = _laplace_at_fits(trained, targets, out.params_est, dev) if out.physics is not None else None
             out.posterior, check = amortized.amortized_posterior(
                 flow, trained.cfg.family, natural_bounds(trained, "prior"), log_prior(trained.cfg.family), targets,
-                o.draws, o.check or posterior == "auto", seeds, trained.param_names)  # fmt: skip
+                o.draws, o.check or posterior == "auto", seeds, trained.param_names, laplace)  # fmt: skip
             amortized.flag(out.assessment.flags, check)
             if posterior == "auto":
                 _mcmc_where_flagged(trained, targets, out, sampling, seeds, dev)
@@ -374,17 +376,36 @@ def _mcmc_where_flagged(
     )
 
 
+def _fitter_at(trained: Trained, obs: Observations, params: np.ndarray) -> tuple[Fitter, Tensor]:
+    """The formula's fitter of `obs` inside the prior's support (where the walkers start) and the fits `params`
+    (n, p) in the family's units as its free natural coordinates (n, q), inside its box."""
+    bounds = natural_bounds(trained, "prior")
+    fitter = Fitter(trained, obs, bounds)
+    u = bounds.to_natural(torch.as_tensor(params)).to(obs.x.device)[:, fitter.free]
+    return fitter, torch.maximum(torch.minimum(u, fitter.hi), fitter.lo)
+
+
+def _laplace_at_fits(trained: Trained, targets: Targets, params: np.ndarray, dev: torch.device):
+    """rows (r,) of targets -> Laplace's Gaussian at their fits: means (r, q) and covariances (r, q, q) in free
+    natural coordinates (the amortized check's second proposal: amortized.py)."""
+
+    def gaussian(rows: Tensor) -> tuple[Tensor, Tensor]:
+        sub = targets.subset(rows)
+        obs = Observations.of(sub.x if sub.x is not None else trained.grid, sub.y, sub.yerr, sub.mask, dev)
+        fitter, u = _fitter_at(trained, obs, params[rows.numpy()])
+        return u, laplace_covariance(fitter, u, log_prior(trained.cfg.family))
+
+    return gaussian
+
+
 def _physics_posterior(
     trained: Trained, obs: Observations, params: np.ndarray, alternatives: np.ndarray | None, kind: str,
     sampling: Sampling, names: list[str], seeds: Tensor,
 ) -> Posterior:  # fmt: skip
     """The posterior of the formula's parameters of the targets of `obs`, from their fits `params` (n, p) in the
     family's units and the refit's other optima (n, k, p) natural, or None; inside the prior's support."""
-    bounds = natural_bounds(trained, "prior")  # the prior's support: where the walkers start
-    fitter = Fitter(trained, obs, bounds)
-    u = bounds.to_natural(torch.as_tensor(params)).to(obs.x.device)[:, fitter.free]
-    u = torch.maximum(torch.minimum(u, fitter.hi), fitter.lo)
-    alt = None if alternatives is None else torch.as_tensor(alternatives)[:, :, bounds.free].to(obs.x.device)
+    fitter, u = _fitter_at(trained, obs, params)
+    alt = None if alternatives is None else torch.as_tensor(alternatives)[:, :, fitter.free].to(obs.x.device)
     return physics_posterior(fitter, u, log_prior(trained.cfg.family), kind, sampling, trained.param_names, names,
                              seeds, alt)  # fmt: skip
 

@@ -93,17 +93,34 @@ def student_draws_with_log_q(
     stretch = torch.sqrt(df / chi2)  # (n, draws)
     t = mean[:, None, :] + stretch[..., None] * (x - mean[:, None, :])
     maha = (stretch.square() * eps.square().sum(dim=2)) / df  # (t - mean)' cov^-1 (t - mean) / df
+    return x, t, _student_log(maha, sd, df)
+
+
+def _student_log(maha: Tensor, sd: Tensor, df: int) -> Tensor:
+    """log density (n, S) of a multivariate t with df degrees of freedom at points whose squared Mahalanobis
+    distances divided by df are maha (n, S), its scale matrix's root standard deviations sd (n, q)."""
+    q = sd.shape[1]
     log_norm = (math.lgamma((df + q) / 2) - math.lgamma(df / 2) - 0.5 * q * math.log(df * math.pi)
                 - torch.log(sd).sum(dim=1))  # fmt: skip
-    return x, t, log_norm[:, None] - 0.5 * (df + q) * torch.log1p(maha)
+    return log_norm[:, None] - 0.5 * (df + q) * torch.log1p(maha)
 
 
-def importance_resample(x: Tensor, log_w: Tensor, seeds: Tensor) -> Tensor:
-    """(n, S, q) draws resampled with replacement by normalized log weights (n, S): the inverse of each row's
-    cumulative weights at S uniforms of stream "resample" of seeds[i] (float64 sums, row by row)."""
+def student_log_density(x: Tensor, mean: Tensor, cov: Tensor, df: int) -> Tensor:
+    """log density (n, S) at points x (n, S, q) of the multivariate t with df degrees of freedom, location mean
+    (n, q) and scale matrix cov (n, q, q) (floored as _gaussian floors it)."""
+    evals, evecs = torch.linalg.eigh(cov)
+    sd = evals.clamp_min(1e-300).sqrt()
+    z = ((x - mean[:, None, :]) @ evecs) / sd[:, None, :]  # whitened offsets
+    return _student_log(z.square().sum(dim=2) / df, sd, df)
+
+
+def importance_resample(x: Tensor, log_w: Tensor, seeds: Tensor, count: int | None = None) -> Tensor:
+    """(n, S, q) draws resampled with replacement by normalized log weights (n, S): `count` (default S) draws per
+    row, the inverse of each row's cumulative weights at uniforms of stream "resample" of seeds[i] (float64 sums,
+    row by row)."""
     w = log_w.double()
     cdf = torch.cumsum(torch.exp(w - w.max(dim=1, keepdim=True).values), dim=1)
-    u = seeding.uniform(seeds, "resample", (x.shape[1],)) * cdf[:, -1:]
+    u = seeding.uniform(seeds, "resample", (x.shape[1] if count is None else count,)) * cdf[:, -1:]
     idx = torch.searchsorted(cdf, u, right=True).clamp_max(x.shape[1] - 1)
     return x.gather(1, idx[:, :, None].expand(-1, -1, x.shape[2]))
 

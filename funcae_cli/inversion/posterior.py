@@ -425,6 +425,26 @@ def _spread_groups(
                        _reflect(moved, lo, hi))  # fmt: skip
 
 
+def laplace_covariance(fitter: Fitter, u_opt: Tensor, log_prior: Callable[[Tensor], Tensor]) -> Tensor:
+    """Laplace's covariance (n, q, q) of a formula family's free parameters at the optima u_opt (n, q) (natural
+    coordinates): the inverse of the Gauss-Newton Hessian of the chi^2 / 2 (J'J of the weighted residuals; without
+    yerr, scaled by the residuals' variance as nonlinear least squares does), the prior's Hessian and a weak
+    Gaussian of half the box's width (10 natural units where unbounded) that keeps directions the data and the
+    prior leave flat from a zero or infinite variance (and spreads mcmc's walkers along them)."""
+    obs = fitter.obs
+    n, q = u_opt.shape
+    all_points = torch.arange(obs.x.shape[0], device=obs.x.device)
+    _, g, jac = fitter.gradient(u_opt, obs.target, all_points)
+    a = torch.zeros(n, q, q, dtype=u_opt.dtype).index_add_(0, obs.target, jac[:, :, None] * jac[:, None, :])
+    if not obs.chi2:  # no errors: their scale from the residuals, as nonlinear least squares does
+        r = fitter.residual(u_opt, obs.target, all_points)
+        dof = (torch.bincount(obs.target, minlength=n) - q).clamp_min(1)
+        a = a / (fitter.sums(r, obs.target, n) / dof).clamp_min(1e-300)[:, None, None]
+    width = torch.where(torch.isfinite(fitter.hi - fitter.lo), (fitter.hi - fitter.lo) / 2, 10.0).double()
+    floor = torch.diag_embed((1.0 / width.square()).expand(n, -1))
+    return precision_to_cov(a + prior_hessian(lambda u: log_prior(fitter.full(u)), u_opt) + floor)
+
+
 def physics_posterior(
     fitter: Fitter, u_opt: Tensor, log_prior: Callable[[Tensor], Tensor], kind: str, sampling: Sampling,
     names: list[str], target_names: list[str], seeds: Tensor, alternatives: Tensor | None = None,
@@ -436,22 +456,11 @@ def physics_posterior(
     where mcmc's other ensembles start."""
     obs = fitter.obs
     n, q = u_opt.shape
-    all_points = torch.arange(obs.x.shape[0], device=obs.x.device)
-    _, g, jac = fitter.gradient(u_opt, obs.target, all_points)
-    a = torch.zeros(n, q, q, dtype=u_opt.dtype).index_add_(0, obs.target, jac[:, :, None] * jac[:, None, :])
-    if not obs.chi2:  # no errors: their scale from the residuals, as nonlinear least squares does
-        r = fitter.residual(u_opt, obs.target, all_points)
-        dof = (torch.bincount(obs.target, minlength=n) - q).clamp_min(1)
-        a = a / (fitter.sums(r, obs.target, n) / dof).clamp_min(1e-300)[:, None, None]
 
     def log_prior_free(u: Tensor) -> Tensor:
         return log_prior(fitter.full(u))
 
-    # A weak Gaussian of half the box's width (10 natural units where unbounded) keeps directions the data and the
-    # prior leave flat from a zero or infinite variance (Laplace) and spreads the walkers along them (mcmc).
-    width = torch.where(torch.isfinite(fitter.hi - fitter.lo), (fitter.hi - fitter.lo) / 2, 10.0).double()
-    floor = torch.diag_embed((1.0 / width.square()).expand(n, -1))
-    cov = precision_to_cov(a + prior_hessian(log_prior_free, u_opt) + floor)
+    cov = laplace_covariance(fitter, u_opt, log_prior)
     units = lambda u: fitter.units(u.reshape(-1, q)).reshape(u.shape[0], u.shape[1], -1)  # noqa: E731
     fast = Fitter(fitter.trained, obs, fitter.bounds, dtype=LIKELIHOOD_DTYPE)  # the samplers' likelihood
     counts = torch.bincount(obs.target, minlength=n)
