@@ -177,6 +177,14 @@ def test_a_flow_that_misses_gets_a_second_look_from_laplaces_t(tiny_flow) -> Non
     assert chk_far.unreliable.mean() >= 0.9
     np.testing.assert_array_equal(far.samples[chk_far.unreliable], flow_only.samples[chk_far.unreliable])
 
+    def failed_fits(rows: torch.Tensor):  # a physics fit that failed (NaN): no second look, no error
+        mean, cov = laplace(rows)
+        return mean.fill_(math.nan), cov
+
+    nan, chk_nan = amortized_posterior(*args, failed_fits)
+    np.testing.assert_array_equal(chk_nan.unreliable, chk0.unreliable)
+    np.testing.assert_array_equal(nan.samples, flow_only.samples)
+
 
 def test_targets_unlike_the_training_observations_are_flagged(tiny_flow) -> None:
     fcfg, bounds, sim, net = tiny_flow

@@ -381,7 +381,10 @@ def _second_look(
     bad = torch.nonzero(k >= KHAT_MAX).squeeze(1)
     draws = u.shape[1]
     mean, cov = laplace(rows[bad])
-    mean, cov = mean.double(), cov.double()
+    fine = torch.isfinite(mean).all(dim=1) & torch.isfinite(cov).flatten(1).all(dim=1)  # a failed fit: no look
+    if not bool(fine.any()):
+        return
+    bad, mean, cov = bad[fine], mean[fine].double(), cov[fine].double()
     _, t, lq_t = student_draws_with_log_q(mean, cov, draws, own[bad], PROPOSAL_DF, "amortized_t")
     sub = batch.subset(bad)
     with torch.no_grad():  # the flow's density at the t draws, in float64 (the same in any batch to ~1e-16)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -385,7 +386,9 @@ def _fitter_at(trained: Trained, obs: Observations, params: np.ndarray) -> tuple
     return fitter, torch.maximum(torch.minimum(u, fitter.hi), fitter.lo)
 
 
-def _laplace_at_fits(trained: Trained, targets: Targets, params: np.ndarray, dev: torch.device):
+def _laplace_at_fits(
+    trained: Trained, targets: Targets, params: np.ndarray, dev: torch.device
+) -> Callable[[Tensor], tuple[Tensor, Tensor]]:
     """rows (r,) of targets -> Laplace's Gaussian at their fits: means (r, q) and covariances (r, q, q) in free
     natural coordinates (the amortized check's second proposal: amortized.py)."""
 
