@@ -342,17 +342,19 @@ def amortized_posterior(
         batch, own = _rows(targets, rows, int(widths[rows].max())), seeds[rows]
         with torch.no_grad():
             eps = sampler.base_draws(own, draws)  # each target's from its own seed
-            u, lq = net.sample(net.embed(batch), eps, sampler)
+            context = net.embed(batch)
+            u, lq = net.sample(context, eps, sampler)
             k = torch.full((batch.n,), math.nan, dtype=torch.float64)
             if check:
-                log_w = _log_posterior(fcfg, bounds, free, log_prior, batch, u) - lq.double()
+                log_p = _log_posterior(fcfg, bounds, free, log_prior, batch, u)
+                log_w = log_p - lq.double()
                 smoothed, k = psis(torch.nan_to_num(log_w, nan=-math.inf))
                 good = k < KHAT_MAX
                 if bool(good.any()):
                     u[good] = importance_resample(u[good], smoothed[good].to(u.dtype), own[good])
                 if laplace is not None and not bool(good.all()):
                     net64 = net64 or copy.deepcopy(net).double()
-                    _second_look(net, net64, fcfg, bounds, log_prior, batch, rows, own, u, lq, log_w, k, laplace)
+                    _second_look(net64, fcfg, bounds, log_prior, batch, context, rows, own, u, lq, log_p, k, laplace)
         parts.append(summarize("amortized", names, u.double(), units, keep=draws))
         ks.append(k.numpy())
     back = torch.argsort(order).numpy()  # the targets' own order again
@@ -364,9 +366,9 @@ def amortized_posterior(
 
 
 def _second_look(
-    net: PosteriorNet, net64: PosteriorNet, fcfg: FamilyConfig, bounds: Bounds,
-    log_prior: Callable[[Tensor], Tensor], batch: Targets, rows: Tensor, own: Tensor, u: Tensor, lq: Tensor,
-    log_w: Tensor, k: Tensor, laplace: Callable[[Tensor], tuple[Tensor, Tensor]],
+    net64: PosteriorNet, fcfg: FamilyConfig, bounds: Bounds, log_prior: Callable[[Tensor], Tensor], batch: Targets,
+    context: Tensor, rows: Tensor, own: Tensor, u: Tensor, lq: Tensor, log_p: Tensor, k: Tensor,
+    laplace: Callable[[Tensor], tuple[Tensor, Tensor]],
 ) -> None:  # fmt: skip
     """The targets of a chunk whose flow draws failed the check (k >= KHAT_MAX) are weighed again, from a pool of
     their flow draws and as many of a Student t at Laplace's Gaussian (laplace_check.py's proposal), under the
@@ -375,9 +377,9 @@ def _second_look(
     normal.yaml 58% of the curves passed the flow alone, 99.6% with this; on rotation_curve_observed.yaml (n 1000)
     44% and 74% (flows trained ~80 s at the defaults; the prototype: t alone 35%). Where the mixture
     passes, u (rows of the chunk) gets its resampled draws and k its k-hat; elsewhere both stay (the flow's draws,
-    flagged). In place. net64: the net in float64; batch, rows, own: the chunk's targets, their rows in the call
-    and their seeds; u (c, S, q) and lq (c, S) the flow's draws and log densities, log_w (c, S) their log weights,
-    k (c,)."""
+    flagged). In place. net64: the net in float64; batch, context, rows, own: the chunk's targets, their
+    embeddings, their rows in the call and their seeds; u (c, S, q), lq and log_p (c, S) the flow's draws, their log
+    densities under the flow and their unnormalized log posterior, k (c,)."""
     bad = torch.nonzero(k >= KHAT_MAX).squeeze(1)
     draws = u.shape[1]
     mean, cov = laplace(rows[bad])
@@ -388,13 +390,13 @@ def _second_look(
     _, t, lq_t = student_draws_with_log_q(mean, cov, draws, own[bad], PROPOSAL_DF, "amortized_t")
     sub = batch.subset(bad)
     with torch.no_grad():  # the flow's density at the t draws, in float64 (the same in any batch to ~1e-16)
-        context = net.embed(sub).double().repeat_interleave(draws, dim=0)
-        lq_flow_t = net64.log_prob(t.reshape(-1, t.shape[2]), context).reshape(t.shape[:2])
+        c64 = context[bad].double().repeat_interleave(draws, dim=0)
+        lq_flow_t = net64.log_prob(t.reshape(-1, t.shape[2]), c64).reshape(t.shape[:2])
     lq_t_flow = student_log_density(u[bad].double(), mean, cov, PROPOSAL_DF)
     log_mix = torch.logaddexp(torch.cat([lq[bad].double(), lq_flow_t], 1), torch.cat([lq_t_flow, lq_t], 1))
     log_mix = log_mix - math.log(2.0)
     log_post_t = _log_posterior(fcfg, bounds, bounds.free, log_prior, sub, t)
-    log_w2 = torch.cat([log_w[bad] + lq[bad].double(), log_post_t], 1) - log_mix  # log p - log mixture
+    log_w2 = torch.cat([log_p[bad], log_post_t], 1) - log_mix  # log p - log mixture
     smoothed, k2 = psis(torch.nan_to_num(log_w2, nan=-math.inf))
     ok = k2 < KHAT_MAX
     if bool(ok.any()):

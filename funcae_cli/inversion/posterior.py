@@ -434,7 +434,7 @@ def laplace_covariance(fitter: Fitter, u_opt: Tensor, log_prior: Callable[[Tenso
     obs = fitter.obs
     n, q = u_opt.shape
     all_points = torch.arange(obs.x.shape[0], device=obs.x.device)
-    _, g, jac = fitter.gradient(u_opt, obs.target, all_points)
+    _, _, jac = fitter.gradient(u_opt, obs.target, all_points)
     a = torch.zeros(n, q, q, dtype=u_opt.dtype).index_add_(0, obs.target, jac[:, :, None] * jac[:, None, :])
     if not obs.chi2:  # no errors: their scale from the residuals, as nonlinear least squares does
         r = fitter.residual(u_opt, obs.target, all_points)
