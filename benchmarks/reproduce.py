@@ -17,14 +17,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from funcae_cli.config import load_config
-from funcae_cli.data.grids import sample_params
 from funcae_cli.device import flush_denormals
-from funcae_cli.inversion import invert as inversion
-from funcae_cli.inversion.targets import targets_from_params
+from funcae_cli.jobs.heldout import inversion_residual
 from funcae_cli.jobs.train import run_train
 from funcae_cli.store.rundir import RunDir
 from funcae_cli.store.trained import load_trained
@@ -85,21 +82,6 @@ EXPERIMENTS = [
 ]  # fmt: skip
 
 
-def median_inversion_residual(rd: RunDir, n: int = 200, seed: int = 123) -> float | None:
-    """Median of |fit - target| in the family's units over n random targets from the prior.
-
-    The notebooks trained on unnormalized curves, so their residual is in the family's units; funcae's
-    optimizer works in the run's training space (standardized for per-point configs), the figure
-    reported here does not depend on it.
-    """
-    trained = load_trained(rd, torch.device("cpu"))
-    gen = torch.Generator().manual_seed(seed)
-    params = sample_params(trained.cfg.family, n, gen)
-    targets = targets_from_params(trained, params)
-    result = inversion.invert_batch(trained, targets)
-    return float(np.median(result.data_residual))
-
-
 def figures_of(rd: RunDir, exp: Experiment) -> dict[str, float | None]:
     m = json.loads(rd.metrics.read_text())
     out: dict[str, float | None] = {}
@@ -107,7 +89,7 @@ def figures_of(rd: RunDir, exp: Experiment) -> dict[str, float | None]:
         if name == "per-curve SSE":
             out[name] = m["test"]["sse_mean"]
         elif name.startswith("invert"):
-            out[name] = median_inversion_residual(rd)
+            out[name] = inversion_residual(load_trained(rd, torch.device("cpu")))["residual_median"]
         elif name.startswith("val MSE"):
             out[name] = m["final"]["val_mse_std"] if m.get("best_epoch", 0) == m["epochs"] else _best_val_mse(rd)
     return out

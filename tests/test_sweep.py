@@ -15,12 +15,16 @@ import time
 import uuid
 from pathlib import Path
 
+import numpy as np
 import optuna
 import pytest
+import scipy.stats
+import torch
 import yaml
 from optuna.trial import TrialState
 
 from funcae_cli.config import load_config
+from funcae_cli.data.grids import sample_params
 
 from .conftest import REPO, ok, usage_error
 
@@ -104,6 +108,50 @@ def check_results(cli, folder: Path, study: optuna.Study, show_args: list[str]) 
     text = cli("sweep", "show", *show_args)
     ok(text)
     assert re.search(rf"^1\s+{best.number}\s", text.stdout, re.M), text.stdout
+
+
+# --- an objective computed after training -----------------------------------------------------------------------
+
+
+def test_a_sweep_ranked_on_the_held_out_inversion_residual(cli, workdir):
+    """objective invert.residual_median: each trial inverts 200 curves of the family at parameters drawn from the
+    prior with the sweep's seed (7) after training; its value is what `funcae invert` reports as the median
+    |fit - target| for the same curves with the same options (no density prior, no physics refit)."""
+    path = write_sweep(workdir, "heldout", objective={"metric": "invert.residual_median"}, trials=2,
+                       pruner={"name": "none"})  # fmt: skip
+    ok(cli("sweep", path, "--device", "cpu"))
+    study = load(sqlite(workdir, "heldout"), "heldout")
+    runs = [workdir / "runs" / "heldout" / "trials" / str(t.number) for t in study.get_trials()]
+    assert len(runs) == 2
+    for run, trial in zip(runs, study.get_trials(), strict=True):
+        section = json.loads((run / "metrics.json").read_text())["invert"]
+        assert section["targets"] == 200 and section["seed"] == 7
+        assert section["residual_median"] == pytest.approx(trial.value, rel=1e-12)
+    best = runs[study.best_trial.number]
+    cfg = load_config(best / "config.yaml")
+    params = sample_params(cfg.family, 200, torch.Generator().manual_seed(7)).numpy()
+    table = workdir / "heldout.csv"
+    np.savetxt(table, params, delimiter=",", header="mu,sigma", comments="", fmt="%.17g")
+    result = cli("invert", "--run", best, "--targets", table, "--prior", "none", "--no-physics", "--json", "--no-plot")
+    ok(result)
+    reported = [t["data_residual"] for t in json.loads(result.stdout)["targets"]]
+    assert float(np.median(reported)) == pytest.approx(study.best_value, rel=1e-6)
+    grid = np.linspace(-5, 5, 64)  # smoke.yaml's grid; the family is the normal pdf (scipy's, independently)
+    curves = scipy.stats.norm.pdf(grid[None], params[:, :1], params[:, 1:])
+    assert 0 < study.best_value < float(np.median(np.linalg.norm(curves, axis=1)))  # better than a flat zero
+
+
+def test_a_held_out_objective_needs_a_formula(cli, workdir):
+    data_only = workdir / "configs" / "data_only.yaml"
+    rows = np.random.default_rng(0).normal(size=(50, 16))
+    np.save(workdir / "rows.npy", rows)
+    family = {"name": "dataset", "path": str(workdir / "rows.npy")}
+    data_only.write_text(yaml.safe_dump({"name": "rows", "family": family, "train": {"epochs": 1}}))
+    path = write_sweep(workdir, "rows", base="../data_only.yaml", overrides={},
+                       objective={"metric": "invert.residual_median"})  # fmt: skip
+    result = cli("sweep", path)
+    usage_error(result, "objective.metric: invert.residual_median")
+    assert "has none" in result.output and not (workdir / "runs" / "rows").exists()
 
 
 # --- N trials, two workers --------------------------------------------------------------------------------------

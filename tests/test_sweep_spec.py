@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from funcae_cli.sweeps.space import DISTRIBUTIONS, encode_choice, parse_dist
-from funcae_cli.sweeps.spec import OBJECTIVE_METRICS, load_sweep, metric_value
+from funcae_cli.sweeps.spec import TRAINING_METRICS, load_sweep, metric_value
 from funcae_cli.sweeps.storage import display_url, normalize_url
 from funcae_cli.sweeps.workers import worker_device, worker_threads
 
@@ -141,7 +141,7 @@ def test_every_shipped_sweep_loads(path: Path) -> None:
 
 def test_objective_metrics_are_in_a_trained_runs_metrics(smoke_run: Path) -> None:
     metrics = json.loads((smoke_run / "metrics.json").read_text())
-    for name in OBJECTIVE_METRICS:
+    for name in TRAINING_METRICS:
         assert isinstance(metric_value(metrics, name), float), name
 
 

@@ -20,12 +20,15 @@ from typing import Any
 
 import optuna
 
+from funcae_cli.device import resolve_device
 from funcae_cli.errors import DivergedError, FuncaeError, Interrupted, user_message
 from funcae_cli.files import atomic_write_json, json_safe
+from funcae_cli.jobs.heldout import SWEEP_SEED, inversion_residual
 from funcae_cli.jobs.train import Callbacks, run_train
 from funcae_cli.stop import StopFlag
 from funcae_cli.store.rundir import RunDir
-from funcae_cli.sweeps.spec import SweepSpec, metric_value, trial_config
+from funcae_cli.store.trained import load_trained
+from funcae_cli.sweeps.spec import AFTER_TRAINING_METRICS, SweepSpec, metric_value, trial_config
 from funcae_cli.sweeps.sweepdir import SweepDir
 
 # The trial's user attributes in the storage (shown by optuna-dashboard; read by results.py).
@@ -66,6 +69,15 @@ def _reporter(trial: optuna.Trial, rows: list[dict[str, Any]]) -> Callable[[dict
             raise optuna.TrialPruned(f"pruned at epoch {row['epoch']}: val_loss {row['val_loss']:.4g}")
 
     return on_epoch
+
+
+def _with_inversion(part: RunDir, metrics: dict[str, Any], device: str) -> dict[str, Any]:
+    """metrics.json with its `invert` section: the trained decoder's fit to held-out curves (jobs/heldout.py, the
+    sweep's own targets), written into the trial's folder before it is renamed."""
+    trained = load_trained(part, resolve_device(device))
+    metrics = {**metrics, "invert": inversion_residual(trained, seed=SWEEP_SEED)}
+    atomic_write_json(part.metrics, json_safe(metrics))
+    return metrics
 
 
 def _finish(sd: SweepDir, number: int, part: RunDir, record: dict[str, Any]) -> None:
@@ -122,6 +134,8 @@ def run_trial(trial: optuna.Trial, ctx: TrialContext) -> float:
         )  # fmt: skip
         for w in metrics.get("tracking", {}).get("warnings", []) if ctx.on_warning else []:
             ctx.on_warning(n, w)
+        if spec.objective.metric in AFTER_TRAINING_METRICS:
+            metrics = _with_inversion(part, metrics, ctx.device)
         value = metric_value(metrics, spec.objective.metric)
         if not math.isfinite(value):
             raise DivergedError(f"objective {spec.objective.metric} is {value}")

@@ -43,8 +43,8 @@ from funcae_cli.config import (
 from funcae_cli.errors import ConfigError
 from funcae_cli.sweeps.space import Dist, parse_dist
 
-# Numbers of metrics.json a sweep may optimize (tests check that a trained run has each one).
-OBJECTIVE_METRICS = (
+# Numbers of metrics.json a sweep may optimize: training writes these (tests check that a trained run has each one)
+TRAINING_METRICS = (
     "test.sse_mean",
     "test.sse_median",
     "test.sse_p95",
@@ -59,6 +59,10 @@ OBJECTIVE_METRICS = (
     "final.val_mse_std",
     "wall_seconds",
 )
+# ... and these a trial computes after training when its objective names them (sweeps/objective.py): the decoder's
+# fit to held-out curves of the family (jobs/heldout.py), in metrics.json's `invert` section. Formula families only.
+AFTER_TRAINING_METRICS = ("invert.residual_median", "invert.residual_mean", "invert.rel_l2_median")
+OBJECTIVE_METRICS = TRAINING_METRICS + AFTER_TRAINING_METRICS
 DEFAULT_TRIALS = 20
 EMPTY_SWEEP = "empty sweep file: give at least `base` and `space` (see configs/sweeps/ for examples)"
 
@@ -260,6 +264,11 @@ def load_sweep(path: str | Path) -> SweepSpec:
     except ConfigError as e:
         raise ConfigError([f"overrides: {p}" for p in e.problems], source) from None
     _check_space(base_raw, space, problems)
+    if sf.objective.metric in AFTER_TRAINING_METRICS and not resolved.family.family.has_formula:
+        problems.append(
+            f"objective.metric: {sf.objective.metric} inverts curves drawn from the family's formula; family "
+            f"{resolved.family.name} has none (rank on a training metric, e.g. final.val_sse)"
+        )
     spec = SweepSpec(
         source=source,
         name=name,
