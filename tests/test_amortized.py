@@ -128,6 +128,9 @@ def test_the_amortized_posterior_of_a_known_case_matches_quadrature(tiny_flow) -
     err = np.abs(got - exact) / sd[:, None]
     assert np.median(err[good]) < 0.15, np.median(err[good], axis=0)
     assert not chk.off_range.any()
+    assert np.isnan(raw.importance_ess).all()  # no check, no weights
+    ess = post.importance_ess
+    assert ((ess >= 1) & (ess <= 2000)).all() and np.median(ess[good]) > 100  # a wider flow: most draws count
 
 
 def test_the_k_hat_flag_fires_on_a_mismatched_flow(tiny_flow) -> None:
@@ -169,6 +172,9 @@ def test_a_flow_that_misses_gets_a_second_look_from_laplaces_t(tiny_flow) -> Non
 
     post, chk = amortized_posterior(*args, laplace)
     assert (chk.k_hat < KHAT_MAX).mean() >= 0.9 and not chk.unreliable[~chk0.unreliable].any()
+    looked = chk0.unreliable & ~chk.unreliable  # weighed from the pool of 1000 flow and 1000 t draws
+    assert (post.importance_ess[looked] > flow_only.importance_ess[looked]).all()
+    assert (post.importance_ess[looked] <= 2000).all()
     good = chk.k_hat < KHAT_MAX
     got = np.stack([post.quantiles[k][:, 0] for k in ("q16", "median", "q84")], axis=1)
     err = np.abs(got - exact) / sd[:, None]
@@ -235,6 +241,9 @@ def test_amortize_then_invert_and_validate_with_it(cli, smoke_copy: Path) -> Non
     ok(r)
     rep = json.loads(r.stdout)
     assert rep["posterior"] == "amortized" and 0 <= rep["k_hat_below"] <= 1
+    ess = rep["importance_ess"]
+    assert 1 <= ess["p10"] <= ess["median"] <= ess["p75"] <= 500  # of the run's 500 draws per target
+    assert 0 <= ess["split_low"]["count"] <= 20 and ess["low"] == 100
     assert rep["compare_mcmc"]["targets"] == 4 and set(rep["compare_mcmc"]["params"]) == {"mu", "sigma"}
     assert 0 <= rep["tarp"]["max_deviation"] <= 1 and (smoke_copy / "validate" / "tarp.png").is_file()
 

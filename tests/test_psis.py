@@ -23,7 +23,7 @@ from funcae_cli.inversion.laplace_check import (
     student_draws_with_log_q,
     student_log_density,
 )
-from funcae_cli.inversion.psis import psis, tail_length
+from funcae_cli.inversion.psis import importance_ess, psis, tail_length
 
 from .conftest import ok
 from .test_posterior import _noisy_curves
@@ -214,9 +214,31 @@ def test_invert_laplace_reports_k_hat(cli, smoke_copy: Path) -> None:
     named = [w for w in rec["warnings"] if FLAG in w]
     assert all(name in named[0] for name in flagged) if flagged else not named
     assert rec["summary"]["posterior"]["k_hat_median"] == pytest.approx(float(np.median(k)))
+    ess = [row["importance_ess"] for row in rec["targets"]]
+    draws = rec["summary"]["posterior"]["draws_per_target"]
+    assert all(1 <= v <= draws for v in ess), ess  # effective draws of the S weighed ones
+    assert rec["summary"]["posterior"]["importance_ess_median"] == pytest.approx(float(np.median(ess)))
     assert rec["summary"]["flags"][FLAG] == len(flagged)
     header = (smoke_copy / "invert" / "obs.csv").read_text().splitlines()[0].split(",")
     assert "k_hat" in header
+
+
+def test_importance_ess_is_the_analytic_efficiency_of_a_wide_gaussian_proposal() -> None:
+    """Weights N(0, 1) / N(0, s^2) of draws from the proposal: E_q[w^2] = s^2 / sqrt(2 s^2 - 1), so the Kish ESS of
+    S draws is S sqrt(2 s^2 - 1) / s^2 (s = 2: 0.661 S; s = 1: S). Equal weights give S, one weight 1."""
+    rng = np.random.default_rng(5)
+    s_draws = 200_000
+    rows = []
+    for s in (1.0, 1.5, 2.0, 3.0):
+        x = rng.normal(0, s, s_draws)
+        rows.append(stats.norm.logpdf(x) - stats.norm.logpdf(x, 0, s))
+    lw = torch.as_tensor(np.array(rows))
+    lw = lw - torch.logsumexp(lw, dim=1, keepdim=True)
+    want = [s_draws * math.sqrt(2 * s**2 - 1) / s**2 for s in (1.0, 1.5, 2.0, 3.0)]
+    assert importance_ess(lw).numpy() == pytest.approx(want, rel=0.02)
+    flat = torch.full((1, 50), -math.log(50), dtype=torch.float64)
+    one = torch.tensor([[0.0] + [-math.inf] * 49], dtype=torch.float64)
+    assert importance_ess(torch.cat([flat, one])).numpy() == pytest.approx([50.0, 1.0])
 
 
 def test_validate_splits_coverage_by_flag() -> None:

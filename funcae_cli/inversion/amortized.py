@@ -58,7 +58,7 @@ from funcae_cli.inversion.laplace_check import (
 )
 from funcae_cli.inversion.physics import Bounds
 from funcae_cli.inversion.posterior import Posterior, summarize
-from funcae_cli.inversion.psis import psis
+from funcae_cli.inversion.psis import importance_ess, psis
 from funcae_cli.inversion.targets import Targets
 
 FLAG = "amortized_unreliable"
@@ -329,7 +329,7 @@ def amortized_posterior(
     chunk = max(1, CHUNK_ELEMENTS // (draws * max(m, 8)))
     sampler = net.sampler()
     order, widths = _by_width(targets)  # chunks of alike widths: the likelihood runs over little padding
-    parts, ks = [], []
+    parts, ks, esses = [], [], []
     net64 = None  # the net in float64, made when a target first needs its second look
 
     def units(u: Tensor) -> Tensor:
@@ -345,21 +345,27 @@ def amortized_posterior(
             context = net.embed(batch)
             u, lq = net.sample(context, eps, sampler)
             k = torch.full((batch.n,), math.nan, dtype=torch.float64)
+            ess = torch.full((batch.n,), math.nan, dtype=torch.float64)
             if check:
                 log_p = _log_posterior(fcfg, bounds, free, log_prior, batch, u)
                 log_w = log_p - lq.double()
                 smoothed, k = psis(torch.nan_to_num(log_w, nan=-math.inf))
+                ess = importance_ess(smoothed)
                 good = k < KHAT_MAX
                 if bool(good.any()):
                     u[good] = importance_resample(u[good], smoothed[good].to(u.dtype), own[good])
                 if laplace is not None and not bool(good.all()):
                     net64 = net64 or copy.deepcopy(net).double()
-                    _second_look(net64, fcfg, bounds, log_prior, batch, context, rows, own, u, lq, log_p, k, laplace)
+                    _second_look(
+                        net64, fcfg, bounds, log_prior, batch, context, rows, own, u, lq, log_p, k, ess, laplace
+                    )
         parts.append(summarize("amortized", names, u.double(), units, keep=draws))
         ks.append(k.numpy())
+        esses.append(ess.numpy())
     back = torch.argsort(order).numpy()  # the targets' own order again
     k_hat = np.concatenate(ks)[back]
     post = _concat(parts, names, k_hat, back)
+    post.importance_ess = np.concatenate(esses)[back]
     bad = k_hat >= KHAT_MAX
     outside = off_range(net, targets)
     return post, AmortizedCheck(k_hat, bad, outside, _warnings(targets.names, k_hat, bad, outside))
@@ -367,7 +373,7 @@ def amortized_posterior(
 
 def _second_look(
     net64: PosteriorNet, fcfg: FamilyConfig, bounds: Bounds, log_prior: Callable[[Tensor], Tensor], batch: Targets,
-    context: Tensor, rows: Tensor, own: Tensor, u: Tensor, lq: Tensor, log_p: Tensor, k: Tensor,
+    context: Tensor, rows: Tensor, own: Tensor, u: Tensor, lq: Tensor, log_p: Tensor, k: Tensor, ess: Tensor,
     laplace: Callable[[Tensor], tuple[Tensor, Tensor]],
 ) -> None:  # fmt: skip
     """The targets of a chunk whose flow draws failed the check (k >= KHAT_MAX) are weighed again, from a pool of
@@ -375,11 +381,11 @@ def _second_look(
     mixture's density (half each: Owen & Zhou 2000's deterministic mixture). The two fail apart: the flow where a
     posterior is sharper than it resolves, Laplace where one is curved or bounded. `validate --n 2000`: on
     normal.yaml 58% of the curves passed the flow alone, 99.6% with this; on rotation_curve_observed.yaml (n 1000)
-    44% and 74% (flows trained ~80 s at the defaults; the prototype: t alone 35%). Where the mixture
-    passes, u (rows of the chunk) gets its resampled draws and k its k-hat; elsewhere both stay (the flow's draws,
-    flagged). In place. net64: the net in float64; batch, context, rows, own: the chunk's targets, their
-    embeddings, their rows in the call and their seeds; u (c, S, q), lq and log_p (c, S) the flow's draws, their log
-    densities under the flow and their unnormalized log posterior, k (c,)."""
+    44% and 74% (flows trained ~80 s at the defaults; the prototype: t alone 35%). Where the mixture passes, u (rows
+    of the chunk) gets its resampled draws, k its k-hat and ess its effective draws (of the pool of 2 S); elsewhere
+    all stay (the flow's draws, flagged). In place. net64: the net in float64; batch, context, rows, own: the chunk's
+    targets, their embeddings, their rows in the call and their seeds; u (c, S, q), lq and log_p (c, S) the flow's
+    draws, their log densities under the flow and their unnormalized log posterior, k and ess (c,)."""
     bad = torch.nonzero(k >= KHAT_MAX).squeeze(1)
     draws = u.shape[1]
     mean, cov = laplace(rows[bad])
@@ -403,6 +409,7 @@ def _second_look(
         pool = torch.cat([u[bad].double(), t], 1)[ok]
         u[bad[ok]] = importance_resample(pool, smoothed[ok], own[bad][ok], draws).to(u.dtype)
     k[bad] = torch.where(ok, k2, k[bad])
+    ess[bad] = torch.where(ok, importance_ess(smoothed), ess[bad])
 
 
 def _by_width(targets: Targets) -> tuple[Tensor, Tensor]:

@@ -33,7 +33,7 @@ from torch import Tensor
 
 from funcae_cli.inversion import seeding
 from funcae_cli.inversion.assess import NAMED_IN_WARNING
-from funcae_cli.inversion.psis import psis
+from funcae_cli.inversion.psis import importance_ess, psis
 
 KHAT_MAX = 0.7  # Vehtari et al. (2024): above it PSIS estimates are unreliable (their threshold for S >= 2000)
 FLAG = "laplace_unreliable"
@@ -48,10 +48,13 @@ class LaplaceCheck:
     k_hat: np.ndarray  # (n,) NaN where no posterior density was given
     unreliable: np.ndarray  # (n,) bool: k_hat >= KHAT_MAX
     warnings: list[str] = field(default_factory=list)
+    ess: np.ndarray | None = None  # (n,) effective draws of the smoothed weights (psis.importance_ess), NaN unchecked
 
     def into(self, post: Any) -> Any:
-        """Attach k-hat and the warnings to a posterior.Posterior built from self.draws; returns it."""
+        """Attach k-hat, the importance ESS and the warnings to a posterior.Posterior built from self.draws; returns
+        it."""
         post.k_hat = self.k_hat
+        post.importance_ess = self.ess
         post.warnings.extend(self.warnings)
         return post
 
@@ -138,7 +141,8 @@ def check_laplace(
     Without log_post (no likelihood to weigh by) the Gaussian's draws are returned unchecked, k-hat NaN."""
     n = mean.shape[0]
     if log_post is None:
-        return LaplaceCheck(gaussian_draws(mean, cov, draws, seeds), np.full(n, np.nan), np.zeros(n, dtype=bool))
+        nan = np.full(n, np.nan)
+        return LaplaceCheck(gaussian_draws(mean, cov, draws, seeds), nan, np.zeros(n, dtype=bool), ess=nan)
     x, t, log_q = student_draws_with_log_q(mean, cov, draws, seeds, PROPOSAL_DF)
     with torch.no_grad():
         log_w = log_post(t).to(torch.float64).cpu() - log_q.to(torch.float64).cpu()
@@ -149,7 +153,7 @@ def check_laplace(
     if bool(good.any()):
         out[good] = importance_resample(t[good], smoothed[good], seeds[good])
     bad = ~good.numpy()
-    return LaplaceCheck(out, k, bad, _warnings(target_names, k, bad))
+    return LaplaceCheck(out, k, bad, _warnings(target_names, k, bad), importance_ess(smoothed).numpy())
 
 
 def _warnings(names: list[str], k: np.ndarray, bad: np.ndarray) -> list[str]:

@@ -81,6 +81,9 @@ class Posterior:
     unconverged: np.ndarray | None = None  # (n,) bool: stopped by the cap (or a fixed --steps) before converging
     acceptance: np.ndarray | None = None  # (n,)
     k_hat: np.ndarray | None = None  # (n,) laplace: Pareto k-hat of its importance weights (laplace_check.py)
+    # (n,) laplace, amortized: the effective draws of those weights, 1 / sum(w^2) of the smoothed weights (Kish; of
+    # the S weighed draws the reported ones are resampled from); NaN where unchecked
+    importance_ess: np.ndarray | None = None
     source: np.ndarray | None = None  # (n,) str, posterior auto: which posterior each target got (with_rows)
     multimodal: np.ndarray | None = None  # (n,) mcmc: two or more modes carry >= 1% of the mass each (modes.py)
     # (n, groups) mcmc: each mode's share of the mass, modes in the order of their first ensemble, NaN where a target
@@ -247,7 +250,8 @@ def with_rows(base: Posterior, rows: np.ndarray, other: Posterior, kind: str) ->
     """`base` with its targets `rows` (m,) replaced by `other`'s m targets (in that order), as posterior `kind`;
     `source` says per target which posterior it got (base.kind or other.kind). Both keep the same number of
     draws per target, evenly thinned to the smaller; a diagnostic one of them lacks is NaN (or 0 steps, not
-    unconverged) for its targets; base's k_hat is kept for every target (it is why the rows were replaced)."""
+    unconverged) for its targets; base's k_hat and importance_ess are kept for every target (why the rows were
+    replaced)."""
     n = base.samples.shape[0]
     s = min(base.samples.shape[1], other.samples.shape[1])
 
@@ -274,7 +278,8 @@ def with_rows(base: Posterior, rows: np.ndarray, other: Posterior, kind: str) ->
         merged(base.corr, other.corr, np.nan), rhat=merged(base.rhat, other.rhat, np.nan),
         ess=merged(base.ess, other.ess, np.nan), tau=merged(base.tau, other.tau, np.nan),
         steps=merged(base.steps, other.steps, 0), unconverged=merged(base.unconverged, other.unconverged, False),
-        acceptance=merged(base.acceptance, other.acceptance, np.nan), k_hat=base.k_hat, source=source,
+        acceptance=merged(base.acceptance, other.acceptance, np.nan), k_hat=base.k_hat,
+        importance_ess=base.importance_ess, source=source,
         multimodal=merged(base.multimodal, other.multimodal, False),
         mode_weight=merged(base.mode_weight, other.mode_weight, np.nan),
         mode_median=merged(base.mode_median, other.mode_median, np.nan),

@@ -34,6 +34,13 @@ LOG_TINY = math.log(np.finfo(np.float64).tiny)
 EPS = float(np.finfo(np.float64).eps)
 
 
+def importance_ess(log_weights: Tensor) -> Tensor:
+    """Effective draws 1 / sum(w^2) of each row of normalized log weights (rows, S) (psis's output: log-sum-exp 0),
+    the draws an unweighted sample would need for the same variance of a mean (Kish); NaN where a row has none."""
+    lw = log_weights.to(torch.float64)
+    return torch.exp(-torch.logsumexp(2 * lw, dim=1)).nan_to_num(nan=math.nan)
+
+
 def tail_length(draws: int, r_eff: float = 1.0) -> int:
     """M: how many of `draws` weights form the tail."""
     return int(math.ceil(min(draws / 5.0, 3.0 * math.sqrt(draws / r_eff))))

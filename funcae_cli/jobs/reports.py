@@ -144,6 +144,8 @@ def _posterior_row(post: Posterior, i: int) -> dict[str, Any]:
             out["posterior_modes"] = modes
     if post.k_hat is not None:
         out["k_hat"] = finite_or_none(post.k_hat[i])
+    if post.importance_ess is not None:
+        out["importance_ess"] = finite_or_none(post.importance_ess[i])
     if post.source is not None:
         out["posterior_source"] = str(post.source[i])
     return out
@@ -261,6 +263,8 @@ def summarize(res: InvertResult, targets: Targets, names: list[str]) -> dict[str
                                     acceptance_median=float(np.nanmedian(post.acceptance)))  # fmt: skip
         if post.k_hat is not None:
             out["posterior"]["k_hat_median"] = _nanmedian(post.k_hat)
+        if post.importance_ess is not None:
+            out["posterior"]["importance_ess_median"] = _nanmedian(post.importance_ess)
         if post.source is not None:
             out["posterior"]["mcmc_targets"] = int((post.source == "mcmc").sum())
     if res.params_est is not None and targets.params is not None:

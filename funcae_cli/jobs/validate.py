@@ -43,6 +43,7 @@ from funcae_cli.store.rundir import RunDir
 from funcae_cli.store.trained import Trained
 
 CHUNK = 250  # targets per batched inversion: bounds the memory of the MCMC chains
+LOW_ESS = 100  # validate.json's importance_ess.split_low: the coverage of targets with fewer effective draws apart
 
 
 def run_validate(
@@ -73,13 +74,15 @@ def run_validate(
     noise = NoiseModel(points=tuple(o.points), frac=(o.noise, o.noise))
     observations = simulate(fam, trained.cfg.family.options, trained.grid.numpy(), truth, noise, seed, "sim")
     lm, _ = latent_model_for(trained)
-    draws, flagged, unconverged, multimodal, k_hats, by_mcmc = [], [], 0, 0, [], 0
+    draws, flagged, unconverged, multimodal, k_hats, esses, by_mcmc = [], [], 0, 0, [], [], 0
     for a in range(0, o.n, CHUNK):
         res = invert_batch(trained, pad(observations[a : a + CHUNK], "validate"), inv, lm, flow)
         draws.append(res.posterior.samples)
         flag = amortized.FLAG if o.posterior in ("amortized", "auto") else FLAG
         flagged.append(np.array([flag in f for f in res.assessment.flags]))  # laplace's/amortized k-hat >= KHAT_MAX
         k_hats.append(res.posterior.k_hat if res.posterior.k_hat is not None else np.full(res.n, np.nan))
+        ess = res.posterior.importance_ess
+        esses.append(ess if ess is not None else np.full(res.n, np.nan))
         if res.posterior.source is not None:  # auto: the targets sent to mcmc
             by_mcmc += int((res.posterior.source == "mcmc").sum())
         if res.posterior.unconverged is not None:  # mcmc: stopped by its cap before converging
@@ -122,6 +125,7 @@ def run_validate(
         multimodal_targets=multimodal if o.posterior in ("mcmc", "auto") else None,
         mcmc_targets=by_mcmc if o.posterior == "auto" else None,  # auto: the targets its check sent to mcmc
         k_hat_below=_k_hat_below(np.concatenate(k_hats)),
+        importance_ess=_ess_record(truth, draws, trained.param_names, log10, np.concatenate(esses)),
         tarp=_tarp_record(joint),
         compare_mcmc=compared,
         flagged=split_by_flag(truth, draws, trained.param_names, log10, np.concatenate(flagged)),
@@ -151,6 +155,20 @@ def run_validate(
 def _k_hat_below(k: np.ndarray) -> float | None:
     """The fraction of targets whose importance check passed (Pareto k-hat < KHAT_MAX); None without a check."""
     return None if np.isnan(k).all() else float(np.mean(k < KHAT_MAX))
+
+
+def _ess_record(truth: np.ndarray, draws: np.ndarray, names: list[str], log10: list[bool],
+                ess: np.ndarray) -> dict[str, Any] | None:  # fmt: skip
+    """The importance check's effective draws (laplace, amortized; None without a check): their quartiles, and the
+    coverage of the checked targets below LOW_ESS and of the others apart (split_by_flag): whether few effective
+    draws mean too narrow an interval."""
+    checked = np.isfinite(ess)
+    if not checked.any():
+        return None
+    q = np.quantile(ess[checked], [0.1, 0.25, 0.5, 0.75])
+    low = checked & (ess < LOW_ESS)
+    return {"p10": q[0], "p25": q[1], "median": q[2], "p75": q[3], "low": LOW_ESS,
+            "split_low": split_by_flag(truth, draws, names, log10, low)}  # fmt: skip
 
 
 def _tarp_record(t: Tarp) -> dict[str, Any]:
