@@ -364,8 +364,7 @@ def amortized_posterior(
         esses.append(ess.numpy())
     back = torch.argsort(order).numpy()  # the targets' own order again
     k_hat = np.concatenate(ks)[back]
-    post = _concat(parts, names, k_hat, back)
-    post.importance_ess = np.concatenate(esses)[back]
+    post = _concat(parts, names, k_hat, np.concatenate(esses)[back], back)
     bad = k_hat >= KHAT_MAX
     outside = off_range(net, targets)
     return post, AmortizedCheck(k_hat, bad, outside, _warnings(targets.names, k_hat, bad, outside))
@@ -432,7 +431,9 @@ def _rows(targets: Targets, rows: Tensor, width: int) -> Targets:
                    names=[targets.names[i] for i in rows.tolist()] if targets.names else [])  # fmt: skip
 
 
-def _concat(parts: list[Posterior], names: list[str], k_hat: np.ndarray, back: np.ndarray) -> Posterior:
+def _concat(
+    parts: list[Posterior], names: list[str], k_hat: np.ndarray, ess: np.ndarray, back: np.ndarray
+) -> Posterior:
     """One posterior of the chunks' (concatenated, then rows `back`)."""
     return Posterior(
         "amortized",
@@ -441,6 +442,7 @@ def _concat(parts: list[Posterior], names: list[str], k_hat: np.ndarray, back: n
         {k: np.concatenate([p.quantiles[k] for p in parts])[back] for k in parts[0].quantiles},
         np.concatenate([p.corr for p in parts])[back],
         k_hat=k_hat,
+        importance_ess=ess,
     )
 
 

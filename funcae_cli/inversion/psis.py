@@ -37,8 +37,8 @@ EPS = float(np.finfo(np.float64).eps)
 def importance_ess(log_weights: Tensor) -> Tensor:
     """Effective draws 1 / sum(w^2) of each row of normalized log weights (rows, S) (psis's output: log-sum-exp 0),
     the draws an unweighted sample would need for the same variance of a mean (Kish); NaN where a row has none."""
-    lw = log_weights.to(torch.float64)
-    return torch.exp(-torch.logsumexp(2 * lw, dim=1)).nan_to_num(nan=math.nan)
+    lse = torch.logsumexp(2 * log_weights.to(torch.float64), dim=1)
+    return torch.where(torch.isfinite(lse), torch.exp(-lse), math.nan)
 
 
 def tail_length(draws: int, r_eff: float = 1.0) -> int:

@@ -1,6 +1,7 @@
 """How well a trained decoder inverts curves it never saw: the family evaluated at fresh parameters drawn from the
-config's prior, inverted with the run's `invert` defaults (encoder start, latent search; no physics refit, no
-posterior), and the median distance between the decoder's fit and the curve in the family's units.
+config's prior, inverted with the run's `invert` defaults (encoder start, latent search) but without the latent
+model (so no code-density prior and no AE restarts), the physics refit or a posterior, and the median distance
+between the decoder's fit and the curve in the family's units.
 
 REPRODUCTION.md reports it (notebooks 000 and 001 report an inversion residual); a sweep may rank trials on it
 (objective `invert.residual_median`). The two draw different targets (REPORT_SEED, SWEEP_SEED): a config chosen on
