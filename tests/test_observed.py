@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import csv
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -105,6 +107,25 @@ def test_repeated_curve_files_are_one_batch_each_with_its_own_x(cli, smoke_copy:
     for t in rec["targets"]:  # noiseless curves of the family: the refit finds their parameters
         assert t["params"]["mu"] == pytest.approx(0.3, abs=1e-3) and t["params"]["sigma"] == pytest.approx(1.1, 1e-3)
     assert (smoke_copy / "invert" / "left_and_1_more.csv").exists()
+
+
+def test_invert_without_figures_does_not_import_matplotlib(smoke_copy: Path) -> None:
+    """A catalogue or a script's `--no-plot` run skips matplotlib's import (~0.45 s of every process); the same
+    command with figures imports it (the check can fail). The real command, in its own process."""
+    root = smoke_copy.parent.parent
+    x = np.linspace(-3, 3, 15)
+    np.savetxt(root / "one.csv", np.column_stack([x, normal_pdf(x, 0.2, 1.0)]), delimiter=",", header="x,y",
+               comments="")  # fmt: skip
+    modules = {}
+    for extra in (["--no-plot"], []):
+        cmd = [sys.executable, "-X", "importtime", "-m", "funcae_cli", "invert", "--run", str(smoke_copy), "--curve",
+               "one.csv", "--json", *extra]  # fmt: skip
+        r = subprocess.run(cmd, cwd=root, capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr[-2000:]
+        assert json.loads(r.stdout)["n_targets"] == 1
+        modules[bool(extra)] = {line.rsplit("|", 1)[-1].strip() for line in r.stderr.splitlines() if "|" in line}
+    assert "matplotlib" not in modules[True] and "torch" in modules[True]
+    assert "matplotlib" in modules[False]
 
 
 def test_a_folder_of_curve_files(cli, smoke_copy: Path) -> None:

@@ -25,7 +25,6 @@ from funcae_cli.jobs.common import open_run, run_info
 from funcae_cli.jobs.fitted import latent_model_for
 from funcae_cli.jobs.inputs import TargetInputs
 from funcae_cli.jobs.reports import figure_curves, iter_rows, physics_measure, samples_arrays, summarize, table
-from funcae_cli.jobs.results import invert_figures
 from funcae_cli.jobs.sizing import InputSize, check_invert_fits, input_size
 from funcae_cli.jobs.targets import read_targets
 from funcae_cli.store.rundir import RunDir, slugify
@@ -115,7 +114,9 @@ def run_invert(
     if res.posterior is not None:
         atomic_write_bytes(rd.invert_samples(slug), npz_bytes(samples_arrays(res, targets)))
         files["samples"] = str(rd.invert_samples(slug))
-    if plot:
+    if plot:  # matplotlib imported only here: 0.4-0.5 s a --no-plot run (scripts, catalogues) does not pay
+        from funcae_cli.jobs.results import invert_figures
+
         figures = invert_figures(record, trained.family)
         for kind, fig in figures.items():
             save_figure(fig, rd.invert_png(slug, kind))
