@@ -116,7 +116,8 @@ def rotation_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     os.chdir(root)
     try:
         args = ["train", "configs/rotation_curve_observed.yaml", "--quiet", "--no-plots",
-                "--set", "data.n=6000", "--set", "train.epochs=12", "--set", "model.hidden=[64,64]"]  # fmt: skip
+                "--set", "data.n=6000", "--set", "train.epochs=12", "--set", "model.hidden=[64,64]",
+                "--set", "train.lr=3e-3", "--set", "train.batch_size=256"]  # fmt: skip
         result = CliRunner().invoke(app, args, catch_exceptions=False)
         assert result.exit_code == 0, result.output
     finally:
