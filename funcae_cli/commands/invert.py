@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import typer
 
 from funcae_cli import console
@@ -76,13 +79,19 @@ def invert(
                "physics": False if no_physics else None, "bounds": bounds, "posterior": posterior,
                "walkers": walkers, "steps": steps, "burn": burn, "draws": draws,
                "check": False if no_check else None}  # fmt: skip
-    rec = run_invert(rd, inputs, options, name=name, device=device, plot=not no_plot)
+    rec = run_invert(rd, inputs, options, name=name, device=device, figures=None if no_plot else _figures())
     for w in rec["warnings"]:
         console.warn(w)
     if json_:
         console.emit_json(rec)
     else:
         console.info(report_text(rec))
+
+
+def _figures() -> Callable[..., dict[str, Any]]:
+    from funcae_cli.jobs.results import invert_figures  # matplotlib: imported only by a run that draws
+
+    return invert_figures
 
 
 FMT = ".5g"  # parameters in the summary

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any
 
 import torch
 
 from funcae_cli.config import override
+from funcae_cli.config.families import Family
 from funcae_cli.errors import InputError
 from funcae_cli.files import (
     atomic_write_bytes,
@@ -49,7 +51,7 @@ def run_invert(
     options: dict[str, Any] | None = None,
     name: str | None = None,
     device: str | torch.device = "auto",
-    plot: bool = True,
+    figures: Callable[[dict[str, Any], Family], dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Invert, estimate parameters, write invert/<slug>.json, .csv and figures; return the record.
 
@@ -64,6 +66,10 @@ def run_invert(
     reduced_chi2, p_value, dof, log_density, density_percentile, z and the decoder's figures, and for the
     first 16 targets their points (x, target, yerr), the decoder's fit there, and on the run's grid the
     decoded curve and the family's curve at the parameters; files: json, csv, png[, page, summary].
+
+    figures: what draws the figures from the record (jobs.results.invert_figures), None for none: passed in by
+    the caller, so that a run without figures never imports matplotlib (~0.45 s of a catalogue's or a script's
+    process).
     """
     trained = open_run(rd, device)
     o = override(trained.cfg.invert, options or {}, "invert")
@@ -114,11 +120,8 @@ def run_invert(
     if res.posterior is not None:
         atomic_write_bytes(rd.invert_samples(slug), npz_bytes(samples_arrays(res, targets)))
         files["samples"] = str(rd.invert_samples(slug))
-    if plot:  # matplotlib imported only here: 0.4-0.5 s a --no-plot run (scripts, catalogues) does not pay
-        from funcae_cli.jobs.results import invert_figures
-
-        figures = invert_figures(record, trained.family)
-        for kind, fig in figures.items():
+    if figures is not None:
+        for kind, fig in figures(record, trained.family).items():
             save_figure(fig, rd.invert_png(slug, kind))
             files[kind] = str(rd.invert_png(slug, kind))
     record["files"] = files
