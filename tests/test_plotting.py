@@ -292,3 +292,25 @@ def test_the_command_figure_reads_records_like_plot_does():
     assert len(fig.axes) == 2 * MAX_ROWS and not any(ax.containers for ax in fig.axes)
     assert f"first {MAX_ROWS} of {MAX_ROWS + 1} targets" in " ".join(t.get_text() for t in fig.texts)
     assert set(figures) == {"png", "page", "summary"}  # a batch also gets a page and a summary
+
+
+@pytest.mark.parametrize("n", [5, 12])
+def test_the_page_figures_title_clears_its_panels_titles(n: int):
+    """The suptitle of invert's page figure and the first row's two-line panel titles (name, chi^2/dof) do not
+    overlap, for one row and for several (drawn: their rendered boxes)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    from funcae_cli.jobs.results import invert_figures
+
+    x = np.linspace(0.5, 30.0, 12)
+    row = {"name": "g", "z": [0.1, -0.2], "objective": 1.0, "target": (x / 30).tolist(), "fit": (x / 31).tolist(),
+           "yerr": [0.01] * 12, "reduced_chi2": 1.1}  # fmt: skip
+    record = {"x": x.tolist(), "run": "r", "method": "lbfgs", "targets": [row] * n}
+    fig = invert_figures(record, FAMILIES["rotation_curve"])["page"]
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    renderer = canvas.get_renderer()
+    (title,) = fig.texts
+    top = title.get_window_extent(renderer)
+    panels = [ax.title.get_window_extent(renderer) for ax in fig.axes if ax.get_visible() and ax.get_title()]
+    assert panels and not any(top.overlaps(p) for p in panels)

@@ -148,9 +148,10 @@ def inversion_page_figure(results: list[Inversion], family: Family, *, title: st
     and flags (flagged panels framed in the flag's colour)."""
     n = len(results)
     nrows = math.ceil(n / ncols)
-    height = 2.9 * nrows + 0.6
+    top = 1.0  # inches above the first row: the suptitle and the first row's two-line panel titles apart
+    height = 2.9 * nrows + top
     fig, axes = new_figure(nrows=nrows, ncols=ncols, figsize=(3.6 * ncols, height), squeeze=False, layout=None)
-    fig.subplots_adjust(left=0.06, right=0.99, bottom=0.45 / height, top=1 - 0.6 / height, hspace=0.55, wspace=0.3)
+    fig.subplots_adjust(left=0.06, right=0.99, bottom=0.45 / height, top=1 - top / height, hspace=0.55, wspace=0.3)
     for k, ax in enumerate(axes.ravel()):
         if k >= n:
             ax.set_visible(False)
