@@ -218,6 +218,8 @@ def test_without_a_posterior_network_amortized_is_exit_2_naming_the_command(cli,
     r = cli("invert", "--run", smoke_copy, "--curves", csv, "--posterior", "amortized")
     usage_error(r, "no trained posterior network", f"funcae amortize {smoke_copy}")
     usage_error(cli("validate", smoke_copy, "--posterior", "amortized"), f"funcae amortize {smoke_copy}")
+    r = cli("invert", "--run", smoke_copy, "--curves", csv, "--posterior", "mcmc", "--proposal", "flow")
+    usage_error(r, "no trained posterior network", f"funcae amortize {smoke_copy}")  # asked for, not there
 
 
 @pytest.mark.slow
@@ -258,15 +260,28 @@ def test_amortize_then_invert_and_validate_with_it(cli, smoke_copy: Path) -> Non
     def posterior_rows(*args: str) -> dict[str, dict]:
         r = cli("invert", *common, *args)
         ok(r)
-        return {t["name"]: t for t in json.loads(r.stdout)["targets"]}
+        rec = json.loads(r.stdout)
+        return {"": rec["summary"]["posterior"], **{t["name"]: t for t in rec["targets"]}}
 
     auto = posterior_rows("--curves", two, "--posterior", "auto")
     assert auto["b"]["posterior_source"] == "mcmc" and "amortized_off_range" not in auto["b"]["flags"]
-    mcmc = posterior_rows("--curves", two, "--posterior", "mcmc")["b"]
-    assert auto["b"]["posterior"] == mcmc["posterior"]
+    mcmc = posterior_rows("--curves", two, "--posterior", "mcmc")  # proposal auto: the run's flow, in blocks
+    assert auto["b"]["posterior"] == mcmc["b"]["posterior"] and mcmc[""]["proposal"] == auto[""]["proposal"] == "flow"
+    local = posterior_rows("--curves", two, "--posterior", "mcmc", "--proposal", "none")
+    assert local[""]["proposal"] == "none" and local["b"]["posterior"] != mcmc["b"]["posterior"]
     amort = posterior_rows("--curves", two, "--posterior", "amortized")
+    # the Python API finds the run's network as the command does (amortized, and mcmc's proposal)
+    import funcae_cli as fa
+
+    x = np.linspace(-3, 3, 20)
+    y = np.exp(-0.5 * ((x - 0.3) / 1.2) ** 2) / (1.2 * math.sqrt(2 * math.pi))
+    run = fa.load_run(smoke_copy, device="cpu")
+    api = run.invert(x=x, y=y, yerr=0.05 * y + 1e-3, names=["a"], posterior="amortized", draws=100)
+    assert api.posterior.kind == "amortized"
+    medians = [amort["a"]["posterior"][name]["median"] for name in api.posterior.names]
+    np.testing.assert_allclose(api.posterior.quantiles["median"][0], medians, rtol=1e-12)
     for name, row in auto.items():
-        if row["posterior_source"] == "amortized":
+        if name and row["posterior_source"] == "amortized":
             assert row["posterior"] == amort[name]["posterior"] and row["k_hat"] < 0.7
 
 

@@ -26,6 +26,7 @@ from funcae_cli.options import (
     NoPhysicsOpt,
     PosteriorOpt,
     PriorOpt,
+    ProposalOpt,
     RunOpt,
     SeedOpt,
     StartsOpt,
@@ -50,6 +51,7 @@ def invert(
     no_physics: NoPhysicsOpt = False,
     posterior: PosteriorOpt = None,
     walkers: WalkersOpt = None,
+    proposal: ProposalOpt = None,
     steps: StepsOpt = None,
     burn: BurnOpt = None,
     draws: DrawsOpt = None,
@@ -77,7 +79,7 @@ def invert(
     inputs = target_inputs(rd, ctx.args, curve, targets, curves, required=True, clip=clip)
     options = {"method": method, "starts": starts, "max_iter": max_iter, "lr": lr, "seed": seed, "prior": prior,
                "physics": False if no_physics else None, "bounds": bounds, "posterior": posterior,
-               "walkers": walkers, "steps": steps, "burn": burn, "draws": draws,
+               "walkers": walkers, "proposal": proposal, "steps": steps, "burn": burn, "draws": draws,
                "check": False if no_check else None}  # fmt: skip
     rec = run_invert(rd, inputs, options, name=name, device=device, figures=None if no_plot else _figures())
     for w in rec["warnings"]:

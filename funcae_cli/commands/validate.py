@@ -16,6 +16,7 @@ from funcae_cli.options import (
     DeviceOpt,
     JsonOpt,
     NoiseOpt,
+    ProposalOpt,
     RequireCoverageOpt,
     SeedOpt,
     StepsOpt,
@@ -46,6 +47,7 @@ def validate(
     require_coverage: RequireCoverageOpt = None,
     compare_mcmc: CompareMcmcOpt = None,
     walkers: WalkersOpt = None,
+    proposal: ProposalOpt = None,
     steps: StepsOpt = None,
     burn: BurnOpt = None,
     seed: SeedOpt = None,
@@ -62,7 +64,7 @@ def validate(
 
     options = {"n": n, "noise": noise, "points": _points(points), "posterior": posterior,
                "require_coverage": require_coverage, "compare_mcmc": compare_mcmc}  # fmt: skip
-    sampling = {"walkers": walkers, "steps": steps, "burn": burn, "seed": seed}
+    sampling = {"walkers": walkers, "proposal": proposal, "steps": steps, "burn": burn, "seed": seed}
     progress = None if json_ else (lambda done, total: console.info(f"validated {done:,} of {total:,} curves"))
     rep = run_validate(resolve_run(run), options, sampling, device, on_chunk=progress)
     if json_:

@@ -161,6 +161,12 @@ class InvertConfig:
         5000, "mcmc, steps auto: the most steps a target runs (then flagged unconverged)", min=10
     )
     groups: int = doc_field(4, "mcmc: independent ensembles per target (R-hat across them)", min=2)
+    proposal: Literal["auto", "flow", "none"] = doc_field(
+        "auto",
+        "mcmc (formula families): an independence proposal beside the ensemble's local moves, in blocks of steps: "
+        "flow = the run's posterior network (`funcae amortize RUN`), auto = flow where the run has one, none = the "
+        "local moves alone",
+    )
     draws: int = doc_field(500, "amortized: posterior draws per target", min=10)
     check: bool = doc_field(
         True, "amortized: weigh the draws by the likelihood and prior (PSIS k-hat per target; reweighted quantiles)"

@@ -48,6 +48,7 @@ from funcae_cli.data.grids import sample_params
 from funcae_cli.errors import InputError
 from funcae_cli.inversion import seeding
 from funcae_cli.inversion.assess import NAMED_IN_WARNING
+from funcae_cli.inversion.ensemble import Independent
 from funcae_cli.inversion.flow_sampling import FlowSampler
 from funcae_cli.inversion.laplace_check import (
     KHAT_MAX,
@@ -140,7 +141,8 @@ class PosteriorNet(nn.Module):
 
     def embed(self, batch: Targets) -> Tensor:
         mask = torch.ones_like(batch.y, dtype=torch.bool) if batch.mask is None else batch.mask
-        return self.encoder(batch.x, batch.y.float(), batch.yerr.float(), mask)
+        dtype = self.center.dtype  # float32, or float64 for a copy made .double()
+        return self.encoder(batch.x, batch.y.to(dtype), batch.yerr.to(dtype), mask)
 
     def log_prob(self, u: Tensor, context: Tensor) -> Tensor:
         """log q(u | observation) for u (n, q) natural coordinates and embeddings (n, embed)."""
@@ -409,6 +411,35 @@ def _second_look(
         u[bad[ok]] = importance_resample(pool, smoothed[ok], own[bad][ok], draws).to(u.dtype)
     k[bad] = torch.where(ok, k2, k[bad])
     ess[bad] = torch.where(ok, importance_ess(smoothed), ess[bad])
+
+
+def flow_proposal(net: PosteriorNet, targets: Targets) -> Independent:
+    """The flow q(u | observation) of each target as mcmc's independence proposal (ensemble.Independent), in free
+    natural coordinates like the samplers' walkers. In float64 (a copy of the net), the proposals rounded to float32
+    (their log q that of the unrounded point: ~1e-6 apart, far below what an accept test resolves): a target's
+    proposals are then the same in any batch (float64's batch-dependent last bits vanish in the rounding) and its
+    log q the same to ~1e-16, so its chain does not depend on its batch. Targets off the flow's training range get
+    it too: Metropolis-Hastings keeps the posterior exact whatever the proposal, a poor one is only rejected more
+    often."""
+    net64 = copy.deepcopy(net).double()
+    sampler = net64.sampler()
+    with torch.no_grad():
+        order, widths = _by_width(targets)
+        context = torch.empty(targets.n, net.args.embed, dtype=torch.float64)
+        for a in range(0, targets.n, 4096):  # the encoder's working memory bounded
+            rows = order[a : a + 4096]
+            context[rows] = net64.embed(_rows(targets, rows, int(widths[rows].max())))
+
+    @torch.no_grad()
+    def draw(rows: Tensor, eps: Tensor) -> tuple[Tensor, Tensor]:
+        u, lq = net64.sample(context[rows], eps.double(), sampler)
+        return u.float().double(), lq  # rounded to float32: free of float64's batch-dependent last bits
+
+    @torch.no_grad()
+    def log_q(x: Tensor, rows: Tensor) -> Tensor:
+        return net64.log_prob(x.double(), context[rows])
+
+    return Independent(draw, log_q, "flow")
 
 
 def _by_width(targets: Targets) -> tuple[Tensor, Tensor]:

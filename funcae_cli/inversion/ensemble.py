@@ -4,7 +4,9 @@ One tensor of walkers (ensembles, walkers, parameters): each step moves one half
 the other half of the same ensemble, alternating, by one of three well-known moves drawn step by step (SHARES): the
 stretch move (Goodman & Weare 2010, scale 2), differential evolution (ter Braak 2006, emcee's DEMove) and an
 independence proposal from a Gaussian kernel density of the other half (emcee's KDEMove). All adapt their steps to
-each ensemble's own density (scale, correlations, curvature).
+each ensemble's own density (scale, correlations, curvature). Optionally, an independence proposal of each
+target's own (`Independent`: the run's amortized posterior given the target's observation), used in blocks of
+BLOCK steps beside the local moves (`_Proposing`): it crosses at once what the local moves cross slowly.
 
 `sample` runs each target as `groups` independent ensembles (their walkers never meet), so that R-hat across the
 ensembles is a convergence test (diagnostics.py); R-hat across the walkers of one ensemble is not (its walkers are
@@ -167,13 +169,94 @@ def _propose(xs: Tensor, other: Tensor, draw: Draws) -> tuple[Tensor, Tensor]:
     return y, extra
 
 
+@dataclass
+class Independent:
+    """An independence proposal of each target's own, the same for every walker and step (for instance the run's
+    amortized posterior given the target's observation): `draw(targets (b,), normals (b, k, q))` -> proposals
+    (b, k, q) and their log densities (b, k); `log_q(x (r, q), targets (r,))` -> (r,). Metropolis-Hastings with
+    q(x) / q(y) keeps each target's posterior exact whatever q is; a q close to it mixes in a few steps across
+    shapes that the local moves cross slowly (the L-shaped disc-halo posteriors of rotation curves)."""
+
+    draw: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]
+    log_q: Callable[[Tensor, Tensor], Tensor]
+    name: str = "independent"  # what it is, for the reports (the run's flow: "flow")
+
+
+PROPOSAL_SHARE = 0.5  # with an Independent proposal: the chance that an ensemble's next BLOCK steps use it alone
+BLOCK = 8  # steps of a block (a divisor of CHUNK)
+PREPARE_ROWS = 128  # ensembles whose proposals are drawn in one call (128 x 512 draws: ~30 MB of working memory)
+
+
+class _Proposing:
+    """An Independent proposal at work in a batch of ensembles (one target per row, `targets` (b,)). Each ensemble
+    spends each block of BLOCK steps either on the proposal alone (with chance PROPOSAL_SHARE, from its own stream
+    "blocks") or on the local moves: a mixture of kernels chosen independently of the state, each leaving the
+    posterior invariant. A block's proposals are drawn in one batched call from its steps' own normals (Draws:
+    the kernel stream), and the walkers' log q are computed once at its start (after local moves) and then follow
+    the accepted proposals: two calls of the proposal per block, not two per step."""
+
+    def __init__(self, proposal: Independent, targets: Tensor, walkers: int):
+        self.proposal, self.targets = proposal, targets
+        b = targets.shape[0]
+        self.log_q = torch.zeros(b, walkers, dtype=torch.float64)
+        self.known = torch.zeros(b, dtype=torch.bool)  # log_q holds the walkers' own (their last block used it)
+        self.using = torch.zeros(b, dtype=torch.bool)  # the current block uses the proposal
+        self.y = self.log_q_y = torch.empty(0)
+
+    def subset(self, rows: Tensor) -> _Proposing:
+        out = _Proposing(self.proposal, self.targets[rows], self.log_q.shape[1])
+        out.log_q, out.known = self.log_q[rows], self.known[rows]
+        return out
+
+    def begin(self, x: Tensor, seeds: Tensor, step: int, normals: Tensor) -> None:
+        """A block from step `step` (counted from the first burn-in step) with the steps' normals (b, steps, 2, m q)
+        (drawn): which ensembles use the proposal, their proposals and log q, their walkers' log q (x (b, W, q))."""
+        b, c, _, mq = normals.shape
+        w, q = x.shape[1], x.shape[2]
+        m = w // 2
+        self.using = seeding.uniform(seeds, "blocks", (1,), step)[:, 0] < PROPOSAL_SHARE
+        rows = torch.nonzero(self.using).squeeze(1)
+        self.y = torch.empty(b, c, 2, m, q, dtype=x.dtype)
+        self.log_q_y = torch.empty(b, c, 2, m, dtype=torch.float64)
+        eps = normals.reshape(b, c * 2 * m, q).double()
+        for a in range(0, rows.numel(), PREPARE_ROWS):  # the proposal's working memory bounded
+            r = rows[a : a + PREPARE_ROWS]
+            y, lq = self.proposal.draw(self.targets[r], eps[r])
+            self.y[r], self.log_q_y[r] = y.to(x.dtype).reshape(-1, c, 2, m, q), lq.double().reshape(-1, c, 2, m)
+        fresh = torch.nonzero(self.using & ~self.known).squeeze(1)
+        if fresh.numel():
+            lq = self.proposal.log_q(x[fresh].reshape(-1, q), self.targets[fresh].repeat_interleave(w))
+            self.log_q[fresh] = lq.double().reshape(-1, w)
+        self.known = self.using.clone()
+
+    def propose(self, xs: Tensor, other: Tensor, draw: Draws, t: int, h: int, mine: slice) -> tuple[Tensor, Tensor]:
+        """The half-step's proposals (b, m, q) and log ratios (b, m): the proposal's where the block uses it, the
+        local moves' elsewhere."""
+        other_rows = torch.nonzero(~self.using).squeeze(1)
+        if other_rows.numel() == xs.shape[0]:
+            return _propose(xs, other, draw)
+        y = self.y[:, t, h].clone()
+        extra = (self.log_q[:, mine] - self.log_q_y[:, t, h]).to(xs.dtype)
+        if other_rows.numel():
+            y[other_rows], extra[other_rows] = _propose(xs[other_rows], other[other_rows], draw.subset(other_rows))
+        return y, extra
+
+    def moved(self, accept: Tensor, t: int, h: int, mine: slice) -> None:
+        """After a half-step: the accepted proposals' log q."""
+        own = self.using[:, None] & accept
+        cache = self.log_q[:, mine]
+        cache[own] = self.log_q_y[:, t, h][own]
+        self.log_q[:, mine] = cache
+
+
 def advance(
-    log_prob: Callable[[Tensor], Tensor], x: Tensor, lp: Tensor, steps: int, seeds: Tensor, start: int = 0
-) -> tuple[Tensor, Tensor]:
+    log_prob: Callable[[Tensor], Tensor], x: Tensor, lp: Tensor, steps: int, seeds: Tensor, start: int = 0,
+    proposing: _Proposing | None = None,
+) -> tuple[Tensor, Tensor]:  # fmt: skip
     """Move the ensembles x (b, W, q) with log densities lp (b, W) `steps` steps, in place, steps start,
     start + 1... of each ensemble's own random numbers (seeds (b,): Draws). log_prob: walkers (b, m, q) -> (b, m)
-    (-inf outside the support). Returns the positions after each step (b, W, steps, q) and the accepted moves
-    per ensemble (b,)."""
+    (-inf outside the support). proposing: an Independent proposal's blocks (_Proposing), or None.
+    Returns the positions after each step (b, W, steps, q) and the accepted moves per ensemble (b,)."""
     b, w, q = x.shape
     half = w // 2
     chain = torch.empty(b, w, steps, q, dtype=x.dtype)
@@ -181,18 +264,25 @@ def advance(
     for t in range(steps):
         if t % CHUNK == 0:
             uni, nor = drawn(seeds, start + t, min(CHUNK, steps - t), half, q)
+        if proposing is not None and t % BLOCK == 0:
+            proposing.begin(x, seeds, start + t, nor[:, t % CHUNK : t % CHUNK + BLOCK])
         for h, first in enumerate((True, False)):
             mine = slice(0, half) if first else slice(half, w)
             other = x[:, half:] if first else x[:, :half]
             xs, lps = x[:, mine], lp[:, mine]
             draw = Draws(uni[:, t % CHUNK, h], nor[:, t % CHUNK, h])
-            y, log_extra = _propose(xs, other, draw)
+            if proposing is None:
+                y, log_extra = _propose(xs, other, draw)
+            else:
+                y, log_extra = proposing.propose(xs, other, draw, t % BLOCK, h, mine)
             lp_y = log_prob(y)
             log_u = torch.log(draw.uniform(1, x.dtype))
             accept = torch.isfinite(lp_y) & (log_u < lp_y - lps + log_extra)
             x[:, mine] = torch.where(accept[..., None], y, xs)
             lp[:, mine] = torch.where(accept, lp_y, lps)
             accepted += accept.double().sum(dim=1)
+            if proposing is not None:
+                proposing.moved(accept, t % BLOCK, h, mine)
         chain[:, :, t] = x
     return chain, accepted
 
@@ -256,14 +346,16 @@ def diagnose(
 
 def sample(
     per_row: RowLogDensity, x0: Tensor, groups: int, steps: int | None, burn: int, max_steps: int,
-    seeds: Tensor,
+    seeds: Tensor, proposal: Independent | None = None,
 ) -> list[Cohort]:  # fmt: skip
     """Sample n targets, each as `groups` independent ensembles of W / groups walkers (x0 (n, W, q), W / groups
     even; walkers [g W/groups, (g+1) W/groups) form ensemble g). steps: a fixed count after `burn`, or None: until
     converged (diagnostics.converged) or `max_steps`, checked in batches. Ensemble g of target i draws from
     seeding.child(seeds[i], g) (seeds (n,): the targets' own), so its chain does not depend on the batch; the
-    seeds follow their rows when finished targets leave. Returns the cohorts of targets that stopped together,
-    in the order they stopped."""
+    seeds follow their rows when finished targets leave. proposal: an independence proposal per target, used in
+    blocks of steps beside the local moves (_Proposing), burn-in included; None: the local moves alone. Returns the
+    cohorts of targets that stopped together, in the order they stopped.
+    """
     n, w, q = x0.shape
     wg = w // groups
     active = torch.arange(n)
@@ -280,15 +372,16 @@ def sample(
         return log_prob
 
     log_prob = log_prob_of(active)
+    proposing = None if proposal is None else _Proposing(proposal, active.repeat_interleave(groups), wg)
     lp = log_prob(x)
-    advance(log_prob, x, lp, burn, row_seeds)
+    advance(log_prob, x, lp, burn, row_seeds, proposing=proposing)
     cap = max_steps if steps is None else steps
     kept = torch.empty(n, w, 0, q, dtype=torch.float32)
     accepted = torch.zeros(n, dtype=torch.float64)
     done, thin, out = 0, 1, []
     while active.numel():
         batch = min(cap, done + max(CHECK, done // 4)) - done if steps is None else cap
-        chain, acc = advance(log_prob, x, lp, batch, row_seeds, start=burn + done)
+        chain, acc = advance(log_prob, x, lp, batch, row_seeds, start=burn + done, proposing=proposing)
         record = (done + torch.arange(1, batch + 1)) % thin == 0
         kept = torch.cat([kept, chain[:, :, record].reshape(-1, w, int(record.sum()), q).float()], dim=2)
         accepted += acc.reshape(-1, groups).sum(dim=1)
@@ -305,4 +398,5 @@ def sample(
             active, kept, accepted, x, lp = active[go], kept[go], accepted[go], x[rows], lp[rows]
             row_seeds = row_seeds[rows]
             log_prob = log_prob_of(active)
+            proposing = None if proposing is None else proposing.subset(rows)
     return out

@@ -34,6 +34,7 @@ from funcae_cli.inversion import amortized, seeding
 from funcae_cli.inversion.assess import NAMED_IN_WARNING, Assessment, assess
 from funcae_cli.inversion.density import CodeDensity
 from funcae_cli.inversion.encode import encode_curves, targets_on_grid
+from funcae_cli.inversion.ensemble import Independent
 from funcae_cli.inversion.laplace_check import flag_unreliable
 from funcae_cli.inversion.objective import Problem
 from funcae_cli.inversion.physics import Bounds, Fitter, Observations, PhysicsFit, fit_physics, natural_bounds
@@ -210,12 +211,14 @@ def invert_batch(
                 o.draws, o.check or posterior == "auto", seeds, trained.param_names, laplace)  # fmt: skip
             amortized.flag(out.assessment.flags, check)
             if posterior == "auto":
-                _mcmc_where_flagged(trained, targets, out, sampling, seeds, dev)
+                _mcmc_where_flagged(trained, targets, out, sampling, seeds, dev, None if o.proposal == "none" else flow)
                 flag_multimodal(out.assessment.flags, out.posterior.multimodal)
             else:
                 out.posterior.warnings.extend(check.warnings)
         else:
-            out.posterior = _posterior(trained, targets, out, density, latent_model, posterior, sampling, seeds)
+            proposal = _flow_proposal(flow, targets, out, posterior, o.proposal)
+            out.posterior = _posterior(trained, targets, out, density, latent_model, posterior, sampling, seeds,
+                                       proposal)  # fmt: skip
             flag_unreliable(out.assessment.flags, out.posterior.k_hat)
             flag_multimodal(out.assessment.flags, out.posterior.multimodal)
         out.assessment.warnings.extend(out.posterior.warnings)
@@ -348,9 +351,20 @@ def _estimate_physics(
     out.decoder_physics_objective = sums if obs.chi2 else np.sqrt(sums)
 
 
+def _flow_proposal(
+    flow: amortized.PosteriorNet | None, targets: Targets, out: InvertResult, kind: str, proposal: str
+) -> Independent | None:
+    """mcmc's independence proposal (ensemble.Independent): the run's posterior network where it was given, the
+    option allows it and the formula's parameters are sampled; else None."""
+    if flow is None or kind != "mcmc" or out.physics is None or proposal == "none":
+        return None
+    return amortized.flow_proposal(flow, targets)
+
+
 def _mcmc_where_flagged(
-    trained: Trained, targets: Targets, out: InvertResult, sampling: Sampling, seeds: Tensor, dev: torch.device
-) -> None:
+    trained: Trained, targets: Targets, out: InvertResult, sampling: Sampling, seeds: Tensor, dev: torch.device,
+    flow: amortized.PosteriorNet | None = None,
+) -> None:  # fmt: skip
     """posterior auto: the targets whose amortized posterior is flagged (k-hat >= KHAT_MAX, off the flow's
     training range, off_manifold: amortized.flag) get mcmc instead, in place of their rows; their amortized flags
     are dropped (their intervals are mcmc's). Each target's chains come from its own seed, so a target's answer
@@ -363,9 +377,11 @@ def _mcmc_where_flagged(
     sub = targets.subset(idx)
     obs = Observations.of(sub.x if sub.x is not None else trained.grid, sub.y, sub.yerr, sub.mask, dev)
     alt = out.physics.alternatives if out.physics is not None else None
+    proposal = None if flow is None else amortized.flow_proposal(flow, sub)
     mc = _physics_posterior(trained, obs, out.params_est[rows], None if alt is None else alt[rows], "mcmc",
-                            sampling, sub.names, seeds[idx])  # fmt: skip
+                            sampling, sub.names, seeds[idx], proposal)  # fmt: skip
     out.posterior = with_rows(out.posterior, rows, mc, "auto")
+    out.posterior.proposal = mc.proposal
     for i in rows:
         out.assessment.flags[i] = [f for f in out.assessment.flags[i] if f not in sent]
     shown = ", ".join(targets.names[i] for i in rows[:NAMED_IN_WARNING])
@@ -403,28 +419,30 @@ def _laplace_at_fits(
 
 def _physics_posterior(
     trained: Trained, obs: Observations, params: np.ndarray, alternatives: np.ndarray | None, kind: str,
-    sampling: Sampling, names: list[str], seeds: Tensor,
+    sampling: Sampling, names: list[str], seeds: Tensor, proposal: Independent | None = None,
 ) -> Posterior:  # fmt: skip
     """The posterior of the formula's parameters of the targets of `obs`, from their fits `params` (n, p) in the
-    family's units and the refit's other optima (n, k, p) natural, or None; inside the prior's support."""
+    family's units and the refit's other optima (n, k, p) natural, or None; inside the prior's support. proposal:
+    mcmc's independence proposal (the run's flow), or None."""
     fitter, u = _fitter_at(trained, obs, params)
     alt = None if alternatives is None else torch.as_tensor(alternatives)[:, :, fitter.free].to(obs.x.device)
     return physics_posterior(fitter, u, log_prior(trained.cfg.family), kind, sampling, trained.param_names, names,
-                             seeds, alt)  # fmt: skip
+                             seeds, alt, proposal)  # fmt: skip
 
 
 def _posterior(
     trained: Trained, targets: Targets, out: InvertResult, density: CodeDensity | None,
     latent_model: LatentModel | None, kind: str, sampling: Sampling, seeds: Tensor,
+    proposal: Independent | None = None,
 ) -> Posterior:  # fmt: skip
     """The posterior of the formula's parameters (families with one), else of the latent codes; every draw of
-    target i from seeds[i] (seeding.py)."""
+    target i from seeds[i] (seeding.py). proposal: mcmc's independence proposal of the formula's parameters."""
     dev = trained.device
     if out.physics is not None:
         obs = Observations.of(targets.x if targets.x is not None else trained.grid, targets.y, targets.yerr,
                               targets.mask, dev)  # fmt: skip
         return _physics_posterior(trained, obs, out.params_est, out.physics.alternatives, kind, sampling,
-                                  targets.names, seeds)  # fmt: skip
+                                  targets.names, seeds, proposal)  # fmt: skip
     names = trained.param_names or [f"z{j + 1}" for j in range(out.z.shape[1])]
     predict = latent_model.predict if latent_model is not None and trained.param_names else None
     z = torch.as_tensor(out.z, dtype=torch.float32, device=dev)

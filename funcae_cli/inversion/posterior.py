@@ -15,7 +15,8 @@ prior (objective.py), the parameters then following each sample through the regr
   prior's support), the others around the refit's other distinct optima (physics.py's alternatives) and, where
   there are fewer of those than ensembles, the last one from the prior's box (the best, by log posterior, of
   BOX_POOL uniform draws per walker that are not next to the optimum), so that a mode the refit missed shows up;
-  the first `burn` steps are discarded.
+  the first `burn` steps are discarded. Where invert passes one, an independence proposal per target (the run's
+  amortized posterior: amortized.flow_proposal) takes half of the ensembles' blocks of steps (ensemble.py).
   Seeded per target: every draw (the walkers' starts, the moves, Laplace's draws and its resample, the modes'
   importance draws) comes from the target's own seed (seeding.py; invert.py's `seeds`), so a target's samples are
   the same alone or in any batch.
@@ -46,7 +47,7 @@ from torch import Tensor
 from funcae_cli.inversion import seeding
 from funcae_cli.inversion.assess import NAMED_IN_WARNING
 from funcae_cli.inversion.diagnostics import RHAT_MAX, TAU_FACTOR
-from funcae_cli.inversion.ensemble import CHECK, Cohort, by_group, covariance, sample
+from funcae_cli.inversion.ensemble import CHECK, Cohort, Independent, by_group, covariance, sample
 from funcae_cli.inversion.laplace_check import check_laplace, gaussian_draws
 from funcae_cli.inversion.modes import KHAT_MAX as MODES_KHAT_MAX
 from funcae_cli.inversion.modes import MIN_WEIGHT, count, resample, sample_weights, weigh
@@ -85,6 +86,8 @@ class Posterior:
     # the S weighed draws the reported ones are resampled from); NaN where unchecked
     importance_ess: np.ndarray | None = None
     source: np.ndarray | None = None  # (n,) str, posterior auto: which posterior each target got (with_rows)
+    proposal: str | None = None  # mcmc of a formula family: its independence proposal (ensemble.Independent.name:
+    # "flow", the run's posterior network), or "none" (the local moves alone)
     multimodal: np.ndarray | None = None  # (n,) mcmc: two or more modes carry >= 1% of the mass each (modes.py)
     # (n, groups) mcmc: each mode's share of the mass, modes in the order of their first ensemble, NaN where a target
     # has fewer modes (one mode: [1, NaN...]); a mode below 1% is reported but not in the draws
@@ -161,7 +164,8 @@ def from_chains(
             f"the MCMC chains of {', '.join(hit[:5])}{more} stopped at {cap} before converging (R-hat >= {RHAT_MAX} "
             f"across the independent ensembles of a mode, or fewer than {TAU_FACTOR} autocorrelation times): their "
             "intervals may be wrong; raise the cap, or the walkers (--walkers: each ensemble's moves propose from its "
-            "other walkers, and more of them cross curved or L-shaped posteriors sooner)"
+            "other walkers, and more of them cross curved or L-shaped posteriors sooner), or (formula families) train "
+            "the run's posterior network (`funcae amortize RUN`): mcmc then also proposes from it"
         )
     out.warnings.extend(_mode_warnings(out, stack([m.k_hat for _, m, _, _ in parts]), target_names))
     return out
@@ -354,10 +358,13 @@ class Sampling:
         per = max(WALKERS_MIN, WALKERS_PER_PARAMETER * q)
         return self.groups * (per + per % 2)
 
-    def run(self, per_row: Callable[[Tensor, Tensor], Tensor], x0: Tensor, seeds: Tensor) -> list[Cohort]:
+    def run(
+        self, per_row: Callable[[Tensor, Tensor], Tensor], x0: Tensor, seeds: Tensor,
+        proposal: Independent | None = None,
+    ) -> list[Cohort]:  # fmt: skip
         auto = self.steps == "auto"
         steps = None if auto else int(self.steps)
-        return sample(per_row, x0, self.groups, steps, self.burn, self.max_steps, seeds)
+        return sample(per_row, x0, self.groups, steps, self.burn, self.max_steps, seeds, proposal)
 
     @property
     def least_stored(self) -> int | None:
@@ -453,12 +460,14 @@ def laplace_covariance(fitter: Fitter, u_opt: Tensor, log_prior: Callable[[Tenso
 def physics_posterior(
     fitter: Fitter, u_opt: Tensor, log_prior: Callable[[Tensor], Tensor], kind: str, sampling: Sampling,
     names: list[str], target_names: list[str], seeds: Tensor, alternatives: Tensor | None = None,
+    proposal: Independent | None = None,
 ) -> Posterior:  # fmt: skip
     """The posterior of a formula family's free parameters (natural coordinates u, (n, q) at the optimum): the
     formula's chi^2 as -2 log likelihood (fitter: physics.Fitter), the run's prior (prior.log_prior of the full
     natural vector). Reported in the family's units. seeds (n,): the targets' own (seeding.py). alternatives
     (n, A, q): other optima of the refit (physics.PhysicsFit.alternatives, free coordinates, NaN where none),
-    where mcmc's other ensembles start."""
+    where mcmc's other ensembles start. proposal: mcmc's independence proposal per target (the run's amortized
+    posterior: amortized.flow_proposal), or None."""
     obs = fitter.obs
     n, q = u_opt.shape
 
@@ -496,9 +505,11 @@ def physics_posterior(
     hi = torch.where(torch.isfinite(hi), hi, u_opt + 10)[:, None]
     x0 = _start_walkers(u_opt, cov, sampling.walkers_for(q), lo, hi, seeds)
     x0 = _spread_groups(x0, u_opt, cov, alternatives, sampling.groups, lo, hi, per_row, seeds)
-    cohorts = sampling.run(per_row, x0, seeds)
-    return from_chains(cohorts, n, names, units, target_names, sampling.draws, sampling.cap, per_row, seeds,
+    cohorts = sampling.run(per_row, x0, seeds, proposal)
+    post = from_chains(cohorts, n, names, units, target_names, sampling.draws, sampling.cap, per_row, seeds,
                        least=sampling.least_stored)  # fmt: skip
+    post.proposal = "none" if proposal is None else proposal.name
+    return post
 
 
 def latent_posterior(

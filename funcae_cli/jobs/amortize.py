@@ -1,12 +1,13 @@
 """The `amortize` job: train a run's posterior network (inversion/amortized.py) from its own simulator and write
 checkpoints/amortized.pt (atomic, weights_only; after every epoch, so an interrupted run resumes); load it for
-`invert --posterior amortized` and `validate --posterior amortized`."""
+`invert --posterior amortized` and `validate --posterior amortized`, and as mcmc's proposal (`flow_for`)."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
 from dataclasses import asdict
+from importlib.util import find_spec
 from typing import Any
 
 from funcae_cli.config import override
@@ -65,6 +66,17 @@ def run_amortize(
 
 def _as_dict(cfg: Any) -> dict[str, Any]:
     return asdict(cfg)
+
+
+def flow_for(rd: RunDir, posterior: str, proposal: str) -> PosteriorNet | None:
+    """The run's posterior network where the inversion uses it: posterior amortized or auto (required), mcmc's
+    proposal flow (required) or auto (where the run has a finished one and zuko is installed); else None."""
+    if posterior in ("amortized", "auto") or (posterior == "mcmc" and proposal == "flow"):
+        return load_flow(rd)  # exit 2 naming `funcae amortize`
+    if posterior == "mcmc" and proposal == "auto" and rd.amortized.exists() and find_spec("zuko") is not None:
+        ckpt = load_checkpoint(rd.amortized)
+        return net_from_checkpoint(ckpt) if ckpt.get("done") else None
+    return None
 
 
 def load_flow(rd: RunDir) -> PosteriorNet:

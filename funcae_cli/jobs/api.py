@@ -28,6 +28,7 @@ from funcae_cli.generation.sampling import sample_curves
 from funcae_cli.inversion.encode import encode_curves
 from funcae_cli.inversion.invert import InvertResult, invert_batch
 from funcae_cli.inversion.targets import Targets, pad, targets_from_params
+from funcae_cli.jobs.amortize import flow_for
 from funcae_cli.jobs.fitted import latent_model_for
 from funcae_cli.jobs.reports import result_rows
 from funcae_cli.jobs.train import run_train
@@ -117,7 +118,8 @@ class Run:
         o = override(self.cfg.invert, options, "invert")
         targets = self._targets(y, x, yerr, params, names)
         lm, _ = latent_model_for(self.trained)
-        res = invert_batch(self.trained, targets, o, lm)
+        flow = flow_for(self.rd, o.posterior, o.proposal)  # amortized, auto, and mcmc's proposal
+        res = invert_batch(self.trained, targets, o, lm, flow)
         rows = result_rows(self.trained, targets, res)
         flags = [list(r["flags"]) for r in rows]
         return Inversion(

@@ -22,7 +22,7 @@ from funcae_cli.files import (
 )
 from funcae_cli.inversion.invert import invert_batch
 from funcae_cli.inversion.targets import training_range_warnings
-from funcae_cli.jobs.amortize import load_flow
+from funcae_cli.jobs.amortize import flow_for
 from funcae_cli.jobs.common import open_run, run_info
 from funcae_cli.jobs.fitted import latent_model_for
 from funcae_cli.jobs.inputs import TargetInputs
@@ -42,6 +42,7 @@ RECORDED = (
     "posterior",
     "draws",
     "check",
+    "proposal",
 )  # in the record
 
 
@@ -75,7 +76,7 @@ def run_invert(
     o = override(trained.cfg.invert, options or {}, "invert")
     if o.seed is None:
         o = override(o, {"seed": trained.cfg.seed})
-    flow = load_flow(rd) if o.posterior in ("amortized", "auto") else None  # exit 2 naming `funcae amortize`
+    flow = flow_for(rd, o.posterior, o.proposal)  # required and missing: exit 2 naming `funcae amortize`
     size = input_size(trained, inputs)  # counted, not read: a catalogue that cannot fit is refused here
     if size is None:
         raise InputError("no target to invert")

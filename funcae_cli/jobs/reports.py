@@ -261,6 +261,8 @@ def summarize(res: InvertResult, targets: Targets, names: list[str]) -> dict[str
                                     multimodal=int(post.multimodal.sum()),
                                     steps_median=float(np.median(post.steps)), steps_max=int(post.steps.max()),
                                     acceptance_median=float(np.nanmedian(post.acceptance)))  # fmt: skip
+        if post.proposal is not None:
+            out["posterior"]["proposal"] = post.proposal  # mcmc's: flow (the run's posterior network) or none
         if post.k_hat is not None:
             out["posterior"]["k_hat_median"] = _nanmedian(post.k_hat)
         if post.importance_ess is not None:

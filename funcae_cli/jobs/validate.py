@@ -35,7 +35,7 @@ from funcae_cli.inversion.laplace_check import FLAG, KHAT_MAX
 from funcae_cli.inversion.regressor import LatentModel
 from funcae_cli.inversion.simulate import NoiseModel, simulate
 from funcae_cli.inversion.targets import pad
-from funcae_cli.jobs.amortize import load_flow
+from funcae_cli.jobs.amortize import flow_for
 from funcae_cli.jobs.common import open_run, run_info
 from funcae_cli.jobs.fitted import latent_model_for
 from funcae_cli.plotting.calibration import coverage_figure, ranks_figure, tarp_figure
@@ -68,7 +68,7 @@ def run_validate(
         )
     seed = trained.cfg.seed if inv.seed is None else inv.seed
     inv = replace(inv, seed=seed, posterior=o.posterior)
-    flow = load_flow(rd) if o.posterior in ("amortized", "auto") else None  # exit 2 naming `funcae amortize`
+    flow = flow_for(rd, o.posterior, inv.proposal)  # required and missing: exit 2 naming `funcae amortize`
     t0 = time.perf_counter()
     truth = sample_params(trained.cfg.family, o.n, torch.Generator().manual_seed(seed + 17)).numpy()
     noise = NoiseModel(points=tuple(o.points), frac=(o.noise, o.noise))
@@ -103,7 +103,10 @@ def run_validate(
         n=o.n,
         noise={"frac": o.noise, "points": list(o.points), "floor": noise.floor, "scatter": noise.scatter},
         seed=seed,
-        sampling={k: getattr(inv, k) for k in ("walkers", "steps", "burn")}
+        sampling={
+            **{k: getattr(inv, k) for k in ("walkers", "steps", "burn", "proposal")},
+            "proposal_used": flow is not None and inv.proposal != "none",
+        }
         if o.posterior in ("mcmc", "auto")
         else None,
         levels=list(LEVELS),
@@ -200,7 +203,8 @@ def _compare_mcmc(trained: Trained, observations: list[Observation], draws: np.n
     agree = agreement(draws[:m], np.concatenate(reference), trained.param_names, trained.family.log_scale())
     return {
         "targets": m,
-        "sampling": {k: getattr(inv, k) for k in ("walkers", "steps", "burn")},
+        "sampling": {**{k: getattr(inv, k) for k in ("walkers", "steps", "burn")}, "proposal": "none"},  # the
+        # reference does not use the flow it is compared with
         "mcmc_unconverged": unconverged,
         "seconds": time.perf_counter() - t0,
         "params": {a.name: {"median_shift_sigma": a.shift, "width_ratio": a.width_ratio} for a in agree},
