@@ -154,7 +154,7 @@ def test_validate_compares_amortized_with_mcmc_on_the_first_curves(smoke_copy: P
             res.posterior.samples = _shifted(res.posterior.samples, log10, np.array(shift), widen).astype(np.float32)
         return res
 
-    monkeypatch.setattr(validate_job, "load_flow", lambda rd: object())
+    monkeypatch.setattr(validate_job, "flow_for", lambda rd, posterior, proposal: object())
     monkeypatch.setattr(validate_job, "invert_batch", fake)
     rd = validate_job.RunDir(smoke_copy)
     rep = validate_job.run_validate(rd, {"n": 12, "posterior": "amortized", "compare_mcmc": 8}, MCMC, "cpu")

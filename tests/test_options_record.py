@@ -32,6 +32,7 @@ BAD = [
     ("invert", "prior", "flat", "flat", "expected one of density, none, got 'flat'"),
     ("invert", "bounds", "box", "box", "expected one of prior, domain, got 'box'"),
     ("invert", "posterior", "hmc", "hmc", "expected one of none, laplace, mcmc, amortized, auto, got 'hmc'"),
+    ("invert", "proposal", "kde", "kde", "expected one of auto, flow, none, got 'kde'"),
     ("invert", "draws", "3", 3, "must be >= 10, got 3"),
     ("invert", "physics_starts", None, 0, "must be >= 1, got 0"),
     ("invert", "physics_max_iter", None, 0, "must be >= 1, got 0"),
