@@ -59,7 +59,11 @@ def invert(
     clip: ClipOpt = False,
     seed: SeedOpt = None,
     name: NameOpt = None,
-    no_plot: bool = typer.Option(False, "--no-plot", help="Skip invert/<name>.png."),
+    no_plot: bool = typer.Option(
+        False,
+        "--no-plot",
+        help="Skip the figures (invert/<name>.png, _page.png, _summary.png): matplotlib is never imported.",
+    ),
     device: DeviceOpt = "auto",
     json_: JsonOpt = False,
 ) -> None:
