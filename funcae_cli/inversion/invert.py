@@ -204,6 +204,7 @@ def invert_batch(
     seeds = None if parts[0][1] is None else torch.cat([s for _, s in parts])
     _assess(trained, targets, out, density)
     if posterior != "none":
+        proposer = None if o.proposal == "none" else flow  # mcmc's independence proposal, where it samples
         if posterior in ("amortized", "auto"):  # the flow's draws, importance-checked (inversion/amortized.py)
             laplace = _laplace_at_fits(trained, targets, out.params_est, dev) if out.physics is not None else None
             out.posterior, check = amortized.amortized_posterior(
@@ -211,12 +212,12 @@ def invert_batch(
                 o.draws, o.check or posterior == "auto", seeds, trained.param_names, laplace)  # fmt: skip
             amortized.flag(out.assessment.flags, check)
             if posterior == "auto":
-                _mcmc_where_flagged(trained, targets, out, sampling, seeds, dev, None if o.proposal == "none" else flow)
+                _mcmc_where_flagged(trained, targets, out, sampling, seeds, dev, proposer)
                 flag_multimodal(out.assessment.flags, out.posterior.multimodal)
             else:
                 out.posterior.warnings.extend(check.warnings)
         else:
-            proposal = _flow_proposal(flow, targets, out, posterior, o.proposal)
+            proposal = _flow_proposal(proposer, targets, out, posterior)
             out.posterior = _posterior(trained, targets, out, density, latent_model, posterior, sampling, seeds,
                                        proposal)  # fmt: skip
             flag_unreliable(out.assessment.flags, out.posterior.k_hat)
@@ -352,11 +353,11 @@ def _estimate_physics(
 
 
 def _flow_proposal(
-    flow: amortized.PosteriorNet | None, targets: Targets, out: InvertResult, kind: str, proposal: str
+    flow: amortized.PosteriorNet | None, targets: Targets, out: InvertResult, kind: str
 ) -> Independent | None:
-    """mcmc's independence proposal (ensemble.Independent): the run's posterior network where it was given, the
-    option allows it and the formula's parameters are sampled; else None."""
-    if flow is None or kind != "mcmc" or out.physics is None or proposal == "none":
+    """mcmc's independence proposal (ensemble.Independent): the run's posterior network where it was given (and
+    invert.proposal is not none) and the formula's parameters are sampled; else None."""
+    if flow is None or kind != "mcmc" or out.physics is None:
         return None
     return amortized.flow_proposal(flow, targets)
 
