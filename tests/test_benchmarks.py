@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 
-from benchmarks import reproduce
+from benchmarks import reproduce, seed_band
 from benchmarks import run as bench
 
 # each row in its own test, so the test processes (make test: one per core) share them out
@@ -46,3 +47,20 @@ def test_reproduce_quick_writes_the_table(tmp_path: Path, monkeypatch: pytest.Mo
     text = out.read_text()
     assert "004 rotation-curve AE" in text and "val MSE (global std)" in text
     assert (tmp_path / "r" / "rotation_reference" / "metrics.json").exists()
+
+
+@pytest.mark.slow
+def test_seed_band_quick_writes_the_table(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rows = tmp_path / "rows.json"
+    argv = ["--quick", "--only", "rotation", "--common", "500", "--runs", str(tmp_path / "r"), "--json", str(rows)]
+    assert seed_band.main(argv) == 0
+    table = capsys.readouterr().out
+    assert (
+        "| rotation_curve.yaml | common-set global-std MSE |" in table
+        and "| rotation_curve.yaml | test global" in table
+    )
+    got = json.loads(rows.read_text())["rows"]
+    assert [len(r["seeds"]) for r in got] == [3, 3]
+    common = got[0]["seeds"]
+    assert len(set(common)) == 3 and all(v > 0 for v in common)  # three trainings, three models
+    assert got[0]["max_over_min"] == pytest.approx(max(common) / min(common))
