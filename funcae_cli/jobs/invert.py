@@ -18,7 +18,7 @@ from funcae_cli.files import (
     csv_lines,
     json_safe,
     npz_bytes,
-    save_figure,
+    save_figures,
 )
 from funcae_cli.inversion.invert import invert_batch
 from funcae_cli.inversion.targets import training_range_warnings
@@ -122,9 +122,9 @@ def run_invert(
         atomic_write_bytes(rd.invert_samples(slug), npz_bytes(samples_arrays(res, targets)))
         files["samples"] = str(rd.invert_samples(slug))
     if figures is not None:
-        for kind, fig in figures(record, trained.family).items():
-            save_figure(fig, rd.invert_png(slug, kind))
-            files[kind] = str(rd.invert_png(slug, kind))
+        drawn = figures(record, trained.family)
+        save_figures({rd.invert_png(slug, kind): fig for kind, fig in drawn.items()})  # side by side where it can
+        files.update({kind: str(rd.invert_png(slug, kind)) for kind in drawn})
     record["files"] = files
     record = {k: v if k == "targets" else json_safe(v) for k, v in record.items()}  # the rows are already safe
     atomic_write_json(rd.invert_json(slug), record)
