@@ -109,6 +109,7 @@ PosteriorOpt = _record_option(InvertConfig, "posterior", "--posterior", typ=str)
 WalkersOpt = _record_option(InvertConfig, "walkers", "--walkers", typ=str)  # an integer or auto
 StepsOpt = _record_option(InvertConfig, "steps", "--steps", typ=str)  # an integer or auto
 BurnOpt = _record_option(InvertConfig, "burn", "--burn")
+MaxStepsOpt = _record_option(InvertConfig, "max_steps", "--max-steps")
 ProposalOpt = _record_option(InvertConfig, "proposal", "--proposal", typ=str)
 SeedOpt = _record_option(InvertConfig, "seed", "--seed")
 DrawsOpt = _record_option(InvertConfig, "draws", "--draws")

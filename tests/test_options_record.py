@@ -21,7 +21,7 @@ BAD = [
     ("invert", "walkers", "lots", "lots", "expected an integer or one of auto, got 'lots'"),
     ("invert", "steps", "3", 3, "must be >= 10, got 3"),
     ("invert", "steps", "many", "many", "expected an integer or one of auto, got 'many'"),
-    ("invert", "max_steps", None, 5, "must be >= 10, got 5"),  # config only: no command-line option
+    ("invert", "max_steps", "5", 5, "must be >= 10, got 5"),
     ("invert", "groups", None, 1, "must be >= 2, got 1"),
     ("invert", "burn", "-1", -1, "must be >= 0, got -1"),
     ("invert", "starts", "-2", -2, "must be >= 0, got -2"),

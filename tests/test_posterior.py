@@ -220,3 +220,16 @@ def test_validate_needs_a_prior(cli, workdir: Path) -> None:
     (workdir / "d.yaml").write_text("name: d\nfamily: {name: dataset, path: d.npz}\ntrain: {epochs: 2}\n")
     ok(cli("train", "d.yaml", "-q", "--no-plots"))
     usage_error(cli("validate", "runs/d"), "no prior", "dataset")
+
+
+def test_max_steps_option_caps_auto_steps_and_the_warning_names_it(cli, smoke_copy: Path) -> None:
+    """A cap far under 50 autocorrelation times: every target stops at it, unconverged, and the warning says how
+    to raise it."""
+    _noisy_curves(smoke_copy.parent.parent / "obs.csv", 2)
+    r = cli("invert", "--curves", "obs.csv", "--posterior", "mcmc", "--max-steps", "30", "--burn", "20", "--no-plot",
+            "--json")  # fmt: skip
+    ok(r)
+    rec = json.loads(r.stdout)
+    assert [t["posterior_steps"] for t in rec["targets"]] == [30, 30]
+    assert all(t["posterior_unconverged"] for t in rec["targets"])
+    assert any("stopped at the cap of 30 steps (invert.max_steps, --max-steps)" in w for w in rec["warnings"])

@@ -20,6 +20,7 @@ from funcae_cli.options import (
     JsonOpt,
     LrOpt,
     MaxIterOpt,
+    MaxStepsOpt,
     MethodOpt,
     NameOpt,
     NoCheckOpt,
@@ -54,6 +55,7 @@ def invert(
     proposal: ProposalOpt = None,
     steps: StepsOpt = None,
     burn: BurnOpt = None,
+    max_steps: MaxStepsOpt = None,
     draws: DrawsOpt = None,
     no_check: NoCheckOpt = False,
     clip: ClipOpt = False,
@@ -83,8 +85,8 @@ def invert(
     inputs = target_inputs(rd, ctx.args, curve, targets, curves, required=True, clip=clip)
     options = {"method": method, "starts": starts, "max_iter": max_iter, "lr": lr, "seed": seed, "prior": prior,
                "physics": False if no_physics else None, "bounds": bounds, "posterior": posterior,
-               "walkers": walkers, "proposal": proposal, "steps": steps, "burn": burn, "draws": draws,
-               "check": False if no_check else None}  # fmt: skip
+               "walkers": walkers, "proposal": proposal, "steps": steps, "burn": burn, "max_steps": max_steps,
+               "draws": draws, "check": False if no_check else None}  # fmt: skip
     rec = run_invert(rd, inputs, options, name=name, device=device, figures=None if no_plot else _figures())
     for w in rec["warnings"]:
         console.warn(w)

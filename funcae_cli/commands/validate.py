@@ -15,6 +15,7 @@ from funcae_cli.options import (
     CompareMcmcOpt,
     DeviceOpt,
     JsonOpt,
+    MaxStepsOpt,
     NoiseOpt,
     ProposalOpt,
     RequireCoverageOpt,
@@ -50,6 +51,7 @@ def validate(
     proposal: ProposalOpt = None,
     steps: StepsOpt = None,
     burn: BurnOpt = None,
+    max_steps: MaxStepsOpt = None,
     seed: SeedOpt = None,
     device: DeviceOpt = "auto",
     json_: JsonOpt = False,
@@ -64,7 +66,8 @@ def validate(
 
     options = {"n": n, "noise": noise, "points": _points(points), "posterior": posterior,
                "require_coverage": require_coverage, "compare_mcmc": compare_mcmc}  # fmt: skip
-    sampling = {"walkers": walkers, "proposal": proposal, "steps": steps, "burn": burn, "seed": seed}
+    sampling = {"walkers": walkers, "proposal": proposal, "steps": steps, "burn": burn, "max_steps": max_steps,
+                "seed": seed}  # fmt: skip
     progress = None if json_ else (lambda done, total: console.info(f"validated {done:,} of {total:,} curves"))
     rep = run_validate(resolve_run(run), options, sampling, device, on_chunk=progress)
     if json_:

@@ -375,7 +375,7 @@ class Sampling:
     @property
     def cap(self) -> str:
         if self.steps == "auto":
-            return f"the cap of {self.max_steps} steps (invert.max_steps)"
+            return f"the cap of {self.max_steps} steps (invert.max_steps, --max-steps)"
         return f"the {self.steps} steps asked (--steps)"
 
 

@@ -104,7 +104,7 @@ def run_validate(
         noise={"frac": o.noise, "points": list(o.points), "floor": noise.floor, "scatter": noise.scatter},
         seed=seed,
         sampling={
-            **{k: getattr(inv, k) for k in ("walkers", "steps", "burn", "proposal")},
+            **{k: getattr(inv, k) for k in ("walkers", "steps", "burn", "max_steps", "proposal")},
             "proposal_used": flow is not None and inv.proposal != "none",
         }
         if o.posterior in ("mcmc", "auto")
@@ -203,8 +203,8 @@ def _compare_mcmc(trained: Trained, observations: list[Observation], draws: np.n
     agree = agreement(draws[:m], np.concatenate(reference), trained.param_names, trained.family.log_scale())
     return {
         "targets": m,
-        "sampling": {**{k: getattr(inv, k) for k in ("walkers", "steps", "burn")}, "proposal": "none"},  # the
-        # reference does not use the flow it is compared with
+        # the reference does not use the flow it is compared with
+        "sampling": {**{k: getattr(inv, k) for k in ("walkers", "steps", "burn", "max_steps")}, "proposal": "none"},
         "mcmc_unconverged": unconverged,
         "seconds": time.perf_counter() - t0,
         "params": {a.name: {"median_shift_sigma": a.shift, "width_ratio": a.width_ratio} for a in agree},
