@@ -73,9 +73,9 @@ def flow_for(rd: RunDir, posterior: str, proposal: str) -> PosteriorNet | None:
     proposal flow (required) or auto (where the run has a finished one and zuko is installed); else None."""
     if posterior in ("amortized", "auto") or (posterior == "mcmc" and proposal == "flow"):
         return load_flow(rd)  # exit 2 naming `funcae amortize`
-    if posterior == "mcmc" and proposal == "auto" and rd.amortized.exists() and find_spec("zuko") is not None:
-        ckpt = load_checkpoint(rd.amortized)
-        return net_from_checkpoint(ckpt) if ckpt.get("done") else None
+    if posterior == "mcmc" and proposal == "auto" and find_spec("zuko") is not None:
+        ckpt = _finished(rd)
+        return None if ckpt is None else net_from_checkpoint(ckpt)
     return None
 
 
@@ -84,8 +84,16 @@ def load_flow(rd: RunDir) -> PosteriorNet:
     if not rd.amortized.exists():
         raise InputError(f"{rd.root}: no trained posterior network ({rd.amortized}); train one with "
                          f"`funcae amortize {rd.root}`")  # fmt: skip
-    ckpt = load_checkpoint(rd.amortized)
-    if not ckpt.get("done"):
+    ckpt = _finished(rd)
+    if ckpt is None:
         raise InputError(f"{rd.amortized}: the posterior network's training was interrupted; finish it with "
                          f"`funcae amortize {rd.root}`")  # fmt: skip
     return net_from_checkpoint(ckpt)
+
+
+def _finished(rd: RunDir) -> dict[str, Any] | None:
+    """The run's posterior network checkpoint where it exists and its training finished, else None."""
+    if not rd.amortized.exists():
+        return None
+    ckpt = load_checkpoint(rd.amortized)
+    return ckpt if ckpt.get("done") else None
