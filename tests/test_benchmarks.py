@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import yaml
 
 from benchmarks import reproduce, seed_band
 from benchmarks import run as bench
@@ -52,7 +53,8 @@ def test_reproduce_quick_writes_the_table(tmp_path: Path, monkeypatch: pytest.Mo
 @pytest.mark.slow
 def test_seed_band_quick_writes_the_table(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     rows = tmp_path / "rows.json"
-    argv = ["--quick", "--only", "rotation", "--common", "500", "--runs", str(tmp_path / "r"), "--json", str(rows)]
+    argv = ["--quick", "--only", "rotation", "--common", "500", "--runs", str(tmp_path / "r"), "--json", str(rows),
+            "--set", "model.hidden=[16,16]"]  # fmt: skip
     assert seed_band.main(argv) == 0
     table = capsys.readouterr().out
     assert (
@@ -64,3 +66,5 @@ def test_seed_band_quick_writes_the_table(tmp_path: Path, capsys: pytest.Capture
     common = got[0]["seeds"]
     assert len(set(common)) == 3 and all(v > 0 for v in common)  # three trainings, three models
     assert got[0]["max_over_min"] == pytest.approx(max(common) / min(common))
+    cfg = yaml.safe_load((tmp_path / "r" / "rotation_seed1" / "config.yaml").read_text())
+    assert cfg["seed"] == 1 and cfg["model"]["hidden"] == [16, 16]  # the override reached every training
