@@ -176,7 +176,7 @@ def save_figures(figures: dict[Path, Any], ways: int | None = None) -> None:
     """save_figure of each {path: Figure}, rendered side by side in forked processes where that is safe (Linux,
     two or more cores, no other Python thread running), else one after the other. Rendering (ticks, text layout,
     PNG encoding) is single-threaded Python: `funcae invert`'s three figures of 175 curves took 1.55-2.1 s one
-    after the other and 0.9-1.25 s side by side on 2 cores (BENCHMARKS.md, row 8). Process j renders figures j,
+    after the other and 0.9-1.35 s side by side on 2 cores (BENCHMARKS.md, row 8). Process j renders figures j,
     j + ways, ...; a figure whose process failed is rendered again here, so that its error is raised as in one
     process. Each file is written atomically by whichever process renders it. ways: processes (None: one per
     figure, at most twice the cores this process may run on; 1 on one core)."""
