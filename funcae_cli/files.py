@@ -16,6 +16,8 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from funcae_cli.cores import cpu_count
+
 
 def _umask() -> int:
     mask = os.umask(0)
@@ -182,7 +184,7 @@ def save_figures(figures: dict[Path, Any], ways: int | None = None) -> None:
     figure, at most twice the cores this process may run on; 1 on one core)."""
     items = list(figures.items())
     if ways is None:  # one process per figure (their costs differ: 0.6, 0.5 and 0.2 s for invert's three)
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        cores = cpu_count()
         ways = 1 if cores < 2 else 2 * cores
     ways = min(ways, len(items))
     if ways < 2 or not sys.platform.startswith("linux") or threading.active_count() > 1:

@@ -123,8 +123,9 @@ def run_invert(
         files["samples"] = str(rd.invert_samples(slug))
     if figures is not None:
         drawn = figures(record, trained.family)
-        save_figures({rd.invert_png(slug, kind): fig for kind, fig in drawn.items()})  # side by side where it can
-        files.update({kind: str(rd.invert_png(slug, kind)) for kind in drawn})
+        paths = {kind: rd.invert_png(slug, kind) for kind in drawn}
+        save_figures({paths[kind]: fig for kind, fig in drawn.items()})  # side by side where it can
+        files.update({kind: str(path) for kind, path in paths.items()})
     record["files"] = files
     record = {k: v if k == "targets" else json_safe(v) for k, v in record.items()}  # the rows are already safe
     atomic_write_json(rd.invert_json(slug), record)

@@ -44,6 +44,7 @@ from funcae_cli.store.trained import Trained
 
 CHUNK = 250  # targets per batched inversion: bounds the memory of the MCMC chains
 LOW_ESS = 100  # validate.json's importance_ess.split_low: the coverage of targets with fewer effective draws apart
+SAMPLING = ("walkers", "steps", "burn", "max_steps")  # the mcmc settings each sampling record reports
 
 
 def run_validate(
@@ -104,7 +105,7 @@ def run_validate(
         noise={"frac": o.noise, "points": list(o.points), "floor": noise.floor, "scatter": noise.scatter},
         seed=seed,
         sampling={
-            **{k: getattr(inv, k) for k in ("walkers", "steps", "burn", "max_steps", "proposal")},
+            **{k: getattr(inv, k) for k in (*SAMPLING, "proposal")},
             "proposal_used": flow is not None and inv.proposal != "none",
         }
         if o.posterior in ("mcmc", "auto")
@@ -204,7 +205,7 @@ def _compare_mcmc(trained: Trained, observations: list[Observation], draws: np.n
     return {
         "targets": m,
         # the reference does not use the flow it is compared with
-        "sampling": {**{k: getattr(inv, k) for k in ("walkers", "steps", "burn", "max_steps")}, "proposal": "none"},
+        "sampling": {**{k: getattr(inv, k) for k in SAMPLING}, "proposal": "none"},
         "mcmc_unconverged": unconverged,
         "seconds": time.perf_counter() - t0,
         "params": {a.name: {"median_shift_sigma": a.shift, "width_ratio": a.width_ratio} for a in agree},

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from funcae_cli.config import NAME_RE, config_from_dict
+from funcae_cli.cores import cpu_count
 from funcae_cli.device import resolve_device
 from funcae_cli.errors import FuncaeError, Interrupted, OptionError, user_message
 from funcae_cli.files import atomic_write_text
@@ -34,13 +35,6 @@ from funcae_cli.sweeps.sweepdir import sweep_dir
 from funcae_cli.tracking import open_tracking, with_tracks
 
 STOP_WAIT_S = 120  # after a second Ctrl-C: how long workers get to mark their trials before they are killed
-
-
-def cpu_count() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
 
 
 def worker_threads(workers: int, cores: int | None = None) -> int:
