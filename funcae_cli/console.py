@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 from rich.console import Console
@@ -24,6 +25,19 @@ def warn(msg: str) -> None:
 
 def error(msg: str) -> None:
     err.print(f"error: {msg}", style="red", markup=False, soft_wrap=True)
+
+
+def counter(what: str, share: float = 0.1) -> Callable[[int, int], None]:
+    """A progress callback (done, total) for long batched work: a line each time another `share` of the total is
+    done, and one at the end."""
+    last = [0]
+
+    def report(done: int, total: int) -> None:
+        if done >= total or done - last[0] >= max(1, int(total * share)):
+            last[0] = done
+            info(f"{what}: {done:,} of {total:,}")
+
+    return report
 
 
 def emit_json(obj: Any) -> None:

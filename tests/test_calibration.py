@@ -147,7 +147,7 @@ def test_validate_compares_amortized_with_mcmc_on_the_first_curves(smoke_copy: P
     seen: dict[str, list[np.ndarray]] = {"amortized": [], "mcmc": []}
     log10 = [False, True]  # the normal family: mu linear, sigma a scale
 
-    def fake(trained, targets, inv, lm, flow=None):
+    def fake(trained, targets, inv, lm, flow=None, **kw):
         res = real(trained, targets, replace(inv, posterior="mcmc"), lm)
         seen[inv.posterior].append(res.posterior.samples.copy())
         if inv.posterior == "amortized":

@@ -19,8 +19,10 @@ from funcae_cli.config import override
 from funcae_cli.data.observations import Grid, read_long_csv, scan_long_csv
 from funcae_cli.files import csv_lines, csv_text, json_chunks, json_text
 from funcae_cli.inversion import invert as inversion
+from funcae_cli.inversion.ensemble import chain_bytes
 from funcae_cli.inversion.invert import invert_batch
 from funcae_cli.inversion.physics import PhysicsFit, natural_bounds
+from funcae_cli.inversion.posterior import Sampling
 from funcae_cli.inversion.targets import pad
 from funcae_cli.jobs import invert as invert_job
 from funcae_cli.jobs.fitted import latent_model_for
@@ -51,9 +53,9 @@ def _galaxies(trained, n: int, seed: int, points: int = 8) -> list:
 
 # Bit for bit: the latent search (the decoder's rows of the grid's 64 points fill whole SIMD vectors). To the
 # determinism tests' 1e-6 relative (test_determinism.py), as in any two batches that share a target: values through
-# torch's float64 transcendental functions on arrays of one value per target or point (the regressor's 10**y, the
-# log density, the refit's formula on every point), whose last few elements torch computes with scalar instead of
-# vector code, 1-ulp differences that depend on where a value falls.
+# torch's float64 transcendental functions on arrays of one value per target or point (the log density, the refit's
+# formula on every point), whose last few elements torch may compute with scalar instead of vector code, 1-ulp
+# differences that depend on where a value falls (torch.pow does on an AMD EPYC with AVX-512: data/powers.py).
 EXACT = {"z", "objective", "residual_norm", "data_residual", "rel_l2", "encoder_z", "encoder_objective",
          "encoder_rel_l2", "iterations", "converged", "start", "fit", "chi2"}  # fmt: skip
 
@@ -213,6 +215,11 @@ def test_the_estimate_grows_with_the_catalogue_and_the_posterior(smoke_run: Path
     assert invert_bytes(InputSize(10, 20, 2), o, 2) < chunk
     laplace = invert_bytes(InputSize(100_000, 200_000, 2), override(o, {"posterior": "laplace"}), 2)
     assert laplace > 10 * sizes[0]  # 2000 stored draws per target
+    mcmc = invert_bytes(InputSize(100_000, 200_000, 2), override(o, {"posterior": "mcmc"}), 2)
+    walkers = Sampling(o.walkers, o.steps, o.burn, o.max_steps, o.groups).walkers_for(2)
+    pool = chain_bytes(100_000, walkers, 2)
+    assert mcmc - laplace == pool > 0  # mcmc's chains on top of the stored draws: one pool's, whatever the catalogue
+    assert chain_bytes(10**7, walkers, 2) == pool > chain_bytes(3, walkers, 2)
 
 
 # --- refusing what cannot fit ----------------------------------------------------------------------------

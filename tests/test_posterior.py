@@ -51,6 +51,26 @@ def test_the_ensemble_samples_a_correlated_gaussian_and_a_truncated_flat_density
     assert 0.2 < float(acc.min()) and float(acc.max()) < 0.95
 
 
+def test_advance_records_only_the_steps_asked() -> None:
+    """every / phase: the positions of the recorded steps alone (the sampler's memory holds the thinned chain, not
+    every step), the same walk as recording all of them."""
+    from funcae_cli.inversion.ensemble import advance
+
+    def log_prob(x):
+        return -0.5 * x.square().sum(dim=2)
+
+    x0 = torch.randn(3, 8, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    seeds = seeding.mix64(torch.arange(3))
+    xa, xb = x0.clone(), x0.clone()
+    full, acc_a = advance(log_prob, xa, log_prob(xa), 20, seeds, start=5)
+    some, acc_b = advance(log_prob, xb, log_prob(xb), 20, seeds, start=5, every=3, phase=1)
+    kept = [t for t in range(20) if (1 + t + 1) % 3 == 0]  # 1, 4, 7, ...
+    assert some.shape == (3, 8, len(kept), 2) and torch.equal(some, full[:, :, kept])
+    assert torch.equal(xa, xb) and torch.equal(acc_a, acc_b)
+    none, _ = advance(log_prob, x0.clone(), log_prob(x0), 20, seeds, start=5, every=0)
+    assert none.shape[2] == 0
+
+
 def test_the_same_seed_gives_the_same_chain() -> None:
     def log_prob(x):
         return -0.5 * x.square().sum(dim=2)

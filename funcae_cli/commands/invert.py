@@ -87,7 +87,9 @@ def invert(
                "physics": False if no_physics else None, "bounds": bounds, "posterior": posterior,
                "walkers": walkers, "proposal": proposal, "steps": steps, "burn": burn, "max_steps": max_steps,
                "draws": draws, "check": False if no_check else None}  # fmt: skip
-    rec = run_invert(rd, inputs, options, name=name, device=device, figures=None if no_plot else _figures())
+    progress = None if json_ else console.counter("mcmc: targets sampled")
+    rec = run_invert(rd, inputs, options, name=name, device=device, figures=None if no_plot else _figures(),
+                     progress=progress)  # fmt: skip
     for w in rec["warnings"]:
         console.warn(w)
     if json_:

@@ -68,8 +68,8 @@ def validate(
                "require_coverage": require_coverage, "compare_mcmc": compare_mcmc}  # fmt: skip
     sampling = {"walkers": walkers, "proposal": proposal, "steps": steps, "burn": burn, "max_steps": max_steps,
                 "seed": seed}  # fmt: skip
-    progress = None if json_ else (lambda done, total: console.info(f"validated {done:,} of {total:,} curves"))
-    rep = run_validate(resolve_run(run), options, sampling, device, on_chunk=progress)
+    progress = None if json_ else console.counter("mcmc: curves sampled")
+    rep = run_validate(resolve_run(run), options, sampling, device, progress=progress)
     if json_:
         console.emit_json(rep)
     else:

@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 
 from funcae_cli.config.families import FAMILIES, BetaOptions, Family, RotationOptions, Scatter
+from funcae_cli.data.powers import exp10, power
 
 # (x (m,) or (n, m), params (n, p), options, in_place) -> curves (n, m); in_place: may work in buffers it made
 # (not differentiable), for generation
@@ -67,8 +68,8 @@ def _fc(x: Tensor) -> Tensor:
 
 def v_halo2(r: Tensor, mh: Tensor, c: Tensor) -> Tensor:
     """NFW circular velocity squared, (km/s)^2. r (1 or n, m) kpc; mh, c (n, 1)."""
-    v_vir2 = (DELTA_C * HUBBLE**2 / 2) ** (1 / 3) * (G_KPC * mh) ** (2 / 3)
-    r_vir = 1e3 * (mh / (0.5 * DELTA_C * HUBBLE**2 / G_KPC)) ** (1 / 3)  # kpc
+    v_vir2 = (DELTA_C * HUBBLE**2 / 2) ** (1 / 3) * power(G_KPC * mh, 2 / 3)
+    r_vir = 1e3 * power(mh / (0.5 * DELTA_C * HUBBLE**2 / G_KPC), 1 / 3)  # kpc
     return v_vir2 * r_vir / r * _fc(c * r / r_vir) / _fc(c)
 
 
@@ -185,9 +186,9 @@ def scaling_relations(md: Tensor, scatter: Scatter, gen: torch.Generator | None)
         return std * torch.randn(md.shape, generator=gen, dtype=md.dtype, device=md.device)
 
     log_rd, log_mh = _relations(torch.log10(md))
-    rd = 10 ** (log_rd + noise(scatter.rd))
-    mh = 10 ** (log_mh + noise(scatter.mh))
-    c = 10 ** (_log_c_centre(mh) + noise(scatter.c))
+    rd = exp10(log_rd + noise(scatter.rd))
+    mh = exp10(log_mh + noise(scatter.mh))
+    c = exp10(_log_c_centre(mh) + noise(scatter.c))
     return torch.stack([md, rd, mh, c], dim=1)
 
 
@@ -203,7 +204,7 @@ def scaling_relations_log_density(log10_params: Tensor, scatter: Scatter) -> Ten
     for value, centre, std in (
         (log_rd, centre_rd, scatter.rd),
         (log_mh, centre_mh, scatter.mh),
-        (log_c, _log_c_centre(10.0**log_mh), scatter.c),
+        (log_c, _log_c_centre(exp10(log_mh)), scatter.c),
     ):
         if std > 0:
             out = out - 0.5 * ((value - centre) / std).square()

@@ -15,7 +15,10 @@ not independent chains: emcee's documentation, ArviZ issues 977 and 2156). R-hat
 so a target whose ensembles sit in two well-sampled modes converges, and one whose ensembles disagree without
 settling does not. With `steps=None` each target runs in batches until every parameter has steps >= 50 tau and
 R-hat < 1.01, or until `max_steps`; a target that is done leaves the batch (the tensors are compacted), so it
-costs nothing more.
+costs nothing more. Targets are sampled in pools (`pool_size`: their recorded chains within POOL_BYTES, so memory
+grows with the pool, not the catalogue); with `steps=None`, a pool's targets still running at `pause_step` (the
+check at a quarter of the cap) wait there, and the waiting targets of several pools continue as one batch: the
+slow few of each pool do not run nearly alone, each pool's tail after the other.
 
 Randomness is per ensemble: each draws from its own seed (its target's seed and its index, seeding.child), by
 counters laid out step by step (`Draws`), and picks its own move each half-step; so a target's chain is the same
@@ -25,7 +28,7 @@ alone or in any batch (rows grouped by move: one tensor call per move and half-s
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -208,6 +211,13 @@ class _Proposing:
         out.log_q, out.known = self.log_q[rows], self.known[rows]
         return out
 
+    @staticmethod
+    def join(parts: list[_Proposing]) -> _Proposing:
+        """Batches of ensembles between blocks (their state: the walkers' log q and whether it is known) as one."""
+        out = _Proposing(parts[0].proposal, torch.cat([p.targets for p in parts]), parts[0].log_q.shape[1])
+        out.log_q, out.known = torch.cat([p.log_q for p in parts]), torch.cat([p.known for p in parts])
+        return out
+
     def begin(self, x: Tensor, seeds: Tensor, step: int, normals: Tensor) -> None:
         """A block from step `step` (counted from the first burn-in step) with the steps' normals (b, steps, 2, m q)
         (drawn): which ensembles use the proposal, their proposals and log q, their walkers' log q (x (b, W, q))."""
@@ -251,15 +261,18 @@ class _Proposing:
 
 def advance(
     log_prob: Callable[[Tensor], Tensor], x: Tensor, lp: Tensor, steps: int, seeds: Tensor, start: int = 0,
-    proposing: _Proposing | None = None,
+    proposing: _Proposing | None = None, every: int = 1, phase: int = 0,
 ) -> tuple[Tensor, Tensor]:  # fmt: skip
     """Move the ensembles x (b, W, q) with log densities lp (b, W) `steps` steps, in place, steps start,
     start + 1... of each ensemble's own random numbers (seeds (b,): Draws). log_prob: walkers (b, m, q) -> (b, m)
     (-inf outside the support). proposing: an Independent proposal's blocks (_Proposing), or None.
-    Returns the positions after each step (b, W, steps, q) and the accepted moves per ensemble (b,)."""
+    Returns the positions after the recorded steps (b, W, r, q): step t (from 0) where (phase + t + 1) % every == 0
+    (every 0: none; by default all), and the accepted moves per ensemble (b,)."""
     b, w, q = x.shape
     half = w // 2
-    chain = torch.empty(b, w, steps, q, dtype=x.dtype)
+    recorded = torch.zeros(steps, dtype=torch.bool) if every == 0 else (phase + torch.arange(1, steps + 1)) % every == 0
+    slot = torch.cumsum(recorded, 0) - 1
+    chain = torch.empty(b, w, int(recorded.sum()), q, dtype=x.dtype)
     accepted = torch.zeros(b, dtype=torch.float64)
     for t in range(steps):
         if t % CHUNK == 0:
@@ -283,7 +296,8 @@ def advance(
             accepted += accept.double().sum(dim=1)
             if proposing is not None:
                 proposing.moved(accept, t % BLOCK, h, mine)
-        chain[:, :, t] = x
+        if recorded[t]:
+            chain[:, :, int(slot[t])] = x
     return chain, accepted
 
 
@@ -294,7 +308,7 @@ def ensemble(
     `steps` kept. Returns the kept chain (n, W, steps, q) and the acceptance rate over the kept steps (n,)."""
     x = x0.clone()
     lp = log_prob(x)
-    advance(log_prob, x, lp, burn, seeds)
+    advance(log_prob, x, lp, burn, seeds, every=0)
     chain, accepted = advance(log_prob, x, lp, steps, seeds, start=burn)
     return chain, accepted / max(steps * x0.shape[1], 1)
 
@@ -344,59 +358,171 @@ def diagnose(
     return tau, rhat, ess, converged(steps, tau, rhat), labels
 
 
+POOL_BYTES = 1 << 29  # the recorded chains of the targets sampled together, float32, at most (512 MiB)
+
+
+def pool_size(walkers: int, q: int) -> int:
+    """Targets sampled together: as many as POOL_BYTES of recorded chains (walkers x STORE steps x q) hold."""
+    return max(1, POOL_BYTES // (walkers * STORE * q * 4))
+
+
+def chain_bytes(n: int, walkers: int, q: int) -> int:
+    """The most bytes `sample` holds in chains for n targets: a running pool's recorded chains, the waiting
+    targets' (fewer than a pool) and a batch's newly recorded steps (float64, fewer than a pool's record)."""
+    return 3 * min(n, pool_size(walkers, q)) * walkers * STORE * q * 4
+
+
+def pause_step(cap: int) -> int:
+    """steps auto: the check (of the schedule every target follows, `_next_batch`) at which the targets still
+    running leave their pool to wait for others: the first at or after a quarter of the cap."""
+    done = 0
+    while done < cap // 4:
+        done += _next_batch(done, cap, None)
+    return done
+
+
+def _next_batch(done: int, cap: int, steps: int | None) -> int:
+    """Steps until the next check: fixed steps, all at once; auto, CHECK, then a quarter of those done."""
+    return cap if steps is not None else min(cap, done + max(CHECK, done // 4)) - done
+
+
+@dataclass
+class _Pool:
+    """Targets sampled together, all at the same step: their ensembles' walkers (b * groups, W / groups, q), log
+    densities, seeds and proposal state, and per target the recorded chain (b, W, s, q) and accepted moves."""
+
+    active: Tensor  # (b,) the targets' rows in the caller's batch
+    x: Tensor
+    lp: Tensor
+    row_seeds: Tensor  # (b * groups,)
+    proposing: _Proposing | None
+    kept: Tensor
+    accepted: Tensor
+    done: int = 0  # steps run after burn-in
+    thin: int = 1
+
+    def take(self, keep: Tensor, groups: int) -> _Pool:
+        """The targets where keep (b,) bool (their seeds and proposal state follow them)."""
+        rows = keep.repeat_interleave(groups)
+        proposing = None if self.proposing is None else self.proposing.subset(rows)
+        return _Pool(self.active[keep], self.x[rows], self.lp[rows], self.row_seeds[rows], proposing,
+                     self.kept[keep], self.accepted[keep], self.done, self.thin)  # fmt: skip
+
+    @staticmethod
+    def join(pools: list[_Pool]) -> _Pool:
+        """Pools paused at the same step (and so with the same thinning) as one."""
+        first = pools[0]
+        proposing = None if first.proposing is None else _Proposing.join([p.proposing for p in pools])
+        cat = lambda name: torch.cat([getattr(p, name) for p in pools])  # noqa: E731
+        return _Pool(cat("active"), cat("x"), cat("lp"), cat("row_seeds"), proposing, cat("kept"), cat("accepted"),
+                     first.done, first.thin)  # fmt: skip
+
+
 def sample(
     per_row: RowLogDensity, x0: Tensor, groups: int, steps: int | None, burn: int, max_steps: int,
-    seeds: Tensor, proposal: Independent | None = None,
-) -> list[Cohort]:  # fmt: skip
+    seeds: Tensor, proposal: Independent | None = None, pool: int | None = None,
+) -> Iterator[Cohort]:  # fmt: skip
     """Sample n targets, each as `groups` independent ensembles of W / groups walkers (x0 (n, W, q), W / groups
     even; walkers [g W/groups, (g+1) W/groups) form ensemble g). steps: a fixed count after `burn`, or None: until
     converged (diagnostics.converged) or `max_steps`, checked in batches. Ensemble g of target i draws from
     seeding.child(seeds[i], g) (seeds (n,): the targets' own), so its chain does not depend on the batch; the
     seeds follow their rows when finished targets leave. proposal: an independence proposal per target, used in
-    blocks of steps beside the local moves (_Proposing), burn-in included; None: the local moves alone. Returns the
-    cohorts of targets that stopped together, in the order they stopped.
+    blocks of steps beside the local moves (_Proposing), burn-in included; None: the local moves alone. Yields the
+    cohorts of targets that stopped together.
+
+    Memory and stragglers: targets are sampled in pools of `pool` (default `pool_size`: the recorded chains within
+    POOL_BYTES), so the chains held grow with the pool, not the catalogue (a consumer that drops each cohort's
+    chains once summarized holds one pool's). With steps auto, a pool's targets still running at `pause_step`
+    wait there, and the waiting targets of several pools continue together: the few slow targets of each pool
+    run in one full batch instead of each pool's tail running nearly alone. A target's chain, its checks and its
+    stopping step are the same in any pool (the check schedule depends on its own step count alone).
     """
     n, w, q = x0.shape
-    wg = w // groups
-    active = torch.arange(n)
-    x = x0.reshape(n * groups, wg, q).clone()
-    row_seeds = seeding.child(seeds.repeat_interleave(groups), torch.arange(groups).repeat(n))  # (n * groups,)
+    size = pool_size(w, q) if pool is None else max(1, int(pool))
+    cap = max_steps if steps is None else steps
+    pause = cap if steps is not None or n <= size else pause_step(cap)
+    run = _Runner(per_row, groups, steps, burn, cap, w, q)
+    waiting: list[_Pool] = []
+    for a in range(0, n, size):
+        rest = yield from run(run.start(x0[a : a + size], torch.arange(a, min(n, a + size)), seeds[a : a + size],
+                                        proposal), pause)  # fmt: skip
+        waiting += [] if rest is None else [rest]
+        if sum(p.active.numel() for p in waiting) >= size or (a + size >= n and waiting):
+            joined = _Pool.join(waiting)
+            waiting = []
+            while joined.active.numel() >= size or (a + size >= n and joined.active.numel()):
+                head = torch.arange(joined.active.numel()) < size
+                yield from run(joined.take(head, groups), cap)
+                joined = joined.take(~head, groups)
+            waiting += [joined] if joined.active.numel() else []
 
-    def log_prob_of(active: Tensor) -> Callable[[Tensor], Tensor]:
-        target = active.repeat_interleave(groups)
+
+@dataclass
+class _Runner:
+    """Runs pools of `sample`: their burn-in, then batches of steps with a check after each (module docstring)."""
+
+    per_row: RowLogDensity
+    groups: int
+    steps: int | None
+    burn: int
+    cap: int
+    w: int
+    q: int
+
+    def log_prob_of(self, active: Tensor) -> Callable[[Tensor], Tensor]:
+        target = active.repeat_interleave(self.groups)
 
         def log_prob(y: Tensor) -> Tensor:
             b, m, _ = y.shape
-            return per_row(y.reshape(b * m, q), target.repeat_interleave(m)).reshape(b, m)
+            return self.per_row(y.reshape(b * m, self.q), target.repeat_interleave(m)).reshape(b, m)
 
         return log_prob
 
-    log_prob = log_prob_of(active)
-    proposing = None if proposal is None else _Proposing(proposal, active.repeat_interleave(groups), wg)
-    lp = log_prob(x)
-    advance(log_prob, x, lp, burn, row_seeds, proposing=proposing)
-    cap = max_steps if steps is None else steps
-    kept = torch.empty(n, w, 0, q, dtype=torch.float32)
-    accepted = torch.zeros(n, dtype=torch.float64)
-    done, thin, out = 0, 1, []
-    while active.numel():
-        batch = min(cap, done + max(CHECK, done // 4)) - done if steps is None else cap
-        chain, acc = advance(log_prob, x, lp, batch, row_seeds, start=burn + done, proposing=proposing)
-        record = (done + torch.arange(1, batch + 1)) % thin == 0
-        kept = torch.cat([kept, chain[:, :, record].reshape(-1, w, int(record.sum()), q).float()], dim=2)
-        accepted += acc.reshape(-1, groups).sum(dim=1)
-        done += batch
-        while kept.shape[2] > STORE:
-            kept, thin = kept[:, :, 1::2], 2 * thin
-        tau, rhat, ess, ok, labels = diagnose(kept, thin, done, groups, everyone=done >= cap)
-        stop = ok | (done >= cap)
-        if bool(stop.any()):
-            out.append(Cohort(active[stop], kept[stop], thin, done, accepted[stop] / (done * w), tau[stop],
-                              rhat[stop], ess[stop], ok[stop], labels[stop]))  # fmt: skip
-            go = ~stop
-            rows = go.repeat_interleave(groups)
-            active, kept, accepted, x, lp = active[go], kept[go], accepted[go], x[rows], lp[rows]
-            row_seeds = row_seeds[rows]
-            log_prob = log_prob_of(active)
-            proposing = None if proposing is None else proposing.subset(rows)
-    return out
+    def start(self, x0: Tensor, active: Tensor, seeds: Tensor, proposal: Independent | None) -> _Pool:
+        """A pool of the targets `active` from walkers x0 (b, W, q), after its burn-in."""
+        b, g = active.numel(), self.groups
+        x = x0.reshape(b * g, self.w // g, self.q).clone()
+        row_seeds = seeding.child(seeds.repeat_interleave(g), torch.arange(g).repeat(b))  # (b * groups,)
+        proposing = None if proposal is None else _Proposing(proposal, active.repeat_interleave(g), self.w // g)
+        log_prob = self.log_prob_of(active)
+        lp = log_prob(x)
+        advance(log_prob, x, lp, self.burn, row_seeds, proposing=proposing, every=0)
+        kept = torch.empty(b, self.w, 0, self.q, dtype=torch.float32)
+        return _Pool(active, x, lp, row_seeds, proposing, kept, torch.zeros(b, dtype=torch.float64))
+
+    def __call__(self, p: _Pool, until: int) -> Generator[Cohort, None, _Pool | None]:
+        """Run pool p until its targets stop, or until the check at step `until`: yields the cohorts that stopped,
+        returns the pool of those still running (None when none)."""
+        g, w, q = self.groups, self.w, self.q
+        log_prob = self.log_prob_of(p.active)
+        while p.active.numel():
+            if p.done >= until:
+                return p
+            batch = _next_batch(p.done, self.cap, self.steps)
+            chain, acc = advance(
+                log_prob,
+                p.x,
+                p.lp,
+                batch,
+                p.row_seeds,
+                start=self.burn + p.done,
+                proposing=p.proposing,
+                every=p.thin,
+                phase=p.done,
+            )  # only the steps kept: memory
+            p.kept = torch.cat([p.kept, chain.reshape(-1, w, chain.shape[2], q).float()], dim=2)
+            del chain
+            p.accepted += acc.reshape(-1, g).sum(dim=1)
+            p.done += batch
+            while p.kept.shape[2] > STORE:
+                p.kept, p.thin = p.kept[:, :, 1::2], 2 * p.thin
+            tau, rhat, ess, ok, labels = diagnose(p.kept, p.thin, p.done, g, everyone=p.done >= self.cap)
+            stop = ok | (p.done >= self.cap)
+            if bool(stop.any()):
+                yield Cohort(p.active[stop], p.kept[stop], p.thin, p.done, p.accepted[stop] / (p.done * w), tau[stop],
+                             rhat[stop], ess[stop], ok[stop], labels[stop])  # fmt: skip
+                if bool(stop.all()):
+                    return None
+                p = p.take(~stop, g)
+                log_prob = self.log_prob_of(p.active)
+        return None

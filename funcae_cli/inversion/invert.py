@@ -5,8 +5,10 @@ random restarts) are optimized together as ONE tensor problem: the objective (ob
 of the per-target objectives, so each target's gradient is its own, and the optimizers (search.py)
 keep per-target state (step sizes, curvature pairs, convergence). A catalogue runs chunk by chunk
 (`chunk_targets`), so memory grows with the chunk, not the catalogue; a target's answer does not depend on its
-chunk (seeding.py; as in any two batches, values through torch's float64 transcendental functions on a chunk's
-flat arrays, the refit's formula, may differ in the last bits). Methods (`METHODS`):
+chunk (seeding.py: its own random numbers; row sums and products whose rounding does not depend on the batch's
+width or length; powers through data/powers.py, since torch.pow's last bits depend on the array's length on
+some CPUs. A user's formula that calls torch.pow may still differ in the last bits between batches).
+Methods (`METHODS`):
 
 - `encoder`: the encoder's code, nothing else.
 - `lbfgs` (default): from the encoder's code, batched L-BFGS with a per-target backtracking line search.
@@ -149,6 +151,7 @@ def invert_batch(
     latent_model: LatentModel | None = None,
     flow: amortized.PosteriorNet | None = None,
     chunk: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> InvertResult:
     """Invert many targets at once.
 
@@ -166,12 +169,13 @@ def invert_batch(
     (encoder, latent search, physics refit) run chunk by chunk, so their working memory grows with the chunk, not
     the catalogue; every target's numbers are its own (seeding.py), the same in any chunking (the latent search bit
     for bit, the regressor, density and refit to rounding: module docstring). The flags and warnings, and a
-    posterior, see every target.
+    posterior, see every target (mcmc samples them in pools that bound its memory: ensemble.sample).
+    progress: called with (targets sampled, targets) as mcmc's targets finish; None: not called.
     """
     o = options or trained.cfg.invert
     seed = trained.cfg.seed if o.seed is None else o.seed
     posterior = o.posterior
-    sampling = Sampling(o.walkers, o.steps, o.burn, o.max_steps, o.groups)
+    sampling = Sampling(o.walkers, o.steps, o.burn, o.max_steps, o.groups, progress=progress)
     targets = _as_targets(targets)
     if targets.x is None and targets.y.shape[1] != trained.grid.shape[0]:
         raise InputError(f"targets have {targets.y.shape[1]} points but the run's grid has {trained.grid.shape[0]}")

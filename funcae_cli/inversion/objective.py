@@ -75,10 +75,11 @@ class Problem:
         if self.mask is not None:
             self.t = torch.where(self.mask.bool(), self.t, 0.0)
         self.density = None if density is None else density.to(dev)
-        # Row sums of squares: padded batches (observed points) sum in float64, so a row's value does not depend on
-        # the batch's longest target; targets on the run's grid all have its width, and a float32 row sum is the
-        # same in any batch there (and ~2x cheaper in the search's inner loop).
-        self.sumsq = row_sumsq if self.mask is not None else (lambda r: r.square().sum(dim=1))
+        # Row sums of squares: targets at their own points sum in float64, so a row's value does not depend on the
+        # batch's longest target (padded or not: a target alone has no padding); targets on the run's grid all have
+        # its width, and a float32 row sum is the same in any batch there (and ~2x cheaper in the search's inner loop).
+        own_points = targets.x is not None or self.mask is not None
+        self.sumsq = row_sumsq if own_points else (lambda r: r.square().sum(dim=1))
         self.floor = RSS_FLOOR * self.sumsq(self._masked(self.t, None)).clamp_min(1e-30)
 
     def _rows(self, t: Tensor, rows: Tensor | None) -> Tensor:

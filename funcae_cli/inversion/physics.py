@@ -35,6 +35,7 @@ import torch
 from torch import Tensor
 
 from funcae_cli.data.formulas import FORMULAS
+from funcae_cli.data.powers import exp10
 from funcae_cli.errors import OptionError
 from funcae_cli.inversion import seeding
 from funcae_cli.store.trained import Trained
@@ -73,7 +74,7 @@ class Bounds:
 
     def to_units(self, u: Tensor) -> Tensor:
         """Natural scale -> the family's units."""
-        return torch.where(torch.tensor(self.log_scale, device=u.device), 10.0**u, u)
+        return torch.where(torch.tensor(self.log_scale, device=u.device), exp10(u), u)
 
     def to_natural(self, p: Tensor) -> Tensor:
         logs = torch.tensor(self.log_scale, device=p.device)
@@ -176,7 +177,7 @@ class Fitter:
     def units(self, u: Tensor) -> Tensor:
         """Free natural coordinates (k, p_free) -> parameters in the family's units (k, p)."""
         full = self.full(u)
-        return torch.where(self.logs, 10.0**full, full)
+        return torch.where(self.logs, exp10(full), full)
 
     def _residual(self, params: Tensor, point: Tensor) -> Tensor:
         """Weighted residuals (N,) of the points `point` (indices into obs) at per-point parameters (N, p)."""

@@ -36,7 +36,7 @@ parameter, or `max_steps`; the targets that did not get there are `unconverged` 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -123,7 +123,7 @@ def summarize(
 
 
 def from_chains(
-    cohorts: list[Cohort], n: int, names: list[str], to_units: Callable[[Tensor], Tensor], target_names: list[str],
+    cohorts: Iterable[Cohort], n: int, names: list[str], to_units: Callable[[Tensor], Tensor], target_names: list[str],
     keep: int, cap: str, log_density: Callable[[Tensor, Tensor], Tensor], seeds: Tensor, limit: int | None = None,
     least: int | None = None,
 ) -> Posterior:  # fmt: skip
@@ -135,28 +135,44 @@ def from_chains(
     draws (evenly thinned) where to_units is costly; least: the steps every chain stores at least, whatever its
     batch (then `keep` is bounded by it rather than by the batch's shortest chain, so a target's draws are its
     own)."""
-    w = cohorts[0].chain.shape[1]
-    keep = min([keep, *(c.chain.shape[2] * w for c in cohorts)] if least is None else [keep, least * w])
-    parts = []
-    for c in cohorts:
+    parts: list[dict[str, Any]] = []
+    for c in cohorts:  # each cohort's chains summarized, then dropped: memory holds one pool's (ensemble.sample)
+        w = c.chain.shape[1]
+        if not parts:  # fixed steps: every chain stores as many steps
+            keep = min(keep, c.chain.shape[2] * w if least is None else least * w)
         mix = _Mixture.of(c, to_units, log_density, seeds)
         pick = torch.linspace(0, mix.draws.shape[1] - 1, keep).round().long()
         some = mix.draws if limit is None else mix.draws[:, :: max(1, mix.draws.shape[1] // limit)]
-        parts.append((c, mix, summarize("mcmc", names, some, to_units, keep), to_units(mix.draws[:, pick])))
-    order = torch.cat([c.targets for c in cohorts]).argsort()
+        post = summarize("mcmc", names, some, to_units, keep)
+        parts.append({
+            "targets": c.targets, "draws": to_units(mix.draws[:, pick]).float(), "corr": post.corr,
+            **{f"q{k}": post.quantiles[k] for k in QUANTILES}, "rhat": c.rhat, "tau": c.tau,
+            "ess": c.ess * mix.share[:, None], "steps": torch.full((len(c.targets),), c.steps),
+            "unconverged": ~c.converged, "acceptance": c.acceptance, "multimodal": mix.multimodal,
+            "mode_weight": mix.weight, "mode_median": mix.median, "k_hat": mix.k_hat,
+        })  # fmt: skip
+        del c, mix
+    order = torch.cat([p["targets"] for p in parts]).argsort()
 
-    def stack(values: list[Any]) -> np.ndarray:
-        return torch.cat([torch.as_tensor(np.asarray(v)) for v in values])[order].numpy()
+    def stack(key: str) -> np.ndarray:
+        return torch.cat([torch.as_tensor(np.asarray(p[key])) for p in parts])[order].numpy()
 
     out = Posterior(
-        "mcmc", names, stack([d.float() for *_, d in parts]), {k: stack([p.quantiles[k] for _, _, p, _ in parts])
-        for k in QUANTILES}, stack([p.corr for _, _, p, _ in parts]), rhat=stack([c.rhat for c in cohorts]),
-        ess=stack([c.ess * m.share[:, None] for c, m, _, _ in parts]), tau=stack([c.tau for c in cohorts]),
-        steps=stack([torch.full((len(c.targets),), c.steps) for c in cohorts]),
-        unconverged=stack([~c.converged for c in cohorts]), acceptance=stack([c.acceptance for c in cohorts]),
-        multimodal=stack([m.multimodal for _, m, _, _ in parts]), mode_weight=stack([m.weight for _, m, _, _ in parts]),
-        mode_median=stack([m.median for _, m, _, _ in parts]),
-    )  # fmt: skip
+        "mcmc",
+        names,
+        stack("draws"),
+        {k: stack(f"q{k}") for k in QUANTILES},
+        stack("corr"),
+        rhat=stack("rhat"),
+        ess=stack("ess"),
+        tau=stack("tau"),
+        steps=stack("steps"),
+        unconverged=stack("unconverged"),
+        acceptance=stack("acceptance"),
+        multimodal=stack("multimodal"),
+        mode_weight=stack("mode_weight"),
+        mode_median=stack("mode_median"),
+    )
     hit = [target_names[i] for i in np.nonzero(out.unconverged)[0]]
     if hit:
         more = f" and {len(hit) - 5} more" if len(hit) > 5 else ""
@@ -167,7 +183,7 @@ def from_chains(
             "other walkers, and more of them cross curved or L-shaped posteriors sooner), or (formula families) train "
             "the run's posterior network (`funcae amortize RUN`): mcmc then also proposes from it"
         )
-    out.warnings.extend(_mode_warnings(out, stack([m.k_hat for _, m, _, _ in parts]), target_names))
+    out.warnings.extend(_mode_warnings(out, stack("k_hat"), target_names))
     return out
 
 
@@ -347,6 +363,7 @@ class Sampling:
     max_steps: int  # auto: the cap
     groups: int  # independent ensembles per target (R-hat across them)
     draws: int = 2000  # draws per target stored (samples.npz, figures); Laplace: also those of its quantiles
+    progress: Callable[[int, int], None] | None = field(default=None, repr=False, compare=False)  # (sampled, of)
 
     def walkers_for(self, q: int) -> int:
         """Walkers per target for q parameters: as asked, or auto: groups ensembles of max(WALKERS_MIN,
@@ -361,10 +378,11 @@ class Sampling:
     def run(
         self, per_row: Callable[[Tensor, Tensor], Tensor], x0: Tensor, seeds: Tensor,
         proposal: Independent | None = None,
-    ) -> list[Cohort]:  # fmt: skip
+    ) -> Iterator[Cohort]:  # fmt: skip
         auto = self.steps == "auto"
         steps = None if auto else int(self.steps)
-        return sample(per_row, x0, self.groups, steps, self.burn, self.max_steps, seeds, proposal)
+        cohorts = sample(per_row, x0, self.groups, steps, self.burn, self.max_steps, seeds, proposal)
+        return cohorts if self.progress is None else _reported(cohorts, self.progress, x0.shape[0])
 
     @property
     def least_stored(self) -> int | None:
@@ -377,6 +395,14 @@ class Sampling:
         if self.steps == "auto":
             return f"the cap of {self.max_steps} steps (invert.max_steps, --max-steps)"
         return f"the {self.steps} steps asked (--steps)"
+
+
+def _reported(cohorts: Iterator[Cohort], progress: Callable[[int, int], None], n: int) -> Iterator[Cohort]:
+    done = 0
+    for c in cohorts:
+        yield c
+        done += c.targets.numel()
+        progress(done, n)
 
 
 def _start_walkers(mean: Tensor, cov: Tensor, walkers: int, lo: Tensor, hi: Tensor, seeds: Tensor) -> Tensor:

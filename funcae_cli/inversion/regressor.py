@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from funcae_cli.data.powers import exp10
 from funcae_cli.inversion.density import CodeDensity, fit_code_density
 
 KIND = "knn_local_linear"
@@ -112,7 +113,7 @@ class LatentModel:
     def predict(self, z: Tensor | np.ndarray) -> Tensor:
         """Codes (n, d) -> parameters (n, n_params), float64 on the CPU, in the family's units."""
         y = torch.from_numpy(self.predict_regression_space(z))
-        return torch.where(torch.tensor(self.log_scale, dtype=torch.bool), 10.0**y, y)
+        return torch.where(torch.tensor(self.log_scale, dtype=torch.bool), exp10(y), y)
 
     def summary(self) -> dict[str, Any]:
         return {

@@ -53,11 +53,13 @@ def run_invert(
     name: str | None = None,
     device: str | torch.device = "auto",
     figures: Callable[[dict[str, Any], Family], dict[str, Any]] | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, Any]:
     """Invert, estimate parameters, write invert/<slug>.json, .csv and figures; return the record.
 
     options: InvertConfig fields (None: the run's) laid over the run's `invert` section and checked by its rules
     before any work (config.override).
+    progress: called with (targets sampled, targets) as mcmc's targets finish (ensemble.sample's pools).
 
     The record (also what `invert --json` prints): the run's facts (run, run_dir, family, model, latent_dim,
     param_names, device); source, the options used; objective_kind ("l2" | "chi2"); n_targets, seconds,
@@ -90,7 +92,7 @@ def run_invert(
     warnings = list(targets.warnings)
     warnings += training_range_warnings(trained, targets.params) if targets.params is not None else []
     lm, fitted_now = latent_model_for(trained)
-    res = invert_batch(trained, targets, o, lm, flow)
+    res = invert_batch(trained, targets, o, lm, flow, progress=progress)
     warnings += res.assessment.warnings
     slug = slugify(name or inputs.slug())
     record = run_info(trained)

@@ -7,7 +7,8 @@ shapes, a file's lines); `invert_bytes` turns the counts into bytes: what the jo
 JSON carries) plus one chunk's working set of the point estimates (inversion.invert.chunk_targets) and, with a
 posterior, the draws it stores. The figures were measured on two-point rotation curves (peak RSS beyond the loaded
 run: 10k 0.33 GB, 100k 0.70 GB, 300k 1.3 GB, i.e. ~0.4 GB for a chunk and 2-3 KB more per target, the freed
-memory the allocator keeps included), with a margin; the samplers' own chains (mcmc) are not in the estimate.
+memory the allocator keeps included), with a margin; with mcmc, the chains of the targets sampled together
+(inversion.ensemble.chain_bytes: a pool's, not the catalogue's).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import numpy as np
 
 from funcae_cli.config import InvertConfig
 from funcae_cli.data.observations import scan_long_csv
+from funcae_cli.inversion.ensemble import chain_bytes
 from funcae_cli.inversion.invert import chunk_targets
 from funcae_cli.inversion.posterior import Sampling
 from funcae_cli.jobs.inputs import TargetInputs
@@ -111,7 +113,18 @@ def _chunk_bytes(size: InputSize) -> int:
 
 def invert_bytes(size: InputSize, options: InvertConfig, n_params: int) -> int:
     """The bytes an invert job of `size` holds at its peak beyond the loaded run (module docstring)."""
-    return int(size.targets * _per_target(size, options, n_params) + _chunk_bytes(size))
+    return int(
+        size.targets * _per_target(size, options, n_params) + _chunk_bytes(size) + _chain_bytes(size, options, n_params)
+    )
+
+
+def _chain_bytes(size: InputSize, options: InvertConfig, n_params: int) -> int:
+    """mcmc's chains (auto: as if every target went to mcmc); 0 for the other posteriors."""
+    if options.posterior not in ("mcmc", "auto"):
+        return 0
+    q = max(n_params, 1)
+    sampling = Sampling(options.walkers, options.steps, options.burn, options.max_steps, options.groups)
+    return chain_bytes(size.targets, sampling.walkers_for(q), q)
 
 
 def check_invert_fits(size: InputSize, options: InvertConfig, trained: Trained, source: str) -> None:
@@ -119,7 +132,7 @@ def check_invert_fits(size: InputSize, options: InvertConfig, trained: Trained, 
     how many targets of this kind one call can take."""
     n_params = len(trained.param_names)
     per = _per_target(size, options, n_params)
-    room = int((HEADROOM * available()[0] - _chunk_bytes(size)) // per)
+    room = int((HEADROOM * available()[0] - _chunk_bytes(size) - _chain_bytes(size, options, n_params)) // per)
     lower = f"invert at most about {room:,} targets per call (split {source})" if room > 0 else f"split {source}"
     if options.posterior != "none":
         lower += ", or use --posterior none"

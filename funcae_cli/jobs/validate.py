@@ -42,7 +42,6 @@ from funcae_cli.plotting.calibration import coverage_figure, ranks_figure, tarp_
 from funcae_cli.store.rundir import RunDir
 from funcae_cli.store.trained import Trained
 
-CHUNK = 250  # targets per batched inversion: bounds the memory of the MCMC chains
 LOW_ESS = 100  # validate.json's importance_ess.split_low: the coverage of targets with fewer effective draws apart
 SAMPLING = ("walkers", "steps", "burn", "max_steps")  # the mcmc settings each sampling record reports
 
@@ -52,7 +51,7 @@ def run_validate(
     options: dict[str, Any] | None = None,
     inversion: dict[str, Any] | None = None,
     device: str | torch.device = "auto",
-    on_chunk: Callable[[int, int], None] | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, Any]:
     """Simulate, invert with posteriors, calibrate; write validate/ and return the report (validate.json).
 
@@ -75,24 +74,18 @@ def run_validate(
     noise = NoiseModel(points=tuple(o.points), frac=(o.noise, o.noise))
     observations = simulate(fam, trained.cfg.family.options, trained.grid.numpy(), truth, noise, seed, "sim")
     lm, _ = latent_model_for(trained)
-    draws, flagged, unconverged, multimodal, k_hats, esses, by_mcmc = [], [], 0, 0, [], [], 0
-    for a in range(0, o.n, CHUNK):
-        res = invert_batch(trained, pad(observations[a : a + CHUNK], "validate"), inv, lm, flow)
-        draws.append(res.posterior.samples)
-        flag = amortized.FLAG if o.posterior in ("amortized", "auto") else FLAG
-        flagged.append(np.array([flag in f for f in res.assessment.flags]))  # laplace's/amortized k-hat >= KHAT_MAX
-        k_hats.append(res.posterior.k_hat if res.posterior.k_hat is not None else np.full(res.n, np.nan))
-        ess = res.posterior.importance_ess
-        esses.append(ess if ess is not None else np.full(res.n, np.nan))
-        if res.posterior.source is not None:  # auto: the targets sent to mcmc
-            by_mcmc += int((res.posterior.source == "mcmc").sum())
-        if res.posterior.unconverged is not None:  # mcmc: stopped by its cap before converging
-            bad = res.posterior.unconverged
-            unconverged, flagged[-1] = unconverged + int(bad.sum()), bad
-            multimodal += int(np.sum(res.posterior.multimodal))  # two or more modes of >= 1% of the mass each
-        if on_chunk:
-            on_chunk(min(a + CHUNK, o.n), o.n)
-    log10, draws = fam.log_scale(), np.concatenate(draws)
+    res = invert_batch(trained, pad(observations, "validate"), inv, lm, flow, progress=progress)
+    draws, flag = res.posterior.samples, amortized.FLAG if o.posterior in ("amortized", "auto") else FLAG
+    flagged = np.array([flag in f for f in res.assessment.flags])  # laplace's/amortized k-hat >= KHAT_MAX
+    k_hats = res.posterior.k_hat if res.posterior.k_hat is not None else np.full(res.n, np.nan)
+    esses = res.posterior.importance_ess if res.posterior.importance_ess is not None else np.full(res.n, np.nan)
+    by_mcmc = 0 if res.posterior.source is None else int((res.posterior.source == "mcmc").sum())  # auto: sent there
+    unconverged = multimodal = 0
+    if res.posterior.unconverged is not None:  # mcmc: stopped by its cap before converging
+        flagged = res.posterior.unconverged
+        unconverged = int(flagged.sum())
+        multimodal = int(np.sum(res.posterior.multimodal))  # two or more modes of >= 1% of the mass each
+    log10 = fam.log_scale()
     calib = calibrate(truth, draws, trained.param_names, log10)
     joint = tarp(truth, draws, trained.param_names, log10, np.random.default_rng(seed + 29))
     compared = None
@@ -128,11 +121,11 @@ def run_validate(
         unconverged_targets=unconverged if o.posterior in ("mcmc", "auto") else None,
         multimodal_targets=multimodal if o.posterior in ("mcmc", "auto") else None,
         mcmc_targets=by_mcmc if o.posterior == "auto" else None,  # auto: the targets its check sent to mcmc
-        k_hat_below=_k_hat_below(np.concatenate(k_hats)),
-        importance_ess=_ess_record(truth, draws, trained.param_names, log10, np.concatenate(esses)),
+        k_hat_below=_k_hat_below(k_hats),
+        importance_ess=_ess_record(truth, draws, trained.param_names, log10, esses),
         tarp=_tarp_record(joint),
         compare_mcmc=compared,
-        flagged=split_by_flag(truth, draws, trained.param_names, log10, np.concatenate(flagged)),
+        flagged=split_by_flag(truth, draws, trained.param_names, log10, flagged),
         require_coverage=o.require_coverage,
         coverage_misses=misses(calib, o.require_coverage) if o.require_coverage is not None else [],
         seconds=time.perf_counter() - t0,
@@ -196,12 +189,9 @@ def _compare_mcmc(trained: Trained, observations: list[Observation], draws: np.n
                   lm: LatentModel | None) -> dict[str, Any]:  # fmt: skip
     """mcmc on the first curves (the amortized draws' first rows are theirs), and how far apart the two are."""
     t0, m = time.perf_counter(), len(observations)
-    reference, unconverged = [], 0
-    for a in range(0, m, CHUNK):
-        post = invert_batch(trained, pad(observations[a : a + CHUNK], "validate"), inv, lm).posterior
-        reference.append(post.samples)
-        unconverged += int(post.unconverged.sum()) if post.unconverged is not None else 0
-    agree = agreement(draws[:m], np.concatenate(reference), trained.param_names, trained.family.log_scale())
+    post = invert_batch(trained, pad(observations, "validate"), inv, lm).posterior
+    unconverged = int(post.unconverged.sum()) if post.unconverged is not None else 0
+    agree = agreement(draws[:m], post.samples, trained.param_names, trained.family.log_scale())
     return {
         "targets": m,
         # the reference does not use the flow it is compared with
