@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from benchmarks import reproduce, seed_band
+from benchmarks import pools, reproduce, seed_band
 from benchmarks import run as bench
 
 # each row in its own test, so the test processes (make test: one per core) share them out
@@ -68,3 +68,14 @@ def test_seed_band_quick_writes_the_table(tmp_path: Path, capsys: pytest.Capture
     assert got[0]["max_over_min"] == pytest.approx(max(common) / min(common))
     cfg = yaml.safe_load((tmp_path / "r" / "rotation_seed1" / "config.yaml").read_text())
     assert cfg["seed"] == 1 and cfg["model"]["hidden"] == [16, 16]  # the override reached every training
+
+
+@pytest.mark.slow
+def test_pools_compares_calls_with_one_call(smoke_run: Path, tmp_path: Path) -> None:
+    """benchmarks.pools at a tiny size: validate's curves in calls of 5 and in one call, the same answers."""
+    rec = tmp_path / "pools.json"
+    argv = [str(smoke_run), "--n", "12", "--chunk", "5", "--set", "max_steps=300", "--set", "walkers=16",
+            "--json", str(rec)]  # fmt: skip
+    assert pools.main(argv) == 0
+    got = json.loads(rec.read_text())
+    assert got["identical"] is True and got["n"] == 12 and got["calls_s"] > 0 and got["pooled_s"] > 0

@@ -398,6 +398,7 @@ class Sampling:
 
 
 def _reported(cohorts: Iterator[Cohort], progress: Callable[[int, int], None], n: int) -> Iterator[Cohort]:
+    """The cohorts as they come, calling progress(targets finished, n) once each has been summarized."""
     done = 0
     for c in cohorts:
         yield c
