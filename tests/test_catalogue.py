@@ -216,7 +216,7 @@ def test_the_estimate_grows_with_the_catalogue_and_the_posterior(smoke_run: Path
     laplace = invert_bytes(InputSize(100_000, 200_000, 2), override(o, {"posterior": "laplace"}), 2)
     assert laplace > 10 * sizes[0]  # 2000 stored draws per target
     mcmc = invert_bytes(InputSize(100_000, 200_000, 2), override(o, {"posterior": "mcmc"}), 2)
-    walkers = Sampling(o.walkers, o.steps, o.burn, o.max_steps, o.groups).walkers_for(2)
+    walkers = Sampling.of(o).walkers_for(2)
     pool = chain_bytes(100_000, walkers, 2)
     assert mcmc - laplace == pool > 0  # mcmc's chains on top of the stored draws: one pool's, whatever the catalogue
     assert chain_bytes(10**7, walkers, 2) == pool > chain_bytes(3, walkers, 2)

@@ -1,7 +1,7 @@
 """Powers whose value does not depend on how long the tensor is.
 
 torch.pow with a non-integer exponent (and a scalar base: `10.0 ** u`) computes an array in blocks of 16 elements
-with one vectorized kernel and the shorter tail with another, whose last bits differ: on an AMD EPYC with AVX2
+with one vectorized kernel and the shorter tail with another, whose last bits differ: on an AMD EPYC with AVX-512
 (torch 2.13) about 1% of float64 and 2-30% of float32 elements, so a target's parameters would change in the last
 bits with the number of targets sharing its array, and its chain and intervals after them (at ~1e-7). exp and log
 give every element the same bits wherever it sits (tests/test_powers.py checks both on the CPU it runs on). Hence

@@ -270,9 +270,8 @@ def advance(
     (every 0: none; by default all), and the accepted moves per ensemble (b,)."""
     b, w, q = x.shape
     half = w // 2
-    recorded = torch.zeros(steps, dtype=torch.bool) if every == 0 else (phase + torch.arange(1, steps + 1)) % every == 0
-    slot = torch.cumsum(recorded, 0) - 1
-    chain = torch.empty(b, w, int(recorded.sum()), q, dtype=x.dtype)
+    slot = {t: i for i, t in enumerate(t for t in range(steps) if every and (phase + t + 1) % every == 0)}
+    chain = torch.empty(b, w, len(slot), q, dtype=x.dtype)
     accepted = torch.zeros(b, dtype=torch.float64)
     for t in range(steps):
         if t % CHUNK == 0:
@@ -296,8 +295,8 @@ def advance(
             accepted += accept.double().sum(dim=1)
             if proposing is not None:
                 proposing.moved(accept, t % BLOCK, h, mine)
-        if recorded[t]:
-            chain[:, :, int(slot[t])] = x
+        if t in slot:
+            chain[:, :, slot[t]] = x
     return chain, accepted
 
 
@@ -444,13 +443,14 @@ def sample(
     run = _Runner(per_row, groups, steps, burn, cap, w, q)
     waiting: list[_Pool] = []
     for a in range(0, n, size):
+        last = a + size >= n
         rest = yield from run(run.start(x0[a : a + size], torch.arange(a, min(n, a + size)), seeds[a : a + size],
                                         proposal), pause)  # fmt: skip
         waiting += [] if rest is None else [rest]
-        if sum(p.active.numel() for p in waiting) >= size or (a + size >= n and waiting):
+        if waiting and (last or sum(p.active.numel() for p in waiting) >= size):
             joined = _Pool.join(waiting)
             waiting = []
-            while joined.active.numel() >= size or (a + size >= n and joined.active.numel()):
+            while joined.active.numel() >= size or (last and joined.active.numel()):
                 head = torch.arange(joined.active.numel()) < size
                 yield from run(joined.take(head, groups), cap)
                 joined = joined.take(~head, groups)
@@ -499,17 +499,9 @@ class _Runner:
             if p.done >= until:
                 return p
             batch = _next_batch(p.done, self.cap, self.steps)
-            chain, acc = advance(
-                log_prob,
-                p.x,
-                p.lp,
-                batch,
-                p.row_seeds,
-                start=self.burn + p.done,
-                proposing=p.proposing,
-                every=p.thin,
-                phase=p.done,
-            )  # only the steps kept: memory
+            start, proposing = self.burn + p.done, p.proposing
+            # only the steps kept (every thin-th): not every step's positions in float64
+            chain, acc = advance(log_prob, p.x, p.lp, batch, p.row_seeds, start, proposing, every=p.thin, phase=p.done)
             p.kept = torch.cat([p.kept, chain.reshape(-1, w, chain.shape[2], q).float()], dim=2)
             del chain
             p.accepted += acc.reshape(-1, g).sum(dim=1)

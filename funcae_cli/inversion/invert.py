@@ -175,7 +175,7 @@ def invert_batch(
     o = options or trained.cfg.invert
     seed = trained.cfg.seed if o.seed is None else o.seed
     posterior = o.posterior
-    sampling = Sampling(o.walkers, o.steps, o.burn, o.max_steps, o.groups, progress=progress)
+    sampling = Sampling.of(o, progress)
     targets = _as_targets(targets)
     if targets.x is None and targets.y.shape[1] != trained.grid.shape[0]:
         raise InputError(f"targets have {targets.y.shape[1]} points but the run's grid has {trained.grid.shape[0]}")

@@ -365,6 +365,11 @@ class Sampling:
     draws: int = 2000  # draws per target stored (samples.npz, figures); Laplace: also those of its quantiles
     progress: Callable[[int, int], None] | None = field(default=None, repr=False, compare=False)  # (sampled, of)
 
+    @classmethod
+    def of(cls, o: Any, progress: Callable[[int, int], None] | None = None) -> Sampling:
+        """How an invert record (config.InvertConfig) samples."""
+        return cls(o.walkers, o.steps, o.burn, o.max_steps, o.groups, progress=progress)
+
     def walkers_for(self, q: int) -> int:
         """Walkers per target for q parameters: as asked, or auto: groups ensembles of max(WALKERS_MIN,
         WALKERS_PER_PARAMETER q) walkers each (rounded up to even). An affine-invariant ensemble mixes slowly with few

@@ -123,8 +123,7 @@ def _chain_bytes(size: InputSize, options: InvertConfig, n_params: int) -> int:
     if options.posterior not in ("mcmc", "auto"):
         return 0
     q = max(n_params, 1)
-    sampling = Sampling(options.walkers, options.steps, options.burn, options.max_steps, options.groups)
-    return chain_bytes(size.targets, sampling.walkers_for(q), q)
+    return chain_bytes(size.targets, Sampling.of(options).walkers_for(q), q)
 
 
 def check_invert_fits(size: InputSize, options: InvertConfig, trained: Trained, source: str) -> None:
