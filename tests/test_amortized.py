@@ -28,6 +28,7 @@ from funcae_cli.inversion.amortized import (
     train_flow,
 )
 from funcae_cli.inversion.flow_sampling import FlowSampler
+from funcae_cli.inversion.flow_spaces import FormulaSpace
 from funcae_cli.inversion.physics import Bounds
 from funcae_cli.inversion.prior import log_prior
 from funcae_cli.inversion.targets import Targets
@@ -44,6 +45,11 @@ def seeds_of(batch):
     return seeding.seeds_of_curves(0, batch.y, batch.x, batch.yerr, batch.mask)
 
 
+def _simulator(fcfg, bounds: Bounds, grid: torch.Tensor, log_x: bool, cfg: AmortizedConfig) -> Simulator:
+    space = FormulaSpace(fcfg, bounds, log_prior(fcfg))
+    return Simulator(space, flow_args(space, grid, log_x, cfg), cfg)
+
+
 def _known_sigma_problem(cfg: AmortizedConfig) -> tuple:
     fcfg = config_from_dict({"family": {"name": "normal", "params": {
         "mu": {"dist": "uniform", "low": MU[0], "high": MU[1]}, "sigma": {"dist": "fixed", "value": SIGMA}}},
@@ -51,7 +57,7 @@ def _known_sigma_problem(cfg: AmortizedConfig) -> tuple:
     bounds = Bounds(torch.tensor([MU[0], 0.0], dtype=torch.float64), torch.tensor([MU[1], 0.0], dtype=torch.float64),
                     [False, True], "prior")  # fmt: skip
     grid = torch.linspace(-5, 5, 64, dtype=torch.float64)
-    return fcfg, bounds, Simulator(fcfg, bounds, flow_args(bounds, grid, False, cfg), cfg)
+    return fcfg, bounds, _simulator(fcfg, bounds, grid, False, cfg)
 
 
 def _rotation_problem(cfg: AmortizedConfig) -> tuple:
@@ -62,7 +68,7 @@ def _rotation_problem(cfg: AmortizedConfig) -> tuple:
     low, high = (torch.tensor([math.log10(v[i]) for v in ROTATION.values()], dtype=torch.float64) for i in (0, 1))
     bounds = Bounds(low, high, [True] * 4, "prior")
     grid = torch.logspace(-1, 1.9, 64, dtype=torch.float64)
-    return fcfg, bounds, Simulator(fcfg, bounds, flow_args(bounds, grid, True, cfg), cfg)
+    return fcfg, bounds, _simulator(fcfg, bounds, grid, True, cfg)
 
 
 def _exact_quantiles(batch: Targets, levels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -118,10 +124,10 @@ def test_the_amortized_posterior_of_a_known_case_matches_quadrature(tiny_flow) -
     levels = np.array([0.16, 0.5, 0.84])
     exact, sd = _exact_quantiles(batch, levels)
     batch, names = replace(batch, names=[f"t{i}" for i in range(batch.n)]), ["mu", "sigma"]
-    raw, _ = amortized_posterior(net, fcfg, bounds, log_prior(fcfg), batch, 2000, False, seeds_of(batch), names)
+    raw, _ = amortized_posterior(net, sim.space, batch, 2000, False, seeds_of(batch), names)
     inside = (raw.quantiles["q025"][:, 0] <= exact[:, 1]) & (exact[:, 1] <= raw.quantiles["q975"][:, 0])
     assert inside.mean() >= 0.9  # the flow alone: the exact median inside its 95% interval
-    post, chk = amortized_posterior(net, fcfg, bounds, log_prior(fcfg), batch, 2000, True, seeds_of(batch), names)
+    post, chk = amortized_posterior(net, sim.space, batch, 2000, True, seeds_of(batch), names)
     good = chk.k_hat < KHAT_MAX
     assert good.mean() >= 0.9
     got = np.stack([post.quantiles[k][:, 0] for k in ("q16", "median", "q84")], axis=1)
@@ -143,7 +149,7 @@ def test_the_k_hat_flag_fires_on_a_mismatched_flow(tiny_flow) -> None:
     bad.center += 0.5  # mu shifted by 0.5 and its spread narrowed tenfold: mass of the posterior missed
     bad.scale *= 0.1
     batch, names = replace(batch, names=[f"t{i}" for i in range(batch.n)]), ["mu", "sigma"]
-    _, chk = amortized_posterior(bad.eval(), fcfg, bounds, log_prior(fcfg), batch, 500, True, seeds_of(batch), names)
+    _, chk = amortized_posterior(bad.eval(), sim.space, batch, 500, True, seeds_of(batch), names)
     assert chk.unreliable.mean() >= 0.9
     assert any(FLAG in w for w in chk.warnings)
 
@@ -162,7 +168,7 @@ def test_a_flow_that_misses_gets_a_second_look_from_laplaces_t(tiny_flow) -> Non
     bad.center += 0.5
     bad.scale *= 0.1
     batch, names = replace(batch, names=[f"t{i}" for i in range(batch.n)]), ["mu", "sigma"]
-    args = (bad.eval(), fcfg, bounds, log_prior(fcfg), batch, 1000, True, seeds_of(batch), names)
+    args = (bad.eval(), sim.space, batch, 1000, True, seeds_of(batch), names)
     flow_only, chk0 = amortized_posterior(*args)
     assert chk0.unreliable.mean() >= 0.9
 
@@ -200,7 +206,7 @@ def test_targets_unlike_the_training_observations_are_flagged(tiny_flow) -> None
     x = batch.x.clone()
     x[1, 0] = -7.0  # outside the grid [-5, 5]
     odd = replace(batch, x=x, mask=mask, names=["a", "b", "c", "d"])
-    _, chk = amortized_posterior(net, fcfg, bounds, log_prior(fcfg), odd, 50, False, seeds_of(odd), ["mu", "sigma"])
+    _, chk = amortized_posterior(net, sim.space, odd, 50, False, seeds_of(odd), ["mu", "sigma"])
     assert chk.off_range.tolist() == [True, True, False, False]
     assert any("a, b lie outside" in w for w in chk.warnings)
 
@@ -270,6 +276,9 @@ def test_amortize_then_invert_and_validate_with_it(cli, smoke_copy: Path) -> Non
     local = posterior_rows("--curves", two, "--posterior", "mcmc", "--proposal", "none")
     assert local[""]["proposal"] == "none" and local["b"]["posterior"] != mcmc["b"]["posterior"]
     amort = posterior_rows("--curves", two, "--posterior", "amortized")
+    # --no-physics skips the refit, not the formula: the flow's posterior of the parameters, without a second look
+    quick = posterior_rows("--curves", two, "--posterior", "amortized", "--no-physics")
+    assert set(quick["a"]["posterior"]) == {"mu", "sigma"} and quick[""]["kind"] == "amortized"
     # the Python API finds the run's network as the command does (amortized, and mcmc's proposal)
     import funcae_cli as fa
 
@@ -326,7 +335,7 @@ def test_a_targets_amortized_draws_are_the_same_alone_in_12_and_in_1000(passes: 
         return u_true[rows].double(), torch.eye(4, dtype=torch.float64).expand(rows.shape[0], 4, 4) * 0.01
 
     second = laplace if check == "laplace" else None
-    runs = [amortized_posterior(net, fcfg, bounds, log_prior(fcfg), batch.subset(slice(0, k)), 100, bool(check),
+    runs = [amortized_posterior(net, sim.space, batch.subset(slice(0, k)), 100, bool(check),
                                 seeds[:k], names, second) for k in (1, 12, 1000)]  # fmt: skip
     (alone, chk1), (twelve, chk12), (all_, chk_all) = runs
     for post, chk in ((twelve, chk12), (all_, chk_all)):

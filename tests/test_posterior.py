@@ -232,14 +232,19 @@ def test_validate_bad_inputs_are_exit_2(cli, smoke_copy: Path) -> None:
     assert not (smoke_copy / "validate").exists()
 
 
-def test_validate_needs_a_prior(cli, workdir: Path) -> None:
-    """A run on a user's data set has no prior over its parameters to simulate from."""
+def test_validate_of_a_data_set_simulates_from_the_codes_density(cli, workdir: Path) -> None:
+    """A run on a user's data set has no prior over its parameters: validate draws codes from the training codes'
+    density instead and calibrates the reported quantities (the parameters through the regressor)."""
     rng = np.random.default_rng(0)
     x = rng.normal(size=(300, 12))
     np.savez(workdir / "d.npz", X=x, params=x[:, :2], param_names=np.array(["a", "b"]))
     (workdir / "d.yaml").write_text("name: d\nfamily: {name: dataset, path: d.npz}\ntrain: {epochs: 2}\n")
     ok(cli("train", "d.yaml", "-q", "--no-plots"))
-    usage_error(cli("validate", "runs/d"), "no prior", "dataset")
+    r = cli("validate", "runs/d", "--n", "30", "--posterior", "laplace", "--json")
+    ok(r)
+    rep = json.loads(r.stdout)
+    assert rep["simulated"].startswith("codes from the training codes' density") and set(rep["params"]) == {"a", "b"}
+    assert all(0 <= v["coverage"]["0.95"] <= 1 for v in rep["params"].values())
 
 
 def test_max_steps_option_caps_auto_steps_and_the_warning_names_it(cli, smoke_copy: Path) -> None:

@@ -23,8 +23,10 @@ def amortize(
 ) -> None:
     """Train the run's amortized posterior: a conditional normalizing flow q(parameters | observed points) on
     observations simulated fresh each step from the run's prior and its `amortized` section's observation model
-    (points per curve, radii, errors). Writes checkpoints/amortized.pt after every epoch (an interrupted run
-    resumes). Then `funcae invert --posterior amortized` samples any number of curves in one pass."""
+    (points per curve, radii, errors); for a data-only family q(latent code | observed points), the codes drawn
+    from the training codes' density and their curves decoded. Writes checkpoints/amortized.pt after every epoch
+    (an interrupted run resumes). Then `funcae invert --posterior amortized` samples any number of curves in one
+    pass."""
     from funcae_cli.jobs.amortize import run_amortize  # torch: loaded only when it runs
 
     def progress(h: dict) -> None:

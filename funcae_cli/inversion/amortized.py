@@ -2,8 +2,10 @@
 simulator, then sampled for any number of observed curves in one batched pass, each checked against the family's
 likelihood and the run's prior.
 
-- u: the family's free parameters in natural coordinates (physics.py: log10 of scale parameters), standardized by
-  the prior's box (the training range where the prior is unbounded).
+- u (flow_spaces.py): a formula family's free parameters in natural coordinates (physics.py: log10 of scale
+  parameters), standardized by the prior's box (the training range where the prior is unbounded); or, for a
+  data-only family, the latent code, standardized by the training codes' density, with the decoder as the
+  simulator and the likelihood (reported as the parameters through the regressor where the data set has them).
 - The observation as a user gives it: points (x, y, yerr) of any number, padded and masked like invert's batch
   (targets.py). A DeepSets encoder (Zaheer et al. 2017) embeds it: per point phi(t, y / s, yerr / s), t the
   point's place in the grid's range (log x on log grids), s the observation's mean |y|; a masked mean and max
@@ -15,11 +17,13 @@ likelihood and the run's prior.
 - Sampling (`amortized_posterior`): each target's base normals from its own seed (seeding.py, stream
   "amortized"), pushed through the flow's inverse by flow_sampling.py (the context's share computed once per
   target), so a target's draws are the same alone or in any batch.
-- Training (`train_flow`): every step a fresh batch of parameters from the run's prior and of observations of
-  them (`simulate_batch`: number of points, the range they cover, relative errors and their scatter, all drawn,
-  as validate's simulate.py draws them), the flow's negative log likelihood of the true u minimized (NPE).
+- Training (`train_flow`): every step a fresh batch of u from the run's prior (the codes' density) and of
+  observations of their curves (`Simulator`: number of points, the range they cover, relative errors and their
+  scatter, all drawn, as validate's simulate.py draws them), the flow's negative log likelihood of the true u
+  minimized (NPE).
 - The check: per target, S draws u_s ~ q with log q(u_s); log weights log p(u_s | data)
-  - log q(u_s), p the same unnormalized posterior mcmc and laplace sample (chi^2 with yerr, the run's prior),
+  - log q(u_s), p the same unnormalized posterior mcmc and laplace sample (chi^2 with yerr, the run's prior or the
+  codes' density: flow_spaces.py),
   Pareto-smoothed (psis.py). Where k-hat < KHAT_MAX the reported draws are resampled by the weights (so the
   quantiles are the posterior's). A target the flow's draws fail gets a second look (`_second_look`, where invert
   passes Laplace's Gaussian at each target's physics fit): its flow draws and as many of a Student t at Laplace's
@@ -42,14 +46,13 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from funcae_cli.config import AmortizedConfig, FamilyConfig
-from funcae_cli.data.formulas import FORMULAS
-from funcae_cli.data.grids import sample_params
+from funcae_cli.config import AmortizedConfig
 from funcae_cli.errors import InputError
 from funcae_cli.inversion import seeding
 from funcae_cli.inversion.assess import NAMED_IN_WARNING
 from funcae_cli.inversion.ensemble import Independent
 from funcae_cli.inversion.flow_sampling import FlowSampler
+from funcae_cli.inversion.flow_spaces import FormulaSpace, LatentSpace
 from funcae_cli.inversion.laplace_check import (
     KHAT_MAX,
     PROPOSAL_DF,
@@ -57,7 +60,6 @@ from funcae_cli.inversion.laplace_check import (
     student_draws_with_log_q,
     student_log_density,
 )
-from funcae_cli.inversion.physics import Bounds
 from funcae_cli.inversion.posterior import Posterior, summarize
 from funcae_cli.inversion.psis import importance_ess, psis
 from funcae_cli.inversion.targets import Targets
@@ -87,6 +89,7 @@ class FlowArgs:
     embed: int
     transforms: int
     passes: int | None = None  # per transform: 2 = coupling; None = fully autoregressive (checkpoints before it)
+    space: str = "formula"  # what u is (flow_spaces.KINDS): formula parameters, or a data-only family's codes
 
 
 def _mlp(sizes: list[int]) -> nn.Sequential:
@@ -158,14 +161,14 @@ class PosteriorNet(nn.Module):
         return v * self.scale + self.center, lq - torch.log(self.scale).sum()
 
 
-def flow_args(bounds: Bounds, grid: Tensor, log_x: bool, cfg: AmortizedConfig) -> FlowArgs:
-    free = bounds.free
-    lo, hi = bounds.low[free], bounds.high[free]
-    center = torch.where(torch.isfinite(lo + hi), (lo + hi) / 2, 0.0)
-    scale = torch.where(torch.isfinite(hi - lo), (hi - lo) / 2, 1.0).clamp_min(1e-6)
+Space = FormulaSpace | LatentSpace
+
+
+def flow_args(space: Space, grid: Tensor, log_x: bool, cfg: AmortizedConfig) -> FlowArgs:
+    center, scale = space.standardization()
     g = torch.log(grid.double()) if log_x else grid.double()
-    return FlowArgs(int(free.sum()), free.tolist(), center.tolist(), scale.tolist(), float(g[0]), float(g[-1]),
-                    log_x, list(cfg.points), list(cfg.hidden), cfg.embed, cfg.transforms, cfg.passes)  # fmt: skip
+    return FlowArgs(sum(space.free), space.free, center.tolist(), scale.tolist(), float(g[0]), float(g[-1]), log_x,
+                    list(cfg.points), list(cfg.hidden), cfg.embed, cfg.transforms, cfg.passes, space.kind)  # fmt: skip
 
 
 def net_from_checkpoint(ckpt: dict[str, Any]) -> PosteriorNet:
@@ -179,17 +182,16 @@ def net_from_checkpoint(ckpt: dict[str, Any]) -> PosteriorNet:
 
 @dataclass
 class Simulator:
-    """Fresh observations of the family's curves at parameters drawn from the run's prior (module docstring)."""
+    """Fresh observations of the space's curves at u drawn from its prior (module docstring)."""
 
-    fcfg: FamilyConfig
-    bounds: Bounds
+    space: Space
     args: FlowArgs
     cfg: AmortizedConfig
 
     def __call__(self, n: int, gen: torch.Generator) -> tuple[Targets, Tensor]:
-        """A padded batch of n observations and the free natural coordinates (n, q) that made them."""
+        """A padded batch of n observations and the u (n, q) that made them."""
         c, a = self.cfg, self.args
-        params = sample_params(self.fcfg, n, gen)  # (n, p) family units, float64
+        u, made = self.space.draw(n, gen)
         lo_pts, hi_pts = c.points
         m = torch.randint(lo_pts, hi_pts + 1, (n,), generator=gen)
         mask = torch.arange(hi_pts)[None, :] < m[:, None]
@@ -202,14 +204,14 @@ class Simulator:
         xx = start + width * t
         x = (torch.exp(xx) if a.log_x else xx).clamp(math.exp(a.x_lo) if a.log_x else a.x_lo,
                                                      math.exp(a.x_hi) if a.log_x else a.x_hi)  # fmt: skip
-        v = FORMULAS[self.fcfg.name](x, params, self.fcfg.options)  # (n, m)
+        v = self.space.values(x, made)  # (n, m)
         frac = c.frac[0] + (c.frac[1] - c.frac[0]) * torch.rand(n, 1, generator=gen, dtype=torch.float64)
         jitter = 1 + c.scatter * (2 * torch.rand(v.shape, generator=gen, dtype=torch.float64) - 1)
         peak = torch.where(mask, v.abs(), 0.0).amax(dim=1, keepdim=True)
         err = frac * v.abs() * jitter + c.floor * peak + 1e-12
         y = v + err * torch.randn(v.shape, generator=gen, dtype=torch.float64)
         batch = Targets(torch.where(mask, y, 0.0).float(), x, torch.where(mask, err, 1.0).float(), mask)
-        return batch, self.bounds.to_natural(params)[:, torch.tensor(a.free)]
+        return batch, u
 
 
 # --- training -------------------------------------------------------------------------------------------------
@@ -284,24 +286,6 @@ def off_range(net: PosteriorNet, targets: Targets) -> np.ndarray:
     return ((counts < a.points[0]) | (counts > a.points[1]) | outside).numpy()
 
 
-def _log_posterior(
-    fcfg: FamilyConfig, bounds: Bounds, free: Tensor, log_prior: Callable[[Tensor], Tensor], batch: Targets, u: Tensor
-) -> Tensor:
-    """The unnormalized log posterior (n, S) of draws u (n, S, q): the run's prior + -chi^2 / 2 of the family's
-    formula at each target's own points (float32 likelihood, as the samplers')."""
-    n, s, q = u.shape
-    full = bounds.low.to(u.dtype).expand(n * s, -1).clone()
-    full[:, free] = u.reshape(-1, q)
-    lp = log_prior(full.double()).reshape(n, s)
-    params = bounds.to_units(full).float()
-    x = batch.x.float().repeat_interleave(s, dim=0)
-    f = FORMULAS[fcfg.name](x, params, fcfg.options).reshape(n, s, -1)
-    w = (batch.mask if batch.mask is not None else torch.ones_like(batch.y, dtype=torch.bool)).float()
-    r = (f - batch.y[:, None, :]) / batch.yerr[:, None, :] * w[:, None, :]
-    chi2 = seeding.row_sumsq(r.reshape(n * s, -1)).reshape(n, s).double()  # the padding's width plays no part
-    return torch.where(torch.isfinite(lp) & torch.isfinite(chi2), lp - 0.5 * chi2, -math.inf)
-
-
 @dataclass
 class AmortizedCheck:
     k_hat: np.ndarray  # (n,) NaN when the check is off
@@ -312,9 +296,7 @@ class AmortizedCheck:
 
 def amortized_posterior(
     net: PosteriorNet,
-    fcfg: FamilyConfig,
-    bounds: Bounds,
-    log_prior: Callable[[Tensor], Tensor],
+    space: Space,
     targets: Targets,
     draws: int,
     check: bool,
@@ -323,22 +305,19 @@ def amortized_posterior(
     laplace: Callable[[Tensor], tuple[Tensor, Tensor]] | None = None,
 ) -> tuple[Posterior, AmortizedCheck]:
     """Every target's posterior from the flow, in chunks that bound memory, each checked by importance weights
-    against the likelihood and the prior when `check` (module docstring). Reported in the family's units.
-    laplace: rows (r,) -> Laplace's means (r, q) and covariances (r, q, q) at the targets' fits (free natural
-    coordinates): the second proposal of the targets the flow alone fails (_second_look); None: none."""
-    free = bounds.free
+    against the likelihood and the prior when `check` (module docstring). Reported as `space.units` (the family's
+    parameters in its units, or a data-only family's codes). laplace: rows (r,) -> Laplace's means (r, q) and
+    covariances (r, q, q) at the targets' fits (in u): the second proposal of the targets the flow alone fails
+    (_second_look); None: none."""
+    if net.args.space != space.kind:
+        raise InputError(f"the posterior network was trained over {net.args.space} coordinates, not {space.kind}: "
+                         "train it again with `funcae amortize RUN --force`")  # fmt: skip
     m = targets.y.shape[1]
-    chunk = max(1, CHUNK_ELEMENTS // (draws * max(m, 8)))
+    chunk = max(1, CHUNK_ELEMENTS // (draws * max(m, 8, space.columns)))
     sampler = net.sampler()
     order, widths = _by_width(targets)  # chunks of alike widths: the likelihood runs over little padding
     parts, ks, esses = [], [], []
     net64 = None  # the net in float64, made when a target first needs its second look
-
-    def units(u: Tensor) -> Tensor:
-        full = bounds.low.to(u.dtype).expand(u.shape[0], u.shape[1], -1).clone()
-        full[..., free] = u
-        return bounds.to_units(full)
-
     for a in range(0, targets.n, chunk):
         rows = order[a : a + chunk]
         batch, own = _rows(targets, rows, int(widths[rows].max())), seeds[rows]
@@ -349,7 +328,7 @@ def amortized_posterior(
             k = torch.full((batch.n,), math.nan, dtype=torch.float64)
             ess = torch.full((batch.n,), math.nan, dtype=torch.float64)
             if check:
-                log_p = _log_posterior(fcfg, bounds, free, log_prior, batch, u)
+                log_p = space.log_posterior(batch, u)
                 log_w = log_p - lq.double()
                 smoothed, k = psis(torch.nan_to_num(log_w, nan=-math.inf))
                 ess = importance_ess(smoothed)
@@ -358,10 +337,8 @@ def amortized_posterior(
                     u[good] = importance_resample(u[good], smoothed[good].to(u.dtype), own[good])
                 if laplace is not None and not bool(good.all()):
                     net64 = net64 or copy.deepcopy(net).double()
-                    _second_look(
-                        net64, fcfg, bounds, log_prior, batch, context, rows, own, u, lq, log_p, k, ess, laplace
-                    )
-        parts.append(summarize("amortized", names, u.double(), units, keep=draws))
+                    _second_look(net64, space, batch, context, rows, own, u, lq, log_p, k, ess, laplace)
+        parts.append(summarize("amortized", names, u.double(), space.units, keep=draws))
         ks.append(k.numpy())
         esses.append(ess.numpy())
     back = torch.argsort(order).numpy()  # the targets' own order again
@@ -373,9 +350,8 @@ def amortized_posterior(
 
 
 def _second_look(
-    net64: PosteriorNet, fcfg: FamilyConfig, bounds: Bounds, log_prior: Callable[[Tensor], Tensor], batch: Targets,
-    context: Tensor, rows: Tensor, own: Tensor, u: Tensor, lq: Tensor, log_p: Tensor, k: Tensor, ess: Tensor,
-    laplace: Callable[[Tensor], tuple[Tensor, Tensor]],
+    net64: PosteriorNet, space: Space, batch: Targets, context: Tensor, rows: Tensor, own: Tensor, u: Tensor,
+    lq: Tensor, log_p: Tensor, k: Tensor, ess: Tensor, laplace: Callable[[Tensor], tuple[Tensor, Tensor]],
 ) -> None:  # fmt: skip
     """The targets of a chunk whose flow draws failed the check (k >= KHAT_MAX) are weighed again, from a pool of
     their flow draws and as many of a Student t at Laplace's Gaussian (laplace_check.py's proposal), under the
@@ -402,7 +378,7 @@ def _second_look(
     lq_t_flow = student_log_density(u[bad].double(), mean, cov, PROPOSAL_DF)
     log_mix = torch.logaddexp(torch.cat([lq[bad].double(), lq_flow_t], 1), torch.cat([lq_t_flow, lq_t], 1))
     log_mix = log_mix - math.log(2.0)
-    log_post_t = _log_posterior(fcfg, bounds, bounds.free, log_prior, sub, t)
+    log_post_t = space.log_posterior(sub, t)
     log_w2 = torch.cat([log_p[bad], log_post_t], 1) - log_mix  # log p - log mixture
     smoothed, k2 = psis(torch.nan_to_num(log_w2, nan=-math.inf))
     ok = k2 < KHAT_MAX

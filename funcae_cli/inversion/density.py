@@ -54,6 +54,20 @@ class CodeDensity:
         pos = torch.searchsorted(q, logp.detach().to(torch.float64).contiguous())
         return pos.to(torch.float64) / (q.shape[0] - 1)
 
+    def sample(self, n: int, gen: torch.Generator) -> Tensor:
+        """(n, d) float64 codes drawn from the mixture (a component by its weight, then its Gaussian)."""
+        k = torch.multinomial(self.weights.double().cpu(), n, replacement=True, generator=gen)
+        eps = torch.randn(n, self.means.shape[1], generator=gen, dtype=torch.float64)
+        means, chol = self.means.double().cpu(), self.chol.double().cpu()
+        return means[k] + (chol[k] @ eps[:, :, None]).squeeze(2)
+
+    def moments(self) -> tuple[Tensor, Tensor]:
+        """The mixture's mean and per-dimension standard deviation (d,), float64."""
+        w, means, chol = self.weights.double().cpu(), self.means.double().cpu(), self.chol.double().cpu()
+        mean = w @ means
+        var = w @ (chol.square().sum(dim=2) + (means - mean).square())
+        return mean, var.sqrt()
+
     @property
     def off_manifold_below(self) -> float:
         """The log density under which a code is off the manifold: the training codes' 0.1% quantile."""

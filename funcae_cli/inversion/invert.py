@@ -37,6 +37,7 @@ from funcae_cli.inversion.assess import NAMED_IN_WARNING, Assessment, assess
 from funcae_cli.inversion.density import CodeDensity
 from funcae_cli.inversion.encode import encode_curves, targets_on_grid
 from funcae_cli.inversion.ensemble import Independent
+from funcae_cli.inversion.flow_spaces import FormulaSpace, LatentSpace
 from funcae_cli.inversion.laplace_check import flag_unreliable
 from funcae_cli.inversion.objective import Problem
 from funcae_cli.inversion.physics import Bounds, Fitter, Observations, PhysicsFit, fit_physics, natural_bounds
@@ -45,6 +46,7 @@ from funcae_cli.inversion.posterior import (
     Sampling,
     flag_multimodal,
     laplace_covariance,
+    latent_gaussian,
     latent_posterior,
     physics_posterior,
     with_rows,
@@ -190,11 +192,21 @@ def invert_batch(
     if posterior in ("mcmc", "amortized", "auto") and targets.yerr is None:  # checked before any work
         raise OptionError("posterior", f"{posterior} needs one-sigma errors (yerr) for its likelihood; give curves "
                           "with yerr")  # fmt: skip
-    if posterior in ("amortized", "auto") and (flow is None or not trained.family.has_formula):
-        raise OptionError("posterior", f"{posterior} needs a family with a formula and the run's posterior network "
-                          "(train it with `funcae amortize RUN`)")  # fmt: skip
-    if posterior != "none" and bounds_ is None and density is None:
+    # what a posterior samples (flow_spaces.KINDS): the formula's parameters where the refit runs, and an amortized
+    # one wherever the family has a formula (the refit only gives its second look a centre); else the codes
+    formula = trained.family.has_formula and bool(trained.family.params)
+    space = "formula" if bounds_ is not None or (formula and posterior in ("amortized", "auto")) else "latent"
+    if posterior != "none" and space == "latent" and density is None:
         raise OptionError("posterior", "a latent posterior needs the codes' density as its prior (prior: density)")
+    if posterior in ("amortized", "auto") and flow is None:
+        raise OptionError("posterior", f"{posterior} needs the run's posterior network (train it with "
+                          "`funcae amortize RUN`)")  # fmt: skip
+    if posterior in ("amortized", "auto") and flow.args.space != space:
+        raise OptionError("posterior", f"{posterior}: the run's posterior network is over the {flow.args.space} "
+                          f"space, the posterior over the {space} one: train it again (`funcae amortize RUN "
+                          "--force`)")  # fmt: skip
+    if flow is not None and flow.args.space != space:
+        flow = None  # not mcmc's proposal either: it proposes in another space
     dev = trained.device
     _sync(dev)
     t0 = time.perf_counter()
@@ -210,13 +222,27 @@ def invert_batch(
     if posterior != "none":
         proposer = None if o.proposal == "none" else flow  # mcmc's independence proposal, where it samples
         if posterior in ("amortized", "auto"):  # the flow's draws, importance-checked (inversion/amortized.py)
-            laplace = _laplace_at_fits(trained, targets, out.params_est, dev) if out.physics is not None else None
+            if space == "formula":  # --no-physics: no fit to centre the second look's Laplace on
+                fspace: amortized.Space = FormulaSpace(trained.cfg.family, natural_bounds(trained, "prior"),
+                                                       log_prior(trained.cfg.family))  # fmt: skip
+                laplace = _laplace_at_fits(trained, targets, out.params_est, dev) if out.physics is not None else None
+            else:
+                predict = latent_model.predict if latent_model is not None and trained.param_names else None
+                fspace = LatentSpace(trained, density, predict)
+                laplace = _latent_laplace(trained, targets, out.z, density)
             out.posterior, check = amortized.amortized_posterior(
-                flow, trained.cfg.family, natural_bounds(trained, "prior"), log_prior(trained.cfg.family), targets,
-                o.draws, o.check or posterior == "auto", seeds, trained.param_names, laplace)  # fmt: skip
+                flow,
+                fspace,
+                targets,
+                o.draws,
+                o.check or posterior == "auto",
+                seeds,
+                _names(trained, out, space),
+                laplace,
+            )
             amortized.flag(out.assessment.flags, check)
             if posterior == "auto":
-                _mcmc_where_flagged(trained, targets, out, sampling, seeds, dev, proposer)
+                _mcmc_where_flagged(trained, targets, out, sampling, seeds, dev, space, proposer, density, latent_model)
                 flag_multimodal(out.assessment.flags, out.posterior.multimodal)
             else:
                 out.posterior.warnings.extend(check.warnings)
@@ -360,31 +386,39 @@ def _flow_proposal(
     flow: amortized.PosteriorNet | None, targets: Targets, out: InvertResult, kind: str
 ) -> Independent | None:
     """mcmc's independence proposal (ensemble.Independent): the run's posterior network where it was given (and
-    invert.proposal is not none) and the formula's parameters are sampled; else None."""
-    if flow is None or kind != "mcmc" or out.physics is None:
+    invert.proposal is not none) over the space mcmc samples (the formula's parameters, or the codes); else None."""
+    if flow is None or kind != "mcmc":
         return None
     return amortized.flow_proposal(flow, targets)
 
 
 def _mcmc_where_flagged(
     trained: Trained, targets: Targets, out: InvertResult, sampling: Sampling, seeds: Tensor, dev: torch.device,
-    flow: amortized.PosteriorNet | None = None,
+    space: str, flow: amortized.PosteriorNet | None = None, density: CodeDensity | None = None,
+    latent_model: LatentModel | None = None,
 ) -> None:  # fmt: skip
     """posterior auto: the targets whose amortized posterior is flagged (k-hat >= KHAT_MAX, off the flow's
     training range, off_manifold: amortized.flag) get mcmc instead, in place of their rows; their amortized flags
     are dropped (their intervals are mcmc's). Each target's chains come from its own seed, so a target's answer
-    is the one mcmc gives it alone."""
+    is the one mcmc gives it alone. space: what the amortized posterior sampled (the formula's parameters, their
+    walkers starting at the refit's, or the regressor's estimates under --no-physics; or the codes)."""
     sent = {amortized.FLAG, amortized.OFF_RANGE}
     rows = np.array([i for i, f in enumerate(out.assessment.flags) if sent & set(f)], dtype=np.int64)
     if rows.size == 0:
         return
     idx = torch.as_tensor(rows)
     sub = targets.subset(idx)
-    obs = Observations.of(sub.x if sub.x is not None else trained.grid, sub.y, sub.yerr, sub.mask, dev)
-    alt = out.physics.alternatives if out.physics is not None else None
     proposal = None if flow is None else amortized.flow_proposal(flow, sub)
-    mc = _physics_posterior(trained, obs, out.params_est[rows], None if alt is None else alt[rows], "mcmc",
-                            sampling, sub.names, seeds[idx], proposal)  # fmt: skip
+    if space == "formula":
+        obs = Observations.of(sub.x if sub.x is not None else trained.grid, sub.y, sub.yerr, sub.mask, dev)
+        alt = out.physics.alternatives if out.physics is not None else None
+        mc = _physics_posterior(trained, obs, out.params_est[rows], None if alt is None else alt[rows], "mcmc",
+                                sampling, sub.names, seeds[idx], proposal)  # fmt: skip
+    else:
+        predict = latent_model.predict if latent_model is not None and trained.param_names else None
+        z = torch.as_tensor(out.z[rows], dtype=torch.float32, device=dev)
+        mc = latent_posterior(Problem(trained, sub, density), z, "mcmc", sampling, predict,
+                              _names(trained, out, space), sub.names, seeds[idx], proposal)  # fmt: skip
     out.posterior = with_rows(out.posterior, rows, mc, "auto")
     out.posterior.proposal = mc.proposal
     for i in rows:
@@ -448,11 +482,30 @@ def _posterior(
                               targets.mask, dev)  # fmt: skip
         return _physics_posterior(trained, obs, out.params_est, out.physics.alternatives, kind, sampling,
                                   targets.names, seeds, proposal)  # fmt: skip
-    names = trained.param_names or [f"z{j + 1}" for j in range(out.z.shape[1])]
     predict = latent_model.predict if latent_model is not None and trained.param_names else None
     z = torch.as_tensor(out.z, dtype=torch.float32, device=dev)
-    return latent_posterior(Problem(trained, targets, density), z, kind, sampling, predict, names, targets.names,
-                            seeds)  # fmt: skip
+    return latent_posterior(Problem(trained, targets, density), z, kind, sampling, predict,
+                            _names(trained, out, "latent"), targets.names, seeds, proposal)  # fmt: skip
+
+
+def _names(trained: Trained, out: InvertResult, space: str) -> list[str]:
+    """The quantities a posterior reports: the family's parameters, or a data-only family's codes (z1, z2, ...)."""
+    if space == "formula":
+        return trained.param_names
+    return trained.param_names or [f"z{j + 1}" for j in range(out.z.shape[1])]
+
+
+def _latent_laplace(
+    trained: Trained, targets: Targets, z: np.ndarray, density: CodeDensity | None
+) -> Callable[[Tensor], tuple[Tensor, Tensor]]:
+    """rows (r,) of targets -> Laplace's Gaussian of their codes at the latent search's optima: means (r, d) and
+    covariances (r, d, d) (the amortized check's second proposal: amortized.py)."""
+
+    def gaussian(rows: Tensor) -> tuple[Tensor, Tensor]:
+        zr = torch.as_tensor(z[rows.numpy()], dtype=torch.float32, device=trained.device)
+        return latent_gaussian(Problem(trained, targets.subset(rows), density), zr)
+
+    return gaussian
 
 
 def _assess(trained: Trained, targets: Targets, out: InvertResult, density: CodeDensity | None) -> None:

@@ -544,19 +544,24 @@ def physics_posterior(
     return post
 
 
+def latent_gaussian(problem: Any, z_opt: Tensor) -> tuple[Tensor, Tensor]:
+    """Laplace's Gaussian of latent codes at their optima z_opt (n, d) (problem: objective.Problem with its
+    density): means (n, d) and covariances (n, d, d), float64 on the CPU."""
+    z0 = z_opt.detach().to(torch.float32)
+    h = row_hessians(lambda z: problem.loss(z, None), z0)
+    return z0.double().cpu(), precision_to_cov(0.25 * (h + h.transpose(1, 2)).double().cpu())  # -log p = loss / 2
+
+
 def latent_posterior(
     problem: Any, z_opt: Tensor, kind: str, sampling: Sampling, predict: Callable[[Tensor], Tensor] | None,
-    names: list[str], target_names: list[str], seeds: Tensor,
+    names: list[str], target_names: list[str], seeds: Tensor, proposal: Independent | None = None,
 ) -> Posterior:  # fmt: skip
     """The posterior of the latent codes (n, d) of a data-only family: the decoder's chi^2 as -2 log likelihood,
     the training codes' density as the prior (problem: objective.Problem with its density). The parameters
     (names) follow each draw through `predict` (the regressor); without parameters the codes are reported.
-    seeds (n,): the targets' own (seeding.py)."""
+    seeds (n,): the targets' own (seeding.py). proposal: mcmc's independence proposal (the run's latent flow)."""
     n, d = z_opt.shape
-    z0 = z_opt.detach().to(torch.float32)
-    h = row_hessians(lambda z: problem.loss(z, None), z0)
-    cov = precision_to_cov(0.25 * (h + h.transpose(1, 2)).double().cpu())  # -log posterior = loss / 2
-    mean = z0.double().cpu()
+    mean, cov = latent_gaussian(problem, z_opt)
 
     def units(z: Tensor) -> Tensor:
         if predict is None:
@@ -573,6 +578,8 @@ def latent_posterior(
 
     big = torch.full((d,), math.inf, dtype=torch.float64)
     x0 = _start_walkers(mean, cov, sampling.walkers_for(d), -big, big, seeds)
-    cohorts = sampling.run(per_row, x0, seeds)
-    return from_chains(cohorts, n, names, units, target_names, sampling.draws, sampling.cap, per_row, seeds,
+    cohorts = sampling.run(per_row, x0, seeds, proposal)
+    post = from_chains(cohorts, n, names, units, target_names, sampling.draws, sampling.cap, per_row, seeds,
                        sampling.draws, sampling.least_stored)  # fmt: skip
+    post.proposal = "none" if proposal is None else proposal.name
+    return post

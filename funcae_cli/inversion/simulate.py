@@ -10,6 +10,7 @@ curve's peak; values = the curve + noise of that error.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -78,8 +79,22 @@ def simulate(
     prefix: str = "sim",
 ) -> list[Observation]:
     """Observations of the family's curves at parameters (n, p): irregular points, errors, noise."""
+    log_x = bool(family.x_log and grid[0] > 0)
+    return simulate_with(lambda xs: family_values(family, options, xs, params), grid, log_x, params.shape[0], noise,
+                         seed, prefix)  # fmt: skip
+
+
+def simulate_with(
+    values_at: Callable[[list[np.ndarray]], list[np.ndarray]],
+    grid: np.ndarray,
+    log_x: bool,
+    n: int,
+    noise: NoiseModel,
+    seed: int = 0,
+    prefix: str = "sim",
+) -> list[Observation]:
+    """Observations of n curves given by values_at (each object's points -> its true values there)."""
     rng = np.random.default_rng(seed)
-    n = params.shape[0]
-    xs = observation_points(grid, bool(family.x_log and grid[0] > 0), noise, rng, n)
+    xs = observation_points(grid, log_x, noise, rng, n)
     names = [f"{prefix}{i:05d}" for i in range(n)]
-    return observe(family_values(family, options, xs, params), xs, noise, rng, names)
+    return observe(values_at(xs), xs, noise, rng, names)

@@ -16,15 +16,21 @@ from funcae_cli.inversion.amortized import (
     FlowTraining,
     PosteriorNet,
     Simulator,
+    Space,
     checkpoint_payload,
     flow_args,
     net_from_checkpoint,
     train_flow,
 )
+from funcae_cli.inversion.flow_spaces import FormulaSpace, LatentSpace
+from funcae_cli.inversion.objective import log_grid
 from funcae_cli.inversion.physics import natural_bounds
+from funcae_cli.inversion.prior import log_prior
 from funcae_cli.jobs.common import open_run, run_info
+from funcae_cli.jobs.fitted import latent_model_for
 from funcae_cli.store.checkpoint import load_checkpoint, save_checkpoint
 from funcae_cli.store.rundir import RunDir
+from funcae_cli.store.trained import Trained
 
 
 def run_amortize(
@@ -38,18 +44,13 @@ def run_amortize(
     A finished network is kept unless force; an unfinished one (an interrupted run) is resumed."""
     trained = open_run(rd, "cpu")
     cfg = override(trained.cfg.amortized, options or {}, "amortized")
-    fam = trained.family
-    if not fam.has_formula or not fam.params:
-        raise InputError(f"{rd.root}: the {fam.name} family has no formula and prior to simulate from; amortize runs "
-                         "of a family with a formula (normal, beta, rotation_curve)")  # fmt: skip
     state = load_checkpoint(rd.amortized) if rd.amortized.exists() else None
     if state is not None and (force or state["config"] != _as_dict(cfg)):
         state = None  # retrain: asked to, or the settings changed
     elif state is not None and state["done"]:
         raise InputError(f"{rd.amortized} is already trained with these settings; --force trains it again")
-    bounds = natural_bounds(trained, "prior")
-    log_x = bool(fam.x_log and float(trained.grid[0]) > 0)
-    sim = Simulator(trained.cfg.family, bounds, flow_args(bounds, trained.grid, log_x, cfg), cfg)
+    space = space_for(trained)
+    sim = Simulator(space, flow_args(space, trained.grid, log_grid(trained), cfg), cfg)
     t0 = time.perf_counter()
 
     def save(run: FlowTraining) -> None:
@@ -62,6 +63,16 @@ def run_amortize(
     rec.update(options=_as_dict(cfg), history=run.history, resumed_from=0 if state is None else len(state["history"]),
                seconds=time.perf_counter() - t0, files={"checkpoint": str(rd.amortized)})  # fmt: skip
     return rec
+
+
+def space_for(trained: Trained) -> Space:
+    """What the run's posterior network is over (inversion/flow_spaces.py): a formula family's parameters, or a
+    data-only family's latent codes (its training codes' density the prior, the decoder the simulator)."""
+    fam = trained.family
+    if fam.has_formula and fam.params:
+        return FormulaSpace(trained.cfg.family, natural_bounds(trained, "prior"), log_prior(trained.cfg.family))
+    lm, _ = latent_model_for(trained)
+    return LatentSpace(trained, lm.density, lm.predict if trained.param_names else None)
 
 
 def _as_dict(cfg: Any) -> dict[str, Any]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -15,7 +15,6 @@ import torch
 from funcae_cli.config import InvertConfig, override
 from funcae_cli.data.grids import sample_params
 from funcae_cli.data.observations import Observation
-from funcae_cli.errors import InputError
 from funcae_cli.files import atomic_write_json, json_safe, save_figure
 from funcae_cli.inversion import amortized
 from funcae_cli.inversion.calibration import (
@@ -30,10 +29,12 @@ from funcae_cli.inversion.calibration import (
     split_by_flag,
     tarp,
 )
+from funcae_cli.inversion.flow_spaces import LatentSpace
 from funcae_cli.inversion.invert import invert_batch
 from funcae_cli.inversion.laplace_check import FLAG, KHAT_MAX
+from funcae_cli.inversion.objective import log_grid
 from funcae_cli.inversion.regressor import LatentModel
-from funcae_cli.inversion.simulate import NoiseModel, simulate
+from funcae_cli.inversion.simulate import NoiseModel, simulate, simulate_with
 from funcae_cli.inversion.targets import pad
 from funcae_cli.jobs.amortize import flow_for
 from funcae_cli.jobs.common import open_run, run_info
@@ -44,6 +45,7 @@ from funcae_cli.store.trained import Trained
 
 LOW_ESS = 100  # validate.json's importance_ess.split_low: the coverage of targets with fewer effective draws apart
 SAMPLING = ("walkers", "steps", "burn", "max_steps")  # the mcmc settings each sampling record reports
+VALUES_CHUNK = 4096  # a data-only family's simulated curves are decoded this many at a time
 
 
 def run_validate(
@@ -60,20 +62,14 @@ def run_validate(
     trained = open_run(rd, device)
     o = override(trained.cfg.validate, options or {}, "validate")
     inv = override(trained.cfg.invert, inversion or {}, "invert")
-    fam = trained.family
-    if not fam.has_formula or not fam.params:
-        raise InputError(
-            f"{rd.root}: the {fam.name} family has no prior over physical parameters to simulate from; validate "
-            "runs of a family with a formula (normal, beta, rotation_curve)"
-        )
     seed = trained.cfg.seed if inv.seed is None else inv.seed
     inv = replace(inv, seed=seed, posterior=o.posterior)
     flow = flow_for(rd, o.posterior, inv.proposal)  # required and missing: exit 2 naming `funcae amortize`
     t0 = time.perf_counter()
-    truth = sample_params(trained.cfg.family, o.n, torch.Generator().manual_seed(seed + 17)).numpy()
     noise = NoiseModel(points=tuple(o.points), frac=(o.noise, o.noise))
-    observations = simulate(fam, trained.cfg.family.options, trained.grid.numpy(), truth, noise, seed, "sim")
     lm, _ = latent_model_for(trained)
+    world = _world(trained, lm, o.n, noise, seed)
+    truth, observations, names, log10 = world.truth, world.observations, world.names, world.log10
     res = invert_batch(trained, pad(observations, "validate"), inv, lm, flow, progress=progress)
     draws, flag = res.posterior.samples, amortized.FLAG if o.posterior in ("amortized", "auto") else FLAG
     flagged = np.array([flag in f for f in res.assessment.flags])  # laplace's/amortized k-hat >= KHAT_MAX
@@ -85,18 +81,19 @@ def run_validate(
         flagged = res.posterior.unconverged
         unconverged = int(flagged.sum())
         multimodal = int(np.sum(res.posterior.multimodal))  # two or more modes of >= 1% of the mass each
-    log10 = fam.log_scale()
-    calib = calibrate(truth, draws, trained.param_names, log10)
-    joint = tarp(truth, draws, trained.param_names, log10, np.random.default_rng(seed + 29))
+    calib = calibrate(truth, draws, names, log10)
+    joint = tarp(truth, draws, names, log10, np.random.default_rng(seed + 29))
     compared = None
     if o.posterior == "amortized" and o.compare_mcmc > 0:
-        compared = _compare_mcmc(trained, observations[: o.compare_mcmc], draws, replace(inv, posterior="mcmc"), lm)
+        compared = _compare_mcmc(trained, observations[: o.compare_mcmc], draws, replace(inv, posterior="mcmc"), lm,
+                                 names, log10)  # fmt: skip
     report = run_info(trained)
     report.update(
         posterior=o.posterior,
         n=o.n,
         noise={"frac": o.noise, "points": list(o.points), "floor": noise.floor, "scatter": noise.scatter},
         seed=seed,
+        simulated=world.what,
         sampling={
             **{k: getattr(inv, k) for k in (*SAMPLING, "proposal")},
             "proposal_used": flow is not None and inv.proposal != "none",
@@ -122,10 +119,10 @@ def run_validate(
         multimodal_targets=multimodal if o.posterior in ("mcmc", "auto") else None,
         mcmc_targets=by_mcmc if o.posterior == "auto" else None,  # auto: the targets its check sent to mcmc
         k_hat_below=_k_hat_below(k_hats),
-        importance_ess=_ess_record(truth, draws, trained.param_names, log10, esses),
+        importance_ess=_ess_record(truth, draws, names, log10, esses),
         tarp=_tarp_record(joint),
         compare_mcmc=compared,
-        flagged=split_by_flag(truth, draws, trained.param_names, log10, flagged),
+        flagged=split_by_flag(truth, draws, names, log10, flagged),
         require_coverage=o.require_coverage,
         coverage_misses=misses(calib, o.require_coverage) if o.require_coverage is not None else [],
         seconds=time.perf_counter() - t0,
@@ -147,6 +144,48 @@ def run_validate(
     report = json_safe(report)
     atomic_write_json(rd.validate_json, report)
     return report
+
+
+@dataclass
+class World:
+    """What validate simulates: the true values of the reported quantities (n, p), their observed curves, the
+    quantities' names and which are calibrated in log10, and a sentence saying where they were drawn from."""
+
+    truth: np.ndarray
+    observations: list[Observation]
+    names: list[str]
+    log10: list[bool]
+    what: str
+
+
+def _world(trained: Trained, lm: LatentModel, n: int, noise: NoiseModel, seed: int) -> World:
+    """A formula family's parameters drawn from the run's prior and its formula's curves; a data-only family's codes
+    drawn from the training codes' density and their decoded curves (the model its latent posteriors assume:
+    flow_spaces.LatentSpace), reported as the data set's parameters through the regressor where it has them."""
+    fam, gen, grid = trained.family, torch.Generator().manual_seed(seed + 17), trained.grid.numpy()
+    if fam.has_formula and fam.params:
+        truth = sample_params(trained.cfg.family, n, gen).numpy()
+        obs = simulate(fam, trained.cfg.family.options, grid, truth, noise, seed, "sim")
+        return World(truth, obs, trained.param_names, fam.log_scale(), "parameters from the run's prior, the formula")
+    z = lm.density.sample(n, gen)
+    space = LatentSpace(trained, lm.density, None)
+
+    def values_at(xs: list[np.ndarray]) -> list[np.ndarray]:
+        out = []
+        for a in range(0, n, VALUES_CHUNK):  # padded with each curve's last point, cut again
+            part = xs[a : a + VALUES_CHUNK]
+            width = max(len(x) for x in part)
+            x = np.stack([np.pad(x, (0, width - len(x)), mode="edge") for x in part])
+            v = space.values(torch.from_numpy(x), z[a : a + len(part)]).numpy()
+            out += [v[i, : len(x)] for i, x in enumerate(part)]
+        return out
+
+    obs = simulate_with(values_at, grid, log_grid(trained), n, noise, seed, "sim")
+    if trained.param_names:
+        truth, names, log10 = lm.predict(z).numpy(), trained.param_names, list(lm.log_scale)
+    else:
+        truth, names, log10 = z.numpy(), [f"z{j + 1}" for j in range(z.shape[1])], [False] * z.shape[1]
+    return World(truth, obs, names, log10, "codes from the training codes' density, the decoder's curves")
 
 
 def _k_hat_below(k: np.ndarray) -> float | None:
@@ -186,12 +225,12 @@ def _tarp_record(t: Tarp) -> dict[str, Any]:
 
 
 def _compare_mcmc(trained: Trained, observations: list[Observation], draws: np.ndarray, inv: InvertConfig,
-                  lm: LatentModel | None) -> dict[str, Any]:  # fmt: skip
+                  lm: LatentModel | None, names: list[str], log10: list[bool]) -> dict[str, Any]:  # fmt: skip
     """mcmc on the first curves (the amortized draws' first rows are theirs), and how far apart the two are."""
     t0, m = time.perf_counter(), len(observations)
     post = invert_batch(trained, pad(observations, "validate"), inv, lm).posterior
     unconverged = int(post.unconverged.sum()) if post.unconverged is not None else 0
-    agree = agreement(draws[:m], post.samples, trained.param_names, trained.family.log_scale())
+    agree = agreement(draws[:m], post.samples, names, log10)
     return {
         "targets": m,
         # the reference does not use the flow it is compared with
