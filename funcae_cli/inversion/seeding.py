@@ -32,7 +32,7 @@ MIX2 = -7723592293110705685  # 0x94D049BB133111EB
 # "amortized_t" the Student t draws of the amortized check's second look (amortized.py).
 # "blocks" (per ensemble) whether each block of mcmc's steps uses the independence proposal (ensemble._Proposing).
 STREAMS = {"latent": 1, "physics": 2, "walkers": 3, "moves": 4, "kernel": 5, "laplace": 6, "resample": 7, "modes": 8,
-           "amortized": 9, "amortized_t": 10, "blocks": 11}  # fmt: skip
+           "amortized": 9, "amortized_t": 10, "blocks": 11, "amortized_moments": 12}  # fmt: skip
 
 
 def _i64(v: int) -> int:

@@ -55,7 +55,10 @@ class Targets:
         def cut(t: Tensor | None) -> Tensor | None:
             return None if t is None else t[rows]
 
-        names = self.names[rows] if isinstance(rows, slice) else [self.names[i] for i in rows.tolist()]
+        if not self.names:  # unnamed targets (a library caller's batch) stay unnamed
+            names: list[str] = []
+        else:
+            names = self.names[rows] if isinstance(rows, slice) else [self.names[i] for i in rows.tolist()]
         return replace(self, y=self.y[rows], x=cut(self.x), yerr=cut(self.yerr), mask=cut(self.mask),
                        params=cut(self.params), names=names)  # fmt: skip
 
