@@ -227,8 +227,7 @@ def invert_batch(
                                                        log_prior(trained.cfg.family))  # fmt: skip
                 laplace = _laplace_at_fits(trained, targets, out.params_est, dev) if out.physics is not None else None
             else:
-                predict = latent_model.predict if latent_model is not None and trained.param_names else None
-                fspace = LatentSpace(trained, density, predict)
+                fspace = LatentSpace(trained, density, _predictor(trained, latent_model))
                 laplace = _latent_laplace(trained, targets, out.z, density)
             out.posterior, check = amortized.amortized_posterior(
                 flow,
@@ -415,9 +414,8 @@ def _mcmc_where_flagged(
         mc = _physics_posterior(trained, obs, out.params_est[rows], None if alt is None else alt[rows], "mcmc",
                                 sampling, sub.names, seeds[idx], proposal)  # fmt: skip
     else:
-        predict = latent_model.predict if latent_model is not None and trained.param_names else None
         z = torch.as_tensor(out.z[rows], dtype=torch.float32, device=dev)
-        mc = latent_posterior(Problem(trained, sub, density), z, "mcmc", sampling, predict,
+        mc = latent_posterior(Problem(trained, sub, density), z, "mcmc", sampling, _predictor(trained, latent_model),
                               _names(trained, out, space), sub.names, seeds[idx], proposal)  # fmt: skip
     out.posterior = with_rows(out.posterior, rows, mc, "auto")
     out.posterior.proposal = mc.proposal
@@ -482,10 +480,14 @@ def _posterior(
                               targets.mask, dev)  # fmt: skip
         return _physics_posterior(trained, obs, out.params_est, out.physics.alternatives, kind, sampling,
                                   targets.names, seeds, proposal)  # fmt: skip
-    predict = latent_model.predict if latent_model is not None and trained.param_names else None
     z = torch.as_tensor(out.z, dtype=torch.float32, device=dev)
-    return latent_posterior(Problem(trained, targets, density), z, kind, sampling, predict,
+    return latent_posterior(Problem(trained, targets, density), z, kind, sampling, _predictor(trained, latent_model),
                             _names(trained, out, "latent"), targets.names, seeds, proposal)  # fmt: skip
+
+
+def _predictor(trained: Trained, latent_model: LatentModel | None) -> Callable[[Tensor], Tensor] | None:
+    """Codes -> the data set's parameters (the regressor), where the run has parameters; else None (codes reported)."""
+    return latent_model.predict if latent_model is not None and trained.param_names else None
 
 
 def _names(trained: Trained, out: InvertResult, space: str) -> list[str]:
