@@ -328,15 +328,13 @@ def amortized_posterior(
         rows = order[a : a + chunk]
         batch, own = _rows(targets, rows, int(widths[rows].max())), seeds[rows]
         with torch.no_grad():
-            eps = sampler.base_draws(own, draws)  # each target's from its own seed
             context = net.embed(batch)
-            u, lq = net.sample(context, eps, sampler)
-            k = torch.full((batch.n,), math.nan, dtype=torch.float64)
-            ess = torch.full((batch.n,), math.nan, dtype=torch.float64)
-            if check:
-                log_p = space.log_posterior(batch, u)
-                log_w = log_p - lq.double()
-                smoothed, k = psis(torch.nan_to_num(log_w, nan=-math.inf))
+            if not check:  # each target's draws from its own seed
+                u, _ = net.sample(context, sampler.base_draws(own, draws), sampler)
+                k = torch.full((batch.n,), math.nan, dtype=torch.float64)
+                ess = torch.full((batch.n,), math.nan, dtype=torch.float64)
+            else:
+                u, lq, log_p, smoothed, k = _flow_pool(net, sampler, space, batch, context, own, draws)
                 ess = importance_ess(smoothed)
                 good = k < KHAT_MAX
                 thin = good & (ess < ESS_MIN)  # passed, on too few effective draws: a larger pool (_more_draws)
@@ -389,10 +387,7 @@ def _grown(
     step = max(1, u.shape[0] * s // big)
     for a in range(0, thin.numel(), step):
         rows = thin[a : a + step]
-        eps = sampler.base_draws(own[rows], big)
-        v, lq = net.sample(context[rows], eps, sampler)
-        log_w = space.log_posterior(batch.subset(rows), v) - lq.double()
-        smoothed, k2 = psis(torch.nan_to_num(log_w, nan=-math.inf))
+        v, _, _, smoothed, k2 = _flow_pool(net, sampler, space, batch.subset(rows), context[rows], own[rows], big)
         ok = k2 < KHAT_MAX
         if bool(ok.any()):
             u[rows[ok]] = importance_resample(v[ok], smoothed[ok].to(v.dtype), own[rows[ok]], s)
@@ -419,9 +414,7 @@ def _moment_look(
     for a in range(0, bad.numel(), step):
         rows = bad[a : a + step]
         sub, c = batch.subset(rows), context[rows]
-        v, lq = net.sample(c, sampler.base_draws(own[rows], big), sampler)
-        log_p = space.log_posterior(sub, v)
-        smoothed, _ = psis(torch.nan_to_num(log_p - lq.double(), nan=-math.inf))
+        v, lq, log_p, smoothed, _ = _flow_pool(net, sampler, space, sub, c, own[rows], big)
         w = torch.exp(smoothed)  # (r, B) normalized weights
         fine = torch.isfinite(w).all(dim=1) & (w.sum(dim=1) > 0.5)  # a target none of whose draws has mass: no look
         if not bool(fine.any()):
@@ -434,18 +427,10 @@ def _moment_look(
         cov = (w[..., None, None] * diff[..., :, None] * diff[..., None, :]).sum(dim=1)  # row by row: batch-free
         floor = (1e-6 * net.scale.double().square()).diag_embed()  # a pool of one effective draw: still a t
         cov = cov + floor
-        _, t, lq_t = student_draws_with_log_q(mean, cov, big, own[rows], PROPOSAL_DF, "amortized_moments")
-        c64 = c.double().repeat_interleave(big, dim=0)
-        lq_flow_t = net64.log_prob(t.reshape(-1, t.shape[2]), c64).reshape(t.shape[:2])
-        lq_t_flow = student_log_density(vd, mean, cov, PROPOSAL_DF)
-        log_mix = torch.logaddexp(torch.cat([lq.double(), lq_flow_t], 1), torch.cat([lq_t_flow, lq_t], 1))
-        log_w = torch.cat([log_p, space.log_posterior(sub, t)], 1) - (log_mix - math.log(2.0))
-        smoothed, k2 = psis(torch.nan_to_num(log_w, nan=-math.inf))
-        ok = k2 < KHAT_MAX
+        ok, k2, ess2, drawn = _with_t(net64, space, sub, c, own[rows], v, lq, log_p, mean, cov, "amortized_moments", s)
         if bool(ok.any()):
-            pool = torch.cat([vd, t], 1)[ok]
-            u[rows[ok]] = importance_resample(pool, smoothed[ok], own[rows[ok]], s).to(u.dtype)
-            k[rows[ok]], ess[rows[ok]] = k2[ok], importance_ess(smoothed[ok])
+            u[rows[ok]] = drawn.to(u.dtype)
+            k[rows[ok]], ess[rows[ok]] = k2[ok], ess2[ok]
 
 
 def _second_look(
@@ -469,23 +454,59 @@ def _second_look(
     if not bool(fine.any()):
         return
     bad, mean, cov = bad[fine], mean[fine].double(), cov[fine].double()
-    _, t, lq_t = student_draws_with_log_q(mean, cov, draws, own[bad], PROPOSAL_DF, "amortized_t")
-    sub = batch.subset(bad)
-    with torch.no_grad():  # the flow's density at the t draws, in float64 (the same in any batch to ~1e-16)
-        c64 = context[bad].double().repeat_interleave(draws, dim=0)
-        lq_flow_t = net64.log_prob(t.reshape(-1, t.shape[2]), c64).reshape(t.shape[:2])
-    lq_t_flow = student_log_density(u[bad].double(), mean, cov, PROPOSAL_DF)
-    log_mix = torch.logaddexp(torch.cat([lq[bad].double(), lq_flow_t], 1), torch.cat([lq_t_flow, lq_t], 1))
-    log_mix = log_mix - math.log(2.0)
-    log_post_t = space.log_posterior(sub, t)
-    log_w2 = torch.cat([log_p[bad], log_post_t], 1) - log_mix  # log p - log mixture
-    smoothed, k2 = psis(torch.nan_to_num(log_w2, nan=-math.inf))
-    ok = k2 < KHAT_MAX
+    ok, k2, ess2, drawn = _with_t(net64, space, batch.subset(bad), context[bad], own[bad], u[bad], lq[bad],
+                                  log_p[bad], mean, cov, "amortized_t", draws)  # fmt: skip
     if bool(ok.any()):
-        pool = torch.cat([u[bad].double(), t], 1)[ok]
-        u[bad[ok]] = importance_resample(pool, smoothed[ok], own[bad][ok], draws).to(u.dtype)
+        u[bad[ok]] = drawn.to(u.dtype)
     k[bad] = torch.where(ok, k2, k[bad])
-    ess[bad] = torch.where(ok, importance_ess(smoothed), ess[bad])
+    ess[bad] = torch.where(ok, ess2, ess[bad])
+
+
+def _flow_pool(
+    net: PosteriorNet, sampler: FlowSampler, space: Space, batch: Targets, context: Tensor, own: Tensor, draws: int
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """`draws` flow draws per target (its own base normals: the first S of any number the same) weighed against the
+    posterior: the draws (r, B, q), their log q and log posterior (r, B), the Pareto-smoothed log weights (r, B)
+    and k-hat (r,)."""
+    v, lq = net.sample(context, sampler.base_draws(own, draws), sampler)
+    log_p = space.log_posterior(batch, v)
+    smoothed, k = psis(torch.nan_to_num(log_p - lq.double(), nan=-math.inf))
+    return v, lq, log_p, smoothed, k
+
+
+def _with_t(
+    net64: PosteriorNet,
+    space: Space,
+    batch: Targets,
+    context: Tensor,
+    own: Tensor,
+    v: Tensor,
+    lq: Tensor,
+    log_p: Tensor,
+    mean: Tensor,
+    cov: Tensor,
+    stream: str,
+    keep: int,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The looks' pool: flow draws v (r, B, q) (their log q and log posterior (r, B)) and as many draws of a Student
+    t at (mean, cov) (stream `stream` of each target's seed `own`), weighed under the half-and-half mixture of the two
+    densities (Owen & Zhou 2000's deterministic mixture; the flow's density at the t draws in float64: the same in
+    any batch to ~1e-16). Returns per target whether the pool passes (k-hat < KHAT_MAX), its k-hat and effective
+    draws (r,), and `keep` draws resampled from the pool of those that pass."""
+    b = v.shape[1]
+    _, t, lq_t = student_draws_with_log_q(mean, cov, b, own, PROPOSAL_DF, stream)
+    with torch.no_grad():
+        c64 = context.double().repeat_interleave(b, dim=0)
+        lq_flow_t = net64.log_prob(t.reshape(-1, t.shape[2]), c64).reshape(t.shape[:2])
+    vd = v.double()
+    lq_t_flow = student_log_density(vd, mean, cov, PROPOSAL_DF)
+    log_mix = torch.logaddexp(torch.cat([lq.double(), lq_flow_t], 1), torch.cat([lq_t_flow, lq_t], 1))
+    log_w = torch.cat([log_p, space.log_posterior(batch, t)], 1) - (log_mix - math.log(2.0))  # log p - log mixture
+    smoothed, k = psis(torch.nan_to_num(log_w, nan=-math.inf))
+    ok = k < KHAT_MAX
+    pool = torch.cat([vd, t], 1)[ok]
+    drawn = importance_resample(pool, smoothed[ok], own[ok], keep) if bool(ok.any()) else pool[:, :keep]
+    return ok, k, importance_ess(smoothed), drawn
 
 
 def flow_proposal(net: PosteriorNet, targets: Targets) -> Independent:

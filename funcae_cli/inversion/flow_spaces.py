@@ -26,7 +26,8 @@ from funcae_cli.data.grids import sample_params
 from funcae_cli.inversion import seeding
 from funcae_cli.inversion.density import CodeDensity
 from funcae_cli.inversion.objective import Problem
-from funcae_cli.inversion.physics import Bounds
+from funcae_cli.inversion.physics import Bounds, natural_bounds
+from funcae_cli.inversion.prior import log_prior
 from funcae_cli.inversion.targets import Targets
 from funcae_cli.store.trained import Trained
 
@@ -46,6 +47,11 @@ class FormulaSpace:
     log_prior: Callable[[Tensor], Tensor]  # (k, p) natural coordinates -> (k,) (prior.py)
     kind: str = "formula"
     columns: int = 0  # values per draw computed beyond the observation's points (amortized.py sizes chunks by it)
+
+    @classmethod
+    def of(cls, trained: Trained) -> FormulaSpace:
+        """The run's formula family inside its prior's support, with its prior."""
+        return cls(trained.cfg.family, natural_bounds(trained, "prior"), log_prior(trained.cfg.family))
 
     @property
     def free(self) -> list[bool]:

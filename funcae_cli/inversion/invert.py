@@ -223,8 +223,7 @@ def invert_batch(
         proposer = None if o.proposal == "none" else flow  # mcmc's independence proposal, where it samples
         if posterior in ("amortized", "auto"):  # the flow's draws, importance-checked (inversion/amortized.py)
             if space == "formula":  # --no-physics: no fit to centre the second look's Laplace on
-                fspace: amortized.Space = FormulaSpace(trained.cfg.family, natural_bounds(trained, "prior"),
-                                                       log_prior(trained.cfg.family))  # fmt: skip
+                fspace: amortized.Space = FormulaSpace.of(trained)
                 laplace = _laplace_at_fits(trained, targets, out.params_est, dev) if out.physics is not None else None
             else:
                 fspace = LatentSpace(trained, density, _predictor(trained, latent_model))

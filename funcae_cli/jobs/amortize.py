@@ -24,8 +24,6 @@ from funcae_cli.inversion.amortized import (
 )
 from funcae_cli.inversion.flow_spaces import FormulaSpace, LatentSpace
 from funcae_cli.inversion.objective import log_grid
-from funcae_cli.inversion.physics import natural_bounds
-from funcae_cli.inversion.prior import log_prior
 from funcae_cli.jobs.common import open_run, run_info
 from funcae_cli.jobs.fitted import latent_model_for
 from funcae_cli.store.checkpoint import load_checkpoint, save_checkpoint
@@ -70,7 +68,7 @@ def space_for(trained: Trained) -> Space:
     data-only family's latent codes (its training codes' density the prior, the decoder the simulator)."""
     fam = trained.family
     if fam.has_formula and fam.params:
-        return FormulaSpace(trained.cfg.family, natural_bounds(trained, "prior"), log_prior(trained.cfg.family))
+        return FormulaSpace.of(trained)
     lm, _ = latent_model_for(trained)
     return LatentSpace(trained, lm.density, lm.predict if trained.param_names else None)
 
