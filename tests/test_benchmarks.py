@@ -26,7 +26,8 @@ def test_every_row_is_tested() -> None:
 @pytest.mark.parametrize("row", list(ROW_TITLES))
 def test_every_benchmark_row_runs_at_tiny_scale(row: str, tmp_path: Path) -> None:
     out = tmp_path / "BENCH.md"
-    assert bench.main(["--rows", row, "--scale", "0.005", "--repeats", "1", "--out", str(out)]) == 0
+    scale = "0.001" if row == "amortized" else "0.005"  # amortized: 100 curves (its untrained flow takes every look)
+    assert bench.main(["--rows", row, "--scale", scale, "--repeats", "1", "--out", str(out)]) == 0
     text = out.read_text()
     assert ROW_TITLES[row] in text
     assert "| row | funcae | notebook-style | ratio | target |" in text and "native kernels:" in text

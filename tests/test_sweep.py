@@ -339,7 +339,7 @@ def test_sigkill_of_one_of_two_workers_on_the_embedded_storage(workdir):
 
 
 def test_ctrl_c_stops_the_trial_cleanly_and_the_sweep_resumes(workdir):
-    path = write_sweep(workdir, "ctrlc", overrides={"train.epochs": 300, "data.n": 600}, plots=False, trials=2,
+    path = write_sweep(workdir, "ctrlc", overrides={"train.epochs": 300, "data.n": 600}, plots=False, trials=1,
                        pruner={"name": "none"})  # fmt: skip
     log = workdir / "sweep.log"
     with log.open("w") as err:
@@ -364,7 +364,7 @@ def test_ctrl_c_stops_the_trial_cleanly_and_the_sweep_resumes(workdir):
     )  # fmt: skip
     assert again.returncode == 0, again.stderr
     study = load(sqlite(workdir, "ctrlc"), "ctrlc")
-    check_sweep(workdir / "runs" / "ctrlc", study, 2, plots=False)
+    check_sweep(workdir / "runs" / "ctrlc", study, 1, plots=False)
     assert study.get_trials()[1].state == TrialState.COMPLETE and study.get_trials()[1].params == stopped.params
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,6 +62,9 @@ def _remove_stale_temp_files(rd: RunDir) -> None:
                 p.unlink(missing_ok=True)
 
 
+HISTORY_EVERY_S = 1.0  # history.json/.csv follow the checkpoints at most this often (and at the end)
+
+
 @dataclass
 class Callbacks:
     on_start: Callable[[dict[str, Any]], None] | None = None  # the run's size, device and engine
@@ -103,10 +107,14 @@ def run_train(
     prep = prepare(cfg, ds, dev)  # validates the data (e.g. log of non-positive values) before any write
     del ds
 
+    history_written = [0.0]  # when history.json/.csv were last rewritten (time.monotonic)
+
     def save(which: str, payload: dict[str, Any]) -> None:
         save_checkpoint(rd.best if which == "best" else rd.last, payload)
-        if which == "last":
+        now = time.monotonic()  # the files are rewritten whole: each epoch, a long run's would cost O(epochs^2)
+        if which == "last" and (now - history_written[0] >= HISTORY_EVERY_S or trainer.stop.signum is not None):
             write_history(rd, trainer.state.history)
+            history_written[0] = now
 
     try:  # the trainer picks its step engine: one named that cannot train this model fails before any write
         trainer = Trainer(cfg, prep, dev, stop=stop, on_epoch=_with_tracking(tracking, cb.on_epoch), save=save)
@@ -196,7 +204,8 @@ def _train_and_report(
     except (Interrupted, KeyboardInterrupt) as e:
         mark_status(rd, "interrupted", error=str(e) or type(e).__name__)
         raise
-    write_history(rd, state.history)
+    finally:  # however training ended (a sweep's pruner ends it by an exception too): every epoch's row
+        write_history(rd, trainer.state.history)
     # Final figures from the best-validation weights.
     best = load_checkpoint(rd.best) if rd.best.exists() else trainer.payload()
     trainer.model.load_state_dict(best["model"])

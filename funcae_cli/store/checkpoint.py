@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import io
 import pickle
 from importlib import metadata
@@ -21,6 +22,13 @@ VERSION = 1
 
 def versions() -> dict[str, str]:
     """Versions of funcae and the libraries a run's numbers depend on (read without importing them)."""
+    return dict(_versions())
+
+
+@functools.cache
+def _versions() -> dict[str, str]:
+    """Read once per process: package metadata is parsed from disk (~10 ms), and a run saves a checkpoint every
+    epoch (a small model's 250 epochs spent 4.7 s of 12 s here before)."""
     out = {"funcae": __version__, "torch": str(torch.__version__), "numpy": np.__version__}
     for name in ("scipy", "matplotlib"):
         try:
