@@ -113,6 +113,7 @@ MaxStepsOpt = _record_option(InvertConfig, "max_steps", "--max-steps")
 ProposalOpt = _record_option(InvertConfig, "proposal", "--proposal", typ=str)
 SeedOpt = _record_option(InvertConfig, "seed", "--seed")
 DrawsOpt = _record_option(InvertConfig, "draws", "--draws")
+SamplesOpt = _record_option(InvertConfig, "samples", "--samples", typ=str)
 NoCheckOpt = Annotated[
     bool,
     typer.Option("--no-check", help="Amortized: skip the importance check (no k-hat, the flow's draws as they are)."),

@@ -17,6 +17,7 @@ import torch
 from funcae_cli import memory
 from funcae_cli.config import override
 from funcae_cli.data.observations import Grid, read_long_csv, scan_long_csv
+from funcae_cli.errors import InputError
 from funcae_cli.files import csv_lines, csv_text, json_chunks, json_text
 from funcae_cli.inversion import invert as inversion
 from funcae_cli.inversion.ensemble import chain_bytes
@@ -287,5 +288,60 @@ def test_a_catalogue_that_fits_the_faked_memory_runs(cli, smoke_copy: Path, monk
 def test_streamed_json_and_csv_are_the_same_text() -> None:
     record = {"a": [1.5, {"b": None, "c": [1, 2, []], "d": {}}], "e": "x\u00e9", "f": np.arange(3), "g": Path("p")}
     assert "".join(json_chunks(record)) == json_text(record)
+    # a catalogue's record: its rows one per line, the rest indented; the same data either way
+    rows = [{"name": 'a,"b"\n', "z": [0.1, -2e-300], "flags": [], "params": {"m": 1e12}}, {"index": 1}]
+    catalogue = {"run": "r", "summary": {"flags": {"x": 1}, "list": [1, [2, {}]]}, "targets": rows, "n": 2}
+    text = "".join(json_chunks(catalogue, rows="targets"))
+    assert json.loads(text) == json.loads(json_text(catalogue)) and text.endswith("}\n")
+    lines = text.splitlines()
+    assert [json.loads(ln.rstrip(",")) for ln in lines[lines.index('  "targets": [') + 1 :][:2]] == rows
+    for empty in ({}, {"targets": []}, {"targets": "not a list"}):
+        assert json.loads("".join(json_chunks(empty, rows="targets"))) == empty
     rows = [[1, 2.5, "x,y"], [True, np.float32(0.25), ""]]
     assert "".join(csv_lines(["a", "b", "c"], iter(rows))) == csv_text(["a", "b", "c"], rows)
+
+
+LONG_CSVS = {  # name: (text, read by numpy's C reader)
+    "plain": ("id,x,y\na,1,2\na,2,3\nb,1,1\nb,3,2\n", True),
+    "interleaved ids": ("id,x,y,yerr\na,1,2,0.1\nb,1,1,0.1\na,2,3,0.2\nb,3,2,0.1\na,0.5,1,1\n", True),
+    "spaces, no final newline": ("id , x , y\n a , 1 , 2\na,2, 3\nb,1,1\nb,3,2", True),
+    "columns reordered, CRLF": ("y,id,x\r\n2,a,1\r\n3,a,2\r\n1,b,1\r\n2,b,3\r\n", True),
+    "a point outside the grid": ("id,x,y\na,1,2\na,2,3\nb,1,1\nb,300,2\nb,2,2\n", True),
+    "blank line": ("id,x,y\na,1,2\n\na,2,3\nb,1,1\nb,3,2\n", False),
+    "comments": ("# units: kpc\nid,x,y\na,1,2 # c\na,2,3\nb,1,1\nb,3,2\n", False),
+    "quoted id": ('id,x,y\n"a",1,2\n"a",2,3\nb,1,1\nb,3,2\n', False),
+    "nan": ("id,x,y\na,1,nan\na,2,3\nb,1,1\nb,3,2\n", False),
+    "zero yerr": ("id,x,y,yerr\na,1,2,0\na,2,3,1\nb,1,1,1\nb,3,2,1\n", False),
+    "not a number": ("id,x,y\na,1,2\na,2,x3\nb,1,1\nb,3,2\n", False),
+    "a short row": ("id,x,y\na,1,2\na,2\nb,1,1\nb,3,2\n", False),
+    "empty id": ("id,x,y\na,1,2\na,2,3\n,1,1\nb,3,2\n", False),
+    "one point": ("id,x,y\na,1,2\na,2,3\nb,1,1\n", True),
+}
+
+
+@pytest.mark.parametrize("case", list(LONG_CSVS))
+def test_a_plain_long_csv_read_by_numpy_gives_what_the_line_reader_gives(case, tmp_path, monkeypatch) -> None:
+    """The fast reader (np.loadtxt) takes plain files and gives the line-by-line reader's objects, warnings and
+    errors (line numbers included); anything else goes to the line reader."""
+    from funcae_cli.data import observations as obs
+
+    text, plain = LONG_CSVS[case]
+    path = tmp_path / "long.csv"
+    path.write_text(text)
+    grid = Grid(0.5, 10, clip=True)
+
+    def read() -> tuple:
+        warnings: list[str] = []
+        try:
+            got = obs.read_long_csv(path, grid, warnings)
+        except InputError as e:
+            return str(e), warnings
+        rows = [(o.name, o.x.tolist(), o.y.tolist(), None if o.yerr is None else o.yerr.tolist()) for o in got]
+        return rows, warnings
+
+    numpy_reader, used = obs._plain_long_csv, []
+    monkeypatch.setattr(obs, "_plain_long_csv", lambda *args: used.append(numpy_reader(*args)) or used[-1])
+    fast = read()
+    assert (used[0] is not None) == plain  # which reader read it
+    monkeypatch.setattr(obs, "_plain_long_csv", lambda *args: None)
+    assert fast == read()

@@ -339,3 +339,18 @@ def test_sample_codes(trained):
     assert s["curves"].shape == (4, trained.grid.shape[0]) and s["z"].shape == (4, 2)
     again = sampling.sample_curves(trained, lm, 4, "gaussian", seed=1)
     np.testing.assert_array_equal(s["curves"], again["curves"])  # seeded
+
+
+@pytest.mark.parametrize("dim", [3, 12])  # the k-d tree's side of KDTREE_MAX_DIM, and brute force's
+def test_the_regressors_neighbours_are_the_exact_nearest_codes(dim: int) -> None:
+    from funcae_cli.inversion.regressor import KDTREE_MAX_DIM, Neighbours
+
+    rng = np.random.default_rng(dim)
+    codes, query = rng.normal(size=(3000, dim)), rng.normal(size=(200, dim))
+    search = Neighbours(codes)
+    assert (search.tree is not None) == (dim <= KDTREE_MAX_DIM)
+    dist, idx = search.query(query, 16)
+    full = np.sqrt(((query[:, None, :] - codes[None, :, :]) ** 2).sum(axis=2))  # every distance, float64
+    expect = np.argsort(full, axis=1, kind="stable")[:, :16]
+    np.testing.assert_array_equal(idx, expect)
+    np.testing.assert_allclose(dist, np.take_along_axis(full, expect, axis=1), rtol=1e-12)

@@ -200,6 +200,39 @@ def test_laplace_posterior_and_bad_posterior_options(cli, smoke_copy: Path) -> N
     # walkers split into invert.groups (4) independent ensembles of an even size each
     usage_error(cli("invert", "--curves", "obs.csv", "--posterior", "mcmc", "--walkers", "12"), "--walkers", "multiple")
     usage_error(cli("invert", "--mu", "0", "--sigma", "1", "--posterior", "mcmc"), "--posterior", "yerr")
+    usage_error(cli("invert", "--curves", "obs.csv", "--posterior", "laplace", "--samples", "some"), "--samples",
+                "always")  # fmt: skip
+
+
+def test_the_draws_are_written_unless_asked_not_to_or_too_large(
+    cli, smoke_copy: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--samples auto writes invert/<name>_samples.npz when the draws take at most SAMPLES_AUTO_BYTES (else a
+    warning says what they would take and how to ask), never writes none, always writes them whatever their size."""
+    import funcae_cli.jobs.invert as job
+
+    _noisy_curves(smoke_copy.parent.parent / "obs.csv", 3)
+    npz = smoke_copy / "invert" / "obs_samples.npz"
+
+    def invert(*extra: str) -> dict:
+        npz.unlink(missing_ok=True)
+        r = cli("invert", "--curves", "obs.csv", "--posterior", "laplace", "--json", *extra)
+        ok(r)
+        return json.loads(r.stdout)
+
+    rec = invert()
+    assert rec["samples"] == "auto" and rec["files"]["samples"] == str(npz) and npz.is_file()
+    rec = invert("--samples", "never")
+    assert "samples" not in rec["files"] and not npz.exists()
+    assert not [w for w in rec["warnings"] if "draws not written" in w]  # asked for: no warning
+    monkeypatch.setattr(job, "SAMPLES_AUTO_BYTES", 1000)  # Laplace: 3 targets x 2000 draws x 2 float32: 48,000 bytes
+    rec = invert()
+    assert "samples" not in rec["files"] and not npz.exists()
+    assert [w for w in rec["warnings"] if "draws not written (0 MB" in w and "--samples always" in w]
+    rec = invert("--samples", "always")
+    assert rec["files"]["samples"] == str(npz) and npz.is_file()
+    with np.load(npz) as z:
+        assert z["samples"].shape[0] == 3 and z["samples"].shape[2] == 2
 
 
 @pytest.mark.slow

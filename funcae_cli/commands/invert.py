@@ -29,6 +29,7 @@ from funcae_cli.options import (
     PriorOpt,
     ProposalOpt,
     RunOpt,
+    SamplesOpt,
     SeedOpt,
     StartsOpt,
     StepsOpt,
@@ -57,6 +58,7 @@ def invert(
     burn: BurnOpt = None,
     max_steps: MaxStepsOpt = None,
     draws: DrawsOpt = None,
+    samples: SamplesOpt = None,
     no_check: NoCheckOpt = False,
     clip: ClipOpt = False,
     seed: SeedOpt = None,
@@ -86,7 +88,7 @@ def invert(
     options = {"method": method, "starts": starts, "max_iter": max_iter, "lr": lr, "seed": seed, "prior": prior,
                "physics": False if no_physics else None, "bounds": bounds, "posterior": posterior,
                "walkers": walkers, "proposal": proposal, "steps": steps, "burn": burn, "max_steps": max_steps,
-               "draws": draws, "check": False if no_check else None}  # fmt: skip
+               "draws": draws, "check": False if no_check else None, "samples": samples}  # fmt: skip
     progress = None if json_ else console.counter("mcmc: targets sampled")
     rec = run_invert(rd, inputs, options, name=name, device=device, figures=None if no_plot else _figures(),
                      progress=progress)  # fmt: skip

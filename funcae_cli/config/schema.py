@@ -171,6 +171,11 @@ class InvertConfig:
     check: bool = doc_field(
         True, "amortized: weigh the draws by the likelihood and prior (PSIS k-hat per target; reweighted quantiles)"
     )
+    samples: Literal["auto", "always", "never"] = doc_field(
+        "auto",
+        "posterior draws written to invert/<name>_samples.npz: always, never, or auto: when they take at most "
+        "256 MB (a catalogue's draws only when asked: 100,000 targets x 500 draws x 4 parameters are 800 MB)",
+    )
     seed: int | None = doc_field(None, "seed of random starts and samplers (default: the run's seed)", min=0)
 
     def problems(self) -> list[tuple[str, str]]:

@@ -16,6 +16,7 @@ measurements (each enters the objective; the encoder's start sees their mean: en
 from __future__ import annotations
 
 import csv
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -165,6 +166,60 @@ def read_long_csv(path: Path, grid: Grid, warnings: list[str]) -> list[Observati
     if not _is_header(header):
         raise InputError(f"{path}, line {first}: a long-format CSV needs a header naming id, x, y[, yerr]")
     cols = _columns(path, header, ("id", "x", "y"), ("yerr",))
+    points = _plain_long_csv(path, first, cols)
+    if points is None:  # quotes, comments, a bad cell: line by line, where every error names its line
+        points = _long_csv_rows(path, rows, cols)
+    rows.close()
+    out = []
+    for name, (xs, ys, es, first_line) in points.items():
+        where = f"{path}, line {first_line}, id {name}"
+        out.append(grid.restrict(make_observation(name, xs, ys, es, where), where, warnings))
+    return out
+
+
+Points = dict[str, tuple[Any, Any, Any | None, int]]  # id -> its x, y, yerr (or None) and its first line
+
+
+def _plain_long_csv(path: Path, header_line: int, cols: dict[str, int]) -> Points | None:
+    """read_long_csv's points of a plain file (comma-separated cells, no quotes, comments or blank lines after the
+    header, every cell good), parsed by numpy's C reader (np.loadtxt): ~5x faster than line by line. None where
+    the file is not plain: the exact reader then finds and names the line."""
+    try:
+        with path.open("rb") as f:
+            for _ in range(header_line):
+                f.readline()
+            tail = b"\n"  # the header's line end
+            while block := f.read(1 << 24):
+                if b'"' in block or b"#" in block or _BLANK.search(tail + block):
+                    return None
+                tail = block[-8:]
+        numeric = [cols[c] for c in ("x", "y", "yerr") if c in cols]
+        read = {"delimiter": ",", "skiprows": header_line, "comments": None, "ndmin": 1}
+        with path.open() as f:
+            values = np.loadtxt(f, usecols=numeric, dtype=np.float64, **read).reshape(-1, len(numeric))
+        with path.open() as f:
+            ids = np.char.strip(np.loadtxt(f, usecols=cols["id"], dtype=str, **read))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
+    if ids.size == 0 or not np.isfinite(values).all() or (ids == "").any():
+        return None
+    if "yerr" in cols and not (values[:, 2] > 0).all():
+        return None
+    starts = np.concatenate([[0], np.nonzero(ids[1:] != ids[:-1])[0] + 1, [ids.size]])
+    runs: dict[str, list[slice]] = {}
+    for name, a, b in zip(ids[starts[:-1]].tolist(), starts[:-1].tolist(), starts[1:].tolist()):
+        runs.setdefault(name, []).append(slice(a, b))
+    out: Points = {}
+    for name, slices in runs.items():  # an id's runs of rows joined, in file order
+        v = np.concatenate([values[sl] for sl in slices]) if len(slices) > 1 else values[slices[0]]
+        out[name] = (v[:, 0], v[:, 1], v[:, 2] if "yerr" in cols else None, header_line + 1 + slices[0].start)
+    return out
+
+
+_BLANK = re.compile(rb"\n[ \t\r]*\n")  # an empty line: the lines' numbers would no longer be their points'
+
+
+def _long_csv_rows(path: Path, rows: Iterator[tuple[int, list[str]]], cols: dict[str, int]) -> Points:
     points: dict[str, tuple[list[float], list[float], list[float] | None, int]] = {}
     for k, cells in rows:
         if len(cells) != len(cols):
@@ -180,11 +235,7 @@ def read_long_csv(path: Path, grid: Grid, warnings: list[str]) -> list[Observati
             es.append(_positive_error(cells[cols["yerr"]], where))
     if not points:
         raise InputError(f"{path}: a header but no data rows")
-    out = []
-    for name, (xs, ys, es, first_line) in points.items():
-        where = f"{path}, line {first_line}, id {name}"
-        out.append(grid.restrict(make_observation(name, xs, ys, es, where), where, warnings))
-    return out
+    return points
 
 
 def scan_long_csv(path: Path) -> tuple[int, int, int]:

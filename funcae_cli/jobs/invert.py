@@ -43,7 +43,9 @@ RECORDED = (
     "draws",
     "check",
     "proposal",
+    "samples",
 )  # in the record
+SAMPLES_AUTO_BYTES = 256 * 2**20  # --samples auto: the draws are written when they take at most this
 
 
 def run_invert(
@@ -94,6 +96,7 @@ def run_invert(
     lm, fitted_now = latent_model_for(trained)
     res = invert_batch(trained, targets, o, lm, flow, progress=progress)
     warnings += res.assessment.warnings
+    write_draws = res.posterior is not None and _write_draws(o.samples, res.posterior.samples.nbytes, warnings)
     slug = slugify(name or inputs.slug())
     record = run_info(trained)
     record.update(
@@ -120,7 +123,7 @@ def run_invert(
         record["x"] = record["grid"]  # every target on the run's grid
     files = {"json": str(rd.invert_json(slug)), "csv": str(rd.invert_csv(slug))}
     atomic_write_chunks(rd.invert_csv(slug), csv_lines(*table(trained, targets, res)))
-    if res.posterior is not None:
+    if write_draws:
         atomic_write_bytes(rd.invert_samples(slug), npz_bytes(samples_arrays(res, targets)))
         files["samples"] = str(rd.invert_samples(slug))
     if figures is not None:
@@ -130,5 +133,14 @@ def run_invert(
         files.update({kind: str(path) for kind, path in paths.items()})
     record["files"] = files
     record = {k: v if k == "targets" else json_safe(v) for k, v in record.items()}  # the rows are already safe
-    atomic_write_json(rd.invert_json(slug), record)
+    atomic_write_json(rd.invert_json(slug), record, rows="targets")  # a catalogue: one line per target
     return record
+
+
+def _write_draws(samples: str, size: int, warnings: list[str]) -> bool:
+    """Whether the posterior's draws (`size` bytes) go to invert/<name>_samples.npz (option `samples`)."""
+    if samples == "auto" and size > SAMPLES_AUTO_BYTES:
+        warnings.append(f"posterior draws not written ({size / 2**20:.0f} MB, over --samples auto's "
+                        f"{SAMPLES_AUTO_BYTES / 2**20:.0f} MB): --samples always writes them")  # fmt: skip
+        return False
+    return samples != "never"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from typing import Any
 
@@ -55,59 +56,89 @@ def result_rows(
     return list(iter_rows(trained, targets, res, curves))
 
 
+def _listed(a: Any, dtype: Any = None) -> Any:
+    """An array as nested Python lists (one tolist for the whole array: a catalogue's rows read element by
+    element from numpy cost ~50x more), of `dtype` when given (int, bool); None stays None."""
+    return None if a is None else np.asarray(a, dtype=dtype).tolist()
+
+
+def _finite(a: Any) -> list | None:
+    """_listed, non-finite values as None (JSON has no NaN)."""
+    return None if a is None else [finite_or_none(v) for v in np.asarray(a, dtype=np.float64).tolist()]
+
+
 def iter_rows(
     trained: Trained, targets: Targets, res: InvertResult, curves: dict[str, list] | None = None
 ) -> Iterator[dict[str, Any]]:
     """result_rows one at a time."""
     names = trained.param_names
     a = res.assessment
+    z, enc_z = _listed(res.z), _listed(res.encoder_z)
+    objective, residual_norm = _listed(res.objective, float), _listed(res.residual_norm, float)
+    data_residual = _listed(res.data_residual, float)
+    rel_l2, enc_obj = _listed(res.rel_l2, float), _listed(res.encoder_objective, float)
+    enc_rel = _listed(res.encoder_rel_l2, float)
+    iterations, converged, start = _listed(res.iterations, int), _listed(res.converged, bool), _listed(res.start, int)
+    seconds, counts, chi2 = _listed(res.seconds, float), _listed(targets.counts, int), _listed(res.chi2, float)
+    params = _listed(res.params_est, float)
+    regressor = _listed(res.regressor_params) if res.params_source == "physics" else None
+    post = _PosteriorLists(res.posterior) if res.posterior is not None else None
+    true_params = _listed(targets.params, float)
+    if a is not None:
+        reduced, p_value, dof = _finite(a.reduced_chi2), _finite(a.p_value), _listed(a.dof, int)
+    if res.physics_objective is not None:
+        phys, dec_phys = _finite(res.physics_objective), _finite(res.decoder_physics_objective)
+        phys_conv = _listed(res.physics.converged, bool)
+    if res.log_density is not None:
+        log_density, percentile = _finite(res.log_density), _finite(res.density_percentile)
     for i in range(res.n):
         row: dict[str, Any] = {
             "index": i,
             "name": targets.names[i] if i < len(targets.names) else f"target {i}",
             "flags": list(a.flags[i]) if a is not None else [],
             "params_source": res.params_source,
-            "z": res.z[i].tolist(),
-            "objective": float(res.objective[i]),
-            "residual_norm": float(res.residual_norm[i]),
-            "data_residual": float(res.data_residual[i]),
-            "rel_l2": float(res.rel_l2[i]),
-            "encoder_z": res.encoder_z[i].tolist(),
-            "encoder_objective": float(res.encoder_objective[i]),
-            "encoder_rel_l2": float(res.encoder_rel_l2[i]),
-            "iterations": int(res.iterations[i]),
-            "converged": bool(res.converged[i]),
-            "start": int(res.start[i]),
-            "seconds": float(res.seconds[i]),
-            "points": int(targets.counts[i]),
+            "z": z[i],
+            "objective": objective[i],
+            "residual_norm": residual_norm[i],
+            "data_residual": data_residual[i],
+            "rel_l2": rel_l2[i],
+            "encoder_z": enc_z[i],
+            "encoder_objective": enc_obj[i],
+            "encoder_rel_l2": enc_rel[i],
+            "iterations": iterations[i],
+            "converged": converged[i],
+            "start": start[i],
+            "seconds": seconds[i],
+            "points": counts[i],
         }
-        if res.chi2 is not None:
-            row["chi2"] = float(res.chi2[i])
+        if chi2 is not None:
+            row["chi2"] = chi2[i]
         if a is not None:
-            row.update(reduced_chi2=_f(a.reduced_chi2, i), p_value=_f(a.p_value, i), dof=int(a.dof[i]))
+            row.update(reduced_chi2=reduced[i] if reduced else None, p_value=p_value[i] if p_value else None,
+                       dof=dof[i])  # fmt: skip
             if a.bound_notes[i]:
                 row["on_bound"] = a.bound_notes[i]
-        if res.params_est is not None:
-            row["params"] = {k: float(v) for k, v in zip(names, res.params_est[i])}
+        if params is not None:
+            row["params"] = dict(zip(names, params[i]))
             row["estimated_params"] = row["params"]
-        if res.regressor_params is not None and res.params_source == "physics":
-            row["regressor_params"] = {k: float(v) for k, v in zip(names, res.regressor_params[i])}
+        if regressor is not None:
+            row["regressor_params"] = dict(zip(names, regressor[i]))
         if res.physics_objective is not None:
-            row["physics_objective"] = _f(res.physics_objective, i)
-            row["decoder_physics_objective"] = _f(res.decoder_physics_objective, i)
-            row["physics_converged"] = bool(res.physics.converged[i])
+            row["physics_objective"] = phys[i]
+            row["decoder_physics_objective"] = dec_phys[i]
+            row["physics_converged"] = phys_conv[i]
         if res.log_density is not None:
-            row["log_density"] = _f(res.log_density, i)
-            row["density_percentile"] = _f(res.density_percentile, i)
-        if res.posterior is not None:
-            row.update(_posterior_row(res.posterior, i))
-        if targets.params is not None:
-            true = targets.params[i].tolist()
+            row["log_density"] = log_density[i]
+            row["density_percentile"] = percentile[i]
+        if post is not None:
+            row.update(post.row(i))
+        if true_params is not None:
+            true = true_params[i]
             row["true_params"] = dict(zip(names, true))
-            if res.params_est is not None:
-                row["param_error"] = {k: float(e) - t for k, e, t in zip(names, res.params_est[i], true)}
+            if params is not None:
+                row["param_error"] = {k: e - t for k, e, t in zip(names, params[i], true)}
                 row["param_rel_error"] = {
-                    k: abs(float(e) - t) / abs(t) if t != 0 else None for k, e, t in zip(names, res.params_est[i], true)
+                    k: abs(e - t) / abs(t) if t != 0 else None for k, e, t in zip(names, params[i], true)
                 }
         if curves is not None and i < len(curves["decoded"]):
             x, y, e = targets.points(i)
@@ -122,33 +153,47 @@ def iter_rows(
         yield row
 
 
-def _posterior_row(post: Posterior, i: int) -> dict[str, Any]:
-    """One target's posterior: per quantity its quantiles (and R-hat, ESS for MCMC), the correlations."""
-    out: dict[str, Any] = {"posterior": {}}
-    sampled = post.source is None or post.source[i] == "mcmc"  # auto: the chains' fields only where mcmc ran
-    for j, name in enumerate(post.names):
-        entry = {k: finite_or_none(v[i, j]) for k, v in post.quantiles.items()}
-        if post.rhat is not None and sampled:
-            entry.update(rhat=finite_or_none(post.rhat[i, j]), ess=finite_or_none(post.ess[i, j]),
-                         tau=finite_or_none(post.tau[i, j]))  # fmt: skip
-        out["posterior"][name] = entry
-    out["posterior_corr"] = [[finite_or_none(v) for v in row] for row in post.corr[i]]
-    if post.acceptance is not None and sampled:
-        out["posterior_acceptance"] = float(post.acceptance[i])
-        out["posterior_steps"] = int(post.steps[i])
-        out["posterior_unconverged"] = bool(post.unconverged[i])
-    if post.multimodal is not None and sampled:
-        out["posterior_multimodal"] = bool(post.multimodal[i])
-        modes = _modes_row(post, i)
-        if len(modes) > 1:  # the ensembles settled in separate modes: each one's weight and medians
-            out["posterior_modes"] = modes
-    if post.k_hat is not None:
-        out["k_hat"] = finite_or_none(post.k_hat[i])
-    if post.importance_ess is not None:
-        out["importance_ess"] = finite_or_none(post.importance_ess[i])
-    if post.source is not None:
-        out["posterior_source"] = str(post.source[i])
-    return out
+class _PosteriorLists:
+    """A posterior's per-target report fields, its arrays read as lists once (_listed)."""
+
+    def __init__(self, post: Posterior):
+        self.post = post
+        self.quantiles = {k: _listed(v) for k, v in post.quantiles.items()}
+        self.chains = [_listed(a) for a in (post.rhat, post.ess, post.tau)] if post.rhat is not None else None
+        self.corr = _listed(post.corr)
+        self.source = _listed(post.source)
+        self.k_hat, self.importance_ess = _finite(post.k_hat), _finite(post.importance_ess)
+        self.acceptance, self.steps = _listed(post.acceptance, float), _listed(post.steps, int)
+        self.unconverged, self.multimodal = _listed(post.unconverged, bool), _listed(post.multimodal, bool)
+
+    def row(self, i: int) -> dict[str, Any]:
+        """One target's posterior: per quantity its quantiles (and R-hat, ESS for MCMC), the correlations."""
+        post = self.post
+        out: dict[str, Any] = {"posterior": {}}
+        sampled = self.source is None or self.source[i] == "mcmc"  # auto: the chains' fields only where mcmc ran
+        for j, name in enumerate(post.names):
+            entry = {k: finite_or_none(v[i][j]) for k, v in self.quantiles.items()}
+            if self.chains is not None and sampled:
+                rhat, ess, tau = (finite_or_none(a[i][j]) for a in self.chains)
+                entry.update(rhat=rhat, ess=ess, tau=tau)
+            out["posterior"][name] = entry
+        out["posterior_corr"] = [[finite_or_none(v) for v in row] for row in self.corr[i]]
+        if self.acceptance is not None and sampled:
+            out["posterior_acceptance"] = self.acceptance[i]
+            out["posterior_steps"] = self.steps[i]
+            out["posterior_unconverged"] = self.unconverged[i]
+        if self.multimodal is not None and sampled:
+            out["posterior_multimodal"] = self.multimodal[i]
+            modes = _modes_row(post, i)
+            if len(modes) > 1:  # the ensembles settled in separate modes: each one's weight and medians
+                out["posterior_modes"] = modes
+        if self.k_hat is not None:
+            out["k_hat"] = self.k_hat[i]
+        if self.importance_ess is not None:
+            out["importance_ess"] = self.importance_ess[i]
+        if self.source is not None:
+            out["posterior_source"] = str(self.source[i])
+        return out
 
 
 def _modes_row(post: Posterior, i: int) -> list[dict[str, Any]]:
@@ -173,18 +218,6 @@ def posterior_columns(post: Posterior) -> list[str]:
     )
 
 
-def posterior_cells(post: Posterior, i: int) -> list[Any]:
-    cells = []
-    for j in range(len(post.names)):
-        cells += [post.quantiles[k][i, j] for k in QUANTILES]
-        cells += [post.rhat[i, j], post.ess[i, j], post.tau[i, j]] if post.rhat is not None else []
-    if post.rhat is not None:
-        modes = int((post.mode_weight[i] >= MIN_WEIGHT).sum()) if post.mode_weight is not None else 1
-        cells += [int(post.steps[i]), bool(post.unconverged[i]), modes, bool(post.multimodal[i])]
-    cells += [post.k_hat[i]] if post.k_hat is not None else []
-    return cells + ([str(post.source[i])] if post.source is not None else [])
-
-
 def table(trained: Trained, targets: Targets, res: InvertResult) -> tuple[list[str], Iterator[list[Any]]]:
     """The per-target CSV: id, parameters, physics and decoder objectives, goodness of fit, density, flags; its
     lines made as they are read (files.csv_lines)."""
@@ -200,24 +233,57 @@ def table(trained: Trained, targets: Targets, res: InvertResult) -> tuple[list[s
 
 def _table_lines(targets: Targets, res: InvertResult, n_params: int) -> Iterator[list[Any]]:
     a = res.assessment
+    params = _listed(res.params_est, float)
+    if res.physics_objective is not None:
+        objectives = list(zip(_listed(res.physics_objective, float), _listed(res.decoder_physics_objective, float)))
+    else:
+        objectives = [[v] for v in _listed(res.objective, float)]
+    blank = [None] * res.n
+    fit = [_listed(v, float) or blank for v in ((a.reduced_chi2, a.p_value) if a is not None else (None, None))]
+    dof = _listed(a.dof, int) if a is not None else blank
+    density = [_listed(v, float) or blank for v in (res.log_density, res.density_percentile)]
+    z, converged = _listed(res.z, float), _listed(res.converged, bool)
+    true = _listed(targets.params, float)
+    post = _PosteriorCells(res.posterior) if res.posterior is not None else None
     for i in range(res.n):
         line: list[Any] = [targets.names[i]]
-        line += list(res.params_est[i]) if res.params_est is not None else [""] * n_params
+        line += params[i] if params is not None else [""] * n_params
         line.append(res.params_source)
-        if res.physics_objective is not None:
-            line += [res.physics_objective[i], res.decoder_physics_objective[i]]
-        else:
-            line.append(res.objective[i])
-        for v in (a.reduced_chi2, a.p_value) if a is not None else (None, None):
-            line.append("" if v is None or not np.isfinite(v[i]) else v[i])
-        line.append(int(a.dof[i]) if a is not None else "")
-        for v in (res.log_density, res.density_percentile):
-            line.append("" if v is None else v[i])
+        line += objectives[i]
+        line += ["" if v[i] is None or not math.isfinite(v[i]) else v[i] for v in fit]
+        line.append("" if dof[i] is None else dof[i])
+        line += ["" if v[i] is None else v[i] for v in density]
         line.append(";".join(a.flags[i]) if a is not None else "")
-        line += list(res.z[i]) + [bool(res.converged[i])]
-        line += targets.params[i].tolist() if targets.params is not None else []
-        line += posterior_cells(res.posterior, i) if res.posterior is not None else []
+        line += z[i] + [converged[i]]
+        line += true[i] if true is not None else []
+        line += post.cells(i) if post is not None else []
         yield line
+
+
+class _PosteriorCells:
+    """posterior_cells of every target, the arrays read as lists once."""
+
+    def __init__(self, post: Posterior):
+        self.quantiles = [_listed(post.quantiles[k], float) for k in QUANTILES]
+        self.chains = [_listed(v, float) for v in (post.rhat, post.ess, post.tau)] if post.rhat is not None else None
+        self.names = post.names
+        if post.rhat is not None:
+            n = len(post.steps)
+            modes = (post.mode_weight >= MIN_WEIGHT).sum(axis=1) if post.mode_weight is not None else np.ones(n)
+            steps, unconverged = _listed(post.steps, int), _listed(post.unconverged, bool)
+            self.mcmc = list(zip(steps, unconverged, _listed(modes, int), _listed(post.multimodal, bool)))
+        self.k_hat = _listed(post.k_hat, float)
+        self.source = _listed(post.source, str)
+
+    def cells(self, i: int) -> list[Any]:
+        out: list[Any] = []
+        for j in range(len(self.names)):
+            out += [q[i][j] for q in self.quantiles]
+            out += [c[i][j] for c in self.chains] if self.chains is not None else []
+        if self.chains is not None:
+            out += list(self.mcmc[i])
+        out += [self.k_hat[i]] if self.k_hat is not None else []
+        return out + ([self.source[i]] if self.source is not None else [])
 
 
 def _nanmedian(a: np.ndarray) -> float | None:
