@@ -355,7 +355,8 @@ def test_amortize_then_invert_and_validate_with_it(cli, smoke_copy: Path) -> Non
 @pytest.mark.parametrize("q, passes", [(4, None), (4, 2), (3, None), (5, 2), (1, None)])
 def test_the_batched_sampler_is_zukos_inverse_of_the_flow(q: int, passes: int | None) -> None:
     """flow_sampling.FlowSampler against zuko's own inverse and log density of the same flow at the same base
-    draws, in float64 (where rounding is 1e-16): fully autoregressive, coupling, and zuko's element-wise q = 1."""
+    draws, and its forward pass against zuko's log density at other points, in float64 (where rounding is 1e-16):
+    fully autoregressive, coupling, and zuko's element-wise q = 1."""
     import zuko
 
     torch.manual_seed(0)
@@ -370,6 +371,9 @@ def test_the_batched_sampler_is_zukos_inverse_of_the_flow(q: int, passes: int | 
         ref = dist.transform.inv(eps)
         torch.testing.assert_close(x, ref, rtol=0, atol=1e-10)
         torch.testing.assert_close(log_q, dist.log_prob(ref), rtol=0, atol=1e-9)
+        # the forward pass: zuko's log density at any points (here wide ones, some beyond the splines' bound 5)
+        pts = 3 * torch.randn(5, 50, q, dtype=torch.float64)
+        torch.testing.assert_close(FlowSampler(flow, q).log_prob(c, pts), dist.log_prob(pts), rtol=0, atol=1e-9)
 
 
 @pytest.mark.parametrize("passes", [None, 2], ids=["autoregressive", "coupling"])

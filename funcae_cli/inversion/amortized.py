@@ -157,6 +157,11 @@ class PosteriorNet(nn.Module):
         """log q(u | observation) for u (n, q) natural coordinates and embeddings (n, embed)."""
         return self.flow(context).log_prob((u - self.center) / self.scale) - torch.log(self.scale).sum()
 
+    def log_prob_draws(self, u: Tensor, context: Tensor, sampler: FlowSampler) -> Tensor:
+        """log q(u | observation) (n, S) of draws u (n, S, q) in natural coordinates given each target's embedding
+        (n, embed): the flow's forward pass in `sampler` (this net's), each context used once; no gradients."""
+        return sampler.log_prob(context, (u - self.center) / self.scale) - torch.log(self.scale).sum()
+
     def sampler(self) -> FlowSampler:
         """The flow's batched inverse (flow_sampling.py) for the weights as they are now."""
         return FlowSampler(self.flow, self.args.q)
@@ -495,9 +500,7 @@ def _with_t(
     draws (r,), and `keep` draws resampled from the pool of those that pass."""
     b = v.shape[1]
     _, t, lq_t = student_draws_with_log_q(mean, cov, b, own, PROPOSAL_DF, stream)
-    with torch.no_grad():
-        c64 = context.double().repeat_interleave(b, dim=0)
-        lq_flow_t = net64.log_prob(t.reshape(-1, t.shape[2]), c64).reshape(t.shape[:2])
+    lq_flow_t = net64.log_prob_draws(t, context.double(), net64.sampler())
     vd = v.double()
     lq_t_flow = student_log_density(vd, mean, cov, PROPOSAL_DF)
     log_mix = torch.logaddexp(torch.cat([lq.double(), lq_flow_t], 1), torch.cat([lq_t_flow, lq_t], 1))

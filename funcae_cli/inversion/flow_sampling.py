@@ -63,6 +63,27 @@ class Splines:
         cum = torch.cat([zero.expand(2, 1, *phi.shape[1:]), wh.cumsum(1)], dim=1)
         return cls(cum, torch.cat([zero, phi[2 * bins :], zero]), bound, scale)
 
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """y = f(x) and log f'(x), for x (...) and splines whose trailing dimensions broadcast to x's (zuko's
+        MonotonicRQSTransform.call_and_ladj)."""
+        b, shape = self.bound, x.shape
+        total = self.cum[:, -1]  # (2, ...)
+        level = (x + b).mul_((0.5 / b) * total[0])  # x's place on the unnormalized cumulative widths
+        k = (self.cum[0, 1:-1] < level).sum(0)  # its bin, 0 .. K - 1
+        idx = torch.stack([k, k + 1])  # (2, ...)
+        edges = self.cum.expand(*self.cum.shape[:2], *shape).gather(1, idx.expand(2, 2, *shape))  # (2, 2, ...)
+        (x0, x1), (y0, y1) = (2 * b) * (edges / total.expand(2, *shape)[:, None]) - b
+        d0, d1 = _squash(self.deriv.expand(-1, *shape).gather(0, idx), self.scale)
+        dx, dy = x1 - x0, y1 - y0
+        s = dy / dx
+        z = (x - x0) / dx
+        zz = z * (1 - z)
+        den = s + (d0 + d1 - 2 * s) * zz
+        y = y0 + dy * (s * z * z + d0 * zz) / den
+        jac = s * s * (2 * s * zz + d0 * (1 - z) ** 2 + d1 * z * z) / den**2
+        inside = x.abs() < b
+        return torch.where(inside, y, x), torch.where(inside, jac.log(), 0.0)
+
     def inverse(self, y: Tensor) -> tuple[Tensor, Tensor]:
         """x = f^-1(y) and log f'(x) (the forward's log-derivative at the solution), for y (...) and splines whose
         trailing dimensions broadcast to y's."""
@@ -200,6 +221,17 @@ class FlowSampler:
             log_q += ladj  # log q(x) = log N(z) + sum over transforms of log |dy/dx|
         return x.permute(1, 2, 0), log_q
 
+    @torch.no_grad()
+    def log_prob(self, context: Tensor, x: Tensor) -> Tensor:
+        """log q(x) (n, S) of points x (n, S, q) given contexts (n, C): the flow's forward pass, each target's
+        context used once (zuko's log_prob repeats it on every point and evaluates every pass)."""
+        y = x.to(context.dtype).permute(2, 0, 1).contiguous()  # (q, n, S)
+        log_q = y.new_zeros(y.shape[1:])
+        for plan in self.plans:
+            y, ladj = self._transform(plan, context, y, forward=True)
+            log_q += ladj
+        return log_q + self.flow.base().log_prob(y.permute(1, 2, 0))
+
     def _per_target(self, plan: _Plan, c: Tensor) -> list[Tensor]:
         """The hyper network at x = 0 for each target (n rows): its input, every activation, its output last."""
         if not plan.autoregressive:
@@ -214,11 +246,19 @@ class FlowSampler:
 
     def _inverse(self, plan: _Plan, c: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
         """One transform's inverse: x (q, n, S) from y (q, n, S), and the sum over features of log |dy/dx| (n, S)."""
+        return self._transform(plan, c, y, forward=False)
+
+    def _transform(self, plan: _Plan, c: Tensor, y: Tensor, forward: bool) -> tuple[Tensor, Tensor]:
+        """One transform, its inverse (y -> x) or forward (x in `y` -> its image), and the sum over features of its
+        log-derivative at x (n, S). Either way the splines of a group come from x: the solved features (inverse)
+        or the given ones (forward)."""
         q, n, s = y.shape
         acts = self._per_target(plan, c)
         phi0 = acts[-1][:, plan.rows0].T.reshape(plan.total, len(plan.group0), n, 1)  # from the context alone
-        x = torch.empty_like(y)
-        x[plan.group0], ladj = Splines.of(phi0, self.bound, self.slope).inverse(y[plan.group0])
+        out = torch.empty_like(y)
+        x = y if forward else out  # where the hyper network reads x
+        splines = Splines.of(phi0, self.bound, self.slope)
+        out[plan.group0], ladj = splines.forward(y[plan.group0]) if forward else splines.inverse(y[plan.group0])
         ladj = ladj.sum(0)
         for grp in plan.groups:
             h = x[grp.layers[0].cols].reshape(-1, n * s)
@@ -228,6 +268,7 @@ class FlowSampler:
                     h = plan.activations[i - 1](h)
                 h = (layer.weight @ h).view(-1, n, s).add_(const.T[:, :, None]).view(-1, n * s)
             phi = h.view(plan.total, len(grp.features), n, s)
-            x[grp.features], part = Splines.of(phi, self.bound, self.slope).inverse(y[grp.features])
+            splines = Splines.of(phi, self.bound, self.slope)
+            out[grp.features], part = splines.forward(y[grp.features]) if forward else splines.inverse(y[grp.features])
             ladj += part.sum(0)
-        return x, ladj
+        return out, ladj
