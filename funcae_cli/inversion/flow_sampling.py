@@ -63,51 +63,47 @@ class Splines:
         cum = torch.cat([zero.expand(2, 1, *phi.shape[1:]), wh.cumsum(1)], dim=1)
         return cls(cum, torch.cat([zero, phi[2 * bins :], zero]), bound, scale)
 
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """y = f(x) and log f'(x), for x (...) and splines whose trailing dimensions broadcast to x's (zuko's
-        MonotonicRQSTransform.call_and_ladj)."""
-        b, shape = self.bound, x.shape
+    def _bin(self, v: Tensor, axis: int) -> tuple[Tensor, ...]:
+        """The bin of each value v (...) on the knots' x (axis 0) or y (axis 1): its edges x0, x1, y0, y1, the knot
+        derivatives d0, d1 and the bin's slope s."""
+        b, shape = self.bound, v.shape
         total = self.cum[:, -1]  # (2, ...)
-        level = (x + b).mul_((0.5 / b) * total[0])  # x's place on the unnormalized cumulative widths
-        k = (self.cum[0, 1:-1] < level).sum(0)  # its bin, 0 .. K - 1
+        level = (v + b).mul_((0.5 / b) * total[axis])  # v's place on the unnormalized cumulative widths/heights
+        k = (self.cum[axis, 1:-1] < level).sum(0)  # its bin, 0 .. K - 1
         idx = torch.stack([k, k + 1])  # (2, ...)
         edges = self.cum.expand(*self.cum.shape[:2], *shape).gather(1, idx.expand(2, 2, *shape))  # (2, 2, ...)
         (x0, x1), (y0, y1) = (2 * b) * (edges / total.expand(2, *shape)[:, None]) - b
         d0, d1 = _squash(self.deriv.expand(-1, *shape).gather(0, idx), self.scale)
-        dx, dy = x1 - x0, y1 - y0
-        s = dy / dx
-        z = (x - x0) / dx
+        return x0, x1, y0, y1, d0, d1, (y1 - y0) / (x1 - x0)
+
+    @staticmethod
+    def _log_derivative(z: Tensor, s: Tensor, d0: Tensor, d1: Tensor, t: Tensor) -> Tensor:
+        """log f'(x) at the bin's local coordinate z of x (t = d0 + d1 - 2 s)."""
         zz = z * (1 - z)
-        den = s + (d0 + d1 - 2 * s) * zz
-        y = y0 + dy * (s * z * z + d0 * zz) / den
-        jac = s * s * (2 * s * zz + d0 * (1 - z) ** 2 + d1 * z * z) / den**2
-        inside = x.abs() < b
-        return torch.where(inside, y, x), torch.where(inside, jac.log(), 0.0)
+        return (s * s * (2 * s * zz + d0 * (1 - z) ** 2 + d1 * z * z) / (s + t * zz) ** 2).log()
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """y = f(x) and log f'(x), for x (...) and splines whose trailing dimensions broadcast to x's (zuko's
+        MonotonicRQSTransform.call_and_ladj)."""
+        x0, x1, y0, y1, d0, d1, s = self._bin(x, 0)
+        z = (x - x0) / (x1 - x0)
+        zz, t = z * (1 - z), d0 + d1 - 2 * s
+        y = y0 + (y1 - y0) * (s * z * z + d0 * zz) / (s + t * zz)
+        inside = x.abs() < self.bound
+        return torch.where(inside, y, x), torch.where(inside, self._log_derivative(z, s, d0, d1, t), 0.0)
 
     def inverse(self, y: Tensor) -> tuple[Tensor, Tensor]:
         """x = f^-1(y) and log f'(x) (the forward's log-derivative at the solution), for y (...) and splines whose
         trailing dimensions broadcast to y's."""
-        b, shape = self.bound, y.shape
-        total = self.cum[:, -1]  # (2, ...)
-        level = (y + b).mul_((0.5 / b) * total[1])  # y's place on the unnormalized cumulative heights
-        k = (self.cum[1, 1:-1] < level).sum(0)  # its bin, 0 .. K - 1
-        idx = torch.stack([k, k + 1])  # (2, ...)
-        edges = self.cum.expand(*self.cum.shape[:2], *shape).gather(1, idx.expand(2, 2, *shape))  # (2, 2, ...)
-        (x0, x1), (y0, y1) = (2 * b) * (edges / total.expand(2, *shape)[:, None]) - b
-        d0, d1 = _squash(self.deriv.expand(-1, *shape).gather(0, idx), self.scale)
-        dx, dy = x1 - x0, y1 - y0
-        s = dy / dx
-        yy = y - y0
-        t = d0 + d1 - 2 * s
+        x0, x1, y0, y1, d0, d1, s = self._bin(y, 1)
+        dy, yy, t = y1 - y0, y - y0, d0 + d1 - 2 * s
         qa = dy * (s - d0) + yy * t
         qb = dy * d0 - yy * t
         qc = -s * yy
         z = 2 * qc / (-qb - (qb * qb - 4 * qa * qc).sqrt())  # the root in [0, 1] (Durkan et al. 2019, eq. 29)
-        x = x0 + z * dx
-        zz = z * (1 - z)
-        jac = s * s * (2 * s * zz + d0 * (1 - z) ** 2 + d1 * z * z) / (s + t * zz) ** 2
-        inside = y.abs() < b
-        return torch.where(inside, x, y), torch.where(inside, jac.log(), 0.0)
+        x = x0 + z * (x1 - x0)
+        inside = y.abs() < self.bound
+        return torch.where(inside, x, y), torch.where(inside, self._log_derivative(z, s, d0, d1, t), 0.0)
 
 
 # --- the plan of one transform's inverse -------------------------------------------------------------------
