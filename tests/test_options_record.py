@@ -34,6 +34,7 @@ BAD = [
     ("invert", "posterior", "hmc", "hmc", "expected one of none, laplace, mcmc, amortized, auto, got 'hmc'"),
     ("invert", "proposal", "kde", "kde", "expected one of auto, flow, none, got 'kde'"),
     ("invert", "draws", "3", 3, "must be >= 10, got 3"),
+    ("invert", "samples", "some", "some", "expected one of auto, always, never, got 'some'"),
     ("invert", "physics_starts", None, 0, "must be >= 1, got 0"),
     ("invert", "physics_max_iter", None, 0, "must be >= 1, got 0"),
     ("sample", "n", "0", 0, "must be >= 1, got 0"),

@@ -282,7 +282,7 @@ def _kill_all(procs: list[subprocess.Popen]) -> None:
             p.wait()
 
 
-LONG = {"overrides": {"train.epochs": 60, "data.n": 2000}, "plots": False, "trials": 3, "pruner": {"name": "none"}}
+LONG = {"overrides": {"train.epochs": 60, "data.n": 2000}, "plots": False, "trials": 2, "pruner": {"name": "none"}}
 
 
 def test_sigkill_of_a_worker_mid_trial_on_postgresql(workdir, postgres_url):
@@ -304,7 +304,7 @@ def test_sigkill_of_a_worker_mid_trial_on_postgresql(workdir, postgres_url):
         finally:
             _kill_all(procs)
     study = load(postgres_url, name)
-    check_sweep(workdir / "runs" / name, study, 3, plots=False)
+    check_sweep(workdir / "runs" / name, study, 2, plots=False)
     lost = study.get_trials()[killed]
     assert lost.state == TrialState.FAIL and "funcae.error" not in lost.user_attrs
     retry = [t for t in study.get_trials() if t.system_attrs.get("failed_trial") == killed]
@@ -331,7 +331,7 @@ def test_sigkill_of_one_of_two_workers_on_the_embedded_storage(workdir):
         finally:
             _kill_all([proc])
     study = load(sqlite(workdir, "kill2"), "kill2")
-    check_sweep(workdir / "runs" / "kill2", study, 3, plots=False)
+    check_sweep(workdir / "runs" / "kill2", study, 2, plots=False)
     lost = study.get_trials()[killed]
     assert lost.state == TrialState.FAIL and "funcae.error" not in lost.user_attrs
     retry = [t for t in study.get_trials() if t.system_attrs.get("failed_trial") == killed]
