@@ -188,7 +188,8 @@ def measure(rd: RunDir, n: int, n_mcmc: int, train_s: float, root: Path) -> Row:
             f"({1e6 * (wall_c - wall) / (n * DRAWS):.2f} us per draw); k-hat < 0.7 for {100 * np.mean(k < 0.7):.0f}% "
             f"of targets (a flow trained for {train_s:.0f} s; calibration is `funcae validate`'s)",
             f"peak memory (VmHWM): {peak:.2f} GiB, {peak_c:.2f} GiB checked (target <= {TARGET_GIB:.0f} GiB at full "
-            "scale; the draws kept, 500 x 4 float32 per target, and their .npz grow with N)",
+            "scale; the draws kept in memory, 500 x 4 float32 per target, grow with N; their .npz is written only "
+            "up to 256 MB, `--samples auto`)",
             f"mcmc on {n_mcmc} other curves of the same kind (`invert --posterior mcmc`, its defaults): "
             f"{rec_m['seconds']:.1f} s in the process's record, {wall_m:.1f} s wall; the amortized call replaces "
             f"{amort_rate / mcmc_rate:.0f}x mcmc's targets per second",
