@@ -5,10 +5,9 @@ exact search: a k-d tree in up to KDTREE_MAX_DIM dimensions, brute force in torc
 parameters of a trained AE is smooth but far from simple: on the `normal` run a degree-7 polynomial ridge
 fit reached validation R^2 0.95 for mu, while the local linear fit reaches 0.99999999 (median error 4e-5),
 with nothing to train: fitting is storing the training codes (at most `MAX_CODES`) and picking k on the
-validation split. Parameters with
-`log_scale` are regressed in log10. Predictions are clamped to the training parameters' range widened
-by `OUTPUT_MARGIN` of its span: the regressor never extrapolates far (the commands warn when a
-target lies outside the training ranges).
+validation split. Parameters with `log_scale` are regressed in log10. Predictions are clamped to the training
+parameters' range widened by `OUTPUT_MARGIN` of its span: the regressor never extrapolates far (the commands
+warn when a target lies outside the training ranges).
 
 The stored training codes are also the AE's latent distribution, for random restarts of `invert`
 and for `sample`.

@@ -154,17 +154,22 @@ def iter_rows(
 
 
 class _PosteriorLists:
-    """A posterior's per-target report fields, its arrays read as lists once (_listed)."""
+    """A posterior's per-target fields, for the JSON rows (`row`) and the CSV (`cells`), its arrays read as lists
+    once (_listed)."""
 
     def __init__(self, post: Posterior):
         self.post = post
-        self.quantiles = {k: _listed(v) for k, v in post.quantiles.items()}
-        self.chains = [_listed(a) for a in (post.rhat, post.ess, post.tau)] if post.rhat is not None else None
+        self.quantiles = {k: _listed(v, float) for k, v in post.quantiles.items()}
+        self.chains = [_listed(a, float) for a in (post.rhat, post.ess, post.tau)] if post.rhat is not None else None
         self.corr = _listed(post.corr)
-        self.source = _listed(post.source)
-        self.k_hat, self.importance_ess = _finite(post.k_hat), _finite(post.importance_ess)
+        self.source = _listed(post.source, str)
+        self.k_hat, self.importance_ess = _listed(post.k_hat, float), _listed(post.importance_ess, float)
         self.acceptance, self.steps = _listed(post.acceptance, float), _listed(post.steps, int)
         self.unconverged, self.multimodal = _listed(post.unconverged, bool), _listed(post.multimodal, bool)
+        if post.rhat is not None:  # the modes holding >= 1% of a target's mass (1 where modes were not sought)
+            weight = post.mode_weight
+            counts = (weight >= MIN_WEIGHT).sum(axis=1) if weight is not None else np.ones(len(post.steps))
+            self.modes = _listed(counts, int)
 
     def row(self, i: int) -> dict[str, Any]:
         """One target's posterior: per quantity its quantiles (and R-hat, ESS for MCMC), the correlations."""
@@ -188,12 +193,23 @@ class _PosteriorLists:
             if len(modes) > 1:  # the ensembles settled in separate modes: each one's weight and medians
                 out["posterior_modes"] = modes
         if self.k_hat is not None:
-            out["k_hat"] = self.k_hat[i]
+            out["k_hat"] = finite_or_none(self.k_hat[i])
         if self.importance_ess is not None:
-            out["importance_ess"] = self.importance_ess[i]
+            out["importance_ess"] = finite_or_none(self.importance_ess[i])
         if self.source is not None:
-            out["posterior_source"] = str(self.source[i])
+            out["posterior_source"] = self.source[i]
         return out
+
+    def cells(self, i: int) -> list[Any]:
+        """One target's posterior_columns."""
+        out: list[Any] = []
+        for j in range(len(self.post.names)):
+            out += [self.quantiles[k][i][j] for k in QUANTILES]
+            out += [c[i][j] for c in self.chains] if self.chains is not None else []
+        if self.chains is not None:
+            out += [self.steps[i], self.unconverged[i], self.modes[i], self.multimodal[i]]
+        out += [self.k_hat[i]] if self.k_hat is not None else []
+        return out + ([self.source[i]] if self.source is not None else [])
 
 
 def _modes_row(post: Posterior, i: int) -> list[dict[str, Any]]:
@@ -244,7 +260,7 @@ def _table_lines(targets: Targets, res: InvertResult, n_params: int) -> Iterator
     density = [_listed(v, float) or blank for v in (res.log_density, res.density_percentile)]
     z, converged = _listed(res.z, float), _listed(res.converged, bool)
     true = _listed(targets.params, float)
-    post = _PosteriorCells(res.posterior) if res.posterior is not None else None
+    post = _PosteriorLists(res.posterior) if res.posterior is not None else None
     for i in range(res.n):
         line: list[Any] = [targets.names[i]]
         line += params[i] if params is not None else [""] * n_params
@@ -258,32 +274,6 @@ def _table_lines(targets: Targets, res: InvertResult, n_params: int) -> Iterator
         line += true[i] if true is not None else []
         line += post.cells(i) if post is not None else []
         yield line
-
-
-class _PosteriorCells:
-    """posterior_cells of every target, the arrays read as lists once."""
-
-    def __init__(self, post: Posterior):
-        self.quantiles = [_listed(post.quantiles[k], float) for k in QUANTILES]
-        self.chains = [_listed(v, float) for v in (post.rhat, post.ess, post.tau)] if post.rhat is not None else None
-        self.names = post.names
-        if post.rhat is not None:
-            n = len(post.steps)
-            modes = (post.mode_weight >= MIN_WEIGHT).sum(axis=1) if post.mode_weight is not None else np.ones(n)
-            steps, unconverged = _listed(post.steps, int), _listed(post.unconverged, bool)
-            self.mcmc = list(zip(steps, unconverged, _listed(modes, int), _listed(post.multimodal, bool)))
-        self.k_hat = _listed(post.k_hat, float)
-        self.source = _listed(post.source, str)
-
-    def cells(self, i: int) -> list[Any]:
-        out: list[Any] = []
-        for j in range(len(self.names)):
-            out += [q[i][j] for q in self.quantiles]
-            out += [c[i][j] for c in self.chains] if self.chains is not None else []
-        if self.chains is not None:
-            out += list(self.mcmc[i])
-        out += [self.k_hat[i]] if self.k_hat is not None else []
-        return out + ([self.source[i]] if self.source is not None else [])
 
 
 def _nanmedian(a: np.ndarray) -> float | None:

@@ -107,14 +107,15 @@ def run_train(
     prep = prepare(cfg, ds, dev)  # validates the data (e.g. log of non-positive values) before any write
     del ds
 
-    history_written = [0.0]  # when history.json/.csv were last rewritten (time.monotonic)
+    history_written = 0.0  # when history.json/.csv were last rewritten (time.monotonic)
 
     def save(which: str, payload: dict[str, Any]) -> None:
+        nonlocal history_written
         save_checkpoint(rd.best if which == "best" else rd.last, payload)
         now = time.monotonic()  # the files are rewritten whole: each epoch, a long run's would cost O(epochs^2)
-        if which == "last" and (now - history_written[0] >= HISTORY_EVERY_S or trainer.stop.signum is not None):
+        if which == "last" and (now - history_written >= HISTORY_EVERY_S or trainer.stop.signum is not None):
             write_history(rd, trainer.state.history)
-            history_written[0] = now
+            history_written = now
 
     try:  # the trainer picks its step engine: one named that cannot train this model fails before any write
         trainer = Trainer(cfg, prep, dev, stop=stop, on_epoch=_with_tracking(tracking, cb.on_epoch), save=save)
