@@ -39,7 +39,7 @@ from funcae_cli.inversion.prior import log_prior
 from funcae_cli.inversion.psis import importance_ess, psis
 from funcae_cli.inversion.targets import Targets
 
-from .conftest import ok, usage_error
+from .conftest import ok, torch_threads, usage_error
 
 SIGMA = 1.0  # the known width of the normal family's curve: only mu is sampled
 MU = (-2.0, 2.0)  # mu's uniform prior
@@ -398,9 +398,14 @@ def test_a_targets_amortized_draws_are_the_same_alone_in_12_and_in_300(passes: i
         return u_true[rows].double(), torch.eye(4, dtype=torch.float64).expand(rows.shape[0], 4, 4) * 0.01
 
     second = laplace if check == "laplace" else None
-    runs = [amortized_posterior(net, sim.space, batch.subset(slice(0, k)), 100, bool(check),
-                                seeds[:k], names, second) for k in (1, 12, 300)]  # fmt: skip
+    with torch_threads(1):  # one chunk after another
+        runs = [amortized_posterior(net, sim.space, batch.subset(slice(0, k)), 100, bool(check),
+                                    seeds[:k], names, second) for k in (1, 12, 300)]  # fmt: skip
     (alone, chk1), (twelve, chk12), (all_, chk_all) = runs
+    with torch_threads(2):  # threads.chunk_map: the 300's two chunks at once, on two threads
+        both, chk_both = amortized_posterior(net, sim.space, batch, 100, bool(check), seeds, names, second)
+    np.testing.assert_array_equal(both.samples, all_.samples)
+    np.testing.assert_array_equal(chk_both.k_hat, chk_all.k_hat)
     for post, chk in ((twelve, chk12), (all_, chk_all)):
         np.testing.assert_array_equal(post.samples[0], alone.samples[0])
         np.testing.assert_array_equal(post.quantiles["median"][0], alone.quantiles["median"][0])
@@ -409,7 +414,7 @@ def test_a_targets_amortized_draws_are_the_same_alone_in_12_and_in_300(passes: i
     # the check ran (k-hat a number; inf where an untrained flow's draws all miss the prior), or did not (NaN)
     assert np.isfinite(alone.samples).all() and (np.isnan(chk1.k_hat) != bool(check)).all()
     if check == "laplace":  # the second look ran, on every target the untrained flow failed (nearly all)
-        assert len(looked) >= 0.9 * (1 + 12 + 300)
+        assert len(looked) >= 0.9 * (1 + 12 + 300 + 300)
 
 
 def test_a_checkpoint_from_before_passes_loads_as_the_fully_autoregressive_flow() -> None:

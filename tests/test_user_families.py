@@ -98,7 +98,8 @@ def pipeline(cwd: Path, cfg: Path, run: Path, trust_later: bool, pkg: bool) -> N
     """generate -> train -> validate -> plot (inversion: in the callers, against scipy)."""
     done(funcae(cwd, "generate", str(cfg), "--run-dir", str(run), pkg=pkg))
     assert (run / "data.npz").exists()
-    done(funcae(cwd, "train", str(cfg), "--run-dir", str(run), "--force", pkg=pkg))
+    # --no-plots: train's default figures are not looked at; `plot` below draws (and checks) the family's
+    done(funcae(cwd, "train", str(cfg), "--run-dir", str(run), "--force", "--no-plots", pkg=pkg))
     r = done(funcae(cwd, "validate", str(run), "-n", "4", "--posterior", "laplace", trust=trust_later, pkg=pkg))
     assert (run / "validate" / "validate.json").exists(), r.stdout
     r = done(funcae(cwd, "plot", "-r", str(run), "-k", "data,latent", "--json", trust=trust_later, pkg=pkg))
@@ -150,6 +151,7 @@ def test_entry_point_family_end_to_end(tmp_path: Path) -> None:
     sweep.write_text(yaml.safe_dump({
         "name": "line_sweep", "base": "line.yaml", "space": {"train.lr": {"log_uniform": [1.0e-3, 1.0e-2]}},
         "objective": {"metric": "test.sse_mean"}, "sampler": {"name": "random", "seed": 0}, "trials": 1,
+        "plots": False,  # the trial's figures are not looked at
     }))  # fmt: skip
     done(funcae(tmp_path, "sweep", str(sweep), pkg=True))
     trials = json.loads((tmp_path / "runs" / "line_sweep" / "leaderboard.json").read_text())["trials"]

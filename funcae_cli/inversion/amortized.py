@@ -63,6 +63,7 @@ from funcae_cli.inversion.laplace_check import (
 from funcae_cli.inversion.posterior import Posterior, summarize
 from funcae_cli.inversion.psis import importance_ess, psis
 from funcae_cli.inversion.targets import Targets
+from funcae_cli.inversion.threads import chunk_map
 
 FLAG = "amortized_unreliable"
 MOMENT_GROW = 4  # _moment_look: flow draws (and as many of its t) per target, in multiples of S
@@ -327,12 +328,12 @@ def amortized_posterior(
     chunk = max(1, CHUNK_ELEMENTS // (draws * max(m, 8, space.columns)))
     sampler = net.sampler()
     order, widths = _by_width(targets)  # chunks of alike widths: the likelihood runs over little padding
-    parts, ks, esses = [], [], []
-    net64 = None  # the net in float64, made when a target first needs its second look
-    for a in range(0, targets.n, chunk):
+    net64 = copy.deepcopy(net).double() if check else None  # the looks' density at their t draws
+
+    def one(a: int) -> tuple[np.ndarray, Posterior, Tensor, Tensor]:
         rows = order[a : a + chunk]
         batch, own = _rows(targets, rows, int(widths[rows].max())), seeds[rows]
-        with torch.no_grad():
+        with torch.no_grad():  # (thread-local: this runs on chunk_map's threads)
             context = net.embed(batch)
             if not check:  # each target's draws from its own seed
                 u, _ = net.sample(context, sampler.base_draws(own, draws), sampler)
@@ -350,17 +351,18 @@ def amortized_posterior(
                     _more_draws(net, sampler, space, batch, context, own, u, k, ess, torch.nonzero(thin).squeeze(1))
                     good = k < KHAT_MAX
                 if laplace is not None and not bool(good.all()):
-                    net64 = net64 or copy.deepcopy(net).double()
                     _second_look(net64, space, batch, context, rows, own, u, lq, log_p, k, ess, laplace)
                 if not bool((k < KHAT_MAX).all()):
-                    net64 = net64 or copy.deepcopy(net).double()
                     _moment_look(net, net64, sampler, space, batch, context, own, u, k, ess)
-        parts.append(summarize("amortized", names, u.double(), space.units, keep=draws))
-        ks.append(k.numpy())
-        esses.append(ess.numpy())
-    back = torch.argsort(order).numpy()  # the targets' own order again
-    k_hat = np.concatenate(ks)[back]
-    post = _concat(parts, names, k_hat, np.concatenate(esses)[back], back)
+            return rows.numpy(), summarize("amortized", names, u.double(), space.units, keep=draws), k, ess
+
+    post: Posterior | None = None  # every target's row filled in place, chunk by chunk (no copies of the draws)
+    k_hat, esses = np.full(targets.n, math.nan), np.full(targets.n, math.nan)
+    for rows, part, k, ess in chunk_map(one, range(0, targets.n, chunk), targets.y.device):
+        post = post or _empty(part, targets.n)
+        _put(post, part, rows)
+        k_hat[rows], esses[rows] = k.numpy(), ess.numpy()
+    post.k_hat, post.importance_ess = k_hat, esses
     bad = k_hat >= KHAT_MAX
     outside = off_range(net, targets)
     return post, AmortizedCheck(k_hat, bad, outside, _warnings(targets.names, k_hat, bad, outside))
@@ -561,19 +563,23 @@ def _rows(targets: Targets, rows: Tensor, width: int) -> Targets:
                    names=[targets.names[i] for i in rows.tolist()] if targets.names else [])  # fmt: skip
 
 
-def _concat(
-    parts: list[Posterior], names: list[str], k_hat: np.ndarray, ess: np.ndarray, back: np.ndarray
-) -> Posterior:
-    """One posterior of the chunks' (concatenated, then rows `back`)."""
+def _empty(part: Posterior, n: int) -> Posterior:
+    """A posterior of n targets shaped like chunk `part`, its arrays allocated, not filled (_put fills them)."""
+
+    def like(a: np.ndarray) -> np.ndarray:
+        return np.empty((n, *a.shape[1:]), a.dtype)
+
     return Posterior(
-        "amortized",
-        names,
-        np.concatenate([p.samples for p in parts])[back],
-        {k: np.concatenate([p.quantiles[k] for p in parts])[back] for k in parts[0].quantiles},
-        np.concatenate([p.corr for p in parts])[back],
-        k_hat=k_hat,
-        importance_ess=ess,
+        part.kind, part.names, like(part.samples), {k: like(v) for k, v in part.quantiles.items()}, like(part.corr)
     )
+
+
+def _put(post: Posterior, part: Posterior, rows: np.ndarray) -> None:
+    """Chunk `part`'s targets into rows `rows` of `post`."""
+    post.samples[rows] = part.samples
+    post.corr[rows] = part.corr
+    for k, v in part.quantiles.items():
+        post.quantiles[k][rows] = v
 
 
 def _named(names: list[str], hit: np.ndarray, note: Callable[[int], str]) -> str:

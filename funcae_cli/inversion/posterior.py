@@ -118,8 +118,9 @@ def summarize(
     """Quantiles and correlations of draws `natural` (n, s, q) in the sampled coordinates; `to_units` maps them to
     the reported quantities (n, s, p). At most `keep` draws are stored."""
     s = natural.shape[1]
-    draws = to_units(natural[:, :: max(1, s // keep)])
-    return Posterior(kind, names, draws.float().numpy(), quantiles(to_units(natural)), correlation(natural))
+    units = to_units(natural)
+    draws = units[:, :: max(1, s // keep)]
+    return Posterior(kind, names, draws.float().numpy(), quantiles(units), correlation(natural))
 
 
 def from_chains(
