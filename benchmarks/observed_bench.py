@@ -216,7 +216,8 @@ def bench_posterior(scale: float, repeats: int):
         f"({sampling.burn} burn + {sampling.steps}) steps = {evaluations:,} likelihood evaluations per target on both "
         "sides; ESS per target = its worst parameter's (emcee: emcee.autocorr.integrated_time; funcae: the same "
         "estimator, walker-averaged autocorrelation with Sokal's window)",
-        f"funcae: all {n} targets in one tensor of chains, sampling {t_ours:.1f} s ({n / t_ours:.2f} targets/s), "
+        f"funcae: all {n} targets in one call (tensors of chains, in lanes on threads), "
+        f"sampling {t_ours:.1f} s ({n / t_ours:.2f} targets/s), "
         f"median ESS {np.median(ess_ours):.0f} -> {ours_rate:,.0f} effective samples/s; R-hat <= 1.01 and ESS >= 400 "
         f"for {100 * np.mean(((post.rhat <= 1.01) & (post.ess >= 400)).all(axis=1)):.0f}% of targets",
         *lines,

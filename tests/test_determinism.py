@@ -22,7 +22,7 @@ from funcae_cli.jobs.fitted import latent_model_for
 from funcae_cli.store.rundir import RunDir
 from funcae_cli.store.trained import load_trained
 
-from .conftest import ok
+from .conftest import ok, torch_threads
 
 M64 = 2**64
 
@@ -212,13 +212,21 @@ def test_a_targets_posterior_is_the_same_alone_in_12_and_in_a_larger_batch(rotat
     items = [replace(g.obs, x=g.obs.x[:8], y=g.obs.y[:8], yerr=g.obs.yerr[:8]) for g in _galaxies(trained, n, 5)]
     options = override(trained.cfg.invert, {"starts": 1, "posterior": posterior, "walkers": 16, "steps": steps,
                                             "burn": 10, "max_steps": 150})  # fmt: skip
-    big = invert_batch(trained, pad(items, "all"), options, latent_model=lm).posterior
+    with torch_threads(1):  # one lane
+        big = invert_batch(trained, pad(items, "all"), options, latent_model=lm).posterior
     at = n - 3
     alone = invert_batch(trained, pad([items[at]], "one"), options, latent_model=lm).posterior
     twelve = invert_batch(trained, pad(items[at - 5 : at + 7], "12"), options, latent_model=lm).posterior
     _same_posterior(alone, 0, big, at)
     _same_posterior(twelve, 5, big, at)
     assert not np.array_equal(big.samples[at], big.samples[at - 1])  # different targets, different draws
+    if posterior == "mcmc":  # threads.lanes: the batch in two lanes on two threads, every target's numbers the same
+        with torch_threads(2):
+            laned = invert_batch(trained, pad(items, "all"), options, latent_model=lm).posterior
+        for key in ("samples", "rhat", "tau", "ess", "steps", "acceptance"):
+            np.testing.assert_array_equal(getattr(laned, key), getattr(big, key), err_msg=key)
+        for key in big.quantiles:
+            np.testing.assert_array_equal(laned.quantiles[key], big.quantiles[key], err_msg=key)
 
 
 @pytest.mark.slow

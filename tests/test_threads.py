@@ -9,7 +9,7 @@ import time
 import pytest
 import torch
 
-from funcae_cli.inversion.threads import MAX_WORKERS, chunk_map
+from funcae_cli.inversion.threads import MAX_WORKERS, chunk_map, lanes
 
 from .conftest import torch_threads
 
@@ -58,3 +58,47 @@ def test_an_error_in_a_chunk_is_raised_and_the_queued_chunks_never_start() -> No
         assert torch.get_num_threads() == 2  # restored after the error too
     time.sleep(0.2)
     assert len(started) < 10  # not all 50: the queue was cancelled
+
+
+def _counted(lo: int, hi: int):
+    for i in range(lo, hi):
+        time.sleep(0.002 * (i % 4))
+        yield i, threading.current_thread().name, torch.get_num_threads(), torch.is_grad_enabled()
+
+
+def test_lanes_split_the_targets_and_stream_every_item_once() -> None:
+    with torch_threads(2), torch.no_grad():
+        out = list(lanes(_counted, 25, CPU))
+        assert torch.get_num_threads() == 2
+    assert sorted(i for _, (i, *_) in out) == list(range(25))
+    assert {lo for lo, _ in out} == {0, 12}  # two contiguous lanes, [0, 12) and [12, 25)
+    assert all((lo == 0) == (i < 12) for lo, (i, *_) in out)
+    names = {name for _, (_, name, _, _) in out}
+    assert len(names) == 2 and all(name.startswith("funcae-lane") for name in names)
+    assert {(threads, grad) for _, (_, _, threads, grad) in out} == {(1, False)}  # one torch thread, no_grad
+
+
+@pytest.mark.parametrize("n", [1, 0])
+def test_one_target_or_none_runs_on_this_thread_with_the_lanes_share_of_threads(n) -> None:
+    with torch_threads(2):
+        out = list(lanes(_counted, n, CPU))
+    assert out == [(0, (i, threading.current_thread().name, 1, True)) for i in range(n)]
+
+
+def test_an_error_in_a_lane_is_raised_and_the_other_lane_stops() -> None:
+    made: list[int] = []
+
+    def run(lo: int, hi: int):
+        for i in range(lo, hi):
+            if i == 3:
+                raise ValueError("target 3 failed")
+            made.append(i)
+            time.sleep(0.01)
+            yield i
+
+    with torch_threads(2):
+        with pytest.raises(ValueError, match="target 3 failed"):
+            list(lanes(run, 200, CPU))
+        assert torch.get_num_threads() == 2
+    time.sleep(0.3)
+    assert len(made) < 20  # the lane of 100-199 stopped at its next item, not at its end

@@ -36,14 +36,20 @@ def _split(chains: Tensor) -> Tensor:
 
 
 def _z_scale(chains: Tensor) -> Tensor:
-    """Normal scores of the ranks over all draws of each (target, parameter), ties given their average rank."""
+    """Normal scores of the ranks over all draws of each (target, parameter), ties given their average rank (a
+    chain's rejected moves repeat its value): one sort, then each run of equal values' first and last place in it."""
     n, c, s, q = chains.shape
-    flat = chains.double().permute(0, 3, 1, 2).reshape(n * q, c * s).contiguous()
-    ordered = flat.sort(dim=1).values
-    below = torch.searchsorted(ordered, flat, right=False)
-    upto = torch.searchsorted(ordered, flat, right=True)
-    rank = (below + upto + 1).double() / 2  # 1-based average rank
-    z = torch.special.ndtri((rank - 0.375) / (c * s + 0.25))
+    m = c * s
+    ordered, where = chains.double().permute(0, 3, 1, 2).reshape(n * q, m).sort(dim=1)
+    place = torch.arange(m).expand_as(ordered)
+    first = torch.ones_like(ordered, dtype=torch.bool)  # a run of equal values starts here
+    first[:, 1:] = ordered[:, 1:] != ordered[:, :-1]
+    last = torch.ones_like(first)  # ... ends here
+    last[:, :-1] = first[:, 1:]
+    start = torch.where(first, place, 0).cummax(dim=1).values
+    end = torch.where(last, place, m - 1).flip(1).cummin(dim=1).values.flip(1)
+    rank = torch.empty_like(ordered).scatter_(1, where, (start + end).double() / 2 + 1)  # 1-based average rank
+    z = torch.special.ndtri((rank - 0.375) / (m + 0.25))
     return z.reshape(n, q, c, s).permute(0, 2, 3, 1)
 
 
