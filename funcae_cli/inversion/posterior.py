@@ -388,9 +388,9 @@ class Sampling:
         proposal: Independent | None = None,
     ) -> Iterator[Cohort]:  # fmt: skip
         n, w, q = x0.shape
-        if self.steps == "auto":  # one lane: a static split would leave the slowest targets' tail (the pools'
-            # stragglers continue together: ensemble.sample) on one lane's share of the threads (30 rotation curves:
-            # 1.7x slower in two lanes)
+        if self.steps == "auto":  # one lane: in lanes each runs until its own slowest target, and those tails (a
+            # few targets, each step's cost torch's per-operation overhead, which the lanes share under the GIL) add
+            # up where one lane's stragglers continue together (ensemble.sample): 30 rotation curves 1.7x slower
             cohorts = sample(per_row, x0, self.groups, None, self.burn, self.max_steps, seeds, proposal)
             return cohorts if self.progress is None else _reported(cohorts, self.progress, n)
         steps = int(self.steps)  # fixed steps: every target costs the same, the lanes finish together
