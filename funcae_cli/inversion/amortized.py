@@ -328,7 +328,8 @@ def amortized_posterior(
     chunk = max(1, CHUNK_ELEMENTS // (draws * max(m, 8, space.columns)))
     sampler = net.sampler()
     order, widths = _by_width(targets)  # chunks of alike widths: the likelihood runs over little padding
-    net64 = copy.deepcopy(net).double() if check else None  # the looks' density at their t draws
+    # the looks' density at their t draws; made here, not when first needed, since the chunks run on threads
+    net64 = copy.deepcopy(net).double() if check else None
 
     def one(a: int) -> tuple[np.ndarray, Posterior, Tensor, Tensor]:
         rows = order[a : a + chunk]

@@ -213,7 +213,7 @@ class FlowSampler:
         log_q = self.flow.base().log_prob(eps)  # (n, S): the base's log density
         x = eps.permute(2, 0, 1).contiguous()  # (q, n, S)
         for plan in reversed(self.plans):
-            x, ladj = self._inverse(plan, context, x)
+            x, ladj = self._transform(plan, context, x, forward=False)
             log_q += ladj  # log q(x) = log N(z) + sum over transforms of log |dy/dx|
         return x.permute(1, 2, 0), log_q
 
@@ -239,10 +239,6 @@ class FlowSampler:
             if not isinstance(m, nn.Linear) or i == len(plan.hyper) - 1:
                 acts.append(h)
         return acts
-
-    def _inverse(self, plan: _Plan, c: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
-        """One transform's inverse: x (q, n, S) from y (q, n, S), and the sum over features of log |dy/dx| (n, S)."""
-        return self._transform(plan, c, y, forward=False)
 
     def _transform(self, plan: _Plan, c: Tensor, y: Tensor, forward: bool) -> tuple[Tensor, Tensor]:
         """One transform, its inverse (y -> x) or forward (x in `y` -> its image), and the sum over features of its

@@ -392,17 +392,17 @@ class Sampling:
             # few targets, each step's cost torch's per-operation overhead, which the lanes share under the GIL) add
             # up where one lane's stragglers continue together (ensemble.sample): 30 rotation curves 1.7x slower
             cohorts = sample(per_row, x0, self.groups, None, self.burn, self.max_steps, seeds, proposal)
-            return cohorts if self.progress is None else _reported(cohorts, self.progress, n)
-        steps = int(self.steps)  # fixed steps: every target costs the same, the lanes finish together
-        pool = max(1, pool_size(w, q) // workers(x0.device))  # the lanes' pools together hold what one pool would
+        else:  # fixed steps: every target costs the same, the lanes finish together
+            steps = int(self.steps)
+            pool = max(1, pool_size(w, q) // workers(x0.device))  # the lanes' pools together hold one pool's
 
-        def lane(lo: int, hi: int) -> Iterator[Cohort]:  # targets [lo, hi)
-            lane_row, lane_proposal = _in_lane(per_row, proposal, lo)
-            for c in sample(lane_row, x0[lo:hi], self.groups, steps, self.burn, self.max_steps, seeds[lo:hi],
-                            lane_proposal, pool):  # fmt: skip
-                yield replace(c, targets=c.targets + lo)
+            def lane(lo: int, hi: int) -> Iterator[Cohort]:  # targets [lo, hi)
+                lane_row, lane_proposal = _in_lane(per_row, proposal, lo)
+                for c in sample(lane_row, x0[lo:hi], self.groups, steps, self.burn, self.max_steps, seeds[lo:hi],
+                                lane_proposal, pool):  # fmt: skip
+                    yield replace(c, targets=c.targets + lo)
 
-        cohorts = (c for _, c in lanes(lane, n, x0.device))  # each lane on its own thread (threads.py)
+            cohorts = (c for _, c in lanes(lane, n, x0.device))  # each lane on its own thread (threads.py)
         return cohorts if self.progress is None else _reported(cohorts, self.progress, n)
 
     @property

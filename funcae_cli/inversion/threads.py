@@ -62,11 +62,8 @@ def chunk_map(fn: Callable[[T], R], items: Iterable[T], device: torch.device) ->
     caller's grad mode)."""
     items, fn = list(items), _in_callers_grad_mode(fn)
     k = workers(device)
-    if k == 1:
-        yield from map(fn, items)
-        return
     with _shared(k):
-        if len(items) < 2:
+        if min(k, len(items)) == 1:
             yield from map(fn, items)
             return
         pool = ThreadPoolExecutor(min(k, len(items)), thread_name_prefix="funcae-chunk")
@@ -90,11 +87,9 @@ def lanes(run: Callable[[int, int], Iterator[R]], n: int, device: torch.device) 
     waits while its last item is not taken (memory: one item in hand per lane). Lanes run in the caller's grad mode.
     An error in a lane is raised here; then (or when the consumer stops: an error of its own, Ctrl-C) the other
     lanes stop at their next item, unwaited for (daemon threads: a process that exits does not wait for them)."""
-    k = min(workers(device), max(1, n))
-    if workers(device) == 1:
-        yield from ((0, item) for item in run(0, n))
-        return
-    with _shared(workers(device)):
+    w = workers(device)
+    k = min(w, max(1, n))
+    with _shared(w):
         if k == 1:
             yield from ((0, item) for item in run(0, n))
             return
