@@ -26,6 +26,7 @@ from funcae_cli.inversion.amortized import (
     PosteriorNet,
     SetEncoder,
     Simulator,
+    _flow_pool,
     _moment_look,
     amortized_posterior,
     flow_args,
@@ -224,9 +225,11 @@ def test_a_broad_flow_off_target_is_rescued_by_a_t_at_its_weighted_moments(tiny_
         with torch.no_grad():
             sampler, context = bad.sampler(), bad.embed(batch)
             u, lq = bad.sample(context, sampler.base_draws(seeds, 500), sampler)
-            smoothed, k = psis(torch.nan_to_num(sim.space.log_posterior(batch, u) - lq.double(), nan=-math.inf))
+            log_p = sim.space.log_posterior(batch, u)
+            smoothed, k = psis(torch.nan_to_num(log_p - lq.double(), nan=-math.inf))
             ess, before = importance_ess(smoothed), k.numpy().copy()
-            _moment_look(bad, copy.deepcopy(bad).double(), sampler, sim.space, batch, context, seeds, u, k, ess)
+            _moment_look(bad, copy.deepcopy(bad).double(), sampler, sim.space, batch, context, seeds, u, lq, log_p, k,
+                         ess)  # fmt: skip
         return before, k.numpy(), ess.numpy(), np.median(u[:, :, 0].numpy(), axis=1)
 
     before, after, ess, median = look(0.3, 4.0)
@@ -254,6 +257,23 @@ def test_targets_passing_on_few_effective_draws_get_a_larger_pool(tiny_flow) -> 
     assert (ess <= 100 * max(GROW, 2 * MOMENT_GROW)).all()
     got = np.stack([post.quantiles[k][:, 0] for k in ("q16", "median", "q84")], axis=1)
     assert np.median((np.abs(got - exact) / sd[:, None])[good]) < 0.15
+
+
+def test_a_larger_pool_extends_the_first_draws_rather_than_drawing_them_again(tiny_flow) -> None:
+    """_flow_pool given a target's first S draws (their log q and log posterior) draws only the rest: the pool is
+    the one drawn whole (each draw from its own base normals), its log posterior to float64 rounding."""
+    fcfg, bounds, sim, net = tiny_flow
+    batch, _ = sim(9, torch.Generator().manual_seed(5))
+    seeds, sampler = seeds_of(batch), net.sampler()
+    with torch.no_grad():
+        context = net.embed(batch)
+        whole = _flow_pool(net, sampler, sim.space, batch, context, seeds, 800)
+        u, lq, log_p, _, _ = _flow_pool(net, sampler, sim.space, batch, context, seeds, 200)
+        grown = _flow_pool(net, sampler, sim.space, batch, context, seeds, 800, (u, lq, log_p))
+    assert torch.equal(grown[0], whole[0]) and torch.equal(grown[1], whole[1])
+    assert torch.equal(grown[0][:, :200], u)
+    np.testing.assert_allclose(grown[2].numpy(), whole[2].numpy(), rtol=1e-12)
+    np.testing.assert_allclose(grown[4].numpy(), whole[4].numpy(), rtol=1e-9)
 
 
 def test_targets_unlike_the_training_observations_are_flagged(tiny_flow) -> None:

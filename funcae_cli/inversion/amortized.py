@@ -121,9 +121,11 @@ class SetEncoder(nn.Module):
         xx = torch.log(x.clamp_min(1e-300)) if a.log_x else x
         t = ((xx - a.x_lo) / (a.x_hi - a.x_lo)).to(y.dtype)
         feats = torch.stack([2 * t - 1, y / s[:, None], yerr / s[:, None]], dim=2) * w[..., None]
-        n, m = y.shape
-        h = seeding.invariant_rows(self.phi, feats.reshape(n * m, 3)).reshape(n, m, -1)  # (n, m, embed): the same
+        # phi on the real points only (a padded batch's width is its longest observation's), each row the same
         # whatever the number of points in the call (BLAS rounds few rows apart: seeding.MIN_ROWS)
+        h = feats.new_zeros(*y.shape, a.embed).masked_scatter(
+            mask[..., None], seeding.invariant_rows(self.phi, feats[mask])
+        )
         mean = ((h * w[..., None]).double().sum(dim=1) / count[:, None]).to(h.dtype)  # float64: the padding's width
         # changes the order of the sum, not its float32 rounding
         top = torch.where(mask[..., None], h, -math.inf).amax(dim=1)
@@ -349,12 +351,13 @@ def amortized_posterior(
                 if bool(ready.any()):
                     u[ready] = importance_resample(u[ready], smoothed[ready].to(u.dtype), own[ready])
                 if bool(thin.any()):
-                    _more_draws(net, sampler, space, batch, context, own, u, k, ess, torch.nonzero(thin).squeeze(1))
+                    _more_draws(net, sampler, space, batch, context, own, u, lq, log_p, k, ess,
+                                torch.nonzero(thin).squeeze(1))  # fmt: skip
                     good = k < KHAT_MAX
                 if laplace is not None and not bool(good.all()):
                     _second_look(net64, space, batch, context, rows, own, u, lq, log_p, k, ess, laplace)
                 if not bool((k < KHAT_MAX).all()):
-                    _moment_look(net, net64, sampler, space, batch, context, own, u, k, ess)
+                    _moment_look(net, net64, sampler, space, batch, context, own, u, lq, log_p, k, ess)
             return rows.numpy(), summarize("amortized", names, u.double(), space.units, keep=draws), k, ess
 
     post: Posterior | None = None  # every target's row filled in place, chunk by chunk (no copies of the draws)
@@ -371,31 +374,34 @@ def amortized_posterior(
 
 def _more_draws(
     net: PosteriorNet, sampler: FlowSampler, space: Space, batch: Targets, context: Tensor, own: Tensor, u: Tensor,
-    k: Tensor, ess: Tensor, thin: Tensor,
+    lq: Tensor, log_p: Tensor, k: Tensor, ess: Tensor, thin: Tensor,
 ) -> None:  # fmt: skip
     """Targets `thin` (rows of the chunk) passed the check on fewer than ESS_MIN effective draws: quantiles
     resampled from so few distinct draws come out too narrow (validate on rotation_curve_observed.yaml: 95%
     intervals covered 0.89-0.92 below 100 effective draws, 0.93-0.94 above). They draw a pool of g x S flow draws,
     g the power of 2 that brings their effective draws to ESS_MIN at the rate they had (effective draws grow with
-    the pool), at most GROW (the first S the same as before: base_draws' streams), weighed and smoothed again; where
-    the pool passes, u gets S draws resampled from it, k and ess the pool's; where it fails, k says so (the looks
-    that follow try it) and u keeps the flow's first S draws. In place; in slices of the chunk's size in draws."""
+    the pool), at most GROW (the first S the flow's draws u, their log q lq and log posterior log_p (c, S): only the
+    rest are drawn), weighed and smoothed again; where the pool passes, u gets S draws resampled from it, k and ess
+    the pool's; where it fails, k says so (the looks that follow try it) and u keeps the flow's first S draws. In
+    place; in slices of the chunk's size in draws."""
     s = u.shape[1]
     need = (ESS_MIN / ess[thin].clamp_min(1e-9)).log2().ceil().clamp(1, math.log2(GROW))
     for g in (2**need).long().unique().tolist():
-        _grown(net, sampler, space, batch, context, own, u, k, ess, thin[2**need == g], g * s)
+        _grown(net, sampler, space, batch, context, own, u, lq, log_p, k, ess, thin[2**need == g], g * s)
 
 
 def _grown(
     net: PosteriorNet, sampler: FlowSampler, space: Space, batch: Targets, context: Tensor, own: Tensor, u: Tensor,
-    k: Tensor, ess: Tensor, thin: Tensor, big: int,
+    lq: Tensor, log_p: Tensor, k: Tensor, ess: Tensor, thin: Tensor, big: int,
 ) -> None:  # fmt: skip
     """_more_draws for targets `thin` with pools of `big` draws."""
     s = u.shape[1]
     step = max(1, u.shape[0] * s // big)
     for a in range(0, thin.numel(), step):
         rows = thin[a : a + step]
-        v, _, _, smoothed, k2 = _flow_pool(net, sampler, space, batch.subset(rows), context[rows], own[rows], big)
+        first = (u[rows], lq[rows], log_p[rows])
+        v, _, _, smoothed, k2 = _flow_pool(net, sampler, space, batch.subset(rows), context[rows], own[rows], big,
+                                           first)  # fmt: skip
         ok = k2 < KHAT_MAX
         if bool(ok.any()):
             u[rows[ok]] = importance_resample(v[ok], smoothed[ok].to(v.dtype), own[rows[ok]], s)
@@ -404,7 +410,7 @@ def _grown(
 
 def _moment_look(
     net: PosteriorNet, net64: PosteriorNet, sampler: FlowSampler, space: Space, batch: Targets, context: Tensor,
-    own: Tensor, u: Tensor, k: Tensor, ess: Tensor,
+    own: Tensor, u: Tensor, lq: Tensor, log_p: Tensor, k: Tensor, ess: Tensor,
 ) -> None:  # fmt: skip
     """The targets of a chunk that still fail the check (k >= KHAT_MAX) get one step of adaptive importance sampling
     (population Monte Carlo: Cappe et al. 2004): MOMENT_GROW x S flow draws are weighed, a Student t is placed at
@@ -414,7 +420,8 @@ def _moment_look(
     it needs no physics fit (so it also serves --no-physics and data-only families). validate --n 2000 on
     rotation_curve_observed.yaml: it passed 83% of the 184 targets that failed both earlier looks (a prototype on
     their rows). Where the mixture passes, u gets S draws resampled from the pool, k and ess the pool's; elsewhere
-    all stay (flagged). In place; in slices of targets so the pool's memory stays bounded."""
+    all stay (flagged). u, lq, log_p: as _more_draws's (the failing targets' u still the flow's first S draws). In
+    place; in slices of targets so the pool's memory stays bounded."""
     s = u.shape[1]
     big = MOMENT_GROW * s
     bad = torch.nonzero(k >= KHAT_MAX).squeeze(1)
@@ -422,20 +429,22 @@ def _moment_look(
     for a in range(0, bad.numel(), step):
         rows = bad[a : a + step]
         sub, c = batch.subset(rows), context[rows]
-        v, lq, log_p, smoothed, _ = _flow_pool(net, sampler, space, sub, c, own[rows], big)
+        v, lq_b, log_p_b, smoothed, _ = _flow_pool(net, sampler, space, sub, c, own[rows], big,
+                                                   (u[rows], lq[rows], log_p[rows]))  # fmt: skip
         w = torch.exp(smoothed)  # (r, B) normalized weights
         fine = torch.isfinite(w).all(dim=1) & (w.sum(dim=1) > 0.5)  # a target none of whose draws has mass: no look
         if not bool(fine.any()):
             continue
-        rows, sub, c, v, lq, log_p, w = rows[fine], sub.subset(torch.nonzero(fine).squeeze(1)), c[fine], v[fine], \
-            lq[fine], log_p[fine], w[fine]  # fmt: skip
+        rows, sub, c, v, lq_b, log_p_b, w = rows[fine], sub.subset(torch.nonzero(fine).squeeze(1)), c[fine], \
+            v[fine], lq_b[fine], log_p_b[fine], w[fine]  # fmt: skip
         vd = v.double()
         mean = (w[..., None] * vd).sum(dim=1)
         diff = vd - mean[:, None, :]
         cov = (w[..., None, None] * diff[..., :, None] * diff[..., None, :]).sum(dim=1)  # row by row: batch-free
         floor = (1e-6 * net.scale.double().square()).diag_embed()  # a pool of one effective draw: still a t
         cov = cov + floor
-        ok, k2, ess2, drawn = _with_t(net64, space, sub, c, own[rows], v, lq, log_p, mean, cov, "amortized_moments", s)
+        ok, k2, ess2, drawn = _with_t(net64, space, sub, c, own[rows], v, lq_b, log_p_b, mean, cov, "amortized_moments",
+                                      s)  # fmt: skip
         if bool(ok.any()):
             u[rows[ok]] = drawn.to(u.dtype)
             k[rows[ok]], ess[rows[ok]] = k2[ok], ess2[ok]
@@ -471,13 +480,27 @@ def _second_look(
 
 
 def _flow_pool(
-    net: PosteriorNet, sampler: FlowSampler, space: Space, batch: Targets, context: Tensor, own: Tensor, draws: int
+    net: PosteriorNet,
+    sampler: FlowSampler,
+    space: Space,
+    batch: Targets,
+    context: Tensor,
+    own: Tensor,
+    draws: int,
+    first: tuple[Tensor, Tensor, Tensor] | None = None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """`draws` flow draws per target (its own base normals: the first S of any number the same) weighed against the
     posterior: the draws (r, B, q), their log q and log posterior (r, B), the Pareto-smoothed log weights (r, B)
-    and k-hat (r,)."""
-    v, lq = net.sample(context, sampler.base_draws(own, draws), sampler)
-    log_p = space.log_posterior(batch, v)
+    and k-hat (r,). first: the first S of those draws with their log q and log posterior, already computed: only the
+    rest are drawn (each draw is computed on its own: the same numbers either way)."""
+    eps = sampler.base_draws(own, draws)
+    if first is None:
+        v, lq = net.sample(context, eps, sampler)
+        log_p = space.log_posterior(batch, v)
+    else:
+        v, lq = net.sample(context, eps[:, first[0].shape[1] :], sampler)
+        log_p = torch.cat([first[2], space.log_posterior(batch, v)], dim=1)
+        v, lq = torch.cat([first[0], v], dim=1), torch.cat([first[1], lq], dim=1)
     smoothed, k = psis(torch.nan_to_num(log_p - lq.double(), nan=-math.inf))
     return v, lq, log_p, smoothed, k
 
