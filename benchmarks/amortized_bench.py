@@ -5,8 +5,11 @@ check, peak memory <= 4 GiB), beside mcmc's per-target rate on a subset, and the
 The curves: configs/rotation_curve_observed.yaml's family and priors, 10-40 irregular points each over part of
 0.1-80 kpc, relative errors 2-10% (inversion/simulate.py's observation model). The run: a small AE of that config
 (the amortized path uses only its encoder and regressor: `--method encoder --no-physics`) and a posterior network
-trained briefly by `funcae amortize` (the sampling cost depends on the flow's architecture, not on how long it
-trained; its calibration is `funcae validate --posterior amortized`'s business).
+trained briefly by `funcae amortize`. The unchecked cost depends on the flow's architecture, not on how long it
+trained; the checked cost does: a target whose flow draws pass on fewer than ESS_MIN effective draws is weighed
+again from a pool 2-8x larger, one that fails gets the third look (amortized.py), and a better-trained flow sends
+fewer there. The full-scale figures in BENCHMARKS.md are on a run of the config as shipped; calibration is
+`funcae validate --posterior amortized`'s business.
 """
 
 from __future__ import annotations
@@ -125,6 +128,26 @@ def flow_products(rd: RunDir, columns: int = 26_000, repeats: int = 10) -> tuple
     return float(macs), rate, float(zuko)
 
 
+def chunk_seconds(rd: RunDir, targets: int = 52, repeats: int = 10) -> float:
+    """Seconds per draw of the flow's inverse (flow_sampling.FlowSampler.sample) on one chunk of `targets` x DRAWS
+    draws (amortized_posterior's chunk on this row's curves) on one core: products and element-wise arithmetic
+    together, as the unchecked row runs them (two chunks at once on two cores: inversion/threads.py)."""
+    net = load_flow(rd)
+    sampler, gen = net.sampler(), torch.Generator().manual_seed(0)
+    context = torch.randn(targets, net.args.embed, generator=gen)
+    eps = torch.randn(targets, DRAWS, net.args.q, generator=gen)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        sampler.sample(context, eps)
+        t0 = time.perf_counter()
+        for _ in range(repeats):
+            sampler.sample(context, eps)
+        return (time.perf_counter() - t0) / (repeats * targets * DRAWS)
+    finally:
+        torch.set_num_threads(threads)
+
+
 def matmul_rate(rows: int = 32_000, width: int = 64, repeats: int = 20) -> float:
     """float32 FLOP/s of torch.mm on a wide product, (rows, width) @ (width, width), with torch's threads."""
     a, b = torch.randn(rows, width), torch.randn(width, width)
@@ -157,6 +180,7 @@ def measure(rd: RunDir, n: int, n_mcmc: int, train_s: float, root: Path) -> Row:
     floor = min(_seconds(["-c", "import torch, scipy.special, funcae_cli.cli"]) for _ in range(2))
     ours, rate, zuko = flow_products(rd)
     wide = matmul_rate()
+    per_draw = chunk_seconds(rd)
     passes = load_flow(rd).args.passes
     factor = FULL_N / n
     k = np.array([t.get("k_hat", math.nan) for t in rec_c["targets"]], dtype=float)
@@ -200,6 +224,11 @@ def measure(rd: RunDir, n: int, n_mcmc: int, train_s: float, root: Path) -> Row:
             f"threads), so 100,000 x {DRAWS} draws need >= {bound:.1f} s of products on {cores} cores; the rest of "
             "the sampling is the splines' element-wise arithmetic (~60 torch operations per transform over the "
             "chunk's draws, memory-bound) and, checked, the likelihood at every point",
+            f"what bounds the unchecked time: the flow's inverse on one chunk ({DRAWS} draws of 52 targets) takes "
+            f"{1e6 * per_draw:.2f} us per draw on one core, of it {1e6 * 2 * ours / rate:.2f} us of products and "
+            f"{1e6 * (per_draw - 2 * ours / rate):.2f} us of element-wise arithmetic; {FULL_N:,} x {DRAWS} draws on "
+            f"{cores} cores so need >= {FULL_N * DRAWS * per_draw / cores:.0f} s of sampling before reading, "
+            "encoding and writing",
         ],
     )
 
