@@ -44,6 +44,7 @@ NOISE = NoiseModel(points=(10, 40), frac=(0.02, 0.1), floor=0.01, min_span=0.3)
 DRAWS = 500
 TARGET_S, TARGET_CHECK_S, TARGET_GIB = 60.0, 120.0, 4.0
 FULL_N = 100_000
+CHUNK_TARGETS = 52  # amortized_posterior's chunk on this row's curves (CHUNK_ELEMENTS // (DRAWS x 40 points))
 PEAK = """
 import sys
 from funcae_cli.cli import main
@@ -128,10 +129,10 @@ def flow_products(rd: RunDir, columns: int = 26_000, repeats: int = 10) -> tuple
     return float(macs), rate, float(zuko)
 
 
-def chunk_seconds(rd: RunDir, targets: int = 52, repeats: int = 10) -> float:
+def chunk_seconds(rd: RunDir, targets: int = CHUNK_TARGETS, repeats: int = 10) -> float:
     """Seconds per draw of the flow's inverse (flow_sampling.FlowSampler.sample) on one chunk of `targets` x DRAWS
-    draws (amortized_posterior's chunk on this row's curves) on one core: products and element-wise arithmetic
-    together, as the unchecked row runs them (two chunks at once on two cores: inversion/threads.py)."""
+    draws on one core: products and element-wise arithmetic together, as the unchecked row runs them (two chunks at
+    once on two cores: inversion/threads.py)."""
     net = load_flow(rd)
     sampler, gen = net.sampler(), torch.Generator().manual_seed(0)
     context = torch.randn(targets, net.args.embed, generator=gen)
@@ -224,8 +225,9 @@ def measure(rd: RunDir, n: int, n_mcmc: int, train_s: float, root: Path) -> Row:
             f"threads), so 100,000 x {DRAWS} draws need >= {bound:.1f} s of products on {cores} cores; the rest of "
             "the sampling is the splines' element-wise arithmetic (~60 torch operations per transform over the "
             "chunk's draws, memory-bound) and, checked, the likelihood at every point",
-            f"what bounds the unchecked time: the flow's inverse on one chunk ({DRAWS} draws of 52 targets) takes "
-            f"{1e6 * per_draw:.2f} us per draw on one core, of it {1e6 * 2 * ours / rate:.2f} us of products and "
+            f"what bounds the unchecked time: the flow's inverse on one chunk ({DRAWS} draws of {CHUNK_TARGETS} "
+            f"targets) takes {1e6 * per_draw:.2f} us per draw on one core, of it {1e6 * 2 * ours / rate:.2f} us of "
+            "products and "
             f"{1e6 * (per_draw - 2 * ours / rate):.2f} us of element-wise arithmetic; {FULL_N:,} x {DRAWS} draws on "
             f"{cores} cores so need >= {FULL_N * DRAWS * per_draw / cores:.0f} s of sampling before reading, "
             "encoding and writing",

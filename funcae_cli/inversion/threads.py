@@ -95,18 +95,17 @@ def lanes(run: Callable[[int, int], Iterator[R]], n: int, device: torch.device) 
             return
         out: queue.Queue = queue.Queue()
         stop = threading.Event()
-        grad = torch.is_grad_enabled()
 
+        @_in_callers_grad_mode
         def lane(lo: int, hi: int) -> None:
             try:
-                with torch.set_grad_enabled(grad):
-                    for item in run(lo, hi):
-                        taken = threading.Event()
-                        out.put((lo, item, taken))
-                        while not (taken.wait(0.1) or stop.is_set()):
-                            pass
-                        if stop.is_set():
-                            return
+                for item in run(lo, hi):
+                    taken = threading.Event()
+                    out.put((lo, item, taken))
+                    while not (taken.wait(0.1) or stop.is_set()):
+                        pass
+                    if stop.is_set():
+                        return
             except BaseException as e:  # noqa: BLE001 (raised again in the consumer's thread)
                 out.put((lo, _Failed(e), None))
             finally:
