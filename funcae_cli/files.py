@@ -195,7 +195,8 @@ def save_figure(fig: Any, path: str | Path, fmt: str | None = None, dpi: int = 1
 
 
 def save_figures(figures: dict[Path, Any], ways: int | None = None) -> None:
-    """save_figure of each {path: Figure}, rendered side by side in forked processes where that is safe (Linux,
+    """save_figure of each {path: Figure, or a function of no arguments that builds it (built in the process
+    that renders it)}, rendered side by side in forked processes where that is safe (Linux,
     two or more cores, no other Python thread running), else one after the other. Rendering (ticks, text layout,
     PNG encoding) is single-threaded Python: `funcae invert`'s three figures of 175 curves took 1.55-2.1 s one
     after the other and 0.9-1.35 s side by side on 2 cores (BENCHMARKS.md, row 8). Process j renders figures j,
@@ -209,7 +210,7 @@ def save_figures(figures: dict[Path, Any], ways: int | None = None) -> None:
     ways = min(ways, len(items))
     if ways < 2 or not sys.platform.startswith("linux") or threading.active_count() > 1:
         for path, fig in items:
-            save_figure(fig, path)
+            save_figure(_built(fig), path)
         return
     children = []
     for j in range(1, ways):
@@ -220,7 +221,7 @@ def save_figures(figures: dict[Path, Any], ways: int | None = None) -> None:
             code = 1
             try:
                 for path, fig in items[j::ways]:
-                    save_figure(fig, path)
+                    save_figure(_built(fig), path)
                 code = 0
             finally:
                 os._exit(code)
@@ -228,10 +229,15 @@ def save_figures(figures: dict[Path, Any], ways: int | None = None) -> None:
     failed = []
     try:
         for path, fig in items[::ways]:
-            save_figure(fig, path)
+            save_figure(_built(fig), path)
     finally:
         for pid, share in children:
             if os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) != 0:
                 failed += share
     for path, fig in failed:
-        save_figure(fig, path)
+        save_figure(_built(fig), path)
+
+
+def _built(fig: Any) -> Any:
+    """A figure, or what a function of no arguments builds (save_figures)."""
+    return fig() if callable(fig) else fig

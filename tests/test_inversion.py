@@ -354,3 +354,19 @@ def test_the_regressors_neighbours_are_the_exact_nearest_codes(dim: int) -> None
     expect = np.argsort(full, axis=1, kind="stable")[:, :16]
     np.testing.assert_array_equal(idx, expect)
     np.testing.assert_allclose(dist, np.take_along_axis(full, expect, axis=1), rtol=1e-12)
+
+
+def test_the_k_d_tree_and_brute_force_give_bitwise_the_same_neighbours_in_any_batch() -> None:
+    """A few queries take brute force, many the k-d tree (Neighbours): a target's neighbours, their order and
+    their distances must not depend on which search its batch chose."""
+    from funcae_cli.inversion.regressor import BRUTE_FORCE_PAIRS, Neighbours
+
+    rng = np.random.default_rng(7)
+    codes, query = rng.normal(size=(5000, 4)), rng.normal(size=(300, 4))
+    tree, brute = Neighbours(codes), Neighbours(codes, queries=1)
+    assert tree.tree is not None and brute.tree is None
+    assert Neighbours(codes, queries=BRUTE_FORCE_PAIRS // 5000 + 1).tree is not None
+    d_tree, i_tree = tree.query(query, 32)
+    d_one, i_one = zip(*(brute.query(query[j : j + 1], 32) for j in range(len(query))))
+    np.testing.assert_array_equal(i_tree, np.concatenate(i_one))
+    np.testing.assert_array_equal(d_tree, np.concatenate(d_one))  # bitwise

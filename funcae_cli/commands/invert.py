@@ -9,6 +9,7 @@ import typer
 
 from funcae_cli import console
 from funcae_cli.commands.common import resolve_run, target_inputs
+from funcae_cli.jobs.figure_process import Figures
 from funcae_cli.options import (
     BoundsOpt,
     BurnOpt,
@@ -90,7 +91,7 @@ def invert(
                "walkers": walkers, "proposal": proposal, "steps": steps, "burn": burn, "max_steps": max_steps,
                "draws": draws, "check": False if no_check else None, "samples": samples}  # fmt: skip
     progress = None if json_ else console.counter("mcmc: targets sampled")
-    rec = run_invert(rd, inputs, options, name=name, device=device, figures=None if no_plot else _figures(),
+    rec = run_invert(rd, inputs, options, name=name, device=device, figures=None if no_plot else FIGURES,
                      progress=progress)  # fmt: skip
     for w in rec["warnings"]:
         console.warn(w)
@@ -100,10 +101,20 @@ def invert(
         console.info(report_text(rec))
 
 
-def _figures() -> Callable[..., dict[str, Any]]:
-    from funcae_cli.jobs.results import invert_figures  # matplotlib: imported only by a run that draws
+def _figure_makers() -> Callable[..., dict[str, Any]]:
+    """What draws invert's figures from its record."""
+    from funcae_cli.jobs.results import invert_figure_makers  # matplotlib: only by a run that draws, where it draws
 
-    return invert_figures
+    return invert_figure_makers
+
+
+def _warm_up() -> None:
+    from funcae_cli.jobs.results import warm_up  # matplotlib: only in the process that draws the figures
+
+    warm_up()
+
+
+FIGURES = Figures(_figure_makers, _warm_up)  # invert's figures (jobs.figure_process)
 
 
 FMT = ".5g"  # parameters in the summary

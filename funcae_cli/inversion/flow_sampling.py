@@ -152,6 +152,12 @@ def _weights(hyper: nn.Sequential) -> tuple[list[tuple[Tensor, Tensor]], list[nn
     return layers, acts
 
 
+def _activate(act: nn.Module, h: Tensor) -> Tensor:
+    """act(h), in place where it is a ReLU (h is a fresh product: a new tensor as large as h would cost more than the
+    ReLU itself)."""
+    return h.relu_() if isinstance(act, nn.ReLU) else act(h)
+
+
 def _rows(features: Tensor, total: int) -> Tensor:
     """The output rows of `features`' spline parameters, parameter-major (parameter j of feature i at j k + i)."""
     return (torch.arange(total)[:, None] + features[None, :] * total).flatten()
@@ -257,7 +263,7 @@ class FlowSampler:
             for i, layer in enumerate(grp.layers):
                 const = seeding.linear_rows(acts[i][:, layer.others], layer.rest, layer.bias)  # (n, rows)
                 if i > 0:
-                    h = plan.activations[i - 1](h)
+                    h = _activate(plan.activations[i - 1], h)
                 h = (layer.weight @ h).view(-1, n, s).add_(const.T[:, :, None]).view(-1, n * s)
             phi = h.view(plan.total, len(grp.features), n, s)
             splines = Splines.of(phi, self.bound, self.slope)

@@ -1,7 +1,8 @@
 """Latent model of a run: a regressor from latent code to physical parameters, and the codes' distribution.
 
 The regressor is local linear regression on the k nearest training codes (inverse-distance weights; an
-exact search: a k-d tree in up to KDTREE_MAX_DIM dimensions, brute force in torch beyond). The map code ->
+exact search: a k-d tree in up to KDTREE_MAX_DIM dimensions, brute force in torch beyond and for a few queries;
+either way the same neighbours, in the same order, at bitwise the same distances). The map code ->
 parameters of a trained AE is smooth but far from simple: on the `normal` run a degree-7 polynomial ridge
 fit reached validation R^2 0.95 for mu, while the local linear fit reaches 0.99999999 (median error 4e-5),
 with nothing to train: fitting is storing the training codes (at most `MAX_CODES`) and picking k on the
@@ -33,6 +34,7 @@ QUERY_CHUNK = 1024  # queries per batched local solve: bounds memory at (chunk, 
 # codes in up to this many dimensions are searched by a k-d tree: 5,000 queries of 50,000 Gaussian codes took
 # 0.08 / 0.48 / 2.6 s by the tree in 4 / 8 / 12 dimensions, 1.4 / 1.6 / 1.8 s by brute force (AMD EPYC, 2026-12-06)
 KDTREE_MAX_DIM = 8
+BRUTE_FORCE_PAIRS = 50_000_000  # query-code pairs up to which brute force beats importing scipy.spatial (Neighbours)
 SEARCH_CHUNK = 128  # queries per distance matrix: (chunk, N) float64, 51 MB for N = 50,000
 RIDGE = 1e-8  # added to the local fit's normal equations (offsets in [-1, 1]); `funcae export` ships it
 
@@ -45,30 +47,44 @@ def model_signature(model: nn.Module) -> float:
 
 class Neighbours:
     """Exact k-nearest-neighbour search among codes (N, d) float64: a k-d tree (scipy's cKDTree, built once) in up
-    to KDTREE_MAX_DIM dimensions, else brute force in chunks (torch.cdist with exact differences)."""
+    to KDTREE_MAX_DIM dimensions, else brute force in chunks (torch.cdist with exact differences). Brute force also
+    where the queries are few (`queries` x N <= BRUTE_FORCE_PAIRS): importing scipy.spatial alone takes ~0.4 s,
+    longer than brute force's 0.3 ms per query against 50,000 codes. Either search's neighbours are then sorted by
+    distances computed here, one formula for both, so that the answer does not depend on which ran (nor on the
+    batch that chose it): the same indices in the same order and bitwise the same distances."""
 
-    def __init__(self, codes: np.ndarray):
+    def __init__(self, codes: np.ndarray, queries: int | None = None):
         self.codes = np.ascontiguousarray(codes, dtype=np.float64)
         self.tree = None
-        if self.codes.shape[1] <= KDTREE_MAX_DIM:
-            from scipy.spatial import cKDTree  # scipy.spatial: imported only where a regressor predicts
+        few = queries is not None and queries * self.codes.shape[0] <= BRUTE_FORCE_PAIRS
+        if self.codes.shape[1] <= KDTREE_MAX_DIM and not few:
+            from scipy.spatial import cKDTree  # scipy.spatial: imported only where a regressor predicts many
 
             self.tree = cKDTree(self.codes)
 
     def query(self, query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Distances and indices (q, k) of each query's k nearest codes, nearest first."""
+        """Distances and indices (q, k) of each query's k nearest codes, nearest first (equal distances: lower
+        index first)."""
         q = np.ascontiguousarray(query, dtype=np.float64)
+        idx = self._nearest(q, k)
+        diff = self.codes[idx] - q[:, None, :]  # (q, k, d)
+        sq = diff[..., 0] ** 2
+        for j in range(1, diff.shape[2]):  # summed in coordinate order, element by element
+            sq += diff[..., j] ** 2
+        dist = np.sqrt(sq)
+        order = np.lexsort((idx, dist), axis=-1)
+        return np.take_along_axis(dist, order, axis=1), np.take_along_axis(idx, order, axis=1)
+
+    def _nearest(self, q: np.ndarray, k: int) -> np.ndarray:
+        """Indices (q, k) of each query's k nearest codes, in any order."""
         if self.tree is not None:
-            dist, idx = self.tree.query(q, k=k)
-            return dist.reshape(len(q), k), idx.reshape(len(q), k)
+            return self.tree.query(q, k=k)[1].reshape(len(q), k)
         codes, qt = torch.from_numpy(self.codes), torch.from_numpy(q)
-        dist, idx = [], []
+        idx = []
         for a in range(0, qt.shape[0], SEARCH_CHUNK):
             d = torch.cdist(qt[a : a + SEARCH_CHUNK], codes, compute_mode="donot_use_mm_for_euclid_dist")
-            dk, ik = torch.topk(d, k, dim=1, largest=False, sorted=True)
-            dist.append(dk)
-            idx.append(ik)
-        return torch.cat(dist).numpy(), torch.cat(idx).numpy()
+            idx.append(torch.topk(d, k, dim=1, largest=False, sorted=False)[1])
+        return torch.cat(idx).numpy() if idx else np.empty((0, k), dtype=np.int64)
 
 
 def local_linear(codes: np.ndarray, targets: np.ndarray, query: np.ndarray, k: int) -> np.ndarray:
@@ -81,7 +97,7 @@ def local_linear(codes: np.ndarray, targets: np.ndarray, query: np.ndarray, k: i
     out = np.empty((query.shape[0], targets.shape[1]))
     d = codes.shape[1]
     eye = np.eye(d + 1)
-    search = Neighbours(codes)
+    search = Neighbours(codes, queries=query.shape[0])
     for a in range(0, query.shape[0], QUERY_CHUNK):
         q = query[a : a + QUERY_CHUNK]
         dist, idx = search.query(q, k)

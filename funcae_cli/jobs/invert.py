@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import asdict
+from functools import partial
 from typing import Any
 
 import torch
 
 from funcae_cli.config import override
-from funcae_cli.config.families import Family
 from funcae_cli.errors import InputError
 from funcae_cli.files import (
     atomic_write_bytes,
@@ -24,6 +24,7 @@ from funcae_cli.inversion.invert import invert_batch
 from funcae_cli.inversion.targets import training_range_warnings
 from funcae_cli.jobs.amortize import flow_for
 from funcae_cli.jobs.common import open_run, run_info
+from funcae_cli.jobs.figure_process import FigureProcess, Figures
 from funcae_cli.jobs.fitted import latent_model_for
 from funcae_cli.jobs.inputs import TargetInputs
 from funcae_cli.jobs.reports import figure_curves, iter_rows, physics_measure, samples_arrays, summarize, table
@@ -54,7 +55,7 @@ def run_invert(
     options: dict[str, Any] | None = None,
     name: str | None = None,
     device: str | torch.device = "auto",
-    figures: Callable[[dict[str, Any], Family], dict[str, Any]] | None = None,
+    figures: Figures | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, Any]:
     """Invert, estimate parameters, write invert/<slug>.json, .csv and figures; return the record.
@@ -72,15 +73,41 @@ def run_invert(
     first 16 targets their points (x, target, yerr), the decoder's fit there, and on the run's grid the
     decoded curve and the family's curve at the parameters; files: json, csv, png[, page, summary].
 
-    figures: what draws the figures from the record (jobs.results.invert_figures), None for none: passed in by
-    the caller, so that a run without figures never imports matplotlib (~0.45 s of a catalogue's or a script's
-    process).
+    figures: what draws the figures from the record (jobs.results.invert_figure_makers, and matplotlib's warm-up),
+    None for none: passed in by the caller, so that a run without figures never imports matplotlib (~0.45 s of a
+    catalogue's or a script's process). A run with figures loads and draws them in a process forked here
+    (jobs.figure_process), while the targets are solved.
     """
     trained = open_run(rd, device)
     o = override(trained.cfg.invert, options or {}, "invert")
     if o.seed is None:
         o = override(o, {"seed": trained.cfg.seed})
     flow = flow_for(rd, o.posterior, o.proposal)  # required and missing: exit 2 naming `funcae amortize`
+    slug = slugify(name or inputs.slug())
+    drawing = None
+    if figures is not None:
+        family = trained.family
+        drawing = FigureProcess.start(
+            lambda: partial(figures.load(), family=family), figures.warm_up, partial(rd.invert_png, slug)
+        )
+    try:
+        return _solve_and_write(rd, inputs, trained, o, flow, slug, figures, drawing, progress)
+    finally:
+        if drawing is not None:
+            drawing.close()
+
+
+def _solve_and_write(
+    rd: RunDir,
+    inputs: TargetInputs,
+    trained: Any,
+    o: Any,
+    flow: Any,
+    slug: str,
+    figures: Figures | None,
+    drawing: FigureProcess | None,
+    progress: Callable[[int, int], None] | None,
+) -> dict[str, Any]:
     size = input_size(trained, inputs)  # counted, not read: a catalogue that cannot fit is refused here
     if size is None:
         raise InputError("no target to invert")
@@ -97,7 +124,6 @@ def run_invert(
     res = invert_batch(trained, targets, o, lm, flow, progress=progress)
     warnings += res.assessment.warnings
     write_draws = res.posterior is not None and _write_draws(o.samples, res.posterior.samples.nbytes, warnings)
-    slug = slugify(name or inputs.slug())
     record = run_info(trained)
     record.update(
         source=targets.source,
@@ -121,18 +147,21 @@ def run_invert(
     )
     if targets.x is None:
         record["x"] = record["grid"]  # every target on the run's grid
+    record = {k: v if k == "targets" else json_safe(v) for k, v in record.items()}  # the rows are already safe
+    sent = drawing is not None and drawing.send(record)  # drawn there while the tables are written here
     files = {"json": str(rd.invert_json(slug)), "csv": str(rd.invert_csv(slug))}
     atomic_write_chunks(rd.invert_csv(slug), csv_lines(*table(trained, targets, res)))
     if write_draws:
         atomic_write_bytes(rd.invert_samples(slug), npz_bytes(samples_arrays(res, targets)))
         files["samples"] = str(rd.invert_samples(slug))
     if figures is not None:
-        drawn = figures(record, trained.family)
-        paths = {kind: rd.invert_png(slug, kind) for kind in drawn}
-        save_figures({paths[kind]: fig for kind, fig in drawn.items()})  # side by side where it can
-        files.update({kind: str(path) for kind, path in paths.items()})
+        kinds = drawing.result() if sent else None
+        if kinds is None:  # no process, or it failed: drawn here (so that its error is raised here)
+            drawn = figures.load()(record, family=trained.family)
+            save_figures({rd.invert_png(slug, kind): fig for kind, fig in drawn.items()})  # side by side where it can
+            kinds = list(drawn)
+        files.update({kind: str(rd.invert_png(slug, kind)) for kind in kinds})
     record["files"] = files
-    record = {k: v if k == "targets" else json_safe(v) for k, v in record.items()}  # the rows are already safe
     atomic_write_json(rd.invert_json(slug), record, rows="targets")  # a catalogue: one line per target
     return record
 

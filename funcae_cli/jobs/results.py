@@ -7,7 +7,9 @@ crash; the jobs that write these files (runs/invert.py, runs/sample.py) own thei
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +17,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from funcae_cli.config.families import Family
+from funcae_cli.plotting.base import warm_up  # noqa: F401  (re-exported: readies `funcae invert`'s figure process)
 from funcae_cli.plotting.inversion import Inversion, inversion_page_figure, inversion_summary_figure, inversions_figure
 
 MAX_ROWS = 4  # targets drawn from a batch in the figure `funcae invert` writes
@@ -212,6 +215,12 @@ def record_inversions(record: dict[str, Any]) -> list[Inversion]:
 def invert_figures(record: dict[str, Any], family: Family) -> dict[str, Figure]:
     """The figures `funcae invert` writes: `png` the first MAX_ROWS targets in detail; for a batch also `page`
     (the first PAGE targets in small panels) and `summary` (reduced chi^2, flags, family against decoder)."""
+    return {kind: make() for kind, make in invert_figure_makers(record, family).items()}
+
+
+def invert_figure_makers(record: dict[str, Any], family: Family) -> dict[str, Callable[[], Figure]]:
+    """invert_figures, each figure built when its function is called: files.save_figures builds each in the
+    process that renders it."""
     rows = record_inversions(record)
     if not rows:
         raise ValueError("the record holds no target/fit curves")
@@ -219,21 +228,25 @@ def invert_figures(record: dict[str, Any], family: Family) -> dict[str, Figure]:
     k = min(len(rows), MAX_ROWS)
     what = f"{record.get('run', '')}: {record.get('method', '')}, parameters from {record.get('params_source', '')}"
     shown = f"first {k} of {n} targets" if n > k else ""
-    out = {"png": inversions_figure(rows[:k], family, title=what, note=shown)}
+    out = {"png": partial(inversions_figure, rows[:k], family, title=what, note=shown)}
     if n > 1:
         page = rows[:PAGE]
-        out["page"] = inversion_page_figure(page, family, title=f"{what}: the first {len(page)} of {n} targets")
-        targets = record.get("targets", [])
-
-        def column(key: str) -> np.ndarray | None:
-            values = [t.get(key) for t in targets]
-            return None if all(v is None for v in values) else np.array([np.nan if v is None else v for v in values])
-
-        flags = {
-            f: sum(f in t.get("flags", []) for t in targets) for f in ("model_mismatch", "on_bound", "off_manifold")
-        }
-        out["summary"] = inversion_summary_figure(
-            column("reduced_chi2"), flags, column("physics_objective"), column("decoder_physics_objective"),
-            str(record.get("physics_measure") or ""), title=f"{what}: {n} targets",
-        )  # fmt: skip
+        out["page"] = partial(
+            inversion_page_figure, page, family, title=f"{what}: the first {len(page)} of {n} targets"
+        )
+        out["summary"] = partial(_summary_figure, record, what, n)
     return out
+
+
+def _summary_figure(record: dict[str, Any], what: str, n: int) -> Figure:
+    targets = record.get("targets", [])
+
+    def column(key: str) -> np.ndarray | None:
+        values = [t.get(key) for t in targets]
+        return None if all(v is None for v in values) else np.array([np.nan if v is None else v for v in values])
+
+    flags = {f: sum(f in t.get("flags", []) for t in targets) for f in ("model_mismatch", "on_bound", "off_manifold")}
+    return inversion_summary_figure(
+        column("reduced_chi2"), flags, column("physics_objective"), column("decoder_physics_objective"),
+        str(record.get("physics_measure") or ""), title=f"{what}: {n} targets",
+    )  # fmt: skip

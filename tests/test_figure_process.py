@@ -1,0 +1,118 @@
+"""jobs.figure_process: a forked process draws a record's figures, byte for byte what this process draws; a failure
+there leaves the figures to the caller; a process not sent a record, or whose parent dies, leaves and writes
+nothing; none is left behind."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from matplotlib.figure import Figure
+
+from funcae_cli.files import save_figure
+from funcae_cli.jobs.figure_process import MAX_TARGETS, FigureProcess
+from funcae_cli.plotting.base import warm_up as _warm_up  # and its rcParams here, as in the process
+from tests.test_save_figures import _no_children_left
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the process is forked: Linux only")
+
+
+def _figure(values: list[float], title: str) -> Figure:
+    fig = Figure(figsize=(4, 3))
+    ax = fig.subplots()
+    ax.loglog(np.arange(1, len(values) + 1), values, "o-", label="values")
+    ax.set_title(title)
+    ax.legend()
+    return fig
+
+
+def _draw(record: dict) -> dict:
+    """What a command's figure function returns: {kind: a figure, or a function that builds it}."""
+    if record.get("broken"):
+        raise ValueError("cannot draw this record")
+    return {"first": _figure(record["values"], "first"), "second": lambda: _figure(record["values"][::-1], "second")}
+
+
+def _start(tmp_path: Path) -> FigureProcess:
+    process = FigureProcess.start(lambda: _draw, _warm_up, lambda kind: tmp_path / f"{kind}.png")
+    if process is None:  # one core, or another thread in this test process: nothing to test here
+        pytest.skip("FigureProcess.start declined to fork here (one core or other threads)")
+    return process
+
+
+def test_the_process_draws_the_bytes_this_process_draws(tmp_path: Path) -> None:
+    record = {"values": [1.0, 3.0, 2.0, 5.0], "targets": [{"name": "a"}]}
+    process = _start(tmp_path)
+    assert process.send(record)
+    assert process.result() == ["first", "second"]
+    process.close()  # idempotent after the result
+    assert _no_children_left()
+    here = tmp_path / "here"
+    here.mkdir()
+    save_figure(_figure(record["values"], "first"), here / "first.png")
+    save_figure(_figure(record["values"][::-1], "second"), here / "second.png")
+    for kind in ("first", "second"):
+        drawn = (tmp_path / f"{kind}.png").read_bytes()
+        assert drawn[:8] == b"\x89PNG\r\n\x1a\n"
+        assert drawn == (here / f"{kind}.png").read_bytes()
+
+
+def test_a_failure_there_is_none_and_writes_nothing(tmp_path: Path) -> None:
+    process = _start(tmp_path)
+    assert process.send({"values": [1.0, 2.0], "broken": True})
+    assert process.result() is None  # the caller draws here, and so raises the error here
+    assert _no_children_left()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_process_never_sent_a_record_is_stopped_at_once_and_writes_nothing(tmp_path: Path) -> None:
+    process = _start(tmp_path)
+    t0 = time.perf_counter()
+    process.close()  # e.g. the command failed on its input: no wait for the process's imports
+    assert time.perf_counter() - t0 < 5
+    process.close()
+    assert _no_children_left()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_record_too_large_to_send_is_left_to_the_caller(tmp_path: Path) -> None:
+    process = _start(tmp_path)
+    assert not process.send({"values": [1.0], "targets": [{}] * (MAX_TARGETS + 1)})
+    assert _no_children_left()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_process_leaves_when_its_parent_is_killed(tmp_path: Path) -> None:
+    """A command killed for real (SIGKILL) while it solves: its figure process reads the end of the pipe and leaves
+    without drawing."""
+    script = f"""
+import os, pathlib, signal, time
+from funcae_cli.jobs.figure_process import FigureProcess
+out = pathlib.Path({str(tmp_path)!r})
+p = FigureProcess.start(lambda: dict, lambda: None, lambda kind: out / (kind + ".png"))
+print(p.pid if p is not None else "none", flush=True)
+time.sleep(1.0)
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert out.returncode == -9, out.stderr
+    pid = out.stdout.strip()
+    if pid == "none":
+        pytest.skip("FigureProcess.start declined to fork here (one core)")
+
+    def gone() -> bool:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except FileNotFoundError:
+            return True
+        return state in ("Z", "X")  # exited (a zombie until whoever adopted it reaps it)
+
+    deadline = time.monotonic() + 60
+    while not gone() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert gone()
+    assert list(tmp_path.iterdir()) == []
