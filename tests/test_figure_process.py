@@ -45,7 +45,7 @@ def _start(tmp_path: Path) -> FigureProcess:
 
 
 def test_the_process_draws_the_bytes_this_process_draws(tmp_path: Path) -> None:
-    record = {"values": [1.0, 3.0, 2.0, 5.0], "targets": [{"name": "a"}]}
+    record = {"values": np.array([1.0, 3.0, 2.0, 5.0]), "targets": [{"name": "a"}]}  # sent as JSON: a list there
     process = _start(tmp_path)
     assert process.send(record)
     assert process.result() == ["first", "second"]
@@ -54,7 +54,7 @@ def test_the_process_draws_the_bytes_this_process_draws(tmp_path: Path) -> None:
     here = tmp_path / "here"
     here.mkdir()
     save_figure(_figure(record["values"], "first"), here / "first.png")
-    save_figure(_figure(record["values"][::-1], "second"), here / "second.png")
+    save_figure(_figure(list(record["values"][::-1]), "second"), here / "second.png")
     for kind in ("first", "second"):
         drawn = (tmp_path / f"{kind}.png").read_bytes()
         assert drawn[:8] == b"\x89PNG\r\n\x1a\n"

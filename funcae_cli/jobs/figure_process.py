@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from funcae_cli.cores import cpu_count
-from funcae_cli.files import save_figures
+from funcae_cli.files import json_default, save_figures
 
 MAX_TARGETS = 5_000  # a larger record is drawn by the caller: its JSON would cost more than the ~0.45 s import saved
 
@@ -77,6 +77,7 @@ class FigureProcess:
             try:
                 os.close(send_w)
                 os.close(result_r)
+                os.nice(10)  # the parent's work first: it is what the figures wait for
                 draw = load()
                 warm_up()
                 data = _read_all(send_r)
@@ -98,7 +99,7 @@ class FigureProcess:
             self.close()
             return False
         try:
-            view = memoryview(json.dumps(record).encode())
+            view = memoryview(json.dumps(record, default=json_default).encode())
             while view:
                 view = view[os.write(self._send, view) :]
         except BrokenPipeError:  # the process ended early (it failed): result() says so
