@@ -347,9 +347,9 @@ def test_the_regressors_neighbours_are_the_exact_nearest_codes(dim: int) -> None
 
     rng = np.random.default_rng(dim)
     codes, query = rng.normal(size=(3000, dim)), rng.normal(size=(200, dim))
-    search = Neighbours(codes)
-    assert (search.tree is not None) == (dim <= KDTREE_MAX_DIM)
+    search = Neighbours(codes, brute_force_pairs=0)  # the k-d tree from the first query, where it applies
     dist, idx = search.query(query, 16)
+    assert (search.tree is not None) == (dim <= KDTREE_MAX_DIM)
     full = np.sqrt(((query[:, None, :] - codes[None, :, :]) ** 2).sum(axis=2))  # every distance, float64
     expect = np.argsort(full, axis=1, kind="stable")[:, :16]
     np.testing.assert_array_equal(idx, expect)
@@ -357,16 +357,20 @@ def test_the_regressors_neighbours_are_the_exact_nearest_codes(dim: int) -> None
 
 
 def test_the_k_d_tree_and_brute_force_give_bitwise_the_same_neighbours_in_any_batch() -> None:
-    """A few queries take brute force, many the k-d tree (Neighbours): a target's neighbours, their order and
-    their distances must not depend on which search its batch chose."""
-    from funcae_cli.inversion.regressor import BRUTE_FORCE_PAIRS, Neighbours
+    """A search answers its first queries by brute force and builds a k-d tree once they are many (Neighbours): a
+    target's neighbours, their order and their distances must not depend on which search answered it."""
+    from funcae_cli.inversion.regressor import Neighbours
 
     rng = np.random.default_rng(7)
     codes, query = rng.normal(size=(5000, 4)), rng.normal(size=(300, 4))
-    tree, brute = Neighbours(codes), Neighbours(codes, queries=1)
-    assert tree.tree is not None and brute.tree is None
-    assert Neighbours(codes, queries=BRUTE_FORCE_PAIRS // 5000 + 1).tree is not None
+    tree, brute = Neighbours(codes, brute_force_pairs=0), Neighbours(codes, brute_force_pairs=10**12)
     d_tree, i_tree = tree.query(query, 32)
     d_one, i_one = zip(*(brute.query(query[j : j + 1], 32) for j in range(len(query))))
+    assert tree.tree is not None and brute.tree is None
     np.testing.assert_array_equal(i_tree, np.concatenate(i_one))
     np.testing.assert_array_equal(d_tree, np.concatenate(d_one))  # bitwise
+    switching = Neighbours(codes, brute_force_pairs=100 * 5000)  # brute force for 100 queries, the tree after
+    parts = [switching.query(query[a : a + 60], 32) for a in range(0, len(query), 60)]
+    assert switching.tree is not None
+    np.testing.assert_array_equal(np.concatenate([p[1] for p in parts]), i_tree)
+    np.testing.assert_array_equal(np.concatenate([p[0] for p in parts]), d_tree)

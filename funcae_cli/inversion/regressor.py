@@ -16,7 +16,7 @@ and for `sample`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -34,7 +34,7 @@ QUERY_CHUNK = 1024  # queries per batched local solve: bounds memory at (chunk, 
 # codes in up to this many dimensions are searched by a k-d tree: 5,000 queries of 50,000 Gaussian codes took
 # 0.08 / 0.48 / 2.6 s by the tree in 4 / 8 / 12 dimensions, 1.4 / 1.6 / 1.8 s by brute force (AMD EPYC, 2026-12-06)
 KDTREE_MAX_DIM = 8
-BRUTE_FORCE_PAIRS = 50_000_000  # query-code pairs up to which brute force beats importing scipy.spatial (Neighbours)
+BRUTE_FORCE_PAIRS = 50_000_000  # query-code pairs a search answers by brute force before it builds a k-d tree
 SEARCH_CHUNK = 128  # queries per distance matrix: (chunk, N) float64, 51 MB for N = 50,000
 RIDGE = 1e-8  # added to the local fit's normal equations (offsets in [-1, 1]); `funcae export` ships it
 
@@ -46,26 +46,29 @@ def model_signature(model: nn.Module) -> float:
 
 
 class Neighbours:
-    """Exact k-nearest-neighbour search among codes (N, d) float64: a k-d tree (scipy's cKDTree, built once) in up
-    to KDTREE_MAX_DIM dimensions, else brute force in chunks (torch.cdist with exact differences). Brute force also
-    where the queries are few (`queries` x N <= BRUTE_FORCE_PAIRS): importing scipy.spatial alone takes ~0.4 s,
-    longer than brute force's 0.3 ms per query against 50,000 codes. Either search's neighbours are then sorted by
-    distances computed here, one formula for both, so that the answer does not depend on which ran (nor on the
-    batch that chose it): the same indices in the same order and bitwise the same distances."""
+    """Exact k-nearest-neighbour search among codes (N, d) float64: brute force in chunks (torch.cdist with exact
+    differences) until the queries asked of it reach `brute_force_pairs` query-code pairs, then a k-d tree (scipy's
+    cKDTree, built then, once) in up to KDTREE_MAX_DIM dimensions. A few queries never pay for the tree: importing
+    scipy.spatial alone takes ~0.4 s, longer than brute force's 0.3 ms per query against 50,000 codes; a catalogue
+    pays brute force for its first ~1,000. Either search's neighbours are sorted by distances computed here, one
+    formula for both, so that the answer does not depend on which ran (nor on the batch, nor on what was asked
+    before): the same indices in the same order and bitwise the same distances."""
 
-    def __init__(self, codes: np.ndarray, queries: int | None = None):
+    def __init__(self, codes: np.ndarray, brute_force_pairs: int = BRUTE_FORCE_PAIRS):
         self.codes = np.ascontiguousarray(codes, dtype=np.float64)
         self.tree = None
-        few = queries is not None and queries * self.codes.shape[0] <= BRUTE_FORCE_PAIRS
-        if self.codes.shape[1] <= KDTREE_MAX_DIM and not few:
-            from scipy.spatial import cKDTree  # scipy.spatial: imported only where a regressor predicts many
-
-            self.tree = cKDTree(self.codes)
+        self.brute_force_pairs = brute_force_pairs
+        self.pairs = 0  # query-code pairs asked so far
 
     def query(self, query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Distances and indices (q, k) of each query's k nearest codes, nearest first (equal distances: lower
         index first)."""
         q = np.ascontiguousarray(query, dtype=np.float64)
+        self.pairs += q.shape[0] * self.codes.shape[0]
+        if self.tree is None and self.codes.shape[1] <= KDTREE_MAX_DIM and self.pairs > self.brute_force_pairs:
+            from scipy.spatial import cKDTree  # scipy.spatial (~0.4 s): imported only where many queries are asked
+
+            self.tree = cKDTree(self.codes)
         idx = self._nearest(q, k)
         diff = self.codes[idx] - q[:, None, :]  # (q, k, d)
         sq = diff[..., 0] ** 2
@@ -87,7 +90,9 @@ class Neighbours:
         return torch.cat(idx).numpy() if idx else np.empty((0, k), dtype=np.int64)
 
 
-def local_linear(codes: np.ndarray, targets: np.ndarray, query: np.ndarray, k: int) -> np.ndarray:
+def local_linear(
+    codes: np.ndarray, targets: np.ndarray, query: np.ndarray, k: int, search: Neighbours | None = None
+) -> np.ndarray:
     """Weighted linear fit of the targets on the k nearest codes of each query, evaluated at the query.
 
     codes (N, d), targets (N, p), query (q, d) -> (q, p). Weights 1/distance; offsets scaled by each
@@ -97,7 +102,7 @@ def local_linear(codes: np.ndarray, targets: np.ndarray, query: np.ndarray, k: i
     out = np.empty((query.shape[0], targets.shape[1]))
     d = codes.shape[1]
     eye = np.eye(d + 1)
-    search = Neighbours(codes, queries=query.shape[0])
+    search = search if search is not None else Neighbours(codes)
     for a in range(0, query.shape[0], QUERY_CHUNK):
         q = query[a : a + QUERY_CHUNK]
         dist, idx = search.query(q, k)
@@ -131,6 +136,7 @@ class LatentModel:
     signature: float  # model_signature() of the weights it was fitted on
     n_train: int
     density: CodeDensity  # of the training codes: the latent search's prior and the off-manifold test
+    _search: Neighbours | None = field(default=None, repr=False, compare=False)  # built on first use, not stored
 
     @property
     def dim(self) -> int:
@@ -141,7 +147,9 @@ class LatentModel:
         if not self.param_names:
             return np.zeros((q.shape[0], 0))
         q = np.where(np.isfinite(q), q, 0.0)
-        y = local_linear(self.codes.double().numpy(), self.targets.numpy(), q, self.k)
+        if self._search is None:  # one search for every call: a catalogue's chunks build the k-d tree once
+            self._search = Neighbours(self.codes.double().numpy())
+        y = local_linear(self._search.codes, self.targets.numpy(), q, self.k, self._search)
         return np.clip(y, self.y_low.numpy(), self.y_high.numpy())
 
     def predict(self, z: Tensor | np.ndarray) -> Tensor:
