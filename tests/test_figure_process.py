@@ -116,3 +116,37 @@ os.kill(os.getpid(), signal.SIGKILL)
         time.sleep(0.1)
     assert gone()
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.slow
+def test_invert_draws_its_figures_in_the_process_byte_for_byte_as_without_it(cli, rotation_copy: Path, monkeypatch):
+    """`funcae invert` on a batch: the figures come from the forked process (not a silent fallback), and they are
+    the bytes the command draws in its own process."""
+    import torch
+
+    from benchmarks.observed import galaxies, write_long_csv
+    from funcae_cli.inversion.physics import natural_bounds
+    from funcae_cli.store.rundir import RunDir
+    from funcae_cli.store.trained import load_trained
+    from tests.conftest import ok
+
+    trained = load_trained(RunDir(rotation_copy), torch.device("cpu"))
+    bounds = natural_bounds(trained, "prior")
+    write_long_csv(galaxies(14, 3, bounds.low.numpy(), bounds.high.numpy()), "cat.csv")
+    started, real = [], FigureProcess.start
+
+    def spy(*args, **kwargs):
+        started.append(real(*args, **kwargs))
+        return started[-1]
+
+    monkeypatch.setattr(FigureProcess, "start", staticmethod(spy))
+    ok(cli("invert", "--run", rotation_copy, "--curves", "cat.csv", "--name", "forked"))
+    if started[0] is None:
+        pytest.skip("FigureProcess.start declined to fork here (one core or other threads)")
+    monkeypatch.setattr(FigureProcess, "start", staticmethod(lambda *args, **kwargs: None))
+    ok(cli("invert", "--run", rotation_copy, "--curves", "cat.csv", "--name", "here"))
+    inv = rotation_copy / "invert"
+    for kind in ("", "_page", "_summary"):
+        forked = (inv / f"forked{kind}.png").read_bytes()
+        assert forked[:4] == b"\x89PNG" and forked == (inv / f"here{kind}.png").read_bytes(), kind
+    assert _no_children_left()
