@@ -12,7 +12,8 @@ import sys
 import tempfile
 import threading
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -194,6 +195,33 @@ def save_figure(fig: Any, path: str | Path, fmt: str | None = None, dpi: int = 1
     return path
 
 
+def forkable() -> bool:
+    """Whether this process may fork helpers safely: Linux, and no other Python thread running (a fork copies only
+    the calling thread: a lock another thread holds would stay held in the child)."""
+    return sys.platform.startswith("linux") and threading.active_count() == 1
+
+
+def fork_child(work: Callable[[], Any]) -> int:
+    """Fork a process that runs work() and leaves, exit code 0 if it returned and 1 if it raised, without the
+    parent's exit handlers or buffered output; its pid here (reap it: waited_ok)."""
+    with warnings.catch_warnings():  # 3.12+: torch's idle OpenMP workers count as threads; children never use them
+        warnings.simplefilter("ignore", DeprecationWarning)
+        pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            work()
+            code = 0
+        finally:
+            os._exit(code)
+    return pid
+
+
+def waited_ok(pid: int) -> bool:
+    """Wait for a child process: whether it exited with code 0."""
+    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0
+
+
 def save_figures(figures: dict[Path, Any], ways: int | None = None) -> None:
     """save_figure of each {path: Figure, or a function of no arguments that builds it (built in the process
     that renders it)}, rendered side by side in forked processes where that is safe (Linux,
@@ -208,34 +236,49 @@ def save_figures(figures: dict[Path, Any], ways: int | None = None) -> None:
         cores = cpu_count()
         ways = 1 if cores < 2 else 2 * cores
     ways = min(ways, len(items))
-    if ways < 2 or not sys.platform.startswith("linux") or threading.active_count() > 1:
+    if ways < 2 or not forkable():
         for path, fig in items:
             save_figure(_built(fig), path)
         return
-    children = []
-    for j in range(1, ways):
-        with warnings.catch_warnings():  # 3.12+: torch's idle OpenMP workers count as threads; children never use them
-            warnings.simplefilter("ignore", DeprecationWarning)
-            pid = os.fork()
-        if pid == 0:  # the child: render its share, leave without the parent's exit handlers or buffered output
-            code = 1
-            try:
-                for path, fig in items[j::ways]:
-                    save_figure(_built(fig), path)
-                code = 0
-            finally:
-                os._exit(code)
-        children.append((pid, items[j::ways]))
+
+    def render(share: list[tuple[Path, Any]]) -> None:
+        for path, fig in share:
+            save_figure(_built(fig), path)
+
+    children = [(fork_child(partial(render, items[j::ways])), items[j::ways]) for j in range(1, ways)]
     failed = []
     try:
-        for path, fig in items[::ways]:
-            save_figure(_built(fig), path)
+        render(items[::ways])
     finally:
         for pid, share in children:
-            if os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) != 0:
+            if not waited_ok(pid):
                 failed += share
     for path, fig in failed:
         save_figure(_built(fig), path)
+
+
+class ForkedWrite:
+    """atomic_write_chunks(path, make()) in a forked process, while this one goes on (a catalogue's CSV while its
+    JSON rows are built: ~5 s each at 100,000 targets, one core each). `start` returns None where forking is not
+    safe (not Linux, one core, another Python thread running); `wait` says whether the file was written, and a
+    caller whose process failed writes it again itself, so that the error is raised there. make() must not start
+    threads (no torch operations: numpy and Python only)."""
+
+    def __init__(self, pid: int):
+        self.pid: int | None = pid
+
+    @classmethod
+    def start(cls, path: str | Path, make: Callable[[], Iterable[str]]) -> ForkedWrite | None:
+        if cpu_count() < 2 or not forkable():
+            return None
+        return cls(fork_child(lambda: atomic_write_chunks(path, make())))
+
+    def wait(self) -> bool:
+        """Wait for the process (once): whether it wrote the file."""
+        if self.pid is None:
+            return False
+        pid, self.pid = self.pid, None
+        return waited_ok(pid)
 
 
 def _built(fig: Any) -> Any:

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from matplotlib.figure import Figure
 
-from funcae_cli.files import save_figure
+from funcae_cli.files import ForkedWrite, atomic_write_chunks, save_figure
 from funcae_cli.jobs.figure_process import MAX_TARGETS, FigureProcess
 from funcae_cli.plotting.base import warm_up as _warm_up  # and its rcParams here, as in the process
 from tests.test_save_figures import _no_children_left
@@ -118,14 +118,37 @@ os.kill(os.getpid(), signal.SIGKILL)
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_forked_write_writes_the_bytes_written_here_and_a_failure_writes_nothing(tmp_path: Path) -> None:
+    lines = [f"{i},{i * 0.5!r}\n" for i in range(20_000)]
+    writer = ForkedWrite.start(tmp_path / "forked.csv", lambda: iter(lines))
+    if writer is None:
+        pytest.skip("ForkedWrite.start declined to fork here (one core or other threads)")
+    atomic_write_chunks(tmp_path / "here.csv", iter(lines))
+    assert writer.wait() and not writer.wait()  # reaped once
+    assert (tmp_path / "forked.csv").read_bytes() == (tmp_path / "here.csv").read_bytes()
+
+    def broken():
+        yield "a,b\n"
+        raise ValueError("cannot make this table")
+
+    failing = ForkedWrite.start(tmp_path / "broken.csv", broken)
+    assert failing is not None and not failing.wait()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["forked.csv", "here.csv"]  # no temp file either
+    assert _no_children_left()
+
+
 @pytest.mark.slow
-def test_invert_draws_its_figures_in_the_process_byte_for_byte_as_without_it(cli, rotation_copy: Path, monkeypatch):
-    """`funcae invert` on a batch: the figures come from the forked process (not a silent fallback), and they are
-    the bytes the command draws in its own process."""
+def test_invert_draws_its_figures_and_writes_its_csv_in_processes_byte_for_byte_as_without(
+    cli, rotation_copy: Path, monkeypatch
+):
+    """`funcae invert` on a batch: the figures come from the forked figure process and the CSV from a forked writer
+    (not a silent fallback; both at once, so neither waits on the other's pipes), and they are the bytes the
+    command writes in its own process."""
     import torch
 
     from benchmarks.observed import galaxies, write_long_csv
     from funcae_cli.inversion.physics import natural_bounds
+    from funcae_cli.jobs import invert as invert_job
     from funcae_cli.store.rundir import RunDir
     from funcae_cli.store.trained import load_trained
     from tests.conftest import ok
@@ -133,20 +156,27 @@ def test_invert_draws_its_figures_in_the_process_byte_for_byte_as_without_it(cli
     trained = load_trained(RunDir(rotation_copy), torch.device("cpu"))
     bounds = natural_bounds(trained, "prior")
     write_long_csv(galaxies(14, 3, bounds.low.numpy(), bounds.high.numpy()), "cat.csv")
-    started, real = [], FigureProcess.start
+    started, real_figures, real_write = [], FigureProcess.start, ForkedWrite.start
 
-    def spy(*args, **kwargs):
-        started.append(real(*args, **kwargs))
-        return started[-1]
+    def spy(real):
+        def start(*args, **kwargs):
+            started.append(real(*args, **kwargs))
+            return started[-1]
 
-    monkeypatch.setattr(FigureProcess, "start", staticmethod(spy))
+        return staticmethod(start)
+
+    monkeypatch.setattr(FigureProcess, "start", spy(real_figures))
+    monkeypatch.setattr(ForkedWrite, "start", spy(real_write))
+    monkeypatch.setattr(invert_job, "FORKED_CSV_TARGETS", 0)  # a catalogue's path on 14 targets
     ok(cli("invert", "--run", rotation_copy, "--curves", "cat.csv", "--name", "forked"))
-    if started[0] is None:
-        pytest.skip("FigureProcess.start declined to fork here (one core or other threads)")
+    if None in started or len(started) != 2:
+        pytest.skip("a process was declined here (one core or other threads)")
     monkeypatch.setattr(FigureProcess, "start", staticmethod(lambda *args, **kwargs: None))
+    monkeypatch.setattr(invert_job, "FORKED_CSV_TARGETS", 10**9)
     ok(cli("invert", "--run", rotation_copy, "--curves", "cat.csv", "--name", "here"))
     inv = rotation_copy / "invert"
     for kind in ("", "_page", "_summary"):
         forked = (inv / f"forked{kind}.png").read_bytes()
         assert forked[:4] == b"\x89PNG" and forked == (inv / f"here{kind}.png").read_bytes(), kind
+    assert (inv / "forked.csv").read_bytes() == (inv / "here.csv").read_bytes()
     assert _no_children_left()

@@ -17,16 +17,14 @@ from __future__ import annotations
 import json
 import os
 import signal
-import sys
-import threading
-import warnings
+import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from funcae_cli.cores import cpu_count
-from funcae_cli.files import json_default, save_figures
+from funcae_cli.files import fork_child, forkable, json_default, save_figures, waited_ok
 
 MAX_TARGETS = 5_000  # a larger record is drawn by the caller: its JSON would cost more than the ~0.45 s import saved
 
@@ -43,10 +41,15 @@ class Figures:
     warm_up: Callable[[], None]
 
 
-def _read_all(fd: int) -> bytes:
-    chunks = []
-    while chunk := os.read(fd, 1 << 20):
+def _read_all(fd: int, size: int | None = None) -> bytes:
+    """Until the end of the pipe, or `size` bytes (fewer where it ends first)."""
+    chunks, got = [], 0
+    while size is None or got < size:
+        chunk = os.read(fd, 1 << 20 if size is None else min(1 << 20, size - got))
+        if not chunk:
+            break
         chunks.append(chunk)
+        got += len(chunk)
     return b"".join(chunks)
 
 
@@ -65,29 +68,26 @@ class FigureProcess:
         """Fork the process: it calls load() and warm_up() at once (matplotlib's first figure costs ~0.5 s more than
         the next: spent while the parent computes) and then draws the record it is sent into paths(kind). None where
         forking is not safe (module docstring)."""
-        if not sys.platform.startswith("linux") or cpu_count() < 2 or threading.active_count() > 1:
+        if cpu_count() < 2 or not forkable():
             return None
         send_r, send_w = os.pipe()
         result_r, result_w = os.pipe()
-        with warnings.catch_warnings():  # 3.12+: torch's idle OpenMP workers count as threads; the child uses none
-            warnings.simplefilter("ignore", DeprecationWarning)
-            pid = os.fork()
-        if pid == 0:  # the child: leave without the parent's exit handlers or buffered output, whatever happens
-            code = 1
-            try:
-                os.close(send_w)
-                os.close(result_r)
-                os.nice(10)  # the parent's work first: it is what the figures wait for
-                draw = load()
-                warm_up()
-                data = _read_all(send_r)
-                if data:  # nothing: the parent drew nothing here (it failed, or draws itself)
-                    drawn = draw(json.loads(data))
-                    save_figures({paths(kind): fig for kind, fig in drawn.items()})
-                    os.write(result_w, json.dumps(list(drawn)).encode())
-                code = 0
-            finally:
-                os._exit(code)
+
+        def child() -> None:
+            os.close(send_w)
+            os.close(result_r)
+            os.nice(10)  # the parent's work first: it is what the figures wait for
+            draw = load()
+            warm_up()
+            # the record's length first, so that its end is not awaited (another process forked from the parent
+            # may hold the pipe's write end); none: the parent ended without sending one
+            head = _read_all(send_r, 8)
+            if len(head) == 8:
+                drawn = draw(json.loads(_read_all(send_r, struct.unpack("<Q", head)[0])))
+                save_figures({paths(kind): fig for kind, fig in drawn.items()})
+                os.write(result_w, json.dumps(list(drawn)).encode())
+
+        pid = fork_child(child)
         os.close(send_r)
         os.close(result_w)
         return cls(pid, send_w, result_r)
@@ -99,7 +99,8 @@ class FigureProcess:
             self.close()
             return False
         try:
-            view = memoryview(json.dumps(record, default=json_default).encode())
+            data = json.dumps(record, default=json_default).encode()
+            view = memoryview(struct.pack("<Q", len(data)) + data)
             while view:
                 view = view[os.write(self._send, view) :]
         except BrokenPipeError:  # the process ended early (it failed): result() says so
@@ -111,7 +112,7 @@ class FigureProcess:
     def result(self) -> list[str] | None:
         """Wait for the process: the kinds of figure it wrote, None where it failed (the caller draws them then)."""
         kinds = _read_all(self._result)
-        ok = self._reap() == 0
+        ok = self._reap()
         return json.loads(kinds) if ok and kinds else None
 
     def close(self) -> None:
@@ -128,7 +129,7 @@ class FigureProcess:
             os.close(self._send)
             self._send = None
 
-    def _reap(self) -> int:
+    def _reap(self) -> bool:
         os.close(self._result)
         self._result = None
-        return os.waitstatus_to_exitcode(os.waitpid(self.pid, 0)[1])
+        return waited_ok(self.pid)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict
 from functools import partial
 from typing import Any
@@ -12,6 +12,7 @@ import torch
 from funcae_cli.config import override
 from funcae_cli.errors import InputError
 from funcae_cli.files import (
+    ForkedWrite,
     atomic_write_bytes,
     atomic_write_chunks,
     atomic_write_json,
@@ -46,6 +47,7 @@ RECORDED = (
     "proposal",
     "samples",
 )  # in the record
+FORKED_CSV_TARGETS = 5_000  # more targets: the CSV is written by a forked process while the JSON rows are built
 SAMPLES_AUTO_BYTES = 256 * 2**20  # --samples auto: the draws are written when they take at most this
 
 
@@ -124,6 +126,36 @@ def _solve_and_write(
     res = invert_batch(trained, targets, o, lm, flow, progress=progress)
     warnings += res.assessment.warnings
     write_draws = res.posterior is not None and _write_draws(o.samples, res.posterior.samples.nbytes, warnings)
+    make_csv = partial(_csv_lines, trained, targets, res)
+    csv_writer = ForkedWrite.start(rd.invert_csv(slug), make_csv) if res.n > FORKED_CSV_TARGETS else None
+    try:
+        return _write(rd, trained, targets, res, o, lm, fitted_now, warnings, write_draws, slug, figures, drawing,
+                      csv_writer)  # fmt: skip
+    finally:
+        if csv_writer is not None:  # reaped, whatever happened here (after the rows: waited for in _write)
+            csv_writer.wait()
+
+
+def _csv_lines(trained: Any, targets: Any, res: Any) -> Iterator[str]:
+    return csv_lines(*table(trained, targets, res))
+
+
+def _write(
+    rd: RunDir,
+    trained: Any,
+    targets: Any,
+    res: Any,
+    o: Any,
+    lm: Any,
+    fitted_now: bool,
+    warnings: list[str],
+    write_draws: bool,
+    slug: str,
+    figures: Figures | None,
+    drawing: FigureProcess | None,
+    csv_writer: ForkedWrite | None,
+) -> dict[str, Any]:
+    """The record, the CSV (unless csv_writer writes it), the draws, the figures and the JSON."""
     record = run_info(trained)
     record.update(
         source=targets.source,
@@ -150,7 +182,8 @@ def _solve_and_write(
     record = {k: v if k == "targets" else json_safe(v) for k, v in record.items()}  # the rows are already safe
     sent = drawing is not None and drawing.send(record)  # drawn there while the tables are written here
     files = {"json": str(rd.invert_json(slug)), "csv": str(rd.invert_csv(slug))}
-    atomic_write_chunks(rd.invert_csv(slug), csv_lines(*table(trained, targets, res)))
+    if csv_writer is None or not csv_writer.wait():  # no process, or it failed: written here (its error raised here)
+        atomic_write_chunks(rd.invert_csv(slug), _csv_lines(trained, targets, res))
     if write_draws:
         atomic_write_bytes(rd.invert_samples(slug), npz_bytes(samples_arrays(res, targets)))
         files["samples"] = str(rd.invert_samples(slug))
