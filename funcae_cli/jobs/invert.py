@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from dataclasses import asdict
 from functools import partial
 from typing import Any
@@ -86,117 +87,81 @@ def run_invert(
         o = override(o, {"seed": trained.cfg.seed})
     flow = flow_for(rd, o.posterior, o.proposal)  # required and missing: exit 2 naming `funcae amortize`
     slug = slugify(name or inputs.slug())
-    drawing = None
-    if figures is not None:
-        family = trained.family
-        drawing = FigureProcess.start(
-            lambda: partial(figures.load(), family=family), figures.warm_up, partial(rd.invert_png, slug)
+    with ExitStack() as ends:  # the helper processes ended (or waited for) however this ends
+        drawing = None
+        if figures is not None:
+            family = trained.family
+            drawing = FigureProcess.start(
+                lambda: partial(figures.load(), family=family), figures.warm_up, partial(rd.invert_png, slug)
+            )
+            if drawing is not None:
+                ends.callback(drawing.close)
+        size = input_size(trained, inputs)  # counted, not read: a catalogue that cannot fit is refused here
+        if size is None:
+            raise InputError("no target to invert")
+        source = inputs.slug() if inputs.params else str(inputs.curves or inputs.params_table or "the --curve files")
+        check_invert_fits(size, o, trained, source)
+        targets = read_targets(trained, inputs)
+        if targets is None:
+            raise InputError("no target to invert")
+        read = InputSize(targets.n, int(targets.counts.sum()), targets.y.shape[1], size.text)
+        check_invert_fits(read, o, trained, source)  # the exact counts, before the inversion allocates
+        warnings = list(targets.warnings)
+        warnings += training_range_warnings(trained, targets.params) if targets.params is not None else []
+        lm, fitted_now = latent_model_for(trained)
+        res = invert_batch(trained, targets, o, lm, flow, progress=progress)
+        warnings += res.assessment.warnings
+        write_draws = res.posterior is not None and _write_draws(o.samples, res.posterior.samples.nbytes, warnings)
+        make_csv = partial(_csv_lines, trained, targets, res)
+        csv_writer = ForkedWrite.start(rd.invert_csv(slug), make_csv) if res.n > FORKED_CSV_TARGETS else None
+        if csv_writer is not None:  # the CSV there while the JSON rows are built here
+            ends.callback(csv_writer.wait)
+        space = "chi^2 in the family's units (yerr)" if res.chi2 is not None else "training space (L2 norm)"
+        record = run_info(trained)
+        record.update(
+            source=targets.source,
+            **{k: v for k, v in asdict(o).items() if k in RECORDED},
+            objective_kind=res.objective_kind,
+            objective_space=space,
+            physics_measure=physics_measure(res) if res.physics is not None else None,
+            params_source=res.params_source,
+            n_targets=res.n,
+            seconds=res.total_seconds,
+            targets_per_second=res.targets_per_second,
+            extrapolating=any("extrapolating" in w for w in warnings),
+            warnings=warnings,
+            regressor=lm.summary(),
+            code_density=lm.density.summary(),
+            regressor_fitted_now=fitted_now,
+            latent_model_file=str(rd.regressor),
+            grid=trained.grid.tolist(),
+            summary=summarize(res, targets, trained.param_names),
+            targets=[json_safe(row) for row in iter_rows(trained, targets, res, figure_curves(trained, targets, res))],
         )
-    try:
-        return _solve_and_write(rd, inputs, trained, o, flow, slug, figures, drawing, progress)
-    finally:
-        if drawing is not None:
-            drawing.close()
-
-
-def _solve_and_write(
-    rd: RunDir,
-    inputs: TargetInputs,
-    trained: Any,
-    o: Any,
-    flow: Any,
-    slug: str,
-    figures: Figures | None,
-    drawing: FigureProcess | None,
-    progress: Callable[[int, int], None] | None,
-) -> dict[str, Any]:
-    size = input_size(trained, inputs)  # counted, not read: a catalogue that cannot fit is refused here
-    if size is None:
-        raise InputError("no target to invert")
-    source = inputs.slug() if inputs.params else str(inputs.curves or inputs.params_table or "the --curve files")
-    check_invert_fits(size, o, trained, source)
-    targets = read_targets(trained, inputs)
-    if targets is None:
-        raise InputError("no target to invert")
-    read = InputSize(targets.n, int(targets.counts.sum()), targets.y.shape[1], size.text)
-    check_invert_fits(read, o, trained, source)  # the exact counts, before the inversion allocates
-    warnings = list(targets.warnings)
-    warnings += training_range_warnings(trained, targets.params) if targets.params is not None else []
-    lm, fitted_now = latent_model_for(trained)
-    res = invert_batch(trained, targets, o, lm, flow, progress=progress)
-    warnings += res.assessment.warnings
-    write_draws = res.posterior is not None and _write_draws(o.samples, res.posterior.samples.nbytes, warnings)
-    make_csv = partial(_csv_lines, trained, targets, res)
-    csv_writer = ForkedWrite.start(rd.invert_csv(slug), make_csv) if res.n > FORKED_CSV_TARGETS else None
-    try:
-        return _write(rd, trained, targets, res, o, lm, fitted_now, warnings, write_draws, slug, figures, drawing,
-                      csv_writer)  # fmt: skip
-    finally:
-        if csv_writer is not None:  # reaped, whatever happened here (after the rows: waited for in _write)
-            csv_writer.wait()
+        if targets.x is None:
+            record["x"] = record["grid"]  # every target on the run's grid
+        record = {k: v if k == "targets" else json_safe(v) for k, v in record.items()}  # the rows are already safe
+        sent = drawing is not None and drawing.send(record)  # drawn there while the tables are written here
+        files = {"json": str(rd.invert_json(slug)), "csv": str(rd.invert_csv(slug))}
+        if csv_writer is None or not csv_writer.wait():  # no process, or it failed: written here (its error here)
+            atomic_write_chunks(rd.invert_csv(slug), make_csv())
+        if write_draws:
+            atomic_write_bytes(rd.invert_samples(slug), npz_bytes(samples_arrays(res, targets)))
+            files["samples"] = str(rd.invert_samples(slug))
+        if figures is not None:
+            kinds = drawing.result() if sent else None
+            if kinds is None:  # no process, or it failed: drawn here (so that its error is raised here)
+                drawn = figures.load()(record, family=trained.family)
+                save_figures({rd.invert_png(slug, kind): fig for kind, fig in drawn.items()})  # side by side
+                kinds = list(drawn)
+            files.update({kind: str(rd.invert_png(slug, kind)) for kind in kinds})
+        record["files"] = files
+        atomic_write_json(rd.invert_json(slug), record, rows="targets")  # a catalogue: one line per target
+        return record
 
 
 def _csv_lines(trained: Any, targets: Any, res: Any) -> Iterator[str]:
     return csv_lines(*table(trained, targets, res))
-
-
-def _write(
-    rd: RunDir,
-    trained: Any,
-    targets: Any,
-    res: Any,
-    o: Any,
-    lm: Any,
-    fitted_now: bool,
-    warnings: list[str],
-    write_draws: bool,
-    slug: str,
-    figures: Figures | None,
-    drawing: FigureProcess | None,
-    csv_writer: ForkedWrite | None,
-) -> dict[str, Any]:
-    """The record, the CSV (unless csv_writer writes it), the draws, the figures and the JSON."""
-    record = run_info(trained)
-    record.update(
-        source=targets.source,
-        **{k: v for k, v in asdict(o).items() if k in RECORDED},
-        objective_kind=res.objective_kind,
-        objective_space="chi^2 in the family's units (yerr)" if res.chi2 is not None else "training space (L2 norm)",
-        physics_measure=physics_measure(res) if res.physics is not None else None,
-        params_source=res.params_source,
-        n_targets=res.n,
-        seconds=res.total_seconds,
-        targets_per_second=res.targets_per_second,
-        extrapolating=any("extrapolating" in w for w in warnings),
-        warnings=warnings,
-        regressor=lm.summary(),
-        code_density=lm.density.summary(),
-        regressor_fitted_now=fitted_now,
-        latent_model_file=str(rd.regressor),
-        grid=trained.grid.tolist(),
-        summary=summarize(res, targets, trained.param_names),
-        targets=[json_safe(row) for row in iter_rows(trained, targets, res, figure_curves(trained, targets, res))],
-    )
-    if targets.x is None:
-        record["x"] = record["grid"]  # every target on the run's grid
-    record = {k: v if k == "targets" else json_safe(v) for k, v in record.items()}  # the rows are already safe
-    sent = drawing is not None and drawing.send(record)  # drawn there while the tables are written here
-    files = {"json": str(rd.invert_json(slug)), "csv": str(rd.invert_csv(slug))}
-    if csv_writer is None or not csv_writer.wait():  # no process, or it failed: written here (its error raised here)
-        atomic_write_chunks(rd.invert_csv(slug), _csv_lines(trained, targets, res))
-    if write_draws:
-        atomic_write_bytes(rd.invert_samples(slug), npz_bytes(samples_arrays(res, targets)))
-        files["samples"] = str(rd.invert_samples(slug))
-    if figures is not None:
-        kinds = drawing.result() if sent else None
-        if kinds is None:  # no process, or it failed: drawn here (so that its error is raised here)
-            drawn = figures.load()(record, family=trained.family)
-            save_figures({rd.invert_png(slug, kind): fig for kind, fig in drawn.items()})  # side by side where it can
-            kinds = list(drawn)
-        files.update({kind: str(rd.invert_png(slug, kind)) for kind in kinds})
-    record["files"] = files
-    atomic_write_json(rd.invert_json(slug), record, rows="targets")  # a catalogue: one line per target
-    return record
 
 
 def _write_draws(samples: str, size: int, warnings: list[str]) -> bool:
