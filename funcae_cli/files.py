@@ -185,14 +185,18 @@ def npz_bytes(arrays: dict[str, Any]) -> bytes:
 def save_figure(fig: Any, path: str | Path, fmt: str | None = None, dpi: int = 110) -> Path:
     """Render a matplotlib Figure (fmt: from the suffix, png by default) and write it atomically."""
     path = Path(path)
+    atomic_write_bytes(path, figure_bytes(fig, fmt or path.suffix.lstrip(".") or "png", dpi))
+    return path
+
+
+def figure_bytes(fig: Any, fmt: str = "png", dpi: int = 110) -> bytes:
+    """A matplotlib Figure rendered to bytes, as save_figure writes it."""
     buf = io.BytesIO()
-    fmt = fmt or path.suffix.lstrip(".") or "png"
     # PNG at zlib level 3 rather than matplotlib's 6: the three figures of `funcae invert` 20% faster (1.95 -> 1.53 s)
     # for 5% larger files
     extra = {"pil_kwargs": {"compress_level": 3}} if fmt == "png" else {}  # other backends refuse the argument
     fig.savefig(buf, format=fmt, dpi=dpi, **extra)
-    atomic_write_bytes(path, buf.getvalue())
-    return path
+    return buf.getvalue()
 
 
 def forkable() -> bool:

@@ -15,7 +15,7 @@ from matplotlib.figure import Figure
 
 from funcae_cli.files import ForkedWrite, atomic_write_chunks, save_figure
 from funcae_cli.jobs.figure_process import MAX_TARGETS, FigureProcess
-from funcae_cli.plotting.base import warm_up as _warm_up  # and its rcParams here, as in the process
+from funcae_cli.plotting.base import warm_up_figure  # and its rcParams here, as in the process
 from tests.test_save_figures import _no_children_left
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the process is forked: Linux only")
@@ -38,7 +38,7 @@ def _draw(record: dict) -> dict:
 
 
 def _start(tmp_path: Path) -> FigureProcess:
-    process = FigureProcess.start(lambda: _draw, _warm_up, lambda kind: tmp_path / f"{kind}.png")
+    process = FigureProcess.start(lambda: _draw, warm_up_figure, lambda kind: tmp_path / f"{kind}.png")
     if process is None:  # one core, or another thread in this test process: nothing to test here
         pytest.skip("FigureProcess.start declined to fork here (one core or other threads)")
     return process
@@ -92,8 +92,9 @@ def test_the_process_leaves_when_its_parent_is_killed(tmp_path: Path) -> None:
     script = f"""
 import os, pathlib, signal, time
 from funcae_cli.jobs.figure_process import FigureProcess
+from funcae_cli.plotting.base import warm_up_figure
 out = pathlib.Path({str(tmp_path)!r})
-p = FigureProcess.start(lambda: dict, lambda: None, lambda kind: out / (kind + ".png"))
+p = FigureProcess.start(lambda: dict, warm_up_figure, lambda kind: out / (kind + ".png"))
 print(p.pid if p is not None else "none", flush=True)
 time.sleep(1.0)
 os.kill(os.getpid(), signal.SIGKILL)

@@ -108,13 +108,13 @@ def _figure_makers() -> Callable[..., dict[str, Any]]:
     return invert_figure_makers
 
 
-def _warm_up() -> None:
-    from funcae_cli.jobs.results import warm_up  # matplotlib: only in the process that draws the figures
+def _warm_up_figure() -> Any:
+    from funcae_cli.jobs.results import warm_up_figure  # matplotlib: only in the process that draws the figures
 
-    warm_up()
+    return warm_up_figure()
 
 
-FIGURES = Figures(_figure_makers, _warm_up)  # invert's figures (jobs.figure_process)
+FIGURES = Figures(_figure_makers, _warm_up_figure)  # invert's figures (jobs.figure_process)
 
 
 FMT = ".5g"  # parameters in the summary

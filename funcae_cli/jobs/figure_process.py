@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from funcae_cli.cores import cpu_count
-from funcae_cli.files import fork_child, forkable, json_default, save_figures, waited_ok
+from funcae_cli.files import figure_bytes, fork_child, forkable, json_default, save_figures, waited_ok
 
 MAX_TARGETS = 5_000  # a larger record is drawn by the caller: its JSON would cost more than the ~0.45 s import saved
 
@@ -34,11 +34,12 @@ Draw = Callable[[dict[str, Any]], dict[str, Any]]  # record -> {kind: a Figure, 
 @dataclass(frozen=True)
 class Figures:
     """What draws a command's figures, given by the command, which defers matplotlib's import to them: `load()` the
-    function from a record (and the family) to {kind: a Figure or a function that builds it}; `warm_up()` readies
-    matplotlib in a process that draws later (plotting.base.warm_up)."""
+    function from a record (and the family) to {kind: a Figure or a function that builds it}; `warm_up()` a
+    throw-away figure whose rendering readies matplotlib in a process that draws later
+    (plotting.base.warm_up_figure)."""
 
     load: Callable[[], Callable[..., dict[str, Any]]]
-    warm_up: Callable[[], None]
+    warm_up: Callable[[], Any]
 
 
 def _read_all(fd: int, size: int | None = None) -> bytes:
@@ -63,11 +64,11 @@ class FigureProcess:
 
     @classmethod
     def start(
-        cls, load: Callable[[], Draw], warm_up: Callable[[], None], paths: Callable[[str], Path]
+        cls, load: Callable[[], Draw], warm_up: Callable[[], Any], paths: Callable[[str], Path]
     ) -> FigureProcess | None:
-        """Fork the process: it calls load() and warm_up() at once (matplotlib's first figure costs ~0.5 s more than
-        the next: spent while the parent computes) and then draws the record it is sent into paths(kind). None where
-        forking is not safe (module docstring)."""
+        """Fork the process: it calls load() and renders warm_up()'s figure at once (matplotlib's first figure costs
+        ~0.5 s more than the next: spent while the parent computes), then draws the record it is sent into
+        paths(kind). None where forking is not safe (module docstring)."""
         if cpu_count() < 2 or not forkable():
             return None
         send_r, send_w = os.pipe()
@@ -78,7 +79,7 @@ class FigureProcess:
             os.close(result_r)
             os.nice(10)  # the parent's work first: it is what the figures wait for
             draw = load()
-            warm_up()
+            figure_bytes(warm_up())
             # the record's length first, so that its end is not awaited (another process forked from the parent
             # may hold the pipe's write end); none: the parent ended without sending one
             head = _read_all(send_r, 8)

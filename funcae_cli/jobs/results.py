@@ -17,7 +17,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from funcae_cli.config.families import Family
-from funcae_cli.plotting.base import warm_up  # noqa: F401  (re-exported: readies `funcae invert`'s figure process)
+from funcae_cli.plotting.base import warm_up_figure  # noqa: F401  (re-exported: `funcae invert`'s figure process)
 from funcae_cli.plotting.inversion import Inversion, inversion_page_figure, inversion_summary_figure, inversions_figure
 
 MAX_ROWS = 4  # targets drawn from a batch in the figure `funcae invert` writes

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import io
-
 import matplotlib
 
 matplotlib.use("Agg")  # headless: never needs a display
@@ -40,11 +38,11 @@ def new_figure(**kwargs) -> tuple[Figure, object]:
     return fig, axes
 
 
-def warm_up() -> None:
-    """Draw and encode a small figure with what every figure has (a log axis and its ticks, labels, a title, a
-    legend, constrained layout, a PNG) and throw it away: matplotlib loads its fonts, glyphs and caches on the first
-    figure a process draws (~0.5 s of `funcae invert`'s three). A process that will draw later (jobs.figure_process)
-    does it while it waits."""
+def warm_up_figure() -> Figure:
+    """A small figure with what every figure has (a log axis and its ticks, labels, a title, a legend, constrained
+    layout), to be rendered and thrown away: matplotlib loads its fonts, glyphs and caches on the first figure a
+    process draws (~0.5 s of `funcae invert`'s three). A process that will draw later (jobs.figure_process)
+    renders it while it waits."""
     fig, ax = new_figure(figsize=(3, 2))
     x = np.geomspace(0.1, 100.0, 20)
     ax.plot(x, np.sqrt(x), "o-", ms=3, label="$v_{c}$ (km/s)")
@@ -54,7 +52,7 @@ def warm_up() -> None:
     ax.set_ylabel("v (km/s)")
     ax.set_title("warm-up: $\\chi^2_\\nu$ = 1.0")
     ax.legend()
-    fig.savefig(io.BytesIO(), format="png", dpi=110, pil_kwargs={"compress_level": 3})
+    return fig
 
 
 def param_label(family: Family, values, digits: int = 4, names: list[str] | None = None) -> str:
