@@ -34,11 +34,11 @@ from funcae_cli.config import load_config
 from funcae_cli.data.dataset import generate
 from funcae_cli.data.normalize import split_sizes
 from funcae_cli.device import flush_denormals
+from funcae_cli.native import kernels as native
 from funcae_cli.training.engine_choice import time_engines
 from funcae_cli.training.engines import ENGINES, candidates
 from funcae_cli.training.evaluation import test_metrics
 from funcae_cli.training.loop import Trainer
-from funcae_cli.training.native import kernels as native
 from funcae_cli.training.prepared import prepare
 
 REPO = Path(__file__).resolve().parents[1]

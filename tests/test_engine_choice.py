@@ -11,10 +11,10 @@ import torch
 
 from funcae_cli.config import load_config
 from funcae_cli.models import build_model
+from funcae_cli.native import kernels as native
 from funcae_cli.training import engine_choice, engines
 from funcae_cli.training.engines import ENGINES, Engine, candidates, choose_engine
 from funcae_cli.training.loop import model_args
-from funcae_cli.training.native import kernels as native
 from funcae_cli.training.native.step import native_problem
 from funcae_cli.training.optim import FlatParams
 from funcae_cli.training.steps import MLPStep

@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from funcae_cli.models import build_model, linear_layers
+from funcae_cli.native import kernels as native
 from funcae_cli.training.engines import engine_for, select_step
 from funcae_cli.training.loop import model_args
-from funcae_cli.training.native import kernels as native
 from funcae_cli.training.native.step import EXACT_LOSS_BELOW, MAX_WIDTH, NativeMLPStep, native_problem
 from funcae_cli.training.optim import FlatParams
 from funcae_cli.training.steps import AutogradStep, MLPStep

@@ -13,7 +13,7 @@ from scipy import optimize, special, stats
 
 from benchmarks.observed import rotation_curve_np, scipy_fit
 from funcae_cli.config import load_config
-from funcae_cli.data.formulas import FORMULAS, DiscBessel, DiscTable
+from funcae_cli.data.formulas import FORMULAS, Disc, DiscTable
 from funcae_cli.inversion.assess import assess, chi2_p_value
 from funcae_cli.inversion.density import fit_code_density
 from funcae_cli.inversion.physics import Observations, fit_physics, natural_bounds
@@ -21,15 +21,29 @@ from funcae_cli.inversion.physics import Observations, fit_physics, natural_boun
 from .conftest import CONFIGS
 
 
-def test_disc_bessel_derivative_passes_gradcheck_and_forward_mode() -> None:
+def test_disc_derivative_passes_gradcheck_and_forward_mode() -> None:
     y = torch.tensor([0.01, 0.3, 1.0, 4.0, 25.0, 200.0], dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda t: DiscBessel.apply(t)[0], (y,))
+    assert torch.autograd.gradcheck(lambda t: Disc.apply(t)[0], (y,))
     with torch.autograd.forward_ad.dual_level():
         dual = torch.autograd.forward_ad.make_dual(y.detach(), torch.ones(6, dtype=torch.float64))
-        tangent = torch.autograd.forward_ad.unpack_dual(DiscBessel.apply(dual)[0]).tangent
+        tangent = torch.autograd.forward_ad.unpack_dual(Disc.apply(dual)[0]).tangent
     h = 1e-6 * y.detach()
-    fd = (DiscBessel.apply(y.detach() + h)[0] - DiscBessel.apply(y.detach() - h)[0]) / (2 * h)
+    fd = (Disc.apply(y.detach() + h)[0] - Disc.apply(y.detach() - h)[0]) / (2 * h)
     torch.testing.assert_close(tangent, fd, rtol=1e-6, atol=1e-12)
+
+
+def test_the_float64_disc_table_and_its_derivative_match_scipy_bessel_functions() -> None:
+    """The refit's float64 disc term and derivative (DiscTable through Disc) against scipy's scaled Bessel functions,
+    inside the table (up to y = 100: beyond, scipy's own difference I0K0 - I1K1 cancels to ~1e-9) and beyond both
+    of its ends (the Bessel functions themselves)."""
+    y = torch.cat([torch.logspace(-4, 2, 200_001, dtype=torch.float64), torch.tensor([1e-6, 3e-5, 2e3, 1e4])])
+    yy = y.numpy()
+    i0, i1, k0, k1 = special.i0e(yy), special.i1e(yy), special.k0e(yy), special.k1e(yy)
+    value, derivative = (t.numpy() for t in Disc.apply(y))
+    rel = np.abs(value / (i0 * k0 - i1 * k1) - 1)
+    assert rel.max() < 5e-11, f"worst relative error {rel.max():.2e} at y = {yy[rel.argmax()]:.4g}"
+    rel = np.abs(derivative / (2 * (i1 * k0 - i0 * k1 + i1 * k1 / yy)) - 1)
+    assert rel.max() < 5e-9, f"worst relative error of the derivative {rel.max():.2e} at y = {yy[rel.argmax()]:.4g}"
 
 
 def test_the_float32_disc_table_matches_scipy_bessel_functions_in_float64() -> None:

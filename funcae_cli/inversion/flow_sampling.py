@@ -16,6 +16,11 @@ A fully autoregressive transform over q features so costs q - 1 thinned evaluati
 (passes=2) one. The numbers are zuko's (`transform.inv`, `log_prob`) to float32 rounding; in float64 to 1e-12
 (tests/test_amortized.py).
 
+The splines' element-wise work (~60 eager torch operations per transform, each a pass over the draws) runs in one
+call of a compiled kernel (funcae_cli/native/rqs.c, `Splines` below in C, ~10x faster) where it can: float32 on
+the CPU with the native kernels built (else `Splines` itself; `FUNCAE_NATIVE=0` turns the kernel off). The two
+agree to float32 rounding, not bitwise (tests/test_native_splines.py).
+
 Layout: every per-draw tensor is (quantity, target, draw), contiguous, so that each of the spline's element-wise
 operations runs over long contiguous rows (torch's vectorized loops) rather than over a trailing dimension of 2 to
 9 (its strided ones, ~5x slower); per-target values are (quantity, target, 1) and broadcast over the draws.
@@ -33,6 +38,7 @@ import torch
 from torch import Tensor, nn
 
 from funcae_cli.inversion import seeding
+from funcae_cli.native import kernels as native
 
 # --- rational-quadratic splines (zuko.transforms.MonotonicRQSTransform, written for the inverse) -----------
 
@@ -104,6 +110,56 @@ class Splines:
         x = x0 + z * (x1 - x0)
         inside = y.abs() < self.bound
         return torch.where(inside, x, y), torch.where(inside, self._log_derivative(z, s, d0, d1, t), 0.0)
+
+
+def _native_kernels() -> object | None:
+    """The native kernels where they can be used here, else None (the reason is not needed: Splines is the same
+    computation)."""
+    try:
+        return native.kernels()
+    except native.NativeUnavailable:
+        return None
+
+
+MAX_NATIVE_BINS = 64  # rqs.c's MAX_BINS
+# Per-draw products and splines run over whole targets' draws, about this many at a time: a (48, 4096) float32
+# activation (786 KB) stays in a core's L2 cache, where over a whole chunk's draws each layer's output went to
+# memory and back (the products ran at ~40 GFLOP/s instead of ~90 on 2026-12-07's AMD EPYC).
+BLOCK_DRAWS = 4096
+
+
+def splines_at(
+    phi: Tensor, y: Tensor, bound: float, slope: float, forward: bool, lib: object | None
+) -> tuple[Tensor, Tensor]:
+    """A group's splines, raw parameters phi (3K - 1, k, n, S or 1: per draw, or per target), at its values y
+    (k, n, S): the image (forward or inverse) and the sum over the k features of the forward's log-derivative
+    (n, S). In the native kernel `lib` (rqs.c) where it applies: float32 on the CPU; else Splines."""
+    total, k, n, per = phi.shape
+    bins = (total + 1) // 3
+    usable = lib is not None and y.dtype == phi.dtype == torch.float32 and y.device.type == "cpu"
+    if not (usable and bins <= MAX_NATIVE_BINS and per in (1, y.shape[2])):
+        splines = Splines.of(phi, bound, slope)
+        out, ladj = splines.forward(y) if forward else splines.inverse(y)
+        return out, ladj.sum(0)
+    phi, y = phi.contiguous(), y.contiguous()
+    out, ladj = torch.empty_like(y), torch.empty_like(y)
+    scale = -1.0 / math.log(slope)
+    lib.fae_rqs(
+        int(not forward),
+        k * n,
+        y.shape[2],
+        bins,
+        phi.data_ptr(),
+        k * n * per,
+        int(per == 1),
+        y.data_ptr(),
+        out.data_ptr(),
+        ladj.data_ptr(),
+        bound,
+        2 * scale,
+        scale,
+    )
+    return out, ladj.sum(0)
 
 
 # --- the plan of one transform's inverse -------------------------------------------------------------------
@@ -205,6 +261,7 @@ class FlowSampler:
         self.plans = [_plan(t, q) for t in flow.transform.transforms]
         uni = flow.transform.transforms[0].univariate
         self.bound, self.slope = uni.keywords.get("bound", 5.0), uni.keywords.get("slope", 1e-3)
+        self.native = _native_kernels()  # here, not on the chunks' threads: a first use compiles them once
 
     def base_draws(self, seeds: Tensor, draws: int) -> Tensor:
         """(n, draws, q) float32 standard normals, row i from stream "amortized" of seeds[i] (draw c from its own
@@ -255,18 +312,22 @@ class FlowSampler:
         phi0 = acts[-1][:, plan.rows0].T.reshape(plan.total, len(plan.group0), n, 1)  # from the context alone
         out = torch.empty_like(y)
         x = y if forward else out  # where the hyper network reads x
-        splines = Splines.of(phi0, self.bound, self.slope)
-        out[plan.group0], ladj = splines.forward(y[plan.group0]) if forward else splines.inverse(y[plan.group0])
-        ladj = ladj.sum(0)
+        out[plan.group0], ladj = splines_at(phi0, y[plan.group0], self.bound, self.slope, forward, self.native)
+        block = max(1, BLOCK_DRAWS // s)  # targets per block
         for grp in plan.groups:
-            h = x[grp.layers[0].cols].reshape(-1, n * s)
-            for i, layer in enumerate(grp.layers):
-                const = seeding.linear_rows(acts[i][:, layer.others], layer.rest, layer.bias)  # (n, rows)
-                if i > 0:
-                    h = _activate(plan.activations[i - 1], h)
-                h = (layer.weight @ h).view(-1, n, s).add_(const.T[:, :, None]).view(-1, n * s)
-            phi = h.view(plan.total, len(grp.features), n, s)
-            splines = Splines.of(phi, self.bound, self.slope)
-            out[grp.features], part = splines.forward(y[grp.features]) if forward else splines.inverse(y[grp.features])
-            ladj += part.sum(0)
+            consts = [seeding.linear_rows(acts[i][:, layer.others], layer.rest, layer.bias).T  # (rows, n)
+                      for i, layer in enumerate(grp.layers)]  # fmt: skip
+            reads, solves = x[grp.layers[0].cols], y[grp.features]  # (cols, n, S), (k, n, S)
+            image, part = torch.empty_like(solves), y.new_empty(n, s)
+            for a in range(0, n, block):  # a few targets' draws at a time: the activations stay in the cache
+                b = min(n, a + block)
+                h = reads[:, a:b].reshape(-1, (b - a) * s)
+                for i, layer in enumerate(grp.layers):
+                    if i > 0:
+                        h = _activate(plan.activations[i - 1], h)
+                    h = (layer.weight @ h).view(-1, b - a, s).add_(consts[i][:, a:b, None]).view(-1, (b - a) * s)
+                phi = h.view(plan.total, len(grp.features), b - a, s)
+                image[:, a:b], part[a:b] = splines_at(phi, solves[:, a:b], self.bound, self.slope, forward, self.native)
+            out[grp.features] = image
+            ladj += part
         return out, ladj

@@ -81,7 +81,7 @@ class Neighbours:
     def _nearest(self, q: np.ndarray, k: int) -> np.ndarray:
         """Indices (q, k) of each query's k nearest codes, in any order."""
         if self.tree is not None:
-            return self.tree.query(q, k=k)[1].reshape(len(q), k)
+            return self.tree.query(q, k=k, workers=-1)[1].reshape(len(q), k)  # every core: each query its own
         codes, qt = torch.from_numpy(self.codes), torch.from_numpy(q)
         idx = []
         for a in range(0, qt.shape[0], SEARCH_CHUNK):

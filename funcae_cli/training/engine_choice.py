@@ -43,8 +43,8 @@ from torch import Tensor, nn
 
 from funcae_cli.config import TrainConfig
 from funcae_cli.files import atomic_write_json
+from funcae_cli.native import kernels as native
 from funcae_cli.training.losses import CORRUPTIONS
-from funcae_cli.training.native import kernels as native
 from funcae_cli.training.optim import FlatParams
 from funcae_cli.training.steps import Step
 

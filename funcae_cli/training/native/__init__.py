@@ -1,1 +1,2 @@
-"""The native step: its narrow middle layers in compiled C (mlp.c, loaded by kernels.py; step.py drives it)."""
+"""The native step: its narrow middle layers in compiled C (funcae_cli/native: mlp.c, loaded by kernels.py;
+step.py drives it)."""

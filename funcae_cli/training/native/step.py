@@ -42,7 +42,7 @@ import torch
 from torch import Tensor, nn
 
 from funcae_cli.config import TrainConfig
-from funcae_cli.training.native import kernels as native
+from funcae_cli.native import kernels as native
 from funcae_cli.training.optim import FlatParams
 from funcae_cli.training.steps import MLPStep, Planned, StepLosses, mlp_chain
 

@@ -5,7 +5,7 @@
  * operations per step whose cost is dispatch, not arithmetic. These functions do the whole narrow
  * chain, forward and backward, in one call each; the last layer in Gram form; and the first product
  * together with the batch's gather (fae_project), one pass over the rows where torch makes two.
- * funcae_cli/training/native/kernels.py compiles this file on first use (cc -O3 -march=native
+ * funcae_cli/native/kernels.py compiles this file on first use (cc -O3 -march=native
  * -fno-trapping-math, -fopenmp where torch's libgomp is loaded) and native/step.py drives it.
  *
  * Layout: float32, row-major. Inside the chain, activations are feature-major: h[j] is (dims[j], ld)
@@ -77,7 +77,7 @@ static inline float hsum16(v16 v) {
     return (s4[0] + s4[2]) + (s4[1] + s4[3]);
 }
 
-#define FAE_ABI 4
+#define FAE_ABI 5
 #define FAE_MAX_WIDTH 32 /* the widest chain layer the Gram kernels take (native/step.py: MAX_WIDTH) */
 
 enum { ACT_NONE = 0, ACT_TANH = 1, ACT_RELU = 2 };

@@ -1,11 +1,11 @@
-"""Native CPU kernels (mlp.c), compiled on first use and cached.
+"""Native CPU kernels (mlp.c, rqs.c: one library), compiled on first use and cached.
 
 `kernels()` returns the loaded library, or raises `NativeUnavailable` saying why not: no C compiler,
 a failed compile, or `FUNCAE_NATIVE=0` in the environment. Callers fall back to torch code, so a
 machine without a compiler trains exactly as before, only slower (`funcae train` reports the engine).
 
 The shared object is built with `$CC` (default `cc`) and `-march=native`, so it is cached per CPU:
-`<cache>/native-<key>.so`, where the key hashes the source, the flags, the compiler and the CPU's
+`<cache>/native-<key>.so`, where the key hashes the sources, the flags, the compiler and the CPU's
 feature flags (a home directory shared by different machines gets one file per machine). The
 cache is `$FUNCAE_CACHE_DIR`, else `$XDG_CACHE_HOME/funcae`, else `~/.cache/funcae`. The compile
 (~0.3 s) writes a temporary file in that folder and renames it into place, so concurrent runs
@@ -31,10 +31,20 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-SOURCE = Path(__file__).with_name("mlp.c")
-FLAGS = ("-O3", "-march=native", "-fno-trapping-math", "-ffp-contract=fast", "-std=c11", "-shared", "-fPIC")
+SOURCES = tuple(Path(__file__).with_name(name) for name in ("mlp.c", "rqs.c"))
+# -fno-math-errno: sqrtf as one vector instruction (no libm call to set errno); neither file calls libm otherwise
+FLAGS = (
+    "-O3",
+    "-march=native",
+    "-fno-trapping-math",
+    "-fno-math-errno",
+    "-ffp-contract=fast",
+    "-std=c11",
+    "-shared",
+    "-fPIC",
+)
 OPENMP = ("-fopenmp",)
-ABI = 4  # FAE_ABI in mlp.c
+ABI = 5  # FAE_ABI in mlp.c
 
 _P, _I32, _I64, _F, _D = ctypes.c_void_p, ctypes.c_int32, ctypes.c_int64, ctypes.c_float, ctypes.c_double
 SIGNATURES: dict[str, tuple[list, type | None]] = {
@@ -51,6 +61,7 @@ SIGNATURES: dict[str, tuple[list, type | None]] = {
     "fae_sumsq": ([_P, _I64], _D),
     "fae_sse": ([_P, _P, _I64], _D),
     "fae_row_sumsq": ([_P, _I64, _I64, _P], None),
+    "fae_rqs": ([_I32, _I64, _I64, _I32, _P, _I64, _I32, _P, _P, _P, _F, _F, _F], None),
 }
 
 
@@ -108,7 +119,8 @@ def library_path(threads: bool = False) -> Path:
     key = hashlib.sha256()
     for part in (" ".join(flags(threads)), " ".join(compiler()), _cpu_fingerprint()):
         key.update(part.encode() + b"\0")
-    key.update(SOURCE.read_bytes())
+    for source in SOURCES:
+        key.update(source.read_bytes())
     return cache_dir() / f"native-{key.hexdigest()[:16]}.so"
 
 
@@ -116,7 +128,7 @@ def _compile(target: Path, threads: bool) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".native-", suffix=".so.tmp")
     os.close(fd)
-    cmd = [*compiler(), *flags(threads), "-o", tmp, str(SOURCE)]
+    cmd = [*compiler(), *flags(threads), "-o", tmp, *map(str, SOURCES)]
     try:
         r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
         if r.returncode != 0:
