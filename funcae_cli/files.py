@@ -8,6 +8,7 @@ import json
 import math
 import os
 import shutil
+import signal
 import sys
 import tempfile
 import threading
@@ -116,18 +117,56 @@ def json_chunks(obj: Any, rows: str | None = None) -> Iterator[str]:
 
 def _record_chunks(obj: dict[str, Any], rows: str) -> Iterator[str]:
     indented = json.JSONEncoder(indent=2, default=json_default)
-    line = json.JSONEncoder(default=json_default)
     yield "{"
     for i, (key, value) in enumerate(obj.items()):
         yield ("," if i else "") + "\n  " + json.dumps(key) + ": "
         if key == rows:
             yield "["
-            for j, row in enumerate(value):
-                yield ("," if j else "") + "\n    " + line.encode(row)
+            yield from _row_lines(value)
             yield "\n  ]" if value else "]"
         else:  # a string holds no raw newline (JSON escapes it): every newline starts an indented line
             yield indented.encode(value).replace("\n", "\n  ")
     yield "\n}\n" if obj else "}\n"
+
+
+FORKED_JSON_ROWS = 20_000  # a record with more rows than this encodes its second half in a forked process
+
+
+def _row_lines(values: list[Any]) -> Iterator[str]:
+    """Each row on its own line (json's C encoder, ASCII). A long list's second half is encoded meanwhile by a
+    forked process into an unnamed temporary file, read back after the first half: ~70 us a row, 7 s of a
+    100,000-target catalogue's record on one core, ~3.5 s on two. Where forking is not safe, or the process failed,
+    this process encodes it. The same text either way."""
+    line = json.JSONEncoder(default=json_default)
+
+    def lines(part: list[Any], first: int) -> Iterator[str]:
+        for j, row in enumerate(part, first):
+            yield ("," if j else "") + "\n    " + line.encode(row)
+
+    half = len(values) // 2
+    if len(values) <= FORKED_JSON_ROWS or cpu_count() < 2 or not forkable():
+        yield from lines(values, 0)
+        return
+    with tempfile.TemporaryFile() as spool:
+
+        def encode_rest() -> None:
+            with open(spool.fileno(), "w", encoding="ascii", closefd=False) as out:
+                out.writelines(lines(values[half:], half))
+
+        pid, done = fork_child(encode_rest), False
+        try:
+            yield from lines(values[:half], 0)
+            done = True
+        finally:
+            if not done:  # the writer stopped early: the rest is not needed
+                os.kill(pid, signal.SIGKILL)
+            written = waited_ok(pid)
+        if not written:
+            yield from lines(values[half:], half)
+            return
+        spool.seek(0)
+        while piece := spool.read(1 << 20):
+            yield piece.decode("ascii")
 
 
 def atomic_write_json(path: str | Path, obj: Any, rows: str | None = None) -> None:

@@ -4,6 +4,8 @@ nothing; none is left behind."""
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
 import sys
 import time
@@ -13,7 +15,8 @@ import numpy as np
 import pytest
 from matplotlib.figure import Figure
 
-from funcae_cli.files import ForkedWrite, atomic_write_chunks, save_figure
+from funcae_cli import files
+from funcae_cli.files import ForkedWrite, atomic_write_chunks, atomic_write_json, json_text, save_figure
 from funcae_cli.jobs.figure_process import MAX_TARGETS, FigureProcess
 from funcae_cli.plotting.base import warm_up_figure  # and its rcParams here, as in the process
 from tests.test_save_figures import _no_children_left
@@ -135,6 +138,35 @@ def test_a_forked_write_writes_the_bytes_written_here_and_a_failure_writes_nothi
     failing = ForkedWrite.start(tmp_path / "broken.csv", broken)
     assert failing is not None and not failing.wait()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["forked.csv", "here.csv"]  # no temp file either
+    assert _no_children_left()
+
+
+def test_a_long_records_rows_encoded_half_in_a_forked_process_are_the_text_of_one_process(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """A catalogue's JSON record: its rows' second half encoded by a forked process gives the bytes this process
+    gives alone (and json's own reading of them); a failed process leaves that half to this one, the same bytes."""
+    rows = [{"index": i, "name": f"g{i:05d}", "q": [i * 0.1, None, 1e-300], "flag": ["x"] * (i % 3)}
+            for i in range(301)]  # fmt: skip
+    record = {"run": "r", "targets": rows, "files": {"json": "a.json"}}
+    monkeypatch.setattr(files, "FORKED_JSON_ROWS", 10**9)
+    atomic_write_json(tmp_path / "alone.json", record, rows="targets")
+    monkeypatch.setattr(files, "FORKED_JSON_ROWS", 100)
+    forks = []
+    monkeypatch.setattr(files, "fork_child", lambda work, real=files.fork_child: forks.append(1) or real(work))
+    atomic_write_json(tmp_path / "forked.json", record, rows="targets")
+    if not forks:
+        pytest.skip("the rows were not forked here (one core or other threads)")
+    alone = (tmp_path / "alone.json").read_bytes()
+    assert (tmp_path / "forked.json").read_bytes() == alone
+    assert json.loads(alone) == json.loads(json_text(record))
+
+    def failing(work, real=files.fork_child):  # a process that dies before it writes
+        return real(lambda: os._exit(3))
+
+    monkeypatch.setattr(files, "fork_child", failing)
+    atomic_write_json(tmp_path / "failed.json", record, rows="targets")
+    assert (tmp_path / "failed.json").read_bytes() == alone
     assert _no_children_left()
 
 
