@@ -1,4 +1,4 @@
-"""Convergence diagnostics of MCMC chains, batched over many targets (torch only; nothing of funcae).
+"""Convergence diagnostics of MCMC chains, batched over many targets (torch and numpy; nothing of funcae).
 
 - `rank_rhat`: the rank-normalized split R-hat of Vehtari, Gelman, Simpson, Carpenter & Buerkner (2021), the
   larger of the bulk R-hat (split chains, ranks over all draws mapped to normal scores) and the tail R-hat (the
@@ -13,6 +13,7 @@ Shapes: chains (n targets, chains, draws, q parameters) -> (n, q).
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -35,22 +36,29 @@ def _split(chains: Tensor) -> Tensor:
     return torch.cat([chains[:, :, :half], chains[:, :, chains.shape[2] - half :]], dim=1)
 
 
-def _z_scale(chains: Tensor) -> Tensor:
+def _z_scale(chains: Tensor) -> tuple[Tensor, Tensor]:
     """Normal scores of the ranks over all draws of each (target, parameter), ties given their average rank (a
-    chain's rejected moves repeat its value): one sort, then each run of equal values' first and last place in it."""
+    chain's rejected moves repeat its value): one sort, then each run of equal values' first and last place in it;
+    and, from the same sort, the draws' median (n, q) (numpy's: the mean of the two middle values). The sort is
+    numpy's (its vectorized argsort: ~1.8x torch's sort on 51,200 draws per row, 2026-12-07), the ranks exact
+    either way."""
     n, c, s, q = chains.shape
     m = c * s
-    ordered, where = chains.double().permute(0, 3, 1, 2).reshape(n * q, m).sort(dim=1)
-    place = torch.arange(m).expand_as(ordered)
-    first = torch.ones_like(ordered, dtype=torch.bool)  # a run of equal values starts here
+    flat = np.ascontiguousarray(chains.double().permute(0, 3, 1, 2).reshape(n * q, m).numpy())
+    where = np.argsort(flat, axis=1)
+    ordered = np.take_along_axis(flat, where, axis=1)
+    first = np.ones(ordered.shape, dtype=bool)  # a run of equal values starts here
     first[:, 1:] = ordered[:, 1:] != ordered[:, :-1]
-    last = torch.ones_like(first)  # ... ends here
+    last = np.ones_like(first)  # ... ends here
     last[:, :-1] = first[:, 1:]
-    start = torch.where(first, place, 0).cummax(dim=1).values
-    end = torch.where(last, place, m - 1).flip(1).cummin(dim=1).values.flip(1)
-    rank = torch.empty_like(ordered).scatter_(1, where, (start + end).double() / 2 + 1)  # 1-based average rank
-    z = torch.special.ndtri((rank - 0.375) / (m + 0.25))
-    return z.reshape(n, q, c, s).permute(0, 2, 3, 1)
+    place = np.arange(m)
+    start = np.maximum.accumulate(np.where(first, place, 0), axis=1)
+    end = np.minimum.accumulate(np.where(last, place, m - 1)[:, ::-1], axis=1)[:, ::-1]
+    rank = np.empty_like(flat)
+    np.put_along_axis(rank, where, (start + end) / 2 + 1, axis=1)  # 1-based average rank
+    z = torch.special.ndtri((torch.from_numpy(rank) - 0.375) / (m + 0.25))
+    median = torch.from_numpy(0.5 * (ordered[:, (m - 1) // 2] + ordered[:, m // 2])).reshape(n, q)
+    return z.reshape(n, q, c, s).permute(0, 2, 3, 1), median
 
 
 def split_rhat(chains: Tensor) -> Tensor:
@@ -61,16 +69,9 @@ def split_rhat(chains: Tensor) -> Tensor:
 def rank_rhat(chains: Tensor) -> Tensor:
     """Rank-normalized split R-hat (n, q) of (n, chains, draws, q): max(bulk, tail) as ArviZ's method="rank"."""
     split = _split(chains).double()
-    bulk = _rhat(_z_scale(split))
-    folded = (split - _median(split.flatten(1, 2))[:, None, None]).abs()
-    return torch.maximum(bulk, _rhat(_z_scale(folded)))
-
-
-def _median(x: Tensor) -> Tensor:
-    """numpy's median over dim 1 of (n, k, q): the mean of the two middle values for an even k."""
-    ordered = x.sort(dim=1).values
-    k = x.shape[1]
-    return 0.5 * (ordered[:, (k - 1) // 2] + ordered[:, k // 2])
+    z, median = _z_scale(split)
+    folded = (split - median[:, None, None]).abs()
+    return torch.maximum(_rhat(z), _rhat(_z_scale(folded)[0]))
 
 
 def integrated_time(chains: Tensor, c: float = 5.0) -> Tensor:
