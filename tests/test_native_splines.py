@@ -13,10 +13,11 @@ import shutil
 import pytest
 import torch
 
-from funcae_cli.inversion.flow_sampling import FlowSampler, Splines, _native_kernels, splines_at
+from funcae_cli.inversion.flow_sampling import FlowSampler, Splines, splines_at
+from funcae_cli.native.kernels import kernels_or_none
 
 pytestmark = pytest.mark.skipif(
-    shutil.which(os.environ.get("CC") or "cc") is None or _native_kernels() is None,
+    shutil.which(os.environ.get("CC") or "cc") is None or kernels_or_none() is None,
     reason="native kernels unavailable (no C compiler, or FUNCAE_NATIVE=0): flow_sampling uses Splines alone",
 )
 BOUND, SLOPE = 5.0, 1e-3
@@ -34,7 +35,7 @@ def test_the_kernel_is_the_float64_spline_to_float32_rounding(bins: int, per_dra
     y[0, 0, :3] = torch.tensor([math.nan, BOUND, -BOUND - 1e-3])
     splines = Splines.of(phi.double(), BOUND, SLOPE)
     ref, ref_ladj = splines.forward(y.double()) if forward else splines.inverse(y.double())
-    out, ladj = splines_at(phi, y, BOUND, SLOPE, forward, _native_kernels())
+    out, ladj = splines_at(phi, y, BOUND, SLOPE, forward, kernels_or_none())
     assert out.dtype == ladj.dtype == torch.float32
     torch.testing.assert_close(out.double(), ref, rtol=0, atol=TOL, equal_nan=True)
     torch.testing.assert_close(ladj.double(), ref_ladj.sum(0), rtol=0, atol=TOL, equal_nan=True)
@@ -47,8 +48,8 @@ def test_the_kernels_inverse_undoes_its_forward() -> None:
     g = torch.Generator().manual_seed(0)
     phi = 0.7 * torch.randn(23, 3, 5, 64, generator=g)
     x = 4 * torch.rand(3, 5, 64, generator=g) - 2
-    y, ladj_f = splines_at(phi, x, BOUND, SLOPE, True, _native_kernels())
-    back, ladj_i = splines_at(phi, y, BOUND, SLOPE, False, _native_kernels())
+    y, ladj_f = splines_at(phi, x, BOUND, SLOPE, True, kernels_or_none())
+    back, ladj_i = splines_at(phi, y, BOUND, SLOPE, False, kernels_or_none())
     torch.testing.assert_close(back, x, rtol=0, atol=2e-5)
     torch.testing.assert_close(ladj_i, ladj_f, rtol=0, atol=5e-5)  # both the forward's log-derivative at x
 

@@ -112,15 +112,6 @@ class Splines:
         return torch.where(inside, x, y), torch.where(inside, self._log_derivative(z, s, d0, d1, t), 0.0)
 
 
-def _native_kernels() -> object | None:
-    """The native kernels where they can be used here, else None (the reason is not needed: Splines is the same
-    computation)."""
-    try:
-        return native.kernels()
-    except native.NativeUnavailable:
-        return None
-
-
 MAX_NATIVE_BINS = 64  # rqs.c's MAX_BINS
 # Per-draw products and splines run over whole targets' draws, about this many at a time: a (48, 4096) float32
 # activation (786 KB) stays in a core's L2 cache, where over a whole chunk's draws each layer's output went to
@@ -261,7 +252,7 @@ class FlowSampler:
         self.plans = [_plan(t, q) for t in flow.transform.transforms]
         uni = flow.transform.transforms[0].univariate
         self.bound, self.slope = uni.keywords.get("bound", 5.0), uni.keywords.get("slope", 1e-3)
-        self.native = _native_kernels()  # here, not on the chunks' threads: a first use compiles them once
+        self.native = native.kernels_or_none()  # here, not on the chunks' threads: a first use compiles them once
 
     def base_draws(self, seeds: Tensor, draws: int) -> Tensor:
         """(n, draws, q) float32 standard normals, row i from stream "amortized" of seeds[i] (draw c from its own

@@ -1,4 +1,4 @@
-"""Native CPU kernels (mlp.c, rqs.c: one library), compiled on first use and cached.
+"""Native CPU kernels (mlp.c, rqs.c, tables.c: one library), compiled on first use and cached.
 
 `kernels()` returns the loaded library, or raises `NativeUnavailable` saying why not: no C compiler,
 a failed compile, or `FUNCAE_NATIVE=0` in the environment. Callers fall back to torch code, so a
@@ -29,9 +29,10 @@ import platform
 import shlex
 import subprocess
 import tempfile
+import threading
 from pathlib import Path
 
-SOURCES = tuple(Path(__file__).with_name(name) for name in ("mlp.c", "rqs.c"))
+SOURCES = tuple(Path(__file__).with_name(name) for name in ("mlp.c", "rqs.c", "tables.c"))
 # -fno-math-errno: sqrtf as one vector instruction (no libm call to set errno); neither file calls libm otherwise
 FLAGS = (
     "-O3",
@@ -62,6 +63,7 @@ SIGNATURES: dict[str, tuple[list, type | None]] = {
     "fae_sse": ([_P, _P, _I64], _D),
     "fae_row_sumsq": ([_P, _I64, _I64, _P], None),
     "fae_rqs": ([_I32, _I64, _I64, _I32, _P, _I64, _I32, _P, _P, _P, _F, _F, _F], None),
+    "fae_loglog_table": ([_P, _P, _I64, _P, _P, _P, _P, _I32, _F, _F, _F, _F], _I64),
 }
 
 
@@ -70,6 +72,7 @@ class NativeUnavailable(RuntimeError):
 
 
 _loaded: dict[str, ctypes.CDLL | NativeUnavailable] = {}
+_loading = threading.Lock()
 
 
 def cache_dir() -> Path:
@@ -175,16 +178,27 @@ def _load() -> ctypes.CDLL:
 
 
 def kernels() -> ctypes.CDLL:
-    """The loaded kernels (built on the first call in a process, loaded from the cache after)."""
-    if "lib" not in _loaded:
-        try:
-            _loaded["lib"] = _load()
-        except NativeUnavailable as e:
-            _loaded["lib"] = e
+    """The loaded kernels (built on the first call in a process, loaded from the cache after; one build at a time
+    where threads ask at once)."""
+    with _loading:
+        if "lib" not in _loaded:
+            try:
+                _loaded["lib"] = _load()
+            except NativeUnavailable as e:
+                _loaded["lib"] = e
     got = _loaded["lib"]
     if isinstance(got, NativeUnavailable):
         raise got
     return got
+
+
+def kernels_or_none() -> ctypes.CDLL | None:
+    """The loaded kernels, or None where they cannot be used here (for callers whose torch code computes the same:
+    the reason is not theirs to report)."""
+    try:
+        return kernels()
+    except NativeUnavailable:
+        return None
 
 
 def reset() -> None:
