@@ -22,7 +22,7 @@ setup(
     packages=[*find_packages(include=["funcae_cli*"]), *config_packages],
     package_dir={PACKAGED: CONFIGS},
     package_data={
-        "funcae_cli": ["native/*.c"],  # compiled on first use (funcae_cli/native)
+        "funcae_cli": ["native/*.c", "native/*.h"],  # compiled on first use (funcae_cli/native)
         **{p: CONFIG_FILES for p in config_packages},
     },
 )

@@ -33,6 +33,7 @@ import threading
 from pathlib import Path
 
 SOURCES = tuple(Path(__file__).with_name(name) for name in ("mlp.c", "rqs.c", "tables.c"))
+HEADERS = (Path(__file__).with_name("cephes.h"),)  # included by the sources: hashed with them
 # -fno-math-errno: sqrtf as one vector instruction (no libm call to set errno); neither file calls libm otherwise
 FLAGS = (
     "-O3",
@@ -122,7 +123,7 @@ def library_path(threads: bool = False) -> Path:
     key = hashlib.sha256()
     for part in (" ".join(flags(threads)), " ".join(compiler()), _cpu_fingerprint()):
         key.update(part.encode() + b"\0")
-    for source in SOURCES:
+    for source in (*SOURCES, *HEADERS):
         key.update(source.read_bytes())
     return cache_dir() / f"native-{key.hexdigest()[:16]}.so"
 

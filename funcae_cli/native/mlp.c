@@ -25,6 +25,8 @@
  */
 #include <stdint.h>
 #include <string.h>
+
+#include "cephes.h" /* exp_f */
 #ifdef _OPENMP
 #include <omp.h>
 static inline int64_t thread_id(void) { return omp_get_thread_num(); }
@@ -92,19 +94,6 @@ int32_t fae_threads(void) {
         if (thread_id() == 0) n = (int32_t)thread_count();
     }
     return n;
-}
-
-/* exp(x) for |x| <= 20: Cephes expf (x = n ln2 + r, degree-6 polynomial in r, 2^n from its bits). */
-static inline float exp_f(float x) {
-    const float fx = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f; /* round to nearest */
-    const int32_t n = (int32_t)fx;
-    x = x - fx * 0.693359375f;
-    x = x - fx * -2.12194440e-4f;
-    const float z = x * x;
-    const float y = (((((1.9875691500E-4f * x + 1.3981999507E-3f) * x + 8.3334519073E-3f) * x
-                       + 4.1665795894E-2f) * x + 1.6666665459E-1f) * x + 5.0000001201E-1f) * z + x + 1.0f;
-    union { int32_t i; float f; } s = {.i = (n + 127) << 23};
-    return y * s.f;
 }
 
 /* tanh(x): Cephes tanhf, an odd polynomial below |x| = 0.625 and 1 - 2 / (exp(2|x|) + 1) above

@@ -5,7 +5,7 @@
  * inversion/flow_sampling.py (Splines) computes the same in ~60 eager torch operations per transform, each a pass
  * over all the draws; here each value's spline is built and solved in registers, 16 values at a time (GCC's
  * vector extensions: one AVX-512 register, or two AVX2 ones), ~10x faster. Float32, as the torch code in float32:
- * the same formulas in the same order (cumulative sums left to right), with exp and log from Cephes' polynomials
+ * the same formulas in the same order (cumulative sums left to right), with exp and log from cephes.h
  * (within ~2 ulp) and fused multiply-adds where the compiler finds them, so the two agree to float32 rounding,
  * not bitwise (tests/test_native_splines.py, against float64). Each value's result depends on its own inputs
  * alone: the same bits in any batch, on any number of threads (this kernel runs on its caller's thread).
@@ -19,6 +19,8 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "cephes.h" /* exp_f, log_f */
+
 typedef float v16 __attribute__((vector_size(64)));
 typedef int32_t i16 __attribute__((vector_size(64)));
 
@@ -30,35 +32,17 @@ static inline i16 splati(int32_t x) { return (i16){x, x, x, x, x, x, x, x, x, x,
 static inline v16 pick(i16 mask, v16 a, v16 b) { return (v16)(((i16)a & mask) | ((i16)b & ~mask)); }
 static inline v16 vabs(v16 x) { return (v16)((i16)x & splati(0x7fffffff)); }
 
-/* exp(x) for |x| < 87 (2^n a normal float): Cephes expf (x = n ln2 + r, degree-6 polynomial in r, 2^n from its
-   bits), as mlp.c's exp_f */
+/* exp and log of 16 lanes: cephes.h's, one lane at a time (GCC vectorizes these loops) */
 static inline v16 vexp(v16 x) {
-    const v16 fx = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f; /* round to nearest */
-    const i16 n = __builtin_convertvector(fx, i16);
-    x = x - fx * 0.693359375f;
-    x = x - fx * -2.12194440e-4f;
-    const v16 z = x * x;
-    const v16 y = (((((1.9875691500E-4f * x + 1.3981999507E-3f) * x + 8.3334519073E-3f) * x + 4.1665795894E-2f) * x
-                    + 1.6666665459E-1f) * x + 5.0000001201E-1f) * z + x + 1.0f;
-    return y * (v16)((n + 127) << 23);
+    v16 r;
+    for (int l = 0; l < 16; l++) r[l] = exp_f(x[l]);
+    return r;
 }
 
-/* log(x) for finite x > 0: Cephes logf (x = m 2^e, m in [sqrt(1/2), sqrt(2)), a degree-9 polynomial in m - 1) */
 static inline v16 vlog(v16 x) {
-    const i16 bits = (i16)x;
-    i16 e = ((bits >> 23) & 0xff) - 126;
-    v16 m = (v16)((bits & (int32_t)0x807fffff) | 0x3f000000); /* [0.5, 1) */
-    const i16 small = m < 0.707106781186547524f;                 /* true: all ones (-1) */
-    e = e + small;
-    m = pick(small, m + m - 1.0f, m - 1.0f);
-    const v16 z = m * m;
-    v16 y = ((((((((7.0376836292E-2f * m - 1.1514610310E-1f) * m + 1.1676998740E-1f) * m - 1.2420140846E-1f) * m
-                 + 1.4249322787E-1f) * m - 1.6668057665E-1f) * m + 2.0000714765E-1f) * m - 2.4999993993E-1f) * m
-             + 3.3333331174E-1f) * m * z;
-    const v16 fe = __builtin_convertvector(e, v16);
-    y = y + fe * -2.12194440e-4f;
-    y = y - 0.5f * z;
-    return (m + y) + fe * 0.693359375f;
+    v16 r;
+    for (int l = 0; l < 16; l++) r[l] = log_f(x[l]);
+    return r;
 }
 
 static inline v16 vsqrt(v16 x) {
