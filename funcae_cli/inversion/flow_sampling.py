@@ -31,6 +31,7 @@ ones on whole targets' draws (hundreds of columns), so a target's draws do not d
 
 from __future__ import annotations
 
+import ctypes
 import math
 from dataclasses import dataclass
 
@@ -113,14 +114,16 @@ class Splines:
 
 
 MAX_NATIVE_BINS = 64  # rqs.c's MAX_BINS
-# Per-draw products and splines run over whole targets' draws, about this many at a time: a (48, 4096) float32
-# activation (786 KB) stays in a core's L2 cache, where over a whole chunk's draws each layer's output went to
-# memory and back (the products ran at ~40 GFLOP/s instead of ~90 on 2026-12-07's AMD EPYC).
+# Per-draw products and splines run over whole targets' draws, about this many at a time, so that a layer's output
+# stays in a core's L2 cache (a (96, 96) x (96, N) product ran at ~90 GFLOP/s in blocks of 4,096 columns, ~43 over
+# a whole chunk of 26,000, on 2026-12-07's AMD EPYC; the config's flow, (48, 48) layers, sampled a chunk at 0.97-1.07
+# us per draw against 1.05-1.35 us, and the 100,000-curve command showed no difference beyond noise). It also
+# bounds the activations' memory by the block, not the chunk.
 BLOCK_DRAWS = 4096
 
 
 def splines_at(
-    phi: Tensor, y: Tensor, bound: float, slope: float, forward: bool, lib: object | None
+    phi: Tensor, y: Tensor, bound: float, slope: float, forward: bool, lib: ctypes.CDLL | None
 ) -> tuple[Tensor, Tensor]:
     """A group's splines, raw parameters phi (3K - 1, k, n, S or 1: per draw, or per target), at its values y
     (k, n, S): the image (forward or inverse) and the sum over the k features of the forward's log-derivative
