@@ -144,7 +144,7 @@ def _row_lines(values: list[Any]) -> Iterator[str]:
             yield ("," if j else "") + "\n    " + line.encode(row)
 
     half = len(values) // 2
-    if len(values) <= FORKED_JSON_ROWS or cpu_count() < 2 or not forkable():
+    if len(values) <= FORKED_JSON_ROWS or not helpers_run_beside():
         yield from lines(values, 0)
         return
     with tempfile.TemporaryFile() as spool:
@@ -244,6 +244,11 @@ def forkable() -> bool:
     return sys.platform.startswith("linux") and threading.active_count() == 1
 
 
+def helpers_run_beside() -> bool:
+    """Whether a forked helper would run beside this process: forking is safe here and there are two cores."""
+    return cpu_count() >= 2 and forkable()
+
+
 def fork_child(work: Callable[[], Any]) -> int:
     """Fork a process that runs work() and leaves, exit code 0 if it returned and 1 if it raised, without the
     parent's exit handlers or buffered output; its pid here (reap it: waited_ok)."""
@@ -312,7 +317,7 @@ class ForkedWrite:
 
     @classmethod
     def start(cls, path: str | Path, make: Callable[[], Iterable[str]]) -> ForkedWrite | None:
-        if cpu_count() < 2 or not forkable():
+        if not helpers_run_beside():
             return None
         return cls(fork_child(lambda: atomic_write_chunks(path, make())))
 

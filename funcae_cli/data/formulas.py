@@ -86,7 +86,8 @@ def disc_bessel(y: Tensor) -> tuple[Tensor, Tensor]:
 
 class DiscTable:
     """I0(y)K0(y) - I1(y)K1(y) and its derivative, tabulated: four Bessel functions per point were half of the
-    samplers' time and a fifth of the physics refit's, where this is ~6x faster (float64) and ~20x (float32).
+    samplers' time and a fifth of the physics refit's, where this is ~6x faster (float64) and ~5x (float32; ~8x
+    more in the native kernel, `value`).
 
     ln(I0K0 - I1K1) is tabulated against ln y (`disc_bessel` in float64, NODES nodes on [Y_MIN, Y_MAX]) as a cubic
     Hermite spline: four gathers and a cubic per point. The derivative is the spline's own, so a fit's Jacobian is
@@ -96,6 +97,8 @@ class DiscTable:
     """
 
     Y_MIN, Y_MAX, NODES = 1e-4, 1e3, 4096
+    LOG_MIN = math.log(Y_MIN)
+    SCALE = (NODES - 1) / (math.log(Y_MAX) - LOG_MIN)  # nodes per unit of ln y
     _coefficients: dict[tuple[torch.device, torch.dtype], list[Tensor]] = {}
 
     @classmethod
@@ -103,7 +106,7 @@ class DiscTable:
         """Four columns (NODES - 1,): the cubic of each interval in its local coordinate u in [0, 1)."""
         key = (device, dtype)
         if key not in cls._coefficients:
-            s = torch.linspace(math.log(cls.Y_MIN), math.log(cls.Y_MAX), cls.NODES, dtype=torch.float64)
+            s = torch.linspace(cls.LOG_MIN, math.log(cls.Y_MAX), cls.NODES, dtype=torch.float64)
             y = s.exp()
             g, dg = disc_bessel(y)
             f, df = g.log(), y * dg / g * (s[1] - s[0])  # d ln g / d ln y, per interval
@@ -115,42 +118,43 @@ class DiscTable:
     @classmethod
     def evaluate(cls, y: Tensor, derivative: bool) -> tuple[Tensor, Tensor | None]:
         """(g, dg/dy or None) at y (any shape), in y's dtype."""
-        lo, hi = math.log(cls.Y_MIN), math.log(cls.Y_MAX)
-        scale = (cls.NODES - 1) / (hi - lo)
-        t = ((y.log() - lo) * scale).nan_to_num_(0.0).clamp_(0, cls.NODES - 1)  # NaN: any node (set below)
+        t = ((y.log() - cls.LOG_MIN) * cls.SCALE).nan_to_num_(0.0).clamp_(0, cls.NODES - 1)  # NaN: any node (set below)
         i = t.long().clamp_(max=cls.NODES - 2)  # t >= 0: truncation is the floor; the last node ends an interval
         u = t - i
         c0, c1, c2, c3 = (torch.take(c, i) for c in cls.coefficients(y.device, y.dtype))
         # d ln g / d ln y per interval, before the value's cubic overwrites c3 in place
         slope = (c3 * (3 * u)).add_(c2, alpha=2).mul_(u).add_(c1) if derivative else None
         g = c3.mul_(u).add_(c2).mul_(u).add_(c1).mul_(u).add_(c0).exp_()
-        dg = slope.mul_(g).mul_(scale).div_(y) if slope is not None else None
+        dg = slope.mul_(g).mul_(cls.SCALE).div_(y) if slope is not None else None
         low, high = torch.aminmax(y)
-        if not (float(low) >= cls.Y_MIN and float(high) <= cls.Y_MAX):  # rare: those points (and NaN) in float64
-            outside = ~((y >= cls.Y_MIN) & (y <= cls.Y_MAX))
-            exact = disc_bessel(y[outside].double())
-            g[outside] = exact[0].to(g.dtype)
-            if dg is not None:
-                dg[outside] = exact[1].to(dg.dtype)
+        if not (float(low) >= cls.Y_MIN and float(high) <= cls.Y_MAX):  # NaN compares False: handled there too
+            cls._outside(y, g, dg)
         return g, dg
 
     @classmethod
+    def _outside(cls, y: Tensor, g: Tensor, dg: Tensor | None) -> None:
+        """Rare: the points outside the table (and NaN) from the Bessel functions in float64, in g and dg."""
+        outside = ~((y >= cls.Y_MIN) & (y <= cls.Y_MAX))
+        exact = disc_bessel(y[outside].double())
+        g[outside] = exact[0].to(g.dtype)
+        if dg is not None:
+            dg[outside] = exact[1].to(dg.dtype)
+
+    @classmethod
     def value(cls, y: Tensor) -> Tensor:
-        """g at y, without its derivative: float32 on the CPU in one pass of the native kernel (native/tables.c, ~5x
-        the torch code's ~20 passes) where it is built, else `evaluate`."""
+        """g at y, without its derivative: float32 on the CPU in one pass of the native kernel (native/tables.c, ~8x
+        faster than the torch code's ~20 passes) where it is built, else `evaluate`."""
         lib = native.kernels_or_none() if y.dtype == torch.float32 and y.device.type == "cpu" else None
         if lib is None:
             return cls.evaluate(y, derivative=False)[0]
         y = y.contiguous()
         out = torch.empty_like(y)
-        lo, hi = math.log(cls.Y_MIN), math.log(cls.Y_MAX)
         c0, c1, c2, c3 = cls.coefficients(y.device, y.dtype)
         outside = lib.fae_loglog_table(y.data_ptr(), out.data_ptr(), y.numel(), c0.data_ptr(), c1.data_ptr(),
-                                       c2.data_ptr(), c3.data_ptr(), cls.NODES, lo, (cls.NODES - 1) / (hi - lo),
+                                       c2.data_ptr(), c3.data_ptr(), cls.NODES, cls.LOG_MIN, cls.SCALE,
                                        cls.Y_MIN, cls.Y_MAX)  # fmt: skip
-        if outside:  # rare: those points (NaN there) in float64
-            away = ~((y >= cls.Y_MIN) & (y <= cls.Y_MAX))
-            out[away] = disc_bessel(y[away].double())[0].to(out.dtype)
+        if outside:  # the kernel left them NaN
+            cls._outside(y, out, None)
         return out
 
 

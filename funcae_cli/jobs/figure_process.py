@@ -23,8 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from funcae_cli.cores import cpu_count
-from funcae_cli.files import figure_bytes, fork_child, forkable, json_default, save_figures, waited_ok
+from funcae_cli.files import figure_bytes, fork_child, helpers_run_beside, json_default, save_figures, waited_ok
 
 MAX_TARGETS = 5_000  # a larger record is drawn by the caller: its JSON would cost more than the ~0.45 s import saved
 
@@ -69,7 +68,7 @@ class FigureProcess:
         """Fork the process: it calls load() and renders warm_up()'s figure at once (matplotlib's first figure costs
         ~0.5 s more than the next: spent while the parent computes), then draws the record it is sent into
         paths(kind). None where forking is not safe (module docstring)."""
-        if cpu_count() < 2 or not forkable():
+        if not helpers_run_beside():
             return None
         send_r, send_w = os.pipe()
         result_r, result_w = os.pipe()

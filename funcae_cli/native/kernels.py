@@ -8,7 +8,7 @@ The shared object is built with `$CC` (default `cc`) and `-march=native`, so it 
 `<cache>/native-<key>.so`, where the key hashes the sources, the flags, the compiler and the CPU's
 feature flags (a home directory shared by different machines gets one file per machine). The
 cache is `$FUNCAE_CACHE_DIR`, else `$XDG_CACHE_HOME/funcae`, else `~/.cache/funcae`. The compile
-(~0.3 s) writes a temporary file in that folder and renames it into place, so concurrent runs
+(~0.5 s) writes a temporary file in that folder and renames it into place, so concurrent runs
 never load a half-written library.
 
 Threads: where torch's own OpenMP runtime (libgomp, as in torch's Linux wheels) is already in the
@@ -34,7 +34,7 @@ from pathlib import Path
 
 SOURCES = tuple(Path(__file__).with_name(name) for name in ("mlp.c", "rqs.c", "tables.c"))
 HEADERS = (Path(__file__).with_name("cephes.h"),)  # included by the sources: hashed with them
-# -fno-math-errno: sqrtf as one vector instruction (no libm call to set errno); neither file calls libm otherwise
+# -fno-math-errno: sqrtf as one vector instruction (no libm call to set errno); no file calls libm otherwise
 FLAGS = (
     "-O3",
     "-march=native",
