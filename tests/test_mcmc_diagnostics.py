@@ -26,7 +26,8 @@ def _ar1(rng: np.random.Generator, phi: float, chains: int, steps: int) -> np.nd
     return x
 
 
-def test_rank_rhat_is_arviz_rank_rhat() -> None:
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])  # float32: the samplers' chains (native/ranks.c)
+def test_rank_rhat_is_arviz_rank_rhat(dtype: type) -> None:
     """Batched over targets and parameters, with ties (rounded draws, as rejected MCMC moves repeat values), an odd
     number of draws, a shifted chain and a chain with a wider tail: ArviZ's rhat(method="rank") on each."""
     rng = np.random.default_rng(3)
@@ -37,12 +38,54 @@ def test_rank_rhat_is_arviz_rank_rhat() -> None:
         rng.standard_normal((4, 400)) * np.array([1.0, 1.0, 1.0, 2.5])[:, None],
         _ar1(rng, 0.9, 4, 401),
     ]
+    sets = [c.astype(dtype).astype(np.float64) for c in sets]  # arviz sees exactly the values we rank
     for chains in sets:
-        ours = rank_rhat(torch.as_tensor(np.stack([chains, -2 * chains], axis=-1))[None])  # (1, q=2)
+        ours = rank_rhat(torch.as_tensor(np.stack([chains, -2 * chains], axis=-1).astype(dtype))[None])  # (1, q=2)
         want = float(az.rhat(chains, method="rank"))
         torch.testing.assert_close(ours, torch.full((1, 2), want, dtype=torch.float64), rtol=1e-12, atol=0)
     assert float(rank_rhat(torch.as_tensor(sets[2])[None, :, :, None])) > RHAT_MAX  # a shifted chain is caught
     assert float(rank_rhat(torch.as_tensor(sets[0])[None, :, :, None])) < RHAT_MAX
+
+
+def test_the_native_rank_scores_are_numpys_bits() -> None:
+    """native/ranks.c (float32 chains: a radix sort, the folded order by a merge) and numpy's two argsorts (the same
+    values in float64) give the same normal scores, bit for bit: many ties (a chain's rejected moves), +0 and -0
+    (equal), a row of one value, rows of an odd and an even number of draws; and they are scipy's average ranks'."""
+    from scipy import special, stats
+
+    from funcae_cli.inversion.diagnostics import _rank_scores
+    from funcae_cli.native.kernels import kernels_or_none
+
+    if kernels_or_none() is None:
+        pytest.skip("native kernels unavailable (no C compiler, or FUNCAE_NATIVE=0): numpy's path only")
+    rng = np.random.default_rng(11)
+    for s in (301, 300):
+        x = rng.standard_normal((3, 4, s, 3)).cumsum(axis=2)
+        x[:, :, 1::3] = x[:, :, 0:-1:3][:, :, : x[:, :, 1::3].shape[2]]  # every third draw repeats: ties
+        x[0, :, :, 1] = np.where(rng.random((4, s)) < 0.5, 0.0, -0.0)  # only zeros of both signs: one tie
+        x[1, :, :, 2] = 1.5  # a row of one value
+        x32 = torch.from_numpy(x.astype(np.float32))
+        native = _rank_scores(x32)
+        numpy = _rank_scores(x32.double())
+        for a, b in zip(native, numpy):
+            assert torch.equal(a, b)
+        flat = x32.double().permute(0, 3, 1, 2).reshape(9, -1).numpy()
+        m = flat.shape[1]
+        bulk = special.ndtri((stats.rankdata(flat, axis=1) - 0.375) / (m + 0.25))
+        folded = np.abs(flat - np.median(flat, axis=1, keepdims=True))
+        fold = special.ndtri((stats.rankdata(folded, axis=1) - 0.375) / (m + 0.25))
+        flat_of = lambda z: z.permute(0, 3, 1, 2).reshape(9, -1).numpy()  # noqa: E731
+        np.testing.assert_allclose(flat_of(native[0]), bulk, rtol=0, atol=1e-12)
+        np.testing.assert_allclose(flat_of(native[1]), fold, rtol=0, atol=1e-12)
+
+
+def test_integrated_time_is_the_same_in_any_block_of_targets() -> None:
+    """tau is computed in blocks of targets (diagnostics.FFT_BYTES): each target's is the same alone."""
+    rng = np.random.default_rng(4)
+    x = torch.from_numpy(rng.standard_normal((9, 64, 500, 2)).cumsum(axis=2)).float()
+    together = integrated_time(x)
+    alone = torch.cat([integrated_time(x[i : i + 1]) for i in range(9)])
+    assert torch.equal(together, alone)
 
 
 def test_integrated_time_is_emcees_and_ess_matches_known_tau_and_arviz() -> None:

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from funcae_cli.config import FamilyConfig
-from funcae_cli.data.formulas import FORMULAS
+from funcae_cli.data.formulas import CHI2, FORMULAS
 from funcae_cli.data.grids import sample_params
 from funcae_cli.inversion import seeding
 from funcae_cli.inversion.density import CodeDensity
@@ -84,12 +84,27 @@ class FormulaSpace:
         full = self._full(u.reshape(-1, q))
         lp = self.log_prior(full.double()).reshape(n, s)
         params = self.bounds.to_units(full).float()
-        x = batch.x.float().repeat_interleave(s, dim=0)
-        f = FORMULAS[self.fcfg.name](x, params, self.fcfg.options).reshape(n, s, -1)
-        w = _mask(batch).float()
-        r = (f - batch.y[:, None, :]) / batch.yerr[:, None, :] * w[:, None, :]
-        chi2 = seeding.row_sumsq(r.reshape(n * s, -1)).reshape(n, s).double()  # the padding's width plays no part
+        chi2 = self._fused_chi2(batch, params, s)
+        if chi2 is None:
+            x = batch.x.float().repeat_interleave(s, dim=0)
+            f = FORMULAS[self.fcfg.name](x, params, self.fcfg.options).reshape(n, s, -1)
+            w = _mask(batch).float()
+            r = (f - batch.y[:, None, :]) / batch.yerr[:, None, :] * w[:, None, :]
+            chi2 = seeding.row_sumsq(r.reshape(n * s, -1)).double()  # the padding's width plays no part
+        chi2 = chi2.reshape(n, s)
         return torch.where(torch.isfinite(lp) & torch.isfinite(chi2), lp - 0.5 * chi2, -math.inf)
+
+    def _fused_chi2(self, batch: Targets, params: Tensor, s: int) -> Tensor | None:
+        """chi^2 (n S,) of S draws per target from the family's fused native pass (formulas.CHI2), the padding
+        weighted 0 (skipped), or None where it has none that serves."""
+        fused = CHI2.get(self.fcfg.name)
+        if fused is None:
+            return None
+        n, m = batch.y.shape
+        start = (torch.arange(n) * m).repeat_interleave(s)
+        w = (_mask(batch).float() / batch.yerr.float()).reshape(-1)
+        x, y = batch.x.float().reshape(-1), batch.y.float().reshape(-1)
+        return fused(params, start, torch.full_like(start, m), x, y, w)
 
     def units(self, u: Tensor) -> Tensor:
         """(n, S, q) draws -> (n, S, p) the family's parameters in its units."""

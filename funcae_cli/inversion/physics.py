@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from funcae_cli.data.formulas import FORMULAS
+from funcae_cli.data.formulas import CHI2, FORMULAS
 from funcae_cli.data.powers import exp10
 from funcae_cli.errors import OptionError
 from funcae_cli.inversion import seeding
@@ -190,6 +190,16 @@ class Fitter:
 
     def sums(self, r: Tensor, row_of_point: Tensor, k: int) -> Tensor:
         return torch.zeros(k, dtype=r.dtype, device=r.device).index_add_(0, row_of_point, r.square())
+
+    def chi2(self, u: Tensor, start: Tensor, count: Tensor, row_of_point: Tensor, point: Tensor) -> Tensor:
+        """Sums of squared weighted residuals (k,) float64 of rows u (k, p_free), row i over the points [start[i],
+        start[i] + count[i]) of obs (row_of_point, point: the same layout point by point): the family's fused
+        native pass (formulas.CHI2) where it has one that serves this dtype and device, else the formula's."""
+        fused = CHI2.get(self.trained.family.name)
+        out = None if fused is None else fused(self.units(u), start, count, self.obs.x, self.obs.y, self.obs.weight)
+        if out is None:
+            out = self.sums(self.residual(u, row_of_point, point), row_of_point, u.shape[0]).double()
+        return out
 
     def jacobian(self, u: Tensor, row_of_point: Tensor, point: Tensor) -> tuple[Tensor, Tensor]:
         """(r (N,), J (N, p_free)): residuals and their derivatives by their own row's free coordinates, from one

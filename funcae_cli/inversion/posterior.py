@@ -547,20 +547,21 @@ def physics_posterior(
     cache = threading.local()  # per thread (mcmc's lanes): [rows, row of each point, point], the same every step
     # until the batch shrinks
 
-    def points_of(rows: Tensor) -> tuple[Tensor, Tensor]:
+    def points_of(rows: Tensor) -> list[Tensor]:
+        """Each row's (a walker of target t) points, t's: their start and count per row, and point by point the
+        row of each and its place in obs."""
         layout = getattr(cache, "layout", None)
-        if layout is None or not torch.equal(layout[0], rows):  # each row (a walker of target t) owns t's points
+        if layout is None or not torch.equal(layout[0], rows):
             reps = counts[rows]
             row_of_point = torch.arange(rows.shape[0]).repeat_interleave(reps)
             offset = torch.arange(int(reps.sum())) - torch.repeat_interleave(torch.cumsum(reps, 0) - reps, reps)
-            layout = cache.layout = [rows, row_of_point, first_point[rows].repeat_interleave(reps) + offset]
-        return layout[1], layout[2]
+            start = first_point[rows]
+            layout = cache.layout = [rows, start, reps, row_of_point, start.repeat_interleave(reps) + offset]
+        return layout[1:]
 
     def per_row(u: Tensor, rows: Tensor) -> Tensor:
         lp = log_prior_free(u)
-        row_of_point, point = points_of(rows)
-        u32 = u.to(LIKELIHOOD_DTYPE)
-        chi2 = fast.sums(fast.residual(u32, row_of_point, point), row_of_point, rows.shape[0]).double()
+        chi2 = fast.chi2(u.to(LIKELIHOOD_DTYPE), *points_of(rows))
         return torch.where(torch.isfinite(lp), lp - 0.5 * chi2, -math.inf)
 
     if kind == "laplace":  # checked against the posterior (with yerr) and reweighted where it can be trusted

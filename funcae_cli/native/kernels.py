@@ -1,4 +1,4 @@
-"""Native CPU kernels (mlp.c, rqs.c, tables.c: one library), compiled on first use and cached.
+"""Native CPU kernels (mlp.c, rqs.c, tables.c, ranks.c, rotation.c: one library), compiled on first use and cached.
 
 `kernels()` returns the loaded library, or raises `NativeUnavailable` saying why not: no C compiler,
 a failed compile, or `FUNCAE_NATIVE=0` in the environment. Callers fall back to torch code, so a
@@ -32,9 +32,9 @@ import tempfile
 import threading
 from pathlib import Path
 
-SOURCES = tuple(Path(__file__).with_name(name) for name in ("mlp.c", "rqs.c", "tables.c"))
+SOURCES = tuple(Path(__file__).with_name(name) for name in ("mlp.c", "rqs.c", "tables.c", "ranks.c", "rotation.c"))
 HEADERS = (Path(__file__).with_name("cephes.h"),)  # included by the sources: hashed with them
-# -fno-math-errno: sqrtf as one vector instruction (no libm call to set errno); no file calls libm otherwise
+# -fno-math-errno: sqrtf as one vector instruction (no libm call to set errno); libm only for per-row constants
 FLAGS = (
     "-O3",
     "-march=native",
@@ -46,7 +46,8 @@ FLAGS = (
     "-fPIC",
 )
 OPENMP = ("-fopenmp",)
-ABI = 5  # FAE_ABI in mlp.c
+LIBS = ("-lm",)  # rotation.c's per-row constants (cbrt, log1p in double); after the sources, as ld wants
+ABI = 6  # FAE_ABI in mlp.c
 
 _P, _I32, _I64, _F, _D = ctypes.c_void_p, ctypes.c_int32, ctypes.c_int64, ctypes.c_float, ctypes.c_double
 SIGNATURES: dict[str, tuple[list, type | None]] = {
@@ -65,6 +66,8 @@ SIGNATURES: dict[str, tuple[list, type | None]] = {
     "fae_row_sumsq": ([_P, _I64, _I64, _P], None),
     "fae_rqs": ([_I32, _I64, _I64, _I32, _P, _I64, _I32, _P, _P, _P, _F, _F, _F], None),
     "fae_loglog_table": ([_P, _P, _I64, _P, _P, _P, _P, _I32, _F, _F, _F, _F], _I64),
+    "fae_rank_scores": ([_P, _I64, _I64, _P, _P, _P, _P], _I32),
+    "fae_rotation_chi2": ([_P, _I64, _P, _P, _P, _P, _P, _P, _P, _P, _P, _I32, _F, _F, _F, _F, _P, _P], _I64),
 }
 
 
@@ -121,7 +124,7 @@ def _cpu_fingerprint() -> str:
 
 def library_path(threads: bool = False) -> Path:
     key = hashlib.sha256()
-    for part in (" ".join(flags(threads)), " ".join(compiler()), _cpu_fingerprint()):
+    for part in (" ".join(flags(threads) + LIBS), " ".join(compiler()), _cpu_fingerprint()):
         key.update(part.encode() + b"\0")
     for source in (*SOURCES, *HEADERS):
         key.update(source.read_bytes())
@@ -132,7 +135,7 @@ def _compile(target: Path, threads: bool) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".native-", suffix=".so.tmp")
     os.close(fd)
-    cmd = [*compiler(), *flags(threads), "-o", tmp, *map(str, SOURCES)]
+    cmd = [*compiler(), *flags(threads), "-o", tmp, *map(str, SOURCES), *LIBS]
     try:
         r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
         if r.returncode != 0:
