@@ -42,6 +42,31 @@ def test_mix64_is_splitmix64() -> None:
     assert [int(v) % M64 for v in seeding.mix64(as_int64)] == [splitmix64_reference(x) for x in xs]
 
 
+@pytest.mark.parametrize("kernel", ["native", "torch"])
+def test_uniforms_are_splitmix64s_high_bits(kernel: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Draw c of stream s of seed k: the 53 high bits of splitmix64(k + golden (s 2^40 + c)), over 2^53: the native
+    kernel (native/counters.c) and the torch code, each against Python's exact integers; negative seeds and
+    offsets past 2^32 included."""
+    from funcae_cli.native import kernels as native
+
+    if kernel == "torch":
+        monkeypatch.setenv("FUNCAE_NATIVE", "0")
+    elif native.kernels_or_none() is None:
+        pytest.skip("native kernels unavailable (no C compiler): the torch code only")
+    native.reset()
+    try:
+        seeds = torch.tensor([0, 1, -1, -(2**63), 2**63 - 1, 123456789], dtype=torch.int64)
+        for offset in (0, 7, 2**33 + 5):
+            u = seeding.uniform(seeds, "moves", (3, 2), offset)
+            for i, k in enumerate(seeds.tolist()):
+                for c in range(6):
+                    h = splitmix64_reference(k + 0x9E3779B97F4A7C15 * ((seeding.STREAMS["moves"] << 40) + offset + c))
+                    assert u[i].flatten()[c].item() == (h >> 11) * 2.0**-53
+    finally:
+        monkeypatch.delenv("FUNCAE_NATIVE", raising=False)
+        native.reset()
+
+
 def test_draws_follow_their_laws_row_by_row() -> None:
     seeds = seeding.mix64(torch.arange(2000))
     u = seeding.uniform(seeds, "latent", (50,))

@@ -134,3 +134,19 @@ def test_the_amortized_checks_likelihood_takes_it_padding_and_errors_included(mo
         monkeypatch.delenv("FUNCAE_NATIVE")
         native.reset()
     torch.testing.assert_close(fused, torch_code, rtol=2e-3, atol=0)
+
+
+def test_rows_not_needed_are_skipped_and_the_others_unchanged() -> None:
+    """active: the samplers' walkers outside the prior (log prior -inf) are not computed, not even by the torch
+    code where their disc argument leaves the table; the other rows' values are the same bits."""
+    params, r, y, w = _rows(8, 20, seed=8)
+    params[5, 1] = 0.01  # off the table: would take the torch code
+    k, m = r.shape
+    start, count = torch.arange(k) * m, torch.full((k,), m)
+    f32 = lambda a: torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32).reshape(-1))  # noqa: E731
+    args = (f32(params).reshape(k, 4), start, count, f32(r), f32(y), f32(w))
+    every = rotation_chi2(*args)
+    active = torch.tensor([True, True, False, True, True, False, True, True])
+    some = rotation_chi2(*args, active)
+    assert torch.equal(some[active], every[active])
+    assert some[~active].isnan().all() and torch.isfinite(every).all()

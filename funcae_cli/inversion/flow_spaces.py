@@ -84,7 +84,7 @@ class FormulaSpace:
         full = self._full(u.reshape(-1, q))
         lp = self.log_prior(full.double()).reshape(n, s)
         params = self.bounds.to_units(full).float()
-        chi2 = self._fused_chi2(batch, params, s)
+        chi2 = self._fused_chi2(batch, params, s, torch.isfinite(lp).reshape(-1))
         if chi2 is None:
             x = batch.x.float().repeat_interleave(s, dim=0)
             f = FORMULAS[self.fcfg.name](x, params, self.fcfg.options).reshape(n, s, -1)
@@ -94,9 +94,10 @@ class FormulaSpace:
         chi2 = chi2.reshape(n, s)
         return torch.where(torch.isfinite(lp) & torch.isfinite(chi2), lp - 0.5 * chi2, -math.inf)
 
-    def _fused_chi2(self, batch: Targets, params: Tensor, s: int) -> Tensor | None:
+    def _fused_chi2(self, batch: Targets, params: Tensor, s: int, active: Tensor) -> Tensor | None:
         """chi^2 (n S,) of S draws per target from the family's fused native pass (formulas.CHI2), the padding
-        weighted 0 (skipped), or None where it has none that serves."""
+        weighted 0 (skipped), the draws not `active` (outside the prior) skipped; or None where it has none that
+        serves."""
         fused = CHI2.get(self.fcfg.name)
         if fused is None:
             return None
@@ -104,7 +105,7 @@ class FormulaSpace:
         start = (torch.arange(n) * m).repeat_interleave(s)
         w = (_mask(batch).float() / batch.yerr.float()).reshape(-1)
         x, y = batch.x.float().reshape(-1), batch.y.float().reshape(-1)
-        return fused(params, start, torch.full_like(start, m), x, y, w)
+        return fused(params, start, torch.full_like(start, m), x, y, w, active)
 
     def units(self, u: Tensor) -> Tensor:
         """(n, S, q) draws -> (n, S, p) the family's parameters in its units."""

@@ -191,12 +191,16 @@ class Fitter:
     def sums(self, r: Tensor, row_of_point: Tensor, k: int) -> Tensor:
         return torch.zeros(k, dtype=r.dtype, device=r.device).index_add_(0, row_of_point, r.square())
 
-    def chi2(self, u: Tensor, start: Tensor, count: Tensor, row_of_point: Tensor, point: Tensor) -> Tensor:
+    def chi2(
+        self, u: Tensor, start: Tensor, count: Tensor, row_of_point: Tensor, point: Tensor, active: Tensor | None = None
+    ) -> Tensor:
         """Sums of squared weighted residuals (k,) float64 of rows u (k, p_free), row i over the points [start[i],
         start[i] + count[i]) of obs (row_of_point, point: the same layout point by point): the family's fused
-        native pass (formulas.CHI2) where it has one that serves this dtype and device, else the formula's."""
+        native pass (formulas.CHI2) where it has one that serves this dtype and device, else the formula's.
+        active (k,) bool: the rows whose value is needed (the others may be anything; the fused pass skips them)."""
         fused = CHI2.get(self.trained.family.name)
-        out = None if fused is None else fused(self.units(u), start, count, self.obs.x, self.obs.y, self.obs.weight)
+        o = self.obs
+        out = None if fused is None else fused(self.units(u), start, count, o.x, o.y, o.weight, active)
         if out is None:
             out = self.sums(self.residual(u, row_of_point, point), row_of_point, u.shape[0]).double()
         return out

@@ -561,7 +561,7 @@ def physics_posterior(
 
     def per_row(u: Tensor, rows: Tensor) -> Tensor:
         lp = log_prior_free(u)
-        chi2 = fast.chi2(u.to(LIKELIHOOD_DTYPE), *points_of(rows))
+        chi2 = fast.chi2(u.to(LIKELIHOOD_DTYPE), *points_of(rows), active=torch.isfinite(lp))
         return torch.where(torch.isfinite(lp), lp - 0.5 * chi2, -math.inf)
 
     if kind == "laplace":  # checked against the posterior (with yerr) and reweighted where it can be trusted

@@ -21,6 +21,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from funcae_cli.native import kernels as native
+
 GOLDEN = -7046029254386353131  # 0x9E3779B97F4A7C15 as int64: SplitMix64's increment
 MIX1 = -4658895280553007687  # 0xBF58476D1CE4E5B9
 MIX2 = -7723592293110705685  # 0x94D049BB133111EB
@@ -100,8 +102,15 @@ def _counters(seeds: Tensor, stream: str, shape: tuple[int, ...], offset: int) -
 
 
 def uniform(seeds: Tensor, stream: str, shape: tuple[int, ...], offset: int = 0) -> Tensor:
-    """(n, *shape) float64 uniforms in [0, 1), row i from seeds[i] alone."""
-    return _shr(_counters(seeds, stream, shape, offset), 11).double() * 2.0**-53
+    """(n, *shape) float64 uniforms in [0, 1), row i from seeds[i] alone: in one pass of the native kernel where it
+    is built (native/counters.c, the same bits; mcmc draws its moves' numbers this way), else in torch."""
+    lib = native.kernels_or_none()
+    if lib is None:
+        return _shr(_counters(seeds, stream, shape, offset), 11).double() * 2.0**-53
+    s = seeds.cpu().long().contiguous()
+    out = torch.empty(s.shape[0], math.prod(shape), dtype=torch.float64)
+    lib.fae_uniform(s.data_ptr(), s.shape[0], out.shape[1], _i64(offset + (STREAMS[stream] << 40)), out.data_ptr())
+    return out.reshape(s.shape[0], *shape)
 
 
 def normal(seeds: Tensor, stream: str, shape: tuple[int, ...], offset: int = 0) -> Tensor:

@@ -1,4 +1,4 @@
-"""Native CPU kernels (mlp.c, rqs.c, tables.c, ranks.c, rotation.c: one library), compiled on first use and cached.
+"""Native CPU kernels (the *.c files of SOURCES: one library), compiled on first use and cached.
 
 `kernels()` returns the loaded library, or raises `NativeUnavailable` saying why not: no C compiler,
 a failed compile, or `FUNCAE_NATIVE=0` in the environment. Callers fall back to torch code, so a
@@ -32,7 +32,8 @@ import tempfile
 import threading
 from pathlib import Path
 
-SOURCES = tuple(Path(__file__).with_name(name) for name in ("mlp.c", "rqs.c", "tables.c", "ranks.c", "rotation.c"))
+NAMES = ("mlp.c", "rqs.c", "tables.c", "ranks.c", "rotation.c", "counters.c")
+SOURCES = tuple(Path(__file__).with_name(name) for name in NAMES)
 HEADERS = (Path(__file__).with_name("cephes.h"),)  # included by the sources: hashed with them
 # -fno-math-errno: sqrtf as one vector instruction (no libm call to set errno); libm only for per-row constants
 FLAGS = (
@@ -47,7 +48,7 @@ FLAGS = (
 )
 OPENMP = ("-fopenmp",)
 LIBS = ("-lm",)  # rotation.c's per-row constants (cbrt, log1p in double); after the sources, as ld wants
-ABI = 6  # FAE_ABI in mlp.c
+ABI = 7  # FAE_ABI in mlp.c
 
 _P, _I32, _I64, _F, _D = ctypes.c_void_p, ctypes.c_int32, ctypes.c_int64, ctypes.c_float, ctypes.c_double
 SIGNATURES: dict[str, tuple[list, type | None]] = {
@@ -66,8 +67,9 @@ SIGNATURES: dict[str, tuple[list, type | None]] = {
     "fae_row_sumsq": ([_P, _I64, _I64, _P], None),
     "fae_rqs": ([_I32, _I64, _I64, _I32, _P, _I64, _I32, _P, _P, _P, _F, _F, _F], None),
     "fae_loglog_table": ([_P, _P, _I64, _P, _P, _P, _P, _I32, _F, _F, _F, _F], _I64),
+    "fae_uniform": ([_P, _I64, _I64, _I64, _P], None),
     "fae_rank_scores": ([_P, _I64, _I64, _P, _P, _P, _P], _I32),
-    "fae_rotation_chi2": ([_P, _I64, _P, _P, _P, _P, _P, _P, _P, _P, _P, _I32, _F, _F, _F, _F, _P, _P], _I64),
+    "fae_rotation_chi2": ([_P, _I64, _P, _P, _P, _P, _P, _P, _P, _P, _P, _P, _I32, _F, _F, _F, _F, _P, _P], _I64),
 }
 
 

@@ -27,8 +27,10 @@ static inline float nfw_f(float x) {
 }
 
 /* consts: G in Mpc (km/s)^2 / Msun (the halo's), G in kpc (km/s)^2 / Msun (the disc's), H0 in km/s/Mpc, the
- * virial overdensity. Returns the number of rows set to NaN (a disc argument outside the table). */
-int64_t fae_rotation_chi2(const float *restrict params, int64_t k, const int64_t *restrict start,
+ * virial overdensity. active: per row, 0 = not needed (the caller's prior is 0 there): NaN, no work; NULL: every row.
+ * Returns the number of needed rows set to NaN (a disc argument outside the table). */
+int64_t fae_rotation_chi2(const float *restrict params, int64_t k, const uint8_t *restrict active,
+                          const int64_t *restrict start,
                           const int64_t *restrict count, const float *restrict x, const float *restrict y,
                           const float *restrict w, const float *restrict c0, const float *restrict c1,
                           const float *restrict c2, const float *restrict c3, int32_t nodes, float log_lo, float scale,
@@ -39,6 +41,10 @@ int64_t fae_rotation_chi2(const float *restrict params, int64_t k, const int64_t
   const float top = (float)(nodes - 1);
   int64_t bad = 0;
   for (int64_t i = 0; i < k; i++) {
+    if (active && !active[i]) {
+      out[i] = NAN;
+      continue;
+    }
     const double md = params[4 * i], rd = params[4 * i + 1], mh = params[4 * i + 2], c = params[4 * i + 3];
     const double r_vir = 1e3 * cbrt(mh / rho_scale);
     const double cube = cbrt(g_halo * mh), v_vir2 = vir_scale * cube * cube;
