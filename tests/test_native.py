@@ -409,3 +409,29 @@ def test_native_threads_can_be_turned_off(fresh_native: Path, monkeypatch) -> No
     monkeypatch.setenv("FUNCAE_NATIVE_THREADS", "0")
     lib = native.kernels()
     assert not lib.threaded and lib.fae_threads() == 1
+
+
+def test_an_unavailable_library_keeps_no_callers_frames_alive(monkeypatch) -> None:
+    """FUNCAE_NATIVE=0 (or no compiler): asking for the kernels again and again must not chain the askers' frames,
+    and the tensors in them, onto a cached exception's traceback (the torch fallbacks ask once per likelihood
+    evaluation: mcmc grew to 24 GB that way)."""
+    import gc
+    import weakref
+
+    monkeypatch.setenv("FUNCAE_NATIVE", "0")
+    native.reset()
+    try:
+
+        def caller() -> weakref.ref:
+            big = torch.empty(1000)
+            assert native.kernels_or_none() is None
+            with pytest.raises(native.NativeUnavailable, match="FUNCAE_NATIVE=0"):
+                native.kernels()
+            return weakref.ref(big)
+
+        refs = [caller() for _ in range(3)]
+        gc.collect()
+        assert all(r() is None for r in refs)
+    finally:
+        monkeypatch.delenv("FUNCAE_NATIVE")
+        native.reset()

@@ -71,7 +71,7 @@ def _rank_scores(chains: Tensor) -> tuple[Tensor, Tensor]:
     """Normal scores (n, c, s, q) of the ranks over all draws of each (target, parameter) (bulk) and of the ranks of
     their distances from its median (folded): Vehtari et al.'s rank normalization, ranks exact. Float32 draws (the
     samplers' recorded chains) go to the native kernel where it builds (native/ranks.c: a radix sort, and the
-    folded order by one merge instead of a second sort; ~15x numpy's two argsorts on 51,200 draws per row, 2026-12-07);
+    folded order by one merge instead of a second sort; 5-13x numpy's two argsorts on 51,200 draws per row, 2026-12-07);
     elsewhere numpy's vectorized argsort (~1.8x torch's sort). Both look up `_score_table`: the same bits."""
     n, c, s, q = chains.shape
     m = c * s

@@ -183,28 +183,33 @@ def _load() -> ctypes.CDLL:
     return lib
 
 
-def kernels() -> ctypes.CDLL:
-    """The loaded kernels (built on the first call in a process, loaded from the cache after; one build at a time
-    where threads ask at once)."""
+def _library() -> ctypes.CDLL | NativeUnavailable:
+    """The library, or why not: loaded (built if need be) on the first call in a process, one build at a time
+    where threads ask at once."""
     with _loading:
         if "lib" not in _loaded:
             try:
                 _loaded["lib"] = _load()
             except NativeUnavailable as e:
-                _loaded["lib"] = e
-    got = _loaded["lib"]
+                _loaded["lib"] = e.with_traceback(None)
+    return _loaded["lib"]
+
+
+def kernels() -> ctypes.CDLL:
+    """The loaded kernels (built on the first call in a process, loaded from the cache after), or NativeUnavailable.
+    A fresh exception each time: raising the cached one again would chain every caller's frames onto its traceback,
+    and with them their tensors, for the life of the process (FUNCAE_NATIVE=0's samplers grew to 24 GB that way)."""
+    got = _library()
     if isinstance(got, NativeUnavailable):
-        raise got
+        raise NativeUnavailable(str(got))
     return got
 
 
 def kernels_or_none() -> ctypes.CDLL | None:
     """The loaded kernels, or None where they cannot be used here (for callers whose torch code computes the same:
     the reason is not theirs to report)."""
-    try:
-        return kernels()
-    except NativeUnavailable:
-        return None
+    got = _library()
+    return None if isinstance(got, NativeUnavailable) else got
 
 
 def reset() -> None:
