@@ -544,8 +544,8 @@ def physics_posterior(
     fast = Fitter(fitter.trained, obs, fitter.bounds, dtype=LIKELIHOOD_DTYPE)  # the samplers' likelihood
     counts = torch.bincount(obs.target, minlength=n)
     first_point = torch.cumsum(counts, 0) - counts
-    cache = threading.local()  # per thread (mcmc's lanes): [rows, row of each point, point], the same every step
-    # until the batch shrinks
+    cache = threading.local()  # per thread (mcmc's lanes): points_of's layout of `rows`, the same every step until
+    # the batch shrinks
 
     def points_of(rows: Tensor) -> list[Tensor]:
         """Each row's (a walker of target t) points, t's: their start and count per row, and point by point the
