@@ -223,26 +223,31 @@ def rotation_chi2(
     out = torch.empty(params.shape[0], dtype=torch.float64)
     needed = None if active is None else active.to(torch.uint8).contiguous()
     c0, c1, c2, c3 = DiscTable.coefficients(x.device, x.dtype)
-    consts = torch.tensor([G_KPC, G_DISC, HUBBLE, DELTA_C], dtype=torch.float64)
     t = DiscTable
     bad = lib.fae_rotation_chi2(params.data_ptr(), params.shape[0], None if needed is None else needed.data_ptr(),
                                 start.data_ptr(), count.data_ptr(), x.data_ptr(), y.data_ptr(), w.data_ptr(),
                                 c0.data_ptr(), c1.data_ptr(), c2.data_ptr(), c3.data_ptr(), t.NODES, t.LOG_MIN,
-                                t.SCALE, t.Y_MIN, t.Y_MAX, consts.data_ptr(), out.data_ptr())  # fmt: skip
+                                t.SCALE, t.Y_MIN, t.Y_MAX, _ROTATION_CONSTS.data_ptr(), out.data_ptr())  # fmt: skip
     if bad:  # the kernel left them NaN
         off = torch.isnan(out) if active is None else torch.isnan(out) & active
         rows = torch.nonzero(off).squeeze(1)
         reps = count[rows]
-        point = (
-            start[rows].repeat_interleave(reps)
-            + torch.arange(int(reps.sum()))
-            - torch.repeat_interleave(torch.cumsum(reps, 0) - reps, reps)
-        )
+        own, point = point_layout(start[rows], reps)
         f = rotation_curve(x[point, None], params[rows].repeat_interleave(reps, dim=0), None)[:, 0]
         r = torch.where(w[point] == 0, 0.0, (f - y[point]) * w[point])
-        own = torch.arange(rows.numel()).repeat_interleave(reps)
         out[rows] = torch.zeros(rows.numel(), dtype=r.dtype).index_add_(0, own, r.square()).double()
     return out
+
+
+_ROTATION_CONSTS = torch.tensor([G_KPC, G_DISC, HUBBLE, DELTA_C], dtype=torch.float64)  # rotation.c's consts
+
+
+def point_layout(start: Tensor, count: Tensor) -> tuple[Tensor, Tensor]:
+    """Rows' own points, row i's the [start[i], start[i] + count[i]) of a flat array, point by point: the row of
+    each and its place in the array ((N,), (N,), N = count.sum())."""
+    row = torch.arange(start.shape[0]).repeat_interleave(count)
+    offset = torch.arange(int(count.sum())) - torch.repeat_interleave(torch.cumsum(count, 0) - count, count)
+    return row, start.repeat_interleave(count) + offset
 
 
 def _relations(log_md: Tensor) -> tuple[Tensor, Tensor]:

@@ -81,9 +81,9 @@ def _rank_scores(chains: Tensor) -> tuple[Tensor, Tensor]:
     bulk = fold = None
     if lib is not None:
         x = np.ascontiguousarray(flat.numpy())
-        bulk, fold, median = np.empty((n * q, m)), np.empty((n * q, m)), np.empty(n * q)
+        bulk, fold = np.empty((n * q, m)), np.empty((n * q, m))
         ptr = lambda a: a.ctypes.data  # noqa: E731
-        if lib.fae_rank_scores(ptr(x), n * q, m, ptr(table), ptr(bulk), ptr(fold), ptr(median)) != 0:
+        if lib.fae_rank_scores(ptr(x), n * q, m, ptr(table), ptr(bulk), ptr(fold)) != 0:
             bulk = fold = None  # the kernel could not allocate its buffers: numpy's path
     if bulk is None:
         x = np.ascontiguousarray(flat.double().numpy())

@@ -45,6 +45,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from funcae_cli.data.formulas import point_layout
 from funcae_cli.inversion import seeding
 from funcae_cli.inversion.assess import NAMED_IN_WARNING
 from funcae_cli.inversion.diagnostics import RHAT_MAX, TAU_FACTOR
@@ -552,11 +553,8 @@ def physics_posterior(
         row of each and its place in obs."""
         layout = getattr(cache, "layout", None)
         if layout is None or not torch.equal(layout[0], rows):
-            reps = counts[rows]
-            row_of_point = torch.arange(rows.shape[0]).repeat_interleave(reps)
-            offset = torch.arange(int(reps.sum())) - torch.repeat_interleave(torch.cumsum(reps, 0) - reps, reps)
-            start = first_point[rows]
-            layout = cache.layout = [rows, start, reps, row_of_point, start.repeat_interleave(reps) + offset]
+            start, reps = first_point[rows], counts[rows]
+            layout = cache.layout = [rows, start, reps, *point_layout(start, reps)]
         return layout[1:]
 
     def per_row(u: Tensor, rows: Tensor) -> Tensor:

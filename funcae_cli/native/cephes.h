@@ -1,7 +1,8 @@
-/* exp and log in float32 for funcae's native kernels (mlp.c, rqs.c, tables.c): Cephes' expf and logf (S. Moshier),
- * branch-free so that a loop over them vectorizes (GCC turns rqs.c's 16-lane loops and tables.c's point loop into
- * AVX-512 or AVX2 code). Within ~2 ulp of the true values over the ranges the kernels use; not bitwise torch's.
- * kernels.py compiles the .c files with this folder on the include path and hashes this file with them. */
+/* exp and log in float32 for funcae's native kernels (mlp.c, rqs.c, loglog.h, rotation.c): Cephes' expf and
+ * logf (S. Moshier), branch-free so that a loop over them vectorizes (GCC turns rqs.c's 16-lane loops and the point
+ * loops of tables.c and rotation.c into AVX-512 or AVX2 code). Within ~2 ulp of the true values over the ranges the
+ * kernels use; not bitwise torch's.
+ * kernels.py compiles the .c files with this folder on the include path and hashes the headers with them. */
 #ifndef FUNCAE_CEPHES_H
 #define FUNCAE_CEPHES_H
 #include <stdint.h>

@@ -34,7 +34,7 @@ from pathlib import Path
 
 NAMES = ("mlp.c", "rqs.c", "tables.c", "ranks.c", "rotation.c", "counters.c")
 SOURCES = tuple(Path(__file__).with_name(name) for name in NAMES)
-HEADERS = (Path(__file__).with_name("cephes.h"),)  # included by the sources: hashed with them
+HEADERS = tuple(Path(__file__).with_name(name) for name in ("cephes.h", "loglog.h"))  # included: hashed with them
 # -fno-math-errno: sqrtf as one vector instruction (no libm call to set errno); libm only for per-row constants
 FLAGS = (
     "-O3",
@@ -48,7 +48,7 @@ FLAGS = (
 )
 OPENMP = ("-fopenmp",)
 LIBS = ("-lm",)  # rotation.c's per-row constants (cbrt, log1p in double); after the sources, as ld wants
-ABI = 7  # FAE_ABI in mlp.c
+ABI = 8  # FAE_ABI in mlp.c
 
 _P, _I32, _I64, _F, _D = ctypes.c_void_p, ctypes.c_int32, ctypes.c_int64, ctypes.c_float, ctypes.c_double
 SIGNATURES: dict[str, tuple[list, type | None]] = {
@@ -68,7 +68,7 @@ SIGNATURES: dict[str, tuple[list, type | None]] = {
     "fae_rqs": ([_I32, _I64, _I64, _I32, _P, _I64, _I32, _P, _P, _P, _F, _F, _F], None),
     "fae_loglog_table": ([_P, _P, _I64, _P, _P, _P, _P, _I32, _F, _F, _F, _F], _I64),
     "fae_uniform": ([_P, _I64, _I64, _I64, _P], None),
-    "fae_rank_scores": ([_P, _I64, _I64, _P, _P, _P, _P], _I32),
+    "fae_rank_scores": ([_P, _I64, _I64, _P, _P, _P], _I32),
     "fae_rotation_chi2": ([_P, _I64, _P, _P, _P, _P, _P, _P, _P, _P, _P, _P, _I32, _F, _F, _F, _F, _P, _P], _I64),
 }
 
@@ -185,7 +185,10 @@ def _load() -> ctypes.CDLL:
 
 def _library() -> ctypes.CDLL | NativeUnavailable:
     """The library, or why not: loaded (built if need be) on the first call in a process, one build at a time
-    where threads ask at once."""
+    where threads ask at once; after that a dictionary read, without the lock (the samplers ask per step)."""
+    got = _loaded.get("lib")
+    if got is not None:
+        return got
     with _loading:
         if "lib" not in _loaded:
             try:

@@ -79,7 +79,7 @@ static inline float hsum16(v16 v) {
     return (s4[0] + s4[2]) + (s4[1] + s4[3]);
 }
 
-#define FAE_ABI 7
+#define FAE_ABI 8
 #define FAE_MAX_WIDTH 32 /* the widest chain layer the Gram kernels take (native/step.py: MAX_WIDTH) */
 
 enum { ACT_NONE = 0, ACT_TANH = 1, ACT_RELU = 2 };

@@ -1,7 +1,7 @@
-/* Rank normalization for R-hat (diagnostics._z_scale): per row of float32 draws, the normal scores of their
+/* Rank normalization for R-hat (diagnostics._rank_scores): per row of float32 draws, the normal scores of their
  * average ranks (ties share the mean of their places), of the draws themselves (bulk) and of their distances
- * from the row's median (folded, Vehtari et al. 2021's tail R-hat), and the median (numpy's: the mean of the two
- * middle values).
+ * from the row's median (folded, Vehtari et al. 2021's tail R-hat; the median numpy's: the mean of the two middle
+ * values).
  *
  * The draws are sorted by an LSD radix sort of their bits (3 passes of 11 bits: O(m) where numpy's argsort is
  * O(m log m)); the folded distances need no second sort: below the median they grow as the sorted draws go down,
@@ -76,10 +76,9 @@ static void score_runs(const double *v, const int32_t *order, int64_t m, const d
   }
 }
 
-/* rows x m draws x (row-major) -> bulk, fold (rows x m) scores and median (rows). Returns 0, or -1 where memory
- * could not be had (nothing written then). */
-int32_t fae_rank_scores(const float *x, int64_t rows, int64_t m, const double *table, double *bulk, double *fold,
-                        double *median) {
+/* rows x m draws x (row-major) -> bulk and fold (rows x m) scores. Returns 0, or -1 where memory could not be had
+ * (nothing written then). */
+int32_t fae_rank_scores(const float *x, int64_t rows, int64_t m, const double *table, double *bulk, double *fold) {
   if (m <= 0) return 0;
   uint32_t *keys = malloc((size_t)m * 4), *tmp_k = malloc((size_t)m * 4);
   int32_t *idx = malloc((size_t)m * 4), *tmp_i = malloc((size_t)m * 4), *order = malloc((size_t)m * 4);
@@ -94,8 +93,7 @@ int32_t fae_rank_scores(const float *x, int64_t rows, int64_t m, const double *t
     radix_sort(xr, m, keys, idx, tmp_k, tmp_i);
     for (int64_t i = 0; i < m; i++) v[i] = (double)xr[idx[i]];
     score_runs(v, idx, m, table, bulk + r * m);
-    double med = 0.5 * (v[(m - 1) / 2] + v[m / 2]);
-    median[r] = med;
+    const double med = 0.5 * (v[(m - 1) / 2] + v[m / 2]);
     int64_t p = 0; /* [0, p): at or below the median; [p, m): above */
     while (p < m && v[p] <= med) p++;
     int64_t i = p - 1, j = p;

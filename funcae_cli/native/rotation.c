@@ -13,7 +13,8 @@
 #include <math.h>
 #include <stdint.h>
 
-#include "cephes.h" /* exp_f, log_f */
+#include "cephes.h"  /* log_f */
+#include "loglog.h" /* loglog_at: the disc table, as tables.c */
 
 #define BLOCK 16 /* points per vectorized block: one AVX-512 vector (two AVX2) */
 
@@ -38,7 +39,6 @@ int64_t fae_rotation_chi2(const float *restrict params, int64_t k, const uint8_t
   const double g_halo = consts[0], g_disc = consts[1], hubble = consts[2], delta = consts[3];
   const double vir_scale = cbrt(delta * hubble * hubble / 2);   /* v_vir^2 = this (G mh)^(2/3) */
   const double rho_scale = 0.5 * delta * hubble * hubble / g_halo; /* r_vir = 1e3 (mh / this)^(1/3) kpc */
-  const float top = (float)(nodes - 1);
   int64_t bad = 0;
   for (int64_t i = 0; i < k; i++) {
     if (active && !active[i]) {
@@ -67,12 +67,7 @@ int64_t fae_rotation_chi2(const float *restrict params, int64_t k, const uint8_t
       for (int32_t j = 0; j < BLOCK; j++) {
         const float r = xb[j], wj = wb[j];
         const float v = r * e;
-        float t = (log_f(v) - log_lo) * scale;
-        t = t < 0.0f ? 0.0f : (t > top ? top : t);
-        int32_t a = (int32_t)t;
-        a = a > nodes - 2 ? nodes - 2 : a;
-        const float u = t - (float)a;
-        const float g = exp_f(((c3[a] * u + c2[a]) * u + c1[a]) * u + c0[a]);
+        const float g = loglog_at(v, c0, c1, c2, c3, nodes, log_lo, scale);
         const float d2 = disc * v * v * g, vd2 = d2 < 0.0f ? 0.0f : d2; /* torch's clamp: NaN stays NaN */
         const float vh2 = halo * nfw_f(b * r) / r;
         const float res = (sqrtf(vd2 + vh2) - yb[j]) * wj;

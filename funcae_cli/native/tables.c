@@ -11,7 +11,7 @@
  */
 #include <stdint.h>
 
-#include "cephes.h" /* exp_f, log_f */
+#include "loglog.h" /* loglog_at */
 
 /* out[i] = exp(cubic(ln y[i])) from a table of `nodes` nodes evenly spaced in ln y from log_lo (scale: nodes per
    unit of ln y, (nodes - 1) / (ln y_max - ln y_min)); c0..c3: each interval's cubic in its local coordinate.
@@ -20,15 +20,9 @@ int64_t fae_loglog_table(const float *restrict y, float *restrict out, int64_t n
                          const float *restrict c1, const float *restrict c2, const float *restrict c3, int32_t nodes,
                          float log_lo, float scale, float y_min, float y_max) {
     int64_t outside = 0;
-    const float top = (float)(nodes - 1);
     for (int64_t k = 0; k < n; k++) {
         const float v = y[k];
-        float t = (log_f(v) - log_lo) * scale;
-        t = t < 0.0f ? 0.0f : (t > top ? top : t);
-        int32_t i = (int32_t)t; /* t >= 0: truncation is the floor */
-        i = i > nodes - 2 ? nodes - 2 : i;
-        const float u = t - (float)i;
-        const float g = exp_f(((c3[i] * u + c2[i]) * u + c1[i]) * u + c0[i]);
+        const float g = loglog_at(v, c0, c1, c2, c3, nodes, log_lo, scale);
         const int32_t in = v >= y_min && v <= y_max; /* NaN: outside */
         outside += !in;
         out[k] = in ? g : __builtin_nanf("");
