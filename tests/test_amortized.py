@@ -5,7 +5,6 @@ alone and in batches of 12 and 300, and the real commands."""
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 from dataclasses import asdict, replace
@@ -102,7 +101,8 @@ def tiny_flow():
     cfg = AmortizedConfig(epochs=4, steps=60, batch_size=128, lr=3e-3, hidden=[32, 32], embed=16, transforms=2,
                           points=[5, 15], frac=[0.1, 0.3])  # fmt: skip
     fcfg, bounds, sim = _known_sigma_problem(cfg)
-    return fcfg, bounds, sim, train_flow(sim, cfg, seed=0).net
+    with torch_threads(1):  # the same weights under `make test` (one thread per worker) and a plain pytest
+        return fcfg, bounds, sim, train_flow(sim, cfg, seed=0).net
 
 
 def test_the_set_embedding_ignores_the_order_of_points_and_the_padding() -> None:
@@ -148,8 +148,9 @@ def test_the_amortized_posterior_of_a_known_case_matches_quadrature(tiny_flow) -
 
 
 def test_the_k_hat_flag_fires_on_a_mismatched_flow(tiny_flow) -> None:
-    """The same flow shifted and narrowed (it misses most of every posterior): its draws get k-hat >= KHAT_MAX
-    and the targets are flagged; the matched flow's are not (>= 90% below, the test above)."""
+    """The same flow shifted and narrowed (it misses most of every posterior): its draws get k-hat >= KHAT_MAX and
+    most targets are flagged (the matched flow's are not: >= 90%, the test above); the few that the moment look
+    rescues (a t at the weighted moments of the flow's draws that did land) are right: no silent failure."""
     fcfg, bounds, sim, net = tiny_flow
     batch, _ = sim(30, torch.Generator().manual_seed(7))
     bad = PosteriorNet(replace(net.args))
@@ -157,9 +158,12 @@ def test_the_k_hat_flag_fires_on_a_mismatched_flow(tiny_flow) -> None:
     bad.center += 0.5  # mu shifted by 0.5 and its spread narrowed tenfold: mass of the posterior missed
     bad.scale *= 0.1
     batch, names = replace(batch, names=[f"t{i}" for i in range(batch.n)]), ["mu", "sigma"]
-    _, chk = amortized_posterior(bad.eval(), sim.space, batch, 500, True, seeds_of(batch), names)
-    assert chk.unreliable.mean() >= 0.9
+    post, chk = amortized_posterior(bad.eval(), sim.space, batch, 500, True, seeds_of(batch), names)
+    assert chk.unreliable.mean() >= 0.8
     assert any(FLAG in w for w in chk.warnings)
+    exact, sd = _exact_quantiles(batch, np.array([0.5]))
+    passed = ~chk.unreliable
+    assert np.all(np.abs(post.quantiles["median"][passed, 0] - exact[passed, 0]) < 0.25 * sd[passed])
 
 
 def test_a_flow_that_misses_gets_a_second_look_from_laplaces_t(tiny_flow) -> None:
@@ -228,8 +232,7 @@ def test_a_broad_flow_off_target_is_rescued_by_a_t_at_its_weighted_moments(tiny_
             log_p = sim.space.log_posterior(batch, u)
             smoothed, k = psis(torch.nan_to_num(log_p - lq.double(), nan=-math.inf))
             ess, before = importance_ess(smoothed), k.numpy().copy()
-            _moment_look(bad, copy.deepcopy(bad).double(), sampler, sim.space, batch, context, seeds, u, lq, log_p, k,
-                         ess)  # fmt: skip
+            _moment_look(bad, sampler, sim.space, batch, context, seeds, u, lq, log_p, k, ess)
         return before, k.numpy(), ess.numpy(), np.median(u[:, :, 0].numpy(), axis=1)
 
     before, after, ess, median = look(0.3, 4.0)

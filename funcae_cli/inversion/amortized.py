@@ -330,8 +330,6 @@ def amortized_posterior(
     chunk = max(1, CHUNK_ELEMENTS // (draws * max(m, 8, space.columns)))
     sampler = net.sampler()
     order, widths = _by_width(targets)  # chunks of alike widths: the likelihood runs over little padding
-    # the looks' density at their t draws; made here, not when first needed, since the chunks run on threads
-    net64 = copy.deepcopy(net).double() if check else None
 
     def one(a: int) -> tuple[np.ndarray, Posterior, Tensor, Tensor]:
         rows = order[a : a + chunk]
@@ -355,9 +353,9 @@ def amortized_posterior(
                                 torch.nonzero(thin).squeeze(1))  # fmt: skip
                     good = k < KHAT_MAX
                 if laplace is not None and not bool(good.all()):
-                    _second_look(net64, space, batch, context, rows, own, u, lq, log_p, k, ess, laplace)
+                    _second_look(net, sampler, space, batch, context, rows, own, u, lq, log_p, k, ess, laplace)
                 if not bool((k < KHAT_MAX).all()):
-                    _moment_look(net, net64, sampler, space, batch, context, own, u, lq, log_p, k, ess)
+                    _moment_look(net, sampler, space, batch, context, own, u, lq, log_p, k, ess)
             return rows.numpy(), summarize("amortized", names, u.double(), space.units, keep=draws), k, ess
 
     post: Posterior | None = None  # every target's row filled in place, chunk by chunk (no copies of the draws)
@@ -409,7 +407,7 @@ def _grown(
 
 
 def _moment_look(
-    net: PosteriorNet, net64: PosteriorNet, sampler: FlowSampler, space: Space, batch: Targets, context: Tensor,
+    net: PosteriorNet, sampler: FlowSampler, space: Space, batch: Targets, context: Tensor,
     own: Tensor, u: Tensor, lq: Tensor, log_p: Tensor, k: Tensor, ess: Tensor,
 ) -> None:  # fmt: skip
     """The targets of a chunk that still fail the check (k >= KHAT_MAX) get one step of adaptive importance sampling
@@ -443,16 +441,17 @@ def _moment_look(
         cov = (w[..., None, None] * diff[..., :, None] * diff[..., None, :]).sum(dim=1)  # row by row: batch-free
         floor = (1e-6 * net.scale.double().square()).diag_embed()  # a pool of one effective draw: still a t
         cov = cov + floor
-        ok, k2, ess2, drawn = _with_t(net64, space, sub, c, own[rows], v, lq_b, log_p_b, mean, cov, "amortized_moments",
-                                      s)  # fmt: skip
+        ok, k2, ess2, drawn = _with_t(net, sampler, space, sub, c, own[rows], v, lq_b, log_p_b, mean, cov,
+                                      "amortized_moments", s)  # fmt: skip
         if bool(ok.any()):
             u[rows[ok]] = drawn.to(u.dtype)
             k[rows[ok]], ess[rows[ok]] = k2[ok], ess2[ok]
 
 
 def _second_look(
-    net64: PosteriorNet, space: Space, batch: Targets, context: Tensor, rows: Tensor, own: Tensor, u: Tensor,
-    lq: Tensor, log_p: Tensor, k: Tensor, ess: Tensor, laplace: Callable[[Tensor], tuple[Tensor, Tensor]],
+    net: PosteriorNet, sampler: FlowSampler, space: Space, batch: Targets, context: Tensor, rows: Tensor,
+    own: Tensor, u: Tensor, lq: Tensor, log_p: Tensor, k: Tensor, ess: Tensor,
+    laplace: Callable[[Tensor], tuple[Tensor, Tensor]],
 ) -> None:  # fmt: skip
     """The targets of a chunk whose flow draws failed the check (k >= KHAT_MAX) are weighed again, from a pool of
     their flow draws and as many of a Student t at Laplace's Gaussian (laplace_check.py's proposal), under the
@@ -461,9 +460,10 @@ def _second_look(
     normal.yaml 58% of the curves passed the flow alone, 99.6% with this; on rotation_curve_observed.yaml (n 1000)
     44% and 74% (flows trained ~80 s at the defaults; the prototype: t alone 35%). Where the mixture passes, u (rows
     of the chunk) gets its resampled draws, k its k-hat and ess its effective draws (of the pool of 2 S); elsewhere
-    all stay (the flow's draws, flagged). In place. net64: the net in float64; batch, context, rows, own: the chunk's
-    targets, their embeddings, their rows in the call and their seeds; u (c, S, q), lq and log_p (c, S) the flow's
-    draws, their log densities under the flow and their unnormalized log posterior, k and ess (c,)."""
+    all stay (the flow's draws, flagged). In place. net, sampler: the flow and its batched sampler; batch, context,
+    rows, own: the chunk's targets, their embeddings, their rows in the call and their seeds; u (c, S, q), lq and
+    log_p (c, S) the flow's draws, their log densities under the flow and their unnormalized log posterior, k and
+    ess (c,)."""
     bad = torch.nonzero(k >= KHAT_MAX).squeeze(1)
     draws = u.shape[1]
     mean, cov = laplace(rows[bad])
@@ -471,7 +471,7 @@ def _second_look(
     if not bool(fine.any()):
         return
     bad, mean, cov = bad[fine], mean[fine].double(), cov[fine].double()
-    ok, k2, ess2, drawn = _with_t(net64, space, batch.subset(bad), context[bad], own[bad], u[bad], lq[bad],
+    ok, k2, ess2, drawn = _with_t(net, sampler, space, batch.subset(bad), context[bad], own[bad], u[bad], lq[bad],
                                   log_p[bad], mean, cov, "amortized_t", draws)  # fmt: skip
     if bool(ok.any()):
         u[bad[ok]] = drawn.to(u.dtype)
@@ -506,7 +506,8 @@ def _flow_pool(
 
 
 def _with_t(
-    net64: PosteriorNet,
+    net: PosteriorNet,
+    sampler: FlowSampler,
     space: Space,
     batch: Targets,
     context: Tensor,
@@ -521,12 +522,13 @@ def _with_t(
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """The looks' pool: flow draws v (r, B, q) (their log q and log posterior (r, B)) and as many draws of a Student
     t at (mean, cov) (stream `stream` of each target's seed `own`), weighed under the half-and-half mixture of the two
-    densities (Owen & Zhou 2000's deterministic mixture; the flow's density at the t draws in float64: the same in
-    any batch to ~1e-16). Returns per target whether the pool passes (k-hat < KHAT_MAX), its k-hat and effective
-    draws (r,), and `keep` draws resampled from the pool of those that pass."""
+    densities (Owen & Zhou 2000's deterministic mixture; the flow's density at the t draws by the sampler's forward
+    pass, in the net's float32 like its draws: a target's the same in any batch, as they are). Returns per target
+    whether the pool passes (k-hat < KHAT_MAX), its k-hat and effective draws (r,), and `keep` draws resampled from
+    the pool of those that pass."""
     b = v.shape[1]
     _, t, lq_t = student_draws_with_log_q(mean, cov, b, own, PROPOSAL_DF, stream)
-    lq_flow_t = net64.log_prob_draws(t, context.double(), net64.sampler())
+    lq_flow_t = net.log_prob_draws(t.to(context.dtype), context, sampler).double()
     vd = v.double()
     lq_t_flow = student_log_density(vd, mean, cov, PROPOSAL_DF)
     log_mix = torch.logaddexp(torch.cat([lq.double(), lq_flow_t], 1), torch.cat([lq_t_flow, lq_t], 1))
