@@ -84,7 +84,8 @@ class FormulaSpace:
         full = self._full(u.reshape(-1, q))
         lp = self.log_prior(full.double()).reshape(n, s)
         params = self.bounds.to_units(full).float()
-        chi2 = self._fused_chi2(batch, params, s, torch.isfinite(lp).reshape(-1))
+        inside = torch.isfinite(lp)  # draws outside the prior: the likelihood skips them
+        chi2 = self._fused_chi2(batch, params, s, inside.reshape(-1))
         if chi2 is None:
             x = batch.x.float().repeat_interleave(s, dim=0)
             f = FORMULAS[self.fcfg.name](x, params, self.fcfg.options).reshape(n, s, -1)
@@ -92,7 +93,7 @@ class FormulaSpace:
             r = (f - batch.y[:, None, :]) / batch.yerr[:, None, :] * w[:, None, :]
             chi2 = seeding.row_sumsq(r.reshape(n * s, -1)).double()  # the padding's width plays no part
         chi2 = chi2.reshape(n, s)
-        return torch.where(torch.isfinite(lp) & torch.isfinite(chi2), lp - 0.5 * chi2, -math.inf)
+        return torch.where(inside & torch.isfinite(chi2), lp - 0.5 * chi2, -math.inf)
 
     def _fused_chi2(self, batch: Targets, params: Tensor, s: int, active: Tensor) -> Tensor | None:
         """chi^2 (n S,) of S draws per target from the family's fused native pass (formulas.CHI2), the padding

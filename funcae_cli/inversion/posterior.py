@@ -559,8 +559,9 @@ def physics_posterior(
 
     def per_row(u: Tensor, rows: Tensor) -> Tensor:
         lp = log_prior_free(u)
-        chi2 = fast.chi2(u.to(LIKELIHOOD_DTYPE), *points_of(rows), active=torch.isfinite(lp))
-        return torch.where(torch.isfinite(lp), lp - 0.5 * chi2, -math.inf)
+        inside = torch.isfinite(lp)
+        chi2 = fast.chi2(u.to(LIKELIHOOD_DTYPE), *points_of(rows), active=inside)
+        return torch.where(inside, lp - 0.5 * chi2, -math.inf)
 
     if kind == "laplace":  # checked against the posterior (with yerr) and reweighted where it can be trusted
         check = check_laplace(u_opt, cov, _batched_log_prob(n, per_row) if obs.chi2 else None, sampling.draws, seeds,
