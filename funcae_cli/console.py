@@ -9,7 +9,7 @@ from typing import Any
 
 from rich.console import Console
 
-from funcae_cli.files import json_safe, json_text
+from funcae_cli.files import json_chunks, json_safe
 
 # Messages, warnings and progress go to stderr so that `--json` stdout stays machine-readable.
 err = Console(stderr=True, highlight=False)
@@ -40,9 +40,15 @@ def counter(what: str, share: float = 0.1) -> Callable[[int, int], None]:
     return report
 
 
-def emit_json(obj: Any) -> None:
-    """The one machine-readable result of a --json command, on stdout."""
-    sys.stdout.write(json_text(json_safe(obj)))
+def emit_json(obj: Any, rows: str | None = None) -> None:
+    """The one machine-readable result of a --json command, on stdout. rows: the key of a dict obj's list of one
+    record per target, each then on one line by json's C encoder as the record's file has them (files.json_chunks:
+    a catalogue of 100,000 targets ~1.5 s rather than ~13 s by the indenting encoder)."""
+    if rows is None or not isinstance(obj, dict):
+        obj, rows = json_safe(obj), None
+    else:  # the rows are made safe as they are encoded (files._row_lines)
+        obj = {k: v if k == rows else json_safe(v) for k, v in obj.items()}
+    sys.stdout.writelines(json_chunks(obj, rows))
     sys.stdout.flush()
 
 

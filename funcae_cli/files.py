@@ -136,12 +136,19 @@ def _row_lines(values: list[Any]) -> Iterator[str]:
     """Each row on its own line (json's C encoder, ASCII). A long list's second half is encoded meanwhile by a
     forked process into an unnamed temporary file, read back after the first half: ~70 us a row, 7 s of a
     100,000-target catalogue's record on one core, ~3.5 s on two. Where forking is not safe, or the process failed,
-    this process encodes it. The same text either way."""
-    line = json.JSONEncoder(default=json_default)
+    this process encodes it. The same text either way. A row holding NaN or an infinity is written as json_safe
+    makes it (null): JSON has neither."""
+    line = json.JSONEncoder(default=json_default, allow_nan=False)
+
+    def safe(row: Any) -> str:
+        try:
+            return line.encode(row)
+        except ValueError:  # NaN or an infinity somewhere in it (rare: a job's rows come safe)
+            return line.encode(json_safe(row))
 
     def lines(part: list[Any], first: int) -> Iterator[str]:
         for j, row in enumerate(part, first):
-            yield ("," if j else "") + "\n    " + line.encode(row)
+            yield ("," if j else "") + "\n    " + safe(row)
 
     half = len(values) // 2
     if len(values) <= FORKED_JSON_ROWS or not helpers_run_beside():

@@ -6,6 +6,7 @@ memory, never a real OOM; the record and table are written as they are made, the
 from __future__ import annotations
 
 import json
+import math
 import time
 from dataclasses import fields, replace
 from pathlib import Path
@@ -18,7 +19,7 @@ from funcae_cli import memory
 from funcae_cli.config import override
 from funcae_cli.data.observations import Grid, read_long_csv, scan_long_csv
 from funcae_cli.errors import InputError
-from funcae_cli.files import csv_lines, csv_text, json_chunks, json_text
+from funcae_cli.files import csv_lines, csv_text, json_chunks, json_safe, json_text
 from funcae_cli.inversion import invert as inversion
 from funcae_cli.inversion.ensemble import chain_bytes
 from funcae_cli.inversion.invert import invert_batch
@@ -299,6 +300,26 @@ def test_streamed_json_and_csv_are_the_same_text() -> None:
         assert json.loads("".join(json_chunks(empty, rows="targets"))) == empty
     rows = [[1, 2.5, "x,y"], [True, np.float32(0.25), ""]]
     assert "".join(csv_lines(["a", "b", "c"], iter(rows))) == csv_text(["a", "b", "c"], rows)
+
+
+@pytest.mark.parametrize("forked", [False, True])
+def test_rows_with_nan_are_written_as_json_safe_writes_them(forked: bool, monkeypatch, capsys) -> None:
+    """A row holding NaN or an infinity comes out as json_safe makes it (null), in the record's file and on --json's
+    stdout (console.emit_json: rows one per line, as the file); forked: the rows' second half encoded by the helper
+    process."""
+    import funcae_cli.files as files_mod
+    from funcae_cli import console
+
+    monkeypatch.setattr(files_mod, "FORKED_JSON_ROWS", 1 if forked else 10**6)
+    rows = [{"z": [0.5, math.nan]}, {"k": math.inf, "q": {"a": -math.inf}}, {"n": 1}, {"z": [math.nan]}]
+    record = {"run": "r", "x": math.nan, "targets": rows}
+    want = json.loads(json_text(json_safe(record)))
+    assert want["targets"][3] == {"z": [None]} and want["x"] is None
+    assert json.loads("".join(json_chunks({**record, "x": None}, rows="targets"))) == want
+    console.emit_json(record, rows="targets")
+    out = capsys.readouterr().out
+    assert json.loads(out) == want and "NaN" not in out and "Infinity" not in out
+    assert '\n    {"k": null, "q": {"a": null}},\n' in out  # one row a line, as the record's file has them
 
 
 LONG_CSVS = {  # name: (text, read by numpy's C reader)

@@ -96,7 +96,7 @@ def invert(
     for w in rec["warnings"]:
         console.warn(w)
     if json_:
-        console.emit_json(rec)
+        console.emit_json(rec, rows="targets")
     else:
         console.info(report_text(rec))
 

@@ -88,6 +88,9 @@ class Posterior:
     # (n,) laplace, amortized: the effective draws of those weights, 1 / sum(w^2) of the smoothed weights (Kish; of
     # the S weighed draws the reported ones are resampled from); NaN where unchecked
     importance_ess: np.ndarray | None = None
+    # (n,) amortized: the flow's evaluations for the target, draws and densities of every pool its check weighed (S
+    # unchecked): what its posterior cost
+    flow_evaluations: np.ndarray | None = None
     source: np.ndarray | None = None  # (n,) str, posterior auto: which posterior each target got (with_rows)
     proposal: str | None = None  # mcmc of a formula family: its independence proposal (ensemble.Independent.name:
     # "flow", the run's posterior network), or "none" (the local moves alone)
@@ -304,7 +307,7 @@ def with_rows(base: Posterior, rows: np.ndarray, other: Posterior, kind: str) ->
         ess=merged(base.ess, other.ess, np.nan), tau=merged(base.tau, other.tau, np.nan),
         steps=merged(base.steps, other.steps, 0), unconverged=merged(base.unconverged, other.unconverged, False),
         acceptance=merged(base.acceptance, other.acceptance, np.nan), k_hat=base.k_hat,
-        importance_ess=base.importance_ess, source=source,
+        importance_ess=base.importance_ess, flow_evaluations=base.flow_evaluations, source=source,
         multimodal=merged(base.multimodal, other.multimodal, False),
         mode_weight=merged(base.mode_weight, other.mode_weight, np.nan),
         mode_median=merged(base.mode_median, other.mode_median, np.nan),

@@ -31,10 +31,12 @@ MIX2 = -7723592293110705685  # 0x94D049BB133111EB
 # (ensemble.py documents its counters), "laplace" Laplace's Gaussian draws, "resample" the importance resample,
 # "modes" the modes' importance draws and their mixture's resample (modes.py).
 # "amortized" the base normals of the amortized posterior's flow (flow_sampling.py).
-# "amortized_t" the Student t draws of the amortized check's second look (amortized.py).
+# "amortized_t" the Student t draws of the amortized check's second look (amortized.py), "amortized_adapted" the
+# normals of its adapted rounds (amortized._adapted_look: each round's from where the last one's end).
 # "blocks" (per ensemble) whether each block of mcmc's steps uses the independence proposal (ensemble._Proposing).
 STREAMS = {"latent": 1, "physics": 2, "walkers": 3, "moves": 4, "kernel": 5, "laplace": 6, "resample": 7, "modes": 8,
-           "amortized": 9, "amortized_t": 10, "blocks": 11, "amortized_moments": 12}  # fmt: skip
+           "amortized": 9, "amortized_t": 10, "blocks": 11, "amortized_moments": 12,
+           "amortized_adapted": 13}  # fmt: skip
 
 
 def _i64(v: int) -> int:

@@ -164,6 +164,7 @@ class _PosteriorLists:
         self.corr = _listed(post.corr)
         self.source = _listed(post.source, str)
         self.k_hat, self.importance_ess = _listed(post.k_hat, float), _listed(post.importance_ess, float)
+        self.flow_evaluations = _listed(post.flow_evaluations, int)
         self.acceptance, self.steps = _listed(post.acceptance, float), _listed(post.steps, int)
         self.unconverged, self.multimodal = _listed(post.unconverged, bool), _listed(post.multimodal, bool)
         if post.rhat is not None:  # the modes holding >= 1% of a target's mass (1 where modes were not sought)
@@ -196,6 +197,8 @@ class _PosteriorLists:
             out["k_hat"] = finite_or_none(self.k_hat[i])
         if self.importance_ess is not None:
             out["importance_ess"] = finite_or_none(self.importance_ess[i])
+        if self.flow_evaluations is not None:
+            out["flow_evaluations"] = self.flow_evaluations[i]
         if self.source is not None:
             out["posterior_source"] = self.source[i]
         return out
@@ -323,6 +326,8 @@ def summarize(res: InvertResult, targets: Targets, names: list[str]) -> dict[str
             out["posterior"]["k_hat_median"] = _nanmedian(post.k_hat)
         if post.importance_ess is not None:
             out["posterior"]["importance_ess_median"] = _nanmedian(post.importance_ess)
+        if post.flow_evaluations is not None:  # amortized: what the check cost, per target
+            out["posterior"]["flow_evaluations_mean"] = float(post.flow_evaluations.mean())
         if post.source is not None:
             out["posterior"]["mcmc_targets"] = int((post.source == "mcmc").sum())
     if res.params_est is not None and targets.params is not None:
