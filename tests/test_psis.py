@@ -87,6 +87,19 @@ def test_k_hat_of_gaussian_proposals_follows_the_weights_tail() -> None:
     np.testing.assert_allclose(np.exp(flat_lw), 1 / 500, rtol=1e-12)
     dead_lw, dead_k = psis(np.full((1, 50), -np.inf))
     assert dead_k[0] == np.inf and np.isnan(dead_lw).all()
+    # NaN (a density that failed) is no weight, as -inf: a row of them, or of both, never passes (torch's nan_to_num
+    # would have made the -inf the lowest finite float: flat weights, k-hat -inf, every draw counted), and among
+    # finite weights a NaN draw gets none
+    mixed = np.full((3, 200), -np.inf)
+    mixed[0] = np.nan
+    mixed[1, ::2] = np.nan
+    mixed[2] = rng.standard_normal(200)
+    mixed[2, :50] = np.nan
+    lw, k = psis(mixed)
+    assert k[0] == np.inf and k[1] == np.inf and np.isfinite(k[2])
+    ref_lw, ref_k = psis(np.where(np.isnan(mixed[2:]), -np.inf, mixed[2:]))
+    assert k[2] == ref_k[0] and np.all(np.exp(lw[2, :50]) == 0)
+    np.testing.assert_array_equal(lw[2], ref_lw[0])
 
 
 # --- Laplace's importance check ----------------------------------------------------------------------

@@ -75,6 +75,11 @@ ADAPT_PRIOR = 1.0  # and shrunk toward the base's own spread (I) as if by this m
 # draw: still a Gaussian of the flow's width). 2 or 4: the tiny flow made 4x broader passes for 43-60% of targets, not
 # 80% (tests/test_amortized.py)
 OFF_RANGE = "amortized_off_range"
+MISSED_MODE = "amortized_missed_mode"
+MISS_NATS = 10.0  # a target's fit more probable than every one of its first MISS_DRAWS reported draws by this much:
+MISS_DRAWS = 100  # its draws lie away from its posterior's mode (a flow on a plateau of the likelihood: weights
+# flat there, k-hat small, the answer tens of posterior sd off; tests/test_amortized.py). A calibrated posterior's
+# best of 100 draws is within ~1 nat of its mode (4 parameters: chi^2_4's 1% quantile / 2 = 0.15)
 CHUNK_ELEMENTS = 1 << 20  # draws x points of one chunk (float32: 4 MiB per likelihood tensor; the flow is fastest
 # at ~50 targets x 500 draws per chunk on a 2-core CPU, its tensors in cache)
 
@@ -311,6 +316,7 @@ class AmortizedCheck:
     unreliable: np.ndarray  # (n,) bool
     off_range: np.ndarray  # (n,) bool
     warnings: list[str]
+    missed: np.ndarray | None = None  # (n,) bool: MISSED_MODE (checked, with fits)
 
 
 def amortized_posterior(
@@ -322,12 +328,14 @@ def amortized_posterior(
     seeds: Tensor,
     names: list[str],
     laplace: Callable[[Tensor], tuple[Tensor, Tensor]] | None = None,
+    fits: Tensor | None = None,
 ) -> tuple[Posterior, AmortizedCheck]:
     """Every target's posterior from the flow, in chunks that bound memory, each checked by importance weights
     against the likelihood and the prior when `check` (module docstring). Reported as `space.units` (the family's
     parameters in its units, or a data-only family's codes). laplace: rows (r,) -> Laplace's means (r, q) and
     covariances (r, q, q) at the targets' fits (in u): the second proposal of the targets the flow alone fails
-    (_second_look); None: none."""
+    (_second_look); None: none. fits: (n, q) each target's point estimate in u, or None: checked, a target whose fit
+    is more probable than every one of its first MISS_DRAWS reported draws by MISS_NATS is flagged MISSED_MODE."""
     if net.args.space != space.kind:
         raise InputError(f"the posterior network was trained over {net.args.space} coordinates, not {space.kind}: "
                          "train it again with `funcae amortize RUN --force`")  # fmt: skip
@@ -360,20 +368,33 @@ def amortized_posterior(
                                  laplace)  # fmt: skip
                 if not bool((k < KHAT_MAX).all()):
                     _moment_look(net, sampler, space, batch, context, own, u, lq, log_p, k, ess, evals)
+            missed = torch.zeros(batch.n, dtype=torch.bool)
+            if check and fits is not None:
+                missed = _missed_mode(space, batch, u, fits[rows]) & (k < KHAT_MAX)  # the failing: flagged anyway
             part = summarize("amortized", names, u.double(), space.units, keep=draws)
-            return rows.numpy(), part, k, ess, evals
+            return rows.numpy(), part, k, ess, evals, missed
 
     post: Posterior | None = None  # every target's row filled in place, chunk by chunk (no copies of the draws)
     k_hat, esses = np.full(targets.n, math.nan), np.full(targets.n, math.nan)
     evaluations = np.zeros(targets.n, dtype=np.int64)
-    for rows, part, k, ess, evals in chunk_map(one, range(0, targets.n, chunk), targets.y.device):
+    missed = np.zeros(targets.n, dtype=bool)
+    for rows, part, k, ess, evals, miss in chunk_map(one, range(0, targets.n, chunk), targets.y.device):
         post = post or _empty(part, targets.n)
         _put(post, part, rows)
-        k_hat[rows], esses[rows], evaluations[rows] = k.numpy(), ess.numpy(), evals.numpy()
+        k_hat[rows], esses[rows], evaluations[rows], missed[rows] = k.numpy(), ess.numpy(), evals.numpy(), miss.numpy()
     post.k_hat, post.importance_ess, post.flow_evaluations = k_hat, esses, evaluations
     bad = k_hat >= KHAT_MAX
     outside = off_range(net, targets)
-    return post, AmortizedCheck(k_hat, bad, outside, _warnings(targets.names, k_hat, bad, outside))
+    return post, AmortizedCheck(k_hat, bad, outside, _warnings(targets.names, k_hat, bad, outside, missed), missed)
+
+
+def _missed_mode(space: Space, batch: Targets, u: Tensor, fits: Tensor) -> Tensor:
+    """(c,) bool: the targets' fits (c, q) more probable than each of their first MISS_DRAWS reported draws u
+    (c, S, q) by MISS_NATS (a fit that failed, NaN, never counts)."""
+    best = space.log_posterior(batch, u[:, :MISS_DRAWS].double()).amax(dim=1)
+    at_fit = space.log_posterior(batch, fits[:, None, :].to(torch.float64))[:, 0]
+    at_fit = torch.where(torch.isnan(at_fit), -math.inf, at_fit)
+    return at_fit - best > MISS_NATS
 
 
 def _adapted_look(
@@ -393,8 +414,8 @@ def _adapted_look(
     from its pool, k and ess the pool's. On rotation_curve_observed.yaml's network, bench row 11's curves: the
     first pool's effective draws are ~22% of its draws (median), a round's pool ~50%; on 100,000 of them the flow's
     evaluations per target fell from ~2,830 to 1,271 (mean; larger pools of the flow's own draws before), the
-    flagged from 2,792 to 65, those below ESS_MIN from 28,188 to 773. In place; u, lq, log_p: the first pool's draws, their log q and log posterior (c, S); evals (c,): the
-    flow's evaluations, counted."""
+    flagged from 2,792 to 65, those below ESS_MIN from 28,188 to 773. In place; u, lq, log_p: the first pool's
+    draws, their log q and log posterior (c, S); evals (c,): the flow's evaluations, counted."""
     s, q = u.shape[1], u.shape[2]
     first = k[rows] < KHAT_MAX  # the first pool passed (on too few effective draws)
     eps = sampler.base_draws(own[rows], s).double()  # (r, P, q): the pool's base points (float32 values)
@@ -417,7 +438,7 @@ def _adapted_look(
         pool_lp = torch.cat([pool_lp, space.log_posterior(batch.subset(rows), v)], 1)
         terms = [math.log(s) + _log_normal(eps)] + [math.log(n) + _log_gaussian(eps, m, g) for n, m, g in rounds]
         log_mix = ladj + torch.logsumexp(torch.stack(terms), dim=0) - math.log(eps.shape[1])
-        lw, k2 = psis(torch.nan_to_num(pool_lp - log_mix, nan=-math.inf))
+        lw, k2 = psis(pool_lp - log_mix)  # NaN: no weight (psis)
         ess2 = importance_ess(lw)
         last = r == len(ADAPT_ROUNDS) - 1
         done = (k2 < KHAT_MAX) & ((ess2 >= ESS_MIN) | last)
@@ -565,7 +586,7 @@ def _flow_pool(
         v, lq = net.sample(context, eps[:, first[0].shape[1] :], sampler)
         log_p = torch.cat([first[2], space.log_posterior(batch, v)], dim=1)
         v, lq = torch.cat([first[0], v], dim=1), torch.cat([first[1], lq], dim=1)
-    smoothed, k = psis(torch.nan_to_num(log_p - lq.double(), nan=-math.inf))
+    smoothed, k = psis(log_p - lq.double())  # NaN: no weight (psis)
     return v, lq, log_p, smoothed, k
 
 
@@ -597,7 +618,7 @@ def _with_t(
     lq_t_flow = student_log_density(vd, mean, cov, PROPOSAL_DF)
     log_mix = torch.logaddexp(torch.cat([lq.double(), lq_flow_t], 1), torch.cat([lq_t_flow, lq_t], 1))
     log_w = torch.cat([log_p, space.log_posterior(batch, t)], 1) - (log_mix - math.log(2.0))  # log p - log mixture
-    smoothed, k = psis(torch.nan_to_num(log_w, nan=-math.inf))
+    smoothed, k = psis(log_w)  # NaN: no weight (psis)
     ok = k < KHAT_MAX
     pool = torch.cat([vd, t], 1)[ok]
     drawn = importance_resample(pool, smoothed[ok], own[ok], keep) if bool(ok.any()) else pool[:, :keep]
@@ -678,8 +699,12 @@ def _named(names: list[str], hit: np.ndarray, note: Callable[[int], str]) -> str
     return shown + (f" and {hit.size - NAMED_IN_WARNING} more" if hit.size > NAMED_IN_WARNING else "")
 
 
-def _warnings(names: list[str], k: np.ndarray, bad: np.ndarray, outside: np.ndarray) -> list[str]:
+def _warnings(names: list[str], k: np.ndarray, bad: np.ndarray, outside: np.ndarray, missed: np.ndarray) -> list[str]:
     out = []
+    if missed.any():
+        out.append(f"the amortized posterior's draws of {_named(names, np.nonzero(missed)[0], lambda i: '')} are all "
+                   f"far less probable than their own fits (by > {MISS_NATS:g} in log posterior): they miss the "
+                   f"posterior's mode ({MISSED_MODE}); use --posterior mcmc for their intervals")  # fmt: skip
     if bad.any():
         hit = np.nonzero(bad)[0]
         shown = _named(names, hit, lambda i: f" (k-hat {k[i]:.2g})")
@@ -698,6 +723,8 @@ def flag(flags: list[list[str]], chk: AmortizedCheck) -> None:
     curves, are off the flow's range too)."""
     for i in np.nonzero(chk.unreliable)[0]:
         flags[i].append(FLAG)
+    for i in np.nonzero(chk.missed)[0] if chk.missed is not None else ():
+        flags[i].append(MISSED_MODE)
     for i, f in enumerate(flags):
         if chk.off_range[i] or "off_manifold" in f:
             f.append(OFF_RANGE)

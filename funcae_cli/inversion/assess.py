@@ -23,7 +23,7 @@ MISMATCH_P = 1e-3
 # laplace_unreliable: set after the posterior by laplace_check.py (Laplace's k-hat >= 0.7), which words its warning;
 # multimodal: by posterior.py (mcmc: two or more posterior modes of >= 1% of the mass each), likewise
 FLAGS = ("model_mismatch", "on_bound", "local_minimum", "off_manifold", "laplace_unreliable", "multimodal",
-         "amortized_unreliable", "amortized_off_range")  # fmt: skip
+         "amortized_unreliable", "amortized_off_range", "amortized_missed_mode")  # fmt: skip
 NAMED_IN_WARNING = 5  # targets named in one warning; the rest are counted
 
 

@@ -112,6 +112,10 @@ class FormulaSpace:
         """(n, S, q) draws -> (n, S, p) the family's parameters in its units."""
         return self.bounds.to_units(self._full(u))
 
+    def coordinates(self, params: Tensor) -> Tensor:
+        """(n, p) the family's parameters in its units -> (n, q) the free natural coordinates the flow samples."""
+        return self.bounds.to_natural(params.double())[:, self.bounds.free]
+
 
 @dataclass
 class LatentSpace:
@@ -159,6 +163,10 @@ class LatentSpace:
             loss = problem.loss(z.reshape(-1, d).to(problem.device, torch.float32), rows)
         lp = -0.5 * loss.double().cpu().reshape(n, s)
         return torch.where(torch.isfinite(lp), lp, -math.inf)
+
+    def coordinates(self, z: Tensor) -> Tensor:
+        """(n, d) codes: already what the flow samples."""
+        return z.double()
 
     def units(self, z: Tensor) -> Tensor:
         """(n, S, d) codes -> (n, S, p) parameters through the regressor, or the codes without parameters."""

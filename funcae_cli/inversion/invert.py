@@ -237,6 +237,7 @@ def invert_batch(
                 seeds,
                 _names(trained, out, space),
                 laplace,
+                _fits(fspace, out, space),
             )
             amortized.flag(out.assessment.flags, check)
             if posterior == "auto":
@@ -395,12 +396,13 @@ def _mcmc_where_flagged(
     space: str, flow: amortized.PosteriorNet | None = None, density: CodeDensity | None = None,
     latent_model: LatentModel | None = None,
 ) -> None:  # fmt: skip
-    """posterior auto: the targets whose amortized posterior is flagged (k-hat >= KHAT_MAX, off the flow's
-    training range, off_manifold: amortized.flag) get mcmc instead, in place of their rows; their amortized flags
-    are dropped (their intervals are mcmc's). Each target's chains come from its own seed, so a target's answer
-    is the one mcmc gives it alone. space: what the amortized posterior sampled (the formula's parameters, their
-    walkers starting at the refit's, or the regressor's estimates under --no-physics; or the codes)."""
-    sent = {amortized.FLAG, amortized.OFF_RANGE}
+    """posterior auto: the targets whose amortized posterior is flagged (k-hat >= KHAT_MAX, draws that miss the
+    mode, off the flow's training range, off_manifold: amortized.flag) get mcmc instead, in place of their rows;
+    their amortized flags are dropped (their intervals are mcmc's). Each target's chains come from its own seed,
+    so a target's answer is the one mcmc gives it alone. space: what the amortized posterior sampled (the
+    formula's parameters, their walkers starting at the refit's, or the regressor's estimates under --no-physics;
+    or the codes)."""
+    sent = {amortized.FLAG, amortized.OFF_RANGE, amortized.MISSED_MODE}
     rows = np.array([i for i, f in enumerate(out.assessment.flags) if sent & set(f)], dtype=np.int64)
     if rows.size == 0:
         return
@@ -436,6 +438,13 @@ def _fitter_at(trained: Trained, obs: Observations, params: np.ndarray) -> tuple
     fitter = Fitter(trained, obs, bounds)
     u = bounds.to_natural(torch.as_tensor(params)).to(obs.x.device)[:, fitter.free]
     return fitter, torch.maximum(torch.minimum(u, fitter.hi), fitter.lo)
+
+
+def _fits(fspace: amortized.Space, out: InvertResult, space: str) -> Tensor | None:
+    """Each target's point estimate in the flow's coordinates (the amortized check's MISSED_MODE test): the reported
+    parameters (the physics fit, or the regressor's), or for a data-only family the latent search's code."""
+    est = out.params_est if space == "formula" else out.z
+    return None if est is None else fspace.coordinates(torch.as_tensor(np.asarray(est, dtype=np.float64)))
 
 
 def _laplace_at_fits(

@@ -146,7 +146,7 @@ def check_laplace(
     x, t, log_q = student_draws_with_log_q(mean, cov, draws, seeds, PROPOSAL_DF)
     with torch.no_grad():
         log_w = log_post(t).to(torch.float64).cpu() - log_q.to(torch.float64).cpu()
-    smoothed, k = psis(torch.nan_to_num(log_w, nan=-math.inf))  # k-hat never NaN: inf without a finite weight
+    smoothed, k = psis(log_w)  # NaN: no weight; k-hat never NaN: inf without a finite weight
     k = k.numpy()
     good = torch.as_tensor(k < KHAT_MAX)
     out = x.clone()

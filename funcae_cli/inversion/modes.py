@@ -143,7 +143,7 @@ def weigh(
     rows, cols = torch.nonzero(drawn, as_tuple=True)
     with torch.no_grad():
         log_p[rows, cols] = log_density(x[rows, cols], targets[rows]).double()
-    log_p = torch.nan_to_num(log_p, nan=-math.inf)
+    log_p = torch.where(torch.isnan(log_p), -math.inf, log_p)  # not nan_to_num: it makes -inf finite
     wide = IS_WIDEN * chol
     log_q_each = _gauss_log(x, mean, wide) + torch.where(present, 0.0, -math.inf)[:, None]  # (k, L D, L)
     log_q = torch.logsumexp(log_q_each, dim=2) - torch.log(present.sum(dim=1).double())[:, None]

@@ -48,9 +48,12 @@ def tail_length(draws: int, r_eff: float = 1.0) -> int:
 
 def psis(log_weights: Tensor | np.ndarray, r_eff: float = 1.0) -> tuple[Tensor | np.ndarray, Tensor | np.ndarray]:
     """Smoothed, normalized log weights (rows, S) and k-hat (rows,) of log weights (rows, S) or (S,) (then
-    (S,) and a 0-d k-hat). Same kind out as in (numpy or torch, float64)."""
+    (S,) and a 0-d k-hat). Same kind out as in (numpy or torch, float64). A NaN weight (a density that could not be
+    computed) counts as -inf, no weight; a row without a finite weight gets k-hat inf (never a pass)."""
     as_numpy = not isinstance(log_weights, Tensor)
     lw = torch.as_tensor(np.asarray(log_weights) if as_numpy else log_weights).to(torch.float64)
+    lw = torch.where(torch.isnan(lw), -math.inf, lw)  # not nan_to_num: it makes -inf the lowest finite float, so
+    # a row of draws all outside the prior would weigh them all alike (k-hat -inf, every draw counted)
     one = lw.ndim == 1
     lw = lw.reshape(1, -1) if one else lw
     rows, s = lw.shape

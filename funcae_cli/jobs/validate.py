@@ -71,8 +71,9 @@ def run_validate(
     world = _world(trained, lm, o.n, noise, seed)
     truth, observations, names, log10 = world.truth, world.observations, world.names, world.log10
     res = invert_batch(trained, pad(observations, "validate"), inv, lm, flow, progress=progress)
-    draws, flag = res.posterior.samples, amortized.FLAG if o.posterior in ("amortized", "auto") else FLAG
-    flagged = np.array([flag in f for f in res.assessment.flags])  # laplace's/amortized k-hat >= KHAT_MAX
+    draws = res.posterior.samples
+    flags = {amortized.FLAG, amortized.MISSED_MODE} if o.posterior in ("amortized", "auto") else {FLAG}
+    flagged = np.array([bool(flags & set(f)) for f in res.assessment.flags])  # k-hat >= KHAT_MAX, or a missed mode
     k_hats = res.posterior.k_hat if res.posterior.k_hat is not None else np.full(res.n, np.nan)
     esses = res.posterior.importance_ess if res.posterior.importance_ess is not None else np.full(res.n, np.nan)
     by_mcmc = 0 if res.posterior.source is None else int((res.posterior.source == "mcmc").sum())  # auto: sent there
