@@ -72,8 +72,8 @@ ESS_MIN = 400  # a target whose first S draws pass the check on fewer effective 
 ADAPT_ROUNDS = (1, 1, 1, 2)  # _adapted_look: each round's draws, in multiples of S
 ADAPT_INFLATE = 1.2  # its Gaussians: the pool's weighted covariance in the flow's base space, this much wider
 ADAPT_PRIOR = 1.0  # and shrunk toward the base's own spread (I) as if by this many draws (a pool of one effective
-# draw: still a Gaussian of the flow's width). 2 or 4: the tiny flow made 4x broader passes for 43-60% of targets, not
-# 80% (tests/test_amortized.py)
+# draw: still a Gaussian of the flow's width). 2 and 4 passed fewer of the tiny flow made 4x broader (60% and 43%,
+# against 80% at 1, before psis counted a NaN weight as none; tests/test_amortized.py)
 OFF_RANGE = "amortized_off_range"
 MISSED_MODE = "amortized_missed_mode"
 MISS_NATS = 10.0  # a target's fit more probable than every one of its first MISS_DRAWS reported draws by this much:
@@ -465,8 +465,9 @@ def _log_normal(e: Tensor) -> Tensor:
 
 def _base_gaussian(eps: Tensor, log_w: Tensor) -> tuple[Tensor, Tensor]:
     """The Gaussian of _adapted_look's next round: mean (r, q) and Cholesky root (r, q, q) of the normalized weights
-    log_w's (r, P) mean and covariance of base points eps (r, P, q), the covariance ADAPT_INFLATE wider and floored
-    (a pool of one effective draw); where no draw has weight, the standard base. Row by row: batch-free."""
+    log_w's (r, P) mean and covariance of base points eps (r, P, q), the covariance ADAPT_INFLATE wider and shrunk
+    toward I as if by ADAPT_PRIOR draws (a pool of one effective draw: a Gaussian of the flow's own width at it);
+    where no draw has weight, the standard base. Row by row: batch-free."""
     q = eps.shape[2]
     w = torch.exp(log_w)
     fine = torch.isfinite(w).all(dim=1) & (w.sum(dim=1) > 0.5)
