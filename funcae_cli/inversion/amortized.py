@@ -61,6 +61,7 @@ from funcae_cli.inversion.laplace_check import (
     student_draws_with_log_q,
     student_log_density,
 )
+from funcae_cli.inversion.modes import gauss_log
 from funcae_cli.inversion.posterior import Posterior, summarize
 from funcae_cli.inversion.psis import importance_ess, psis
 from funcae_cli.inversion.targets import Targets
@@ -315,8 +316,8 @@ class AmortizedCheck:
     k_hat: np.ndarray  # (n,) NaN when the check is off
     unreliable: np.ndarray  # (n,) bool
     off_range: np.ndarray  # (n,) bool
+    missed: np.ndarray  # (n,) bool: MISSED_MODE (checked, with fits; else all False)
     warnings: list[str]
-    missed: np.ndarray | None = None  # (n,) bool: MISSED_MODE (checked, with fits)
 
 
 def amortized_posterior(
@@ -385,7 +386,7 @@ def amortized_posterior(
     post.k_hat, post.importance_ess, post.flow_evaluations = k_hat, esses, evaluations
     bad = k_hat >= KHAT_MAX
     outside = off_range(net, targets)
-    return post, AmortizedCheck(k_hat, bad, outside, _warnings(targets.names, k_hat, bad, outside, missed), missed)
+    return post, AmortizedCheck(k_hat, bad, outside, missed, _warnings(targets.names, k_hat, bad, outside, missed))
 
 
 def _missed_mode(space: Space, batch: Targets, u: Tensor, fits: Tensor) -> Tensor:
@@ -436,8 +437,10 @@ def _adapted_look(
         eps, pool = torch.cat([eps, e], 1), torch.cat([pool, v], 1)
         ladj = torch.cat([ladj, lq_v.double() - _log_normal(e)], 1)
         pool_lp = torch.cat([pool_lp, space.log_posterior(batch.subset(rows), v)], 1)
-        terms = [math.log(s) + _log_normal(eps)] + [math.log(n) + _log_gaussian(eps, m, g) for n, m, g in rounds]
-        log_mix = ladj + torch.logsumexp(torch.stack(terms), dim=0) - math.log(eps.shape[1])
+        counts = torch.tensor([n for n, _, _ in rounds], dtype=torch.float64).log()
+        each = gauss_log(eps, torch.stack([m for _, m, _ in rounds], 1), torch.stack([g for _, _, g in rounds], 1))
+        terms = torch.cat([(math.log(s) + _log_normal(eps))[..., None], each + counts], dim=2)  # (r, P, 1 + rounds)
+        log_mix = ladj + torch.logsumexp(terms, dim=2) - math.log(eps.shape[1])
         lw, k2 = psis(pool_lp - log_mix)  # NaN: no weight (psis)
         ess2 = importance_ess(lw)
         last = r == len(ADAPT_ROUNDS) - 1
@@ -480,13 +483,6 @@ def _base_gaussian(eps: Tensor, log_w: Tensor) -> tuple[Tensor, Tensor]:
     shrunk = (n[:, None, None] * cov + ADAPT_PRIOR * eye) / (n + ADAPT_PRIOR)[:, None, None]
     cov = torch.where(fine[:, None, None], shrunk, eye)
     return mean, torch.linalg.cholesky(cov)
-
-
-def _log_gaussian(e: Tensor, mean: Tensor, root: Tensor) -> Tensor:
-    """log N(e; mean, root root') at points e (r, P, q), per row's mean (r, q) and Cholesky root (r, q, q)."""
-    z = torch.linalg.solve_triangular(root, (e - mean[:, None, :]).transpose(1, 2), upper=False)  # (r, q, P)
-    log_det = torch.log(torch.diagonal(root, dim1=1, dim2=2)).sum(dim=1, keepdim=True)
-    return -0.5 * z.square().sum(dim=1) - log_det - 0.5 * e.shape[2] * math.log(2 * math.pi)
 
 
 def _moment_look(
@@ -724,7 +720,7 @@ def flag(flags: list[list[str]], chk: AmortizedCheck) -> None:
     curves, are off the flow's range too)."""
     for i in np.nonzero(chk.unreliable)[0]:
         flags[i].append(FLAG)
-    for i in np.nonzero(chk.missed)[0] if chk.missed is not None else ():
+    for i in np.nonzero(chk.missed)[0]:
         flags[i].append(MISSED_MODE)
     for i, f in enumerate(flags):
         if chk.off_range[i] or "off_manifold" in f:

@@ -111,8 +111,9 @@ def _moments(chains: Tensor, member: Tensor) -> tuple[Tensor, Tensor]:
     return m, cov * n[..., None] / (n[..., None] - 1).clamp_min(1) + ridge[..., None, None] * torch.eye(x.shape[3])
 
 
-def _gauss_log(x: Tensor, mean: Tensor, chol: Tensor) -> Tensor:
-    """log N(x (k, D, q); mean (k, L, q), chol (k, L, q, q) lower) -> (k, D, L)."""
+def gauss_log(x: Tensor, mean: Tensor, chol: Tensor) -> Tensor:
+    """log N(x (k, D, q); mean (k, L, q), chol (k, L, q, q) lower) -> (k, D, L): each of L Gaussians per row
+    (also amortized._adapted_look's mixture)."""
     k, d, q = x.shape
     diff = x[:, None] - mean[:, :, None]  # (k, L, D, q)
     sol = torch.linalg.solve_triangular(chol, diff.transpose(2, 3), upper=False)  # (k, L, q, D)
@@ -145,11 +146,11 @@ def weigh(
         log_p[rows, cols] = log_density(x[rows, cols], targets[rows]).double()
     log_p = torch.where(torch.isnan(log_p), -math.inf, log_p)  # not nan_to_num: it makes -inf finite
     wide = IS_WIDEN * chol
-    log_q_each = _gauss_log(x, mean, wide) + torch.where(present, 0.0, -math.inf)[:, None]  # (k, L D, L)
+    log_q_each = gauss_log(x, mean, wide) + torch.where(present, 0.0, -math.inf)[:, None]  # (k, L D, L)
     log_q = torch.logsumexp(log_q_each, dim=2) - torch.log(present.sum(dim=1).double())[:, None]
     log_w = torch.where(drawn, log_p - log_q, -math.inf)
     smoothed, k_hat = psis(log_w)
-    nearest = (_gauss_log(x, mean, chol) + torch.where(present, 0.0, -math.inf)[:, None]).argmax(dim=2)  # (k, L D)
+    nearest = (gauss_log(x, mean, chol) + torch.where(present, 0.0, -math.inf)[:, None]).argmax(dim=2)  # (k, L D)
     mass = torch.full((k, g), -math.inf, dtype=torch.float64)
     for mode in range(g):  # a handful of labels, every target at once
         mine = torch.where(nearest == mode, smoothed, -math.inf)

@@ -1,7 +1,7 @@
 /* Counter-based uniforms (inversion/seeding.py's `uniform`): draw c of a stream of seed s is SplitMix64's
  * finalizer of s + golden * (base + c), its 53 high bits times 2^-53. Integer arithmetic wrapping mod 2^64, as the
- * torch code's int64 operations wrap: the same bits (tests/test_determinism.py checks both against Python's exact integers), in one pass instead of the
- * torch code's ~12 (each shift, xor and multiply one pass over every draw). */
+ * torch code's int64 operations wrap: the same bits (tests/test_determinism.py checks both against Python's exact
+ * integers), in one pass instead of the torch code's ~12 (each shift, xor and multiply one pass over every draw). */
 #include <stdint.h>
 
 static inline uint64_t mix64(uint64_t x) {
