@@ -144,12 +144,11 @@ def weigh(
     rows, cols = torch.nonzero(drawn, as_tuple=True)
     with torch.no_grad():
         log_p[rows, cols] = log_density(x[rows, cols], targets[rows]).double()
-    log_p = torch.where(torch.isnan(log_p), -math.inf, log_p)  # not nan_to_num: it makes -inf finite
     wide = IS_WIDEN * chol
     log_q_each = gauss_log(x, mean, wide) + torch.where(present, 0.0, -math.inf)[:, None]  # (k, L D, L)
     log_q = torch.logsumexp(log_q_each, dim=2) - torch.log(present.sum(dim=1).double())[:, None]
     log_w = torch.where(drawn, log_p - log_q, -math.inf)
-    smoothed, k_hat = psis(log_w)
+    smoothed, k_hat = psis(log_w)  # a NaN density: no weight (psis)
     nearest = (gauss_log(x, mean, chol) + torch.where(present, 0.0, -math.inf)[:, None]).argmax(dim=2)  # (k, L D)
     mass = torch.full((k, g), -math.inf, dtype=torch.float64)
     for mode in range(g):  # a handful of labels, every target at once
