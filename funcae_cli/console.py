@@ -40,15 +40,10 @@ def counter(what: str, share: float = 0.1) -> Callable[[int, int], None]:
     return report
 
 
-def emit_json(obj: Any, rows: str | None = None) -> None:
-    """The one machine-readable result of a --json command, on stdout. rows: the key of a dict obj's list of one
-    record per target, each then on one line by json's C encoder as the record's file has them (files.json_chunks:
-    a catalogue of 100,000 targets ~1.5 s rather than ~13 s by the indenting encoder)."""
-    if rows is None or not isinstance(obj, dict):
-        obj, rows = json_safe(obj), None
-    else:  # the rows are made safe as they are encoded (files._row_lines)
-        obj = {k: v if k == rows else json_safe(v) for k, v in obj.items()}
-    sys.stdout.writelines(json_chunks(obj, rows))
+def emit_json(obj: Any) -> None:
+    """The one machine-readable result of a --json command, on stdout. (invert's record, a catalogue's, goes to
+    stdout as its file is written: jobs.invert.run_invert's echo.)"""
+    sys.stdout.writelines(json_chunks(json_safe(obj)))
     sys.stdout.flush()
 
 

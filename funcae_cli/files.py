@@ -16,7 +16,7 @@ import warnings
 from collections.abc import Callable, Iterable, Iterator
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from funcae_cli.cores import cpu_count
 
@@ -35,12 +35,20 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     _atomic_write(path, [data])
 
 
-def atomic_write_chunks(path: str | Path, chunks: Iterable[str]) -> None:
+def atomic_write_chunks(path: str | Path, chunks: Iterable[str], echo: TextIO | None = None) -> None:
     """atomic_write_text of the text pieces `chunks` yields, written as they come (joined in blocks of 16384
-    pieces: JSON comes in tiny ones): a file of any size never held in memory whole."""
+    pieces: JSON comes in tiny ones): a file of any size never held in memory whole. echo: a text stream that gets
+    the same text, block by block, as it is written (invert --json's stdout: a catalogue's record encoded once)."""
     pieces = iter(chunks)
-    blocks = iter(lambda: list(itertools.islice(pieces, 1 << 14)), [])
-    _atomic_write(path, ("".join(block).encode() for block in blocks))
+
+    def blocks() -> Iterator[bytes]:
+        for block in iter(lambda: list(itertools.islice(pieces, 1 << 14)), []):
+            text = "".join(block)
+            if echo is not None:
+                echo.write(text)
+            yield text.encode()
+
+    _atomic_write(path, blocks())
 
 
 def _atomic_write(path: str | Path, blocks: Iterable[bytes]) -> None:
@@ -176,8 +184,8 @@ def _row_lines(values: list[Any]) -> Iterator[str]:
             yield piece.decode("ascii")
 
 
-def atomic_write_json(path: str | Path, obj: Any, rows: str | None = None) -> None:
-    atomic_write_chunks(path, json_chunks(obj, rows))
+def atomic_write_json(path: str | Path, obj: Any, rows: str | None = None, echo: TextIO | None = None) -> None:
+    atomic_write_chunks(path, json_chunks(obj, rows), echo)
 
 
 def finite_or_none(v: float) -> float | None:

@@ -5,6 +5,7 @@ alone and in batches of 12 and 300, and the real commands."""
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 from dataclasses import asdict, replace
@@ -413,6 +414,7 @@ def test_amortize_then_invert_and_validate_with_it(cli, smoke_copy: Path) -> Non
     ok(r)
     rec = json.loads(r.stdout)
     assert rec["posterior"] == "amortized" and rec["draws"] == 100
+    assert r.stdout == Path(rec["files"]["json"]).read_text()  # --json: the record's file text, encoded once
     assert Path(rec["files"]["samples"]).is_file()
     r = cli("validate", smoke_copy, "--n", "20", "--posterior", "amortized", "--compare-mcmc", "4", "--json")
     ok(r)
@@ -485,6 +487,16 @@ def test_the_batched_sampler_is_zukos_inverse_of_the_flow(q: int, passes: int | 
         # the forward pass: zuko's log density at any points (here wide ones, some beyond the splines' bound 5)
         pts = 3 * torch.randn(5, 50, q, dtype=torch.float64)
         torch.testing.assert_close(FlowSampler(flow, q).log_prob(c, pts), dist.log_prob(pts), rtol=0, atol=1e-9)
+    # the targets' share prepared once (the amortized check's rounds) and indexed: the same numbers (bitwise in
+    # float32, as the check runs; float64's per-target products differ in the last bits with the rows they share)
+    rows = torch.tensor([3, 0, 4])
+    for f, dt, tol in ((flow, torch.float64, 1e-12), (copy.deepcopy(flow).float(), torch.float32, 0.0)):
+        sampler, cc, e, p = FlowSampler(f, q), c.to(dt), eps.to(dt), pts.to(dt)
+        cond = sampler.prepare(cc)[rows]
+        for got, want in zip(sampler.sample(cond, e[rows]), sampler.sample(cc[rows], e[rows])):
+            torch.testing.assert_close(got, want, rtol=0, atol=tol)
+        torch.testing.assert_close(sampler.log_prob(cond, p[rows]), sampler.log_prob(cc[rows], p[rows]), rtol=0,
+                                   atol=tol)  # fmt: skip
 
 
 @pytest.mark.parametrize("passes", [None, 2], ids=["autoregressive", "coupling"])

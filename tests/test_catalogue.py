@@ -303,21 +303,23 @@ def test_streamed_json_and_csv_are_the_same_text() -> None:
 
 
 @pytest.mark.parametrize("forked", [False, True])
-def test_rows_with_nan_are_written_as_json_safe_writes_them(forked: bool, monkeypatch, capsys) -> None:
-    """A row holding NaN or an infinity comes out as json_safe makes it (null), in the record's file and on --json's
-    stdout (console.emit_json: rows one per line, as the file); forked: the rows' second half encoded by the helper
-    process."""
+def test_rows_with_nan_are_written_as_json_safe_writes_them(forked: bool, monkeypatch, tmp_path: Path) -> None:
+    """A row holding NaN or an infinity comes out as json_safe makes it (null), in the record's file and in the same
+    text echoed as it is written (invert --json's stdout: files.atomic_write_chunks' echo); forked: the rows' second
+    half encoded by the helper process."""
+    import io
+
     import funcae_cli.files as files_mod
-    from funcae_cli import console
 
     monkeypatch.setattr(files_mod, "FORKED_JSON_ROWS", 1 if forked else 10**6)
     rows = [{"z": [0.5, math.nan]}, {"k": math.inf, "q": {"a": -math.inf}}, {"n": 1}, {"z": [math.nan]}]
-    record = {"run": "r", "x": math.nan, "targets": rows}
+    record = {"run": "r", "x": None, "targets": rows}
     want = json.loads(json_text(json_safe(record)))
-    assert want["targets"][3] == {"z": [None]} and want["x"] is None
-    assert json.loads("".join(json_chunks({**record, "x": None}, rows="targets"))) == want
-    console.emit_json(record, rows="targets")
-    out = capsys.readouterr().out
+    assert want["targets"][3] == {"z": [None]}
+    echo = io.StringIO()
+    files_mod.atomic_write_json(tmp_path / "r.json", record, rows="targets", echo=echo)
+    out = echo.getvalue()
+    assert out == (tmp_path / "r.json").read_text()
     assert json.loads(out) == want and "NaN" not in out and "Infinity" not in out
     assert '\n    {"k": null, "q": {"a": null}},\n' in out  # one row a line, as the record's file has them
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -92,11 +93,12 @@ def invert(
                "draws": draws, "check": False if no_check else None, "samples": samples}  # fmt: skip
     progress = None if json_ else console.counter("mcmc: targets sampled")
     rec = run_invert(rd, inputs, options, name=name, device=device, figures=None if no_plot else FIGURES,
-                     progress=progress)  # fmt: skip
+                     progress=progress, echo=sys.stdout if json_ else None)  # fmt: skip
+    # --json: the record's file text went to stdout as it was written (the same document)
     for w in rec["warnings"]:
         console.warn(w)
     if json_:
-        console.emit_json(rec, rows="targets")
+        sys.stdout.flush()
     else:
         console.info(report_text(rec))
 

@@ -52,7 +52,7 @@ from funcae_cli.errors import InputError
 from funcae_cli.inversion import seeding
 from funcae_cli.inversion.assess import NAMED_IN_WARNING
 from funcae_cli.inversion.ensemble import Independent
-from funcae_cli.inversion.flow_sampling import FlowSampler
+from funcae_cli.inversion.flow_sampling import Conditioned, FlowSampler
 from funcae_cli.inversion.flow_spaces import FormulaSpace, LatentSpace
 from funcae_cli.inversion.laplace_check import (
     KHAT_MAX,
@@ -171,7 +171,7 @@ class PosteriorNet(nn.Module):
         """log q(u | observation) for u (n, q) natural coordinates and embeddings (n, embed)."""
         return self.flow(context).log_prob((u - self.center) / self.scale) - torch.log(self.scale).sum()
 
-    def log_prob_draws(self, u: Tensor, context: Tensor, sampler: FlowSampler) -> Tensor:
+    def log_prob_draws(self, u: Tensor, context: Tensor | Conditioned, sampler: FlowSampler) -> Tensor:
         """log q(u | observation) (n, S) of draws u (n, S, q) in natural coordinates given each target's embedding
         (n, embed): the flow's forward pass in `sampler` (this net's), each context used once; no gradients."""
         return sampler.log_prob(context, (u - self.center) / self.scale) - torch.log(self.scale).sum()
@@ -180,7 +180,7 @@ class PosteriorNet(nn.Module):
         """The flow's batched inverse (flow_sampling.py) for the weights as they are now."""
         return FlowSampler(self.flow, self.args.q)
 
-    def sample(self, context: Tensor, eps: Tensor, sampler: FlowSampler) -> tuple[Tensor, Tensor]:
+    def sample(self, context: Tensor | Conditioned, eps: Tensor, sampler: FlowSampler) -> tuple[Tensor, Tensor]:
         """(n, S, q) natural coordinates at base draws eps (n, S, q) (standard normal) and their log q (n, S)."""
         v, lq = sampler.sample(context, eps)
         return v * self.scale + self.center, lq - torch.log(self.scale).sum()
@@ -349,7 +349,7 @@ def amortized_posterior(
         rows = order[a : a + chunk]
         batch, own = _rows(targets, rows, int(widths[rows].max())), seeds[rows]
         with torch.no_grad():  # (thread-local: this runs on chunk_map's threads)
-            context = net.embed(batch)
+            context = sampler.prepare(net.embed(batch))  # the targets' share of the flow: once for all their pools
             evals = torch.full((batch.n,), draws, dtype=torch.int64)  # the flow's evaluations per target
             if not check:  # each target's draws from its own seed
                 u, _ = net.sample(context, sampler.base_draws(own, draws), sampler)
@@ -399,7 +399,7 @@ def _missed_mode(space: Space, batch: Targets, u: Tensor, fits: Tensor) -> Tenso
 
 
 def _adapted_look(
-    net: PosteriorNet, sampler: FlowSampler, space: Space, batch: Targets, context: Tensor, own: Tensor, u: Tensor,
+    net: PosteriorNet, sampler: FlowSampler, space: Space, batch: Targets, context: Conditioned, own: Tensor, u: Tensor,
     lq: Tensor, log_p: Tensor, smoothed: Tensor, k: Tensor, ess: Tensor, evals: Tensor, rows: Tensor,
 ) -> None:  # fmt: skip
     """Targets `rows` (of the chunk) whose first S flow draws fail the check or pass it on fewer than ESS_MIN
@@ -413,10 +413,11 @@ def _adapted_look(
     last round a pool that passes on fewer counts too (k-hat < KHAT_MAX: a larger pool than the first), else a first
     pool that passed; else all stays (the looks that follow try it). Where a target passes, u gets S draws resampled
     from its pool, k and ess the pool's. On rotation_curve_observed.yaml's network, bench row 11's curves: the
-    first pool's effective draws are ~22% of its draws (median), a round's pool ~50%; on 100,000 of them the flow's
-    evaluations per target fell from ~2,830 to 1,271 (mean; larger pools of the flow's own draws before), the
-    flagged from 2,792 to 65, those below ESS_MIN from 28,188 to 773. In place; u, lq, log_p: the first pool's
-    draws, their log q and log posterior (c, S); evals (c,): the flow's evaluations, counted."""
+    first pool's effective draws are ~22% of its draws (median), a round's pool ~50% (a Gaussian fitted to 8,000
+    of the flow's weighed draws: ~59%; the base-space posterior is not quite Gaussian); on 100,000 of them the
+    flow's evaluations per target fell from ~2,830 to 1,271 (mean; larger pools of the flow's own draws before),
+    the flagged from 2,792 to 65, those below ESS_MIN from 28,188 to 773. In place; u, lq, log_p: the first
+    pool's draws, their log q and log posterior (c, S); evals (c,): the flow's evaluations, counted."""
     s, q = u.shape[1], u.shape[2]
     first = k[rows] < KHAT_MAX  # the first pool passed (on too few effective draws)
     eps = sampler.base_draws(own[rows], s).double()  # (r, P, q): the pool's base points (float32 values)
@@ -486,7 +487,7 @@ def _base_gaussian(eps: Tensor, log_w: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def _moment_look(
-    net: PosteriorNet, sampler: FlowSampler, space: Space, batch: Targets, context: Tensor,
+    net: PosteriorNet, sampler: FlowSampler, space: Space, batch: Targets, context: Conditioned,
     own: Tensor, u: Tensor, lq: Tensor, log_p: Tensor, k: Tensor, ess: Tensor, evals: Tensor,
 ) -> None:  # fmt: skip
     """The targets of a chunk that still fail the check (k >= KHAT_MAX) get one step of adaptive importance sampling
@@ -530,7 +531,7 @@ def _moment_look(
 
 
 def _second_look(
-    net: PosteriorNet, sampler: FlowSampler, space: Space, batch: Targets, context: Tensor, rows: Tensor,
+    net: PosteriorNet, sampler: FlowSampler, space: Space, batch: Targets, context: Conditioned, rows: Tensor,
     own: Tensor, u: Tensor, lq: Tensor, log_p: Tensor, k: Tensor, ess: Tensor, evals: Tensor,
     laplace: Callable[[Tensor], tuple[Tensor, Tensor]],
 ) -> None:  # fmt: skip
@@ -566,7 +567,7 @@ def _flow_pool(
     sampler: FlowSampler,
     space: Space,
     batch: Targets,
-    context: Tensor,
+    context: Conditioned,
     own: Tensor,
     draws: int,
     first: tuple[Tensor, Tensor, Tensor] | None = None,
@@ -592,7 +593,7 @@ def _with_t(
     sampler: FlowSampler,
     space: Space,
     batch: Targets,
-    context: Tensor,
+    context: Conditioned,
     own: Tensor,
     v: Tensor,
     lq: Tensor,

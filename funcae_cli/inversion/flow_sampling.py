@@ -246,6 +246,22 @@ def _plan(t: nn.Module, q: int) -> _Plan:
     return _Plan(t.hyper, acts, t.total, first, _rows(first, t.total), groups, True)
 
 
+@dataclass
+class Conditioned:
+    """Each target's share of a flow's arithmetic that depends on its context alone (FlowSampler.prepare): per
+    transform, the splines of its first group and the per-target constant of every later group's layers. Computed
+    once for a chunk's targets, it serves every pool drawn for them (indexed by rows: `cond[rows]`)."""
+
+    phi0: list[Tensor]  # per transform: (total, k0, n, 1) raw spline parameters of group 0
+    consts: list[list[list[Tensor]]]  # per transform, later group and layer: (rows, n)
+    dtype: torch.dtype  # the contexts'
+
+    def __getitem__(self, rows: Tensor) -> Conditioned:
+        return Conditioned([p[:, :, rows] for p in self.phi0],
+                           [[[c[:, rows] for c in layers] for layers in groups] for groups in self.consts],
+                           self.dtype)  # fmt: skip
+
+
 class FlowSampler:
     """Draws of a zuko NSF `flow` over q features given contexts, each target's from its own seed."""
 
@@ -263,25 +279,40 @@ class FlowSampler:
         return seeding.paired_normal(seeds, "amortized", (draws, self.q)).float()
 
     @torch.no_grad()
-    def sample(self, context: Tensor, eps: Tensor) -> tuple[Tensor, Tensor]:
-        """x (n, S, q): the flow's inverse at base draws eps (n, S, q) (standard normal) given contexts (n, C),
-        and log q(x) (n, S)."""
-        eps = eps.to(context.dtype)
+    def prepare(self, context: Tensor) -> Conditioned:
+        """What every draw of targets with contexts (n, C) shares: sample and log_prob take it in place of the
+        contexts (a chunk's rounds of draws then compute it once)."""
+        n, phi0, consts = context.shape[0], [], []
+        for plan in self.plans:
+            acts = self._per_target(plan, context)
+            phi0.append(acts[-1][:, plan.rows0].T.reshape(plan.total, len(plan.group0), n, 1))
+            consts.append([[seeding.linear_rows(acts[i][:, layer.others], layer.rest, layer.bias).T  # (rows, n)
+                            for i, layer in enumerate(grp.layers)] for grp in plan.groups])  # fmt: skip
+        return Conditioned(phi0, consts, context.dtype)
+
+    @torch.no_grad()
+    def sample(self, context: Tensor | Conditioned, eps: Tensor) -> tuple[Tensor, Tensor]:
+        """x (n, S, q): the flow's inverse at base draws eps (n, S, q) (standard normal) given contexts (n, C)
+        (or what `prepare` made of them), and log q(x) (n, S)."""
+        cond = context if isinstance(context, Conditioned) else self.prepare(context)
+        eps = eps.to(cond.dtype)
         log_q = self.flow.base().log_prob(eps)  # (n, S): the base's log density
         x = eps.permute(2, 0, 1).contiguous()  # (q, n, S)
-        for plan in reversed(self.plans):
-            x, ladj = self._transform(plan, context, x, forward=False)
+        for i in reversed(range(len(self.plans))):
+            x, ladj = self._transform(self.plans[i], cond.phi0[i], cond.consts[i], x, forward=False)
             log_q += ladj  # log q(x) = log N(z) + sum over transforms of log |dy/dx|
         return x.permute(1, 2, 0), log_q
 
     @torch.no_grad()
-    def log_prob(self, context: Tensor, x: Tensor) -> Tensor:
-        """log q(x) (n, S) of points x (n, S, q) given contexts (n, C): the flow's forward pass, each target's
-        context used once (zuko's log_prob repeats it on every point and evaluates every pass)."""
-        y = x.to(context.dtype).permute(2, 0, 1).contiguous()  # (q, n, S)
+    def log_prob(self, context: Tensor | Conditioned, x: Tensor) -> Tensor:
+        """log q(x) (n, S) of points x (n, S, q) given contexts (n, C) (or what `prepare` made of them): the flow's
+        forward pass, each target's context used once (zuko's log_prob repeats it on every point and evaluates
+        every pass)."""
+        cond = context if isinstance(context, Conditioned) else self.prepare(context)
+        y = x.to(cond.dtype).permute(2, 0, 1).contiguous()  # (q, n, S)
         log_q = y.new_zeros(y.shape[1:])
-        for plan in self.plans:
-            y, ladj = self._transform(plan, context, y, forward=True)
+        for i, plan in enumerate(self.plans):
+            y, ladj = self._transform(plan, cond.phi0[i], cond.consts[i], y, forward=True)
             log_q += ladj
         return log_q + self.flow.base().log_prob(y.permute(1, 2, 0))
 
@@ -297,20 +328,18 @@ class FlowSampler:
                 acts.append(h)
         return acts
 
-    def _transform(self, plan: _Plan, c: Tensor, y: Tensor, forward: bool) -> tuple[Tensor, Tensor]:
+    def _transform(
+        self, plan: _Plan, phi0: Tensor, consts: list[list[Tensor]], y: Tensor, forward: bool
+    ) -> tuple[Tensor, Tensor]:
         """One transform, its inverse (y -> x) or forward (x in `y` -> its image), and the sum over features of its
         log-derivative at x (n, S). Either way the splines of a group come from x: the solved features (inverse)
-        or the given ones (forward)."""
+        or the given ones (forward). phi0, consts: the targets' share (Conditioned)."""
         q, n, s = y.shape
-        acts = self._per_target(plan, c)
-        phi0 = acts[-1][:, plan.rows0].T.reshape(plan.total, len(plan.group0), n, 1)  # from the context alone
         out = torch.empty_like(y)
         x = y if forward else out  # where the hyper network reads x
         out[plan.group0], ladj = splines_at(phi0, y[plan.group0], self.bound, self.slope, forward, self.native)
         block = max(1, BLOCK_DRAWS // s)  # targets per block
-        for grp in plan.groups:
-            consts = [seeding.linear_rows(acts[i][:, layer.others], layer.rest, layer.bias).T  # (rows, n)
-                      for i, layer in enumerate(grp.layers)]  # fmt: skip
+        for grp, const in zip(plan.groups, consts):
             reads, solves = x[grp.layers[0].cols], y[grp.features]  # (cols, n, S), (k, n, S)
             image, part = torch.empty_like(solves), y.new_empty(n, s)
             for a in range(0, n, block):  # a few targets' draws at a time: the activations stay in the cache
@@ -319,7 +348,7 @@ class FlowSampler:
                 for i, layer in enumerate(grp.layers):
                     if i > 0:
                         h = _activate(plan.activations[i - 1], h)
-                    h = (layer.weight @ h).view(-1, b - a, s).add_(consts[i][:, a:b, None]).view(-1, (b - a) * s)
+                    h = (layer.weight @ h).view(-1, b - a, s).add_(const[i][:, a:b, None]).view(-1, (b - a) * s)
                 phi = h.view(plan.total, len(grp.features), b - a, s)
                 image[:, a:b], part[a:b] = splines_at(phi, solves[:, a:b], self.bound, self.slope, forward, self.native)
             out[grp.features] = image

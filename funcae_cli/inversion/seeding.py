@@ -174,13 +174,20 @@ def linear_rows(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor
     return (out if bias is None else out + bias.double()).to(x.dtype)
 
 
+def _linear(m: torch.nn.Module) -> tuple[Tensor, Tensor | None] | None:
+    """(weight, bias) of a linear layer: torch's (masked ones: weight * mask), or zuko's own `Linear` (zuko 1.6's
+    element-wise flows: not a torch Linear; y = x W^T + b with a 2-D W); None for any other module."""
+    if isinstance(m, torch.nn.Linear):
+        return (m.weight * m.mask if hasattr(m, "mask") else m.weight), m.bias
+    if type(m).__name__ == "Linear" and type(m).__module__.startswith("zuko") and m.weight.dim() == 2:
+        return m.weight, m.bias
+    return None
+
+
 def mlp_rows(net: torch.nn.Sequential, x: Tensor) -> Tensor:
-    """A sequential network of linear layers (masked ones included: weight * mask) and element-wise activations
-    on x (..., i), each linear layer by `linear_rows`."""
+    """A sequential network of linear layers (masked ones and zuko's included: _linear) and element-wise
+    activations on x (..., i), each linear layer by `linear_rows`."""
     for m in net:
-        if isinstance(m, torch.nn.Linear):
-            w = m.weight * m.mask if hasattr(m, "mask") else m.weight
-            x = linear_rows(x, w, m.bias)
-        else:
-            x = m(x)
+        layer = _linear(m)
+        x = m(x) if layer is None else linear_rows(x, *layer)
     return x

@@ -6,7 +6,7 @@ from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from dataclasses import asdict
 from functools import partial
-from typing import Any
+from typing import Any, TextIO
 
 import torch
 
@@ -60,12 +60,15 @@ def run_invert(
     device: str | torch.device = "auto",
     figures: Figures | None = None,
     progress: Callable[[int, int], None] | None = None,
+    echo: TextIO | None = None,
 ) -> dict[str, Any]:
     """Invert, estimate parameters, write invert/<slug>.json, .csv and figures; return the record.
 
     options: InvertConfig fields (None: the run's) laid over the run's `invert` section and checked by its rules
     before any work (config.override).
     progress: called with (targets sampled, targets) as mcmc's targets finish (ensemble.sample's pools).
+    echo: a text stream that gets the record's JSON text as its file is written (invert --json: stdout), the same
+    text (a catalogue's record is then encoded once, not again for the stream).
 
     The record (also what `invert --json` prints): the run's facts (run, run_dir, family, model, latent_dim,
     param_names, device); source, the options used; objective_kind ("l2" | "chi2"); n_targets, seconds,
@@ -156,7 +159,7 @@ def run_invert(
                 kinds = list(drawn)
             files.update({kind: str(rd.invert_png(slug, kind)) for kind in kinds})
         record["files"] = files
-        atomic_write_json(rd.invert_json(slug), record, rows="targets")  # a catalogue: one line per target
+        atomic_write_json(rd.invert_json(slug), record, rows="targets", echo=echo)  # a catalogue: a line per target
         return record
 
 
