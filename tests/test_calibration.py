@@ -130,8 +130,26 @@ def test_agreement_of_a_posterior_with_itself_and_with_a_shifted_copy() -> None:
     for j, a in enumerate(moved):
         assert a.shift == pytest.approx(np.median(np.abs(shift[j]) / ((hi[:, j] - lo[:, j]) / 2)), rel=1e-9)
         assert a.width_ratio == pytest.approx(1.5, rel=1e-9)
+    assert [a.tails_off for a in same] == [0.0, 0.0]
     fixed = agreement(np.ones((5, 10, 1)), np.ones((5, 10, 1)), ["c"], [False])[0]
     assert math.isnan(fixed.shift) and math.isnan(fixed.width_ratio)  # no reference width: no verdict
+    assert math.isnan(fixed.tails_off)
+
+
+def test_agreement_counts_the_targets_whose_tail_one_posterior_misses() -> None:
+    """A quarter of the targets get a tail the reference lacks (their last 10% of draws moved 5 sigma up): their 97.5%
+    quantile then lies ~3 sigma above the reference's, and exactly they count in tails_off, while the medians and
+    68% widths, medians over targets, hardly move (what the amortized check's tails look like against mcmc on
+    bench row 11's curves, the note of 2026-12-07)."""
+    rng = np.random.default_rng(5)
+    reference = rng.standard_normal((400, 500, 1))
+    tailed = reference.copy()
+    tailed[:100, 450:, 0] += 5.0
+    a = agreement(tailed, reference, ["a"], [False])[0]
+    assert a.tails_off == pytest.approx(0.25)
+    assert a.shift < 0.1 and a.width_ratio == pytest.approx(1.0, abs=0.05)
+    lo = reference * 1.02  # 2% wider: every end within 0.05 sigma
+    assert agreement(lo, reference, ["a"], [False])[0].tails_off == 0.0
 
 
 MCMC = {"walkers": 16, "steps": 60, "burn": 30}  # a short chain: the comparison is what is tested, not the chain
@@ -169,5 +187,7 @@ def test_validate_compares_amortized_with_mcmc_on_the_first_curves(smoke_copy: P
         want = np.median(abs(shift[j]) / ((hi[:, j] - lo[:, j]) / 2))
         assert c["params"][name]["median_shift_sigma"] == pytest.approx(want, rel=1e-3, abs=1e-6)
         assert c["params"][name]["width_ratio"] == pytest.approx(widen, rel=1e-3)
+        if widen == 1.0:  # mcmc's own draws: no 95% interval end apart
+            assert c["params"][name]["tails_off_share"] == 0.0
     assert set(rep["tarp"]) >= {"alpha", "ecp", "band", "max_deviation", "within_band", "atc"}
     assert len(rep["tarp"]["ecp"]) == len(TARP_ALPHAS) and (smoke_copy / "validate" / "tarp.png").is_file()

@@ -93,7 +93,8 @@ def _summary(rep: dict) -> None:
         console.info(f"importance check: Pareto k-hat < 0.7 for {rep['k_hat_below']:.1%} of the curves")
     if (c := rep.get("compare_mcmc")) is not None:
         each = "; ".join(f"{name}: shift {_num(a['median_shift_sigma'])} mcmc sigma, width ratio "
-                         f"{_num(a['width_ratio'])}" for name, a in c["params"].items())  # fmt: skip
+                         f"{_num(a['width_ratio'])}, 95% ends > 1 sigma apart on {_pct(a['tails_off_share'])}"
+                         for name, a in c["params"].items())  # fmt: skip
         console.info(f"amortized against mcmc on {c['targets']:,} curves (medians over curves): {each} "
                      f"({c['mcmc_unconverged']} mcmc unconverged; {c['seconds']:.1f}s)")  # fmt: skip
     console.info(f"{rep['n']:,} curves in {rep['seconds']:.1f}s; wrote " + ", ".join(rep["files"].values()))
@@ -101,3 +102,7 @@ def _summary(rep: dict) -> None:
 
 def _num(v: float | None) -> str:
     return "n/a" if v is None else f"{v:.3g}"
+
+
+def _pct(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.0%} of curves"

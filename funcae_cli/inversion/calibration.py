@@ -11,7 +11,9 @@ Given true parameters (n, p) and posterior draws (n, s, p) of the same targets:
 - TARP (Lemos, Coogan et al. 2023, "Sampling-based accuracy testing of posterior estimators"): one test of the
   joint posterior over all parameters at once (`tarp`);
 - agreement with a reference posterior on the same targets (`agreement`): how far apart the medians are in units
-  of the reference's sigma, and the ratio of the 68% widths.
+  of the reference's sigma, the ratio of the 68% widths, and the share of targets whose 95% interval ends (2.5% or
+  97.5% quantile) lie more than TAIL_OFF reference sigma from the reference's (a tail one posterior misses: medians
+  and 68% widths agreeing over targets do not show it).
 """
 
 from __future__ import annotations
@@ -210,16 +212,29 @@ class Agreement:
     name: str
     shift: float  # median over targets of |median - reference median| / reference sigma (its 16-84% half-width)
     width_ratio: float  # median over targets of the 16-84% width / the reference's
+    tails_off: float  # share of targets whose 2.5% or 97.5% quantile is > TAIL_OFF reference sigma from the reference's
+
+
+TAIL_OFF = 1.0  # reference sigma: a 95% interval end this far from the reference's is a tail of its own (a Gaussian's
+# 2.5% quantile is 1.96 sigma from its median; 500 draws place it within ~0.15 sigma)
 
 
 def agreement(draws: np.ndarray, reference: np.ndarray, names: list[str], log10: list[bool]) -> list[Agreement]:
     """Per parameter, in natural coordinates, how a posterior's draws (n, s, p) sit against a reference posterior's
     (n, s', p) of the same targets (module docstring); NaN where the reference has no width (a fixed parameter)."""
-    q = np.quantile(natural(draws, log10), [0.16, 0.5, 0.84], axis=1)  # (3, n, p)
-    r = np.quantile(natural(reference, log10), [0.16, 0.5, 0.84], axis=1)
-    width = np.where(r[2] > r[0], r[2] - r[0], np.nan)
-    shift, ratio = np.abs(q[1] - r[1]) / (width / 2), (q[2] - q[0]) / width
-    return [Agreement(name, _median(shift[:, j]), _median(ratio[:, j])) for j, name in enumerate(names)]
+    levels = [0.025, 0.16, 0.5, 0.84, 0.975]
+    q = np.quantile(natural(draws, log10), levels, axis=1)  # (5, n, p)
+    r = np.quantile(natural(reference, log10), levels, axis=1)
+    width = np.where(r[3] > r[1], r[3] - r[1], np.nan)
+    shift, ratio = np.abs(q[2] - r[2]) / (width / 2), (q[3] - q[1]) / width
+    ends = np.maximum(np.abs(q[0] - r[0]), np.abs(q[4] - r[4])) / (width / 2)
+    return [Agreement(name, _median(shift[:, j]), _median(ratio[:, j]), _share_over(ends[:, j], TAIL_OFF))
+            for j, name in enumerate(names)]  # fmt: skip
+
+
+def _share_over(v: np.ndarray, limit: float) -> float:
+    v = v[np.isfinite(v)]
+    return float(np.mean(v > limit)) if v.size else float("nan")
 
 
 def _median(v: np.ndarray) -> float:

@@ -238,5 +238,8 @@ def _compare_mcmc(trained: Trained, observations: list[Observation], draws: np.n
         "sampling": {**{k: getattr(inv, k) for k in SAMPLING}, "proposal": "none"},
         "mcmc_unconverged": unconverged,
         "seconds": time.perf_counter() - t0,
-        "params": {a.name: {"median_shift_sigma": a.shift, "width_ratio": a.width_ratio} for a in agree},
+        "params": {
+            a.name: {"median_shift_sigma": a.shift, "width_ratio": a.width_ratio, "tails_off_share": a.tails_off}
+            for a in agree
+        },  # fmt: skip
     }
