@@ -95,7 +95,8 @@ def _summary(rep: dict) -> None:
         each = "; ".join(f"{name}: shift {_num(a['median_shift_sigma'])} mcmc sigma, width ratio "
                          f"{_num(a['width_ratio'])}, 95% ends > 1 sigma apart on {_pct(a['tails_off_share'])}"
                          for name, a in c["params"].items())  # fmt: skip
-        console.info(f"amortized against mcmc on {c['targets']:,} curves (medians over curves): {each} "
+        console.info(f"amortized against mcmc on {c['targets']:,} curves (shifts and width ratios: medians over "
+                     f"curves): {each} "
                      f"({c['mcmc_unconverged']} mcmc unconverged; {c['seconds']:.1f}s)")  # fmt: skip
     console.info(f"{rep['n']:,} curves in {rep['seconds']:.1f}s; wrote " + ", ".join(rep["files"].values()))
 
