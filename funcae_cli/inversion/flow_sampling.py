@@ -192,11 +192,11 @@ def _weights(hyper: nn.Sequential) -> tuple[list[tuple[Tensor, Tensor]], list[nn
     """The hyper network's effective (masked) weights and biases, and its activations, in order."""
     layers, acts = [], []
     for m in hyper:
-        if isinstance(m, nn.Linear):
-            w = m.weight * m.mask if hasattr(m, "mask") else m.weight
-            layers.append((w.detach(), m.bias.detach()))
-        else:
+        layer = seeding.linear_layer(m)
+        if layer is None:
             acts.append(m)
+        else:
+            layers.append((layer[0].detach(), layer[1].detach()))
     if len(acts) != len(layers) - 1:
         raise ValueError(f"expected a hyper network of linear layers and activations, got {hyper}")
     return layers, acts
@@ -324,7 +324,7 @@ class FlowSampler:
         h = acts[0]
         for i, m in enumerate(plan.hyper):
             h = seeding.mlp_rows(nn.Sequential(m), h)
-            if not isinstance(m, nn.Linear) or i == len(plan.hyper) - 1:
+            if seeding.linear_layer(m) is None or i == len(plan.hyper) - 1:
                 acts.append(h)
         return acts
 

@@ -174,7 +174,7 @@ def linear_rows(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor
     return (out if bias is None else out + bias.double()).to(x.dtype)
 
 
-def _linear(m: torch.nn.Module) -> tuple[Tensor, Tensor | None] | None:
+def linear_layer(m: torch.nn.Module) -> tuple[Tensor, Tensor | None] | None:
     """(weight, bias) of a linear layer: torch's (masked ones: weight * mask), or zuko's own `Linear` (zuko 1.6's
     element-wise flows: not a torch Linear; y = x W^T + b with a 2-D W); None for any other module."""
     if isinstance(m, torch.nn.Linear):
@@ -185,9 +185,9 @@ def _linear(m: torch.nn.Module) -> tuple[Tensor, Tensor | None] | None:
 
 
 def mlp_rows(net: torch.nn.Sequential, x: Tensor) -> Tensor:
-    """A sequential network of linear layers (masked ones and zuko's included: _linear) and element-wise
+    """A sequential network of linear layers (masked ones and zuko's included: linear_layer) and element-wise
     activations on x (..., i), each linear layer by `linear_rows`."""
     for m in net:
-        layer = _linear(m)
+        layer = linear_layer(m)
         x = m(x) if layer is None else linear_rows(x, *layer)
     return x

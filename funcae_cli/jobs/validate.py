@@ -241,5 +241,5 @@ def _compare_mcmc(trained: Trained, observations: list[Observation], draws: np.n
         "params": {
             a.name: {"median_shift_sigma": a.shift, "width_ratio": a.width_ratio, "tails_off_share": a.tails_off}
             for a in agree
-        },  # fmt: skip
+        },
     }
