@@ -356,14 +356,15 @@ def amortized_posterior(
                 k = torch.full((batch.n,), math.nan, dtype=torch.float64)
                 ess = torch.full((batch.n,), math.nan, dtype=torch.float64)
             else:
-                u, lq, log_p, smoothed, k = _flow_pool(net, sampler, space, batch, context, own, draws)
+                eps = sampler.base_draws(own, draws)  # the first pool's base points (also _adapted_look's)
+                u, lq, log_p, smoothed, k = _flow_pool(net, sampler, space, batch, context, own, draws, eps=eps)
                 ess = importance_ess(smoothed)
                 ready = (k < KHAT_MAX) & (ess >= ESS_MIN)  # the others: _adapted_look's rounds
                 if bool(ready.any()):
                     u[ready] = importance_resample(u[ready], smoothed[ready].to(u.dtype), own[ready])
                 if not bool(ready.all()):
-                    _adapted_look(net, sampler, space, batch, context, own, u, lq, log_p, smoothed, k, ess, evals,
-                                  torch.nonzero(~ready).squeeze(1))  # fmt: skip
+                    _adapted_look(net, sampler, space, batch, context, own, eps, u, lq, log_p, smoothed, k, ess,
+                                  evals, torch.nonzero(~ready).squeeze(1))  # fmt: skip
                 if laplace is not None and not bool((k < KHAT_MAX).all()):
                     _second_look(net, sampler, space, batch, context, rows, own, u, lq, log_p, k, ess, evals,
                                  laplace)  # fmt: skip
@@ -399,8 +400,9 @@ def _missed_mode(space: Space, batch: Targets, u: Tensor, fits: Tensor) -> Tenso
 
 
 def _adapted_look(
-    net: PosteriorNet, sampler: FlowSampler, space: Space, batch: Targets, context: Conditioned, own: Tensor, u: Tensor,
-    lq: Tensor, log_p: Tensor, smoothed: Tensor, k: Tensor, ess: Tensor, evals: Tensor, rows: Tensor,
+    net: PosteriorNet, sampler: FlowSampler, space: Space, batch: Targets, context: Conditioned, own: Tensor,
+    eps: Tensor, u: Tensor, lq: Tensor, log_p: Tensor, smoothed: Tensor, k: Tensor, ess: Tensor, evals: Tensor,
+    rows: Tensor,
 ) -> None:  # fmt: skip
     """Targets `rows` (of the chunk) whose first S flow draws fail the check or pass it on fewer than ESS_MIN
     effective draws: rounds of population Monte Carlo (Cappe et al. 2004) in the flow's base space. The flow has
@@ -416,32 +418,43 @@ def _adapted_look(
     first pool's effective draws are ~22% of its draws (median), a round's pool ~50% (a Gaussian fitted to 8,000
     of the flow's weighed draws: ~59%; the base-space posterior is not quite Gaussian); on 100,000 of them the
     flow's evaluations per target fell from ~2,830 to 1,271 (mean; larger pools of the flow's own draws before),
-    the flagged from 2,792 to 65, those below ESS_MIN from 28,188 to 773. In place; u, lq, log_p: the first
-    pool's draws, their log q and log posterior (c, S); evals (c,): the flow's evaluations, counted."""
+    the flagged from 2,792 to 65, those below ESS_MIN from 28,188 to 773. Each point's mixture density is kept
+    from round to round (a round adds its Gaussian at the pool's points and every proposal at its own draws), not
+    computed again over the whole pool. In place; eps, u, lq, log_p: the first pool's base points (c, S, q), draws,
+    their log q and log posterior (c, S); evals (c,): the flow's evaluations, counted."""
     s, q = u.shape[1], u.shape[2]
     first = k[rows] < KHAT_MAX  # the first pool passed (on too few effective draws)
-    eps = sampler.base_draws(own[rows], s).double()  # (r, P, q): the pool's base points (float32 values)
-    ladj = lq[rows].double() - _log_normal(eps)  # log |d base / d u| of each draw
+    eps = eps[rows].double()  # (r, P, q): the pool's base points (float32 values)
+    base = _log_normal(eps)
+    ladj = lq[rows].double() - base  # log |d base / d u| of each draw
+    mix = math.log(s) + base  # (r, P): log sum over the proposals of their draws x their density at each point
     pool, pool_lp, lw = u[rows], log_p[rows], smoothed[rows]
-    rounds: list[tuple[int, Tensor, Tensor]] = []  # per round: its draws, its Gaussian's mean (r, q) and root (r, q, q)
+    means: list[Tensor] = []  # per round: its Gaussian's mean (r, q) and root (r, q, q), and its draws
+    roots: list[Tensor] = []
+    counts: list[float] = []
     at = 0  # the rounds' draws so far: where the next round's normals start in the stream
     for r, mult in enumerate(ADAPT_ROUNDS):
         mean, root = _base_gaussian(eps, lw)
-        b = mult * s
+        b = max(1, round(mult * s))
         z = seeding.paired_normal(own[rows], "amortized_adapted", (b, q), at)
         at += b
         e = (mean[:, None, :] + z @ root.transpose(1, 2)).float()  # float32, as the flow's base draws
         v, lq_v = net.sample(context[rows], e, sampler)
         evals[rows] += b
         e = e.double()
-        rounds.append((b, mean, root))
+        means.append(mean)
+        roots.append(root)
+        counts.append(math.log(b))
+        # the mixture's sums, kept from round to round: the new Gaussian at the pool's points, every proposal at
+        # the new ones
+        mix = torch.logaddexp(mix, gauss_log(eps, mean[:, None], root[:, None])[..., 0] + counts[-1])
+        base = _log_normal(e)
+        each = gauss_log(e, torch.stack(means, 1), torch.stack(roots, 1)) + torch.tensor(counts, dtype=e.dtype)
+        mix = torch.cat([mix, torch.logsumexp(torch.cat([(math.log(s) + base)[..., None], each], dim=2), dim=2)], 1)
         eps, pool = torch.cat([eps, e], 1), torch.cat([pool, v], 1)
-        ladj = torch.cat([ladj, lq_v.double() - _log_normal(e)], 1)
+        ladj = torch.cat([ladj, lq_v.double() - base], 1)
         pool_lp = torch.cat([pool_lp, space.log_posterior(batch.subset(rows), v)], 1)
-        counts = torch.tensor([n for n, _, _ in rounds], dtype=torch.float64).log()
-        each = gauss_log(eps, torch.stack([m for _, m, _ in rounds], 1), torch.stack([g for _, _, g in rounds], 1))
-        terms = torch.cat([(math.log(s) + _log_normal(eps))[..., None], each + counts], dim=2)  # (r, P, 1 + rounds)
-        log_mix = ladj + torch.logsumexp(terms, dim=2) - math.log(eps.shape[1])
+        log_mix = ladj + mix - math.log(eps.shape[1])
         lw, k2 = psis(pool_lp - log_mix)  # NaN: no weight (psis)
         ess2 = importance_ess(lw)
         last = r == len(ADAPT_ROUNDS) - 1
@@ -457,9 +470,9 @@ def _adapted_look(
         keep = torch.nonzero(~done).squeeze(1)
         if keep.numel() == 0:
             break
-        rows, first, eps, ladj, pool, pool_lp, lw = rows[keep], first[keep], eps[keep], ladj[keep], pool[keep], \
-            pool_lp[keep], lw[keep]  # fmt: skip
-        rounds = [(n, m[keep], g[keep]) for n, m, g in rounds]
+        rows, first, eps, ladj, mix, pool, pool_lp, lw = rows[keep], first[keep], eps[keep], ladj[keep], mix[keep], \
+            pool[keep], pool_lp[keep], lw[keep]  # fmt: skip
+        means, roots = [m[keep] for m in means], [g[keep] for g in roots]
 
 
 def _log_normal(e: Tensor) -> Tensor:
@@ -476,9 +489,9 @@ def _base_gaussian(eps: Tensor, log_w: Tensor) -> tuple[Tensor, Tensor]:
     w = torch.exp(log_w)
     fine = torch.isfinite(w).all(dim=1) & (w.sum(dim=1) > 0.5)
     w = torch.where(fine[:, None], w, 0.0)
-    mean = (w[..., None] * eps).sum(dim=1)
+    mean = torch.bmm(w[:, None, :], eps)[:, 0]
     d = eps - mean[:, None, :]
-    cov = ADAPT_INFLATE * (w[..., None, None] * d[..., :, None] * d[..., None, :]).sum(dim=1)
+    cov = ADAPT_INFLATE * torch.bmm((d * w[..., None]).transpose(1, 2), d)
     n = 1 / w.square().sum(dim=1).clamp_min(1e-300)  # the pool's effective draws
     eye = torch.eye(q, dtype=eps.dtype)
     shrunk = (n[:, None, None] * cov + ADAPT_PRIOR * eye) / (n + ADAPT_PRIOR)[:, None, None]
@@ -571,12 +584,14 @@ def _flow_pool(
     own: Tensor,
     draws: int,
     first: tuple[Tensor, Tensor, Tensor] | None = None,
+    eps: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """`draws` flow draws per target (its own base normals: the first S of any number the same) weighed against the
     posterior: the draws (r, B, q), their log q and log posterior (r, B), the Pareto-smoothed log weights (r, B)
     and k-hat (r,). first: the first S of those draws with their log q and log posterior, already computed: only the
-    rest are drawn (each draw is computed on its own: the same numbers either way)."""
-    eps = sampler.base_draws(own, draws)
+    rest are drawn (each draw is computed on its own: the same numbers either way). eps: the targets' base draws
+    (sampler.base_draws(own, draws)), where the caller has them."""
+    eps = sampler.base_draws(own, draws) if eps is None else eps
     if first is None:
         v, lq = net.sample(context, eps, sampler)
         log_p = space.log_posterior(batch, v)
