@@ -305,7 +305,7 @@ def _point_estimates(
     else:
         z_best, iters, conv, start = _batched(problem, zs, method, o.max_iter, o.lr)
     m_enc = problem.metrics(z_enc)
-    m = problem.metrics(z_best)
+    m = m_enc if z_best is z_enc else problem.metrics(z_best)  # method encoder: the same codes, measured once
     out = InvertResult(
         method=method,
         objective_kind="chi2" if problem.chi2 else "l2",

@@ -106,23 +106,30 @@ class Problem:
             mean, std = self.at_x(mean), self.at_x(std)
         return (TRANSFORMS[self.norm.transform][0](y) - mean) / std
 
-    def training_residual(self, z: Tensor, rows: Tensor | None) -> Tensor:
-        """(k, m) decoded - target, in training space, padding zeroed."""
-        return self._masked(self.at_x(invariant_rows(self.model.decode, z), rows) - self._rows(self.t, rows), rows)
+    def decoded(self, z: Tensor) -> Tensor:
+        """The decoder's curves of codes z (k, d) on the run's grid, in training space (k, grid)."""
+        return invariant_rows(self.model.decode, z)
 
-    def fit(self, z: Tensor, rows: Tensor | None = None) -> Tensor:
-        """Decoded curves in family units at the observation points (k, m)."""
-        return self.at_x(self.norm.decode(invariant_rows(self.model.decode, z)), rows)
+    def training_residual(self, z: Tensor, rows: Tensor | None, decoded: Tensor | None = None) -> Tensor:
+        """(k, m) decoded - target, in training space, padding zeroed (decoded: self.decoded(z), if at hand)."""
+        decoded = self.decoded(z) if decoded is None else decoded
+        return self._masked(self.at_x(decoded, rows) - self._rows(self.t, rows), rows)
 
-    def residual(self, z: Tensor, rows: Tensor | None = None) -> Tensor:
+    def fit(self, z: Tensor, rows: Tensor | None = None, decoded: Tensor | None = None) -> Tensor:
+        """Decoded curves in family units at the observation points (k, m) (decoded: self.decoded(z), if at
+        hand)."""
+        return self.at_x(self.norm.decode(self.decoded(z) if decoded is None else decoded), rows)
+
+    def residual(self, z: Tensor, rows: Tensor | None = None, decoded: Tensor | None = None) -> Tensor:
         """(k, m): the data term's residual (training space, or (fit - y) / yerr in family units)."""
         if not self.chi2:
-            return self.training_residual(z, rows)
-        return self._masked((self.fit(z, rows) - self._rows(self.y, rows)) * self._rows(self.inv_err, rows), rows)
+            return self.training_residual(z, rows, decoded)
+        fit = self.fit(z, rows, decoded)
+        return self._masked((fit - self._rows(self.y, rows)) * self._rows(self.inv_err, rows), rows)
 
-    def data_term(self, z: Tensor, rows: Tensor | None = None) -> Tensor:
+    def data_term(self, z: Tensor, rows: Tensor | None = None, decoded: Tensor | None = None) -> Tensor:
         """(k,) sum of squared residuals: chi^2, or the squared L2 norm in training space."""
-        return self.sumsq(self.residual(z, rows))
+        return self.sumsq(self.residual(z, rows, decoded))
 
     def loss(self, z: Tensor, rows: Tensor | None) -> Tensor:
         """(k,) the objective minimized: -2 log posterior up to a constant (module docstring)."""
@@ -163,9 +170,10 @@ class Problem:
     def metrics(self, z: Tensor, rows: Tensor | None = None) -> dict[str, Tensor]:
         """Per-row figures: fit and rel_l2 (family units), residual_norm (training space L2), chi2, objective
         (the data term reported: residual_norm, or chi2), log_density of the code."""
-        fit = self.fit(z, rows)
+        decoded = self.decoded(z)  # once for every figure
+        fit = self.fit(z, rows, decoded)
         y = self._rows(self.y, rows)
-        res_t = self.training_residual(z, rows)
+        res_t = self.training_residual(z, rows, decoded)
         data_residual = self.sumsq(self._masked(fit - y, rows)).sqrt()
         out = {
             "fit": fit,
@@ -174,7 +182,7 @@ class Problem:
             "rel_l2": data_residual / self.sumsq(self._masked(y, rows)).sqrt().clamp_min(1e-30),
         }
         if self.chi2:
-            out["chi2"] = self.data_term(z, rows)
+            out["chi2"] = self.data_term(z, rows, decoded)
             out["objective"] = out["chi2"]
         else:
             out["objective"] = out["residual_norm"]
