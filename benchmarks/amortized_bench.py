@@ -31,7 +31,7 @@ from benchmarks.observed import GRID, Galaxy, write_long_csv
 from benchmarks.report import Row
 from funcae_cli.config import load_config
 from funcae_cli.config.families import FAMILIES, RotationOptions
-from funcae_cli.inversion.amortized import ESS_MIN
+from funcae_cli.inversion.amortized import CHUNK_ELEMENTS, ESS_MIN
 from funcae_cli.inversion.physics import natural_bounds
 from funcae_cli.inversion.simulate import NoiseModel, family_values, observation_points, observe
 from funcae_cli.jobs.amortize import load_flow, run_amortize
@@ -45,7 +45,7 @@ NOISE = NoiseModel(points=(10, 40), frac=(0.02, 0.1), floor=0.01, min_span=0.3)
 DRAWS = 500
 TARGET_S, TARGET_CHECK_S, TARGET_GIB = 60.0, 120.0, 4.0
 FULL_N = 100_000
-CHUNK_TARGETS = 52  # amortized_posterior's chunk on this row's curves (CHUNK_ELEMENTS // (DRAWS x 40 points))
+CHUNK_TARGETS = CHUNK_ELEMENTS // (DRAWS * 40)  # amortized_posterior's chunk on this row's curves (40 points)
 PEAK = """
 import sys
 from funcae_cli.cli import main

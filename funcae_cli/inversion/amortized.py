@@ -81,8 +81,11 @@ MISS_NATS = 10.0  # a target's fit more probable than every one of its first MIS
 MISS_DRAWS = 100  # its draws lie away from its posterior's mode (a flow on a plateau of the likelihood: weights
 # flat there, k-hat small, the answer tens of posterior sd off; tests/test_amortized.py). A calibrated posterior's
 # best of 100 draws is within ~1 nat of its mode (4 parameters: chi^2_4's 1% quantile / 2 = 0.15)
-CHUNK_ELEMENTS = 1 << 20  # draws x points of one chunk (float32: 4 MiB per likelihood tensor; the flow is fastest
-# at ~50 targets x 500 draws per chunk on a 2-core CPU, its tensors in cache)
+CHUNK_ELEMENTS = 1 << 22  # draws x points of one chunk (float32: 16 MiB per likelihood tensor; ~200 targets x 500
+# draws of 40 points). The flow blocks its own arithmetic to stay in cache (flow_sampling.BLOCK_DRAWS); what the chunk
+# sets is how many targets share each of the check's ~100 small operations per round. Bench row 11's 20,000 curves,
+# amortized_posterior alone (best of 3, 2 cores): 2^20 22.6-25.2 s checked and 6.0 s unchecked, 2^22 18.0-19.5 s and
+# 5.0 s, 2^23-2^24 the same as 2^22 (peak +40-350 MB), 2^18 38.6 s. Every target's numbers are the same in any chunk
 
 
 # --- the network ------------------------------------------------------------------------------------------
