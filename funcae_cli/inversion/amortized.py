@@ -438,7 +438,7 @@ def _adapted_look(
     at = 0  # the rounds' draws so far: where the next round's normals start in the stream
     for r, mult in enumerate(ADAPT_ROUNDS):
         mean, root = _base_gaussian(eps, lw)
-        b = max(1, round(mult * s))
+        b = mult * s
         z = seeding.paired_normal(own[rows], "amortized_adapted", (b, q), at)
         at += b
         e = (mean[:, None, :] + z @ root.transpose(1, 2)).float()  # float32, as the flow's base draws
